@@ -1,0 +1,255 @@
+// The model object: validation of every array a user passes, then one call into the core
+// with the GIL released. Parameters, gradients and optimizer state are zero-copy views that
+// keep the model alive.
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <mutex>
+
+#include "common.hpp"
+#include "layerprop/model.hpp"
+
+namespace py = pybind11;
+using namespace lp;
+
+namespace {
+
+constexpr int64_t kDefaultChunk = 1024;
+
+template <class T>
+struct Checked {
+  py::array_t<T, py::array::c_style> X;
+  py::array_t<int64_t, py::array::c_style> cls;
+  py::array_t<T, py::array::c_style> target;
+  int64_t N = 0;
+  Labels<T> labels() const {
+    Labels<T> l;
+    if (cls) l.cls = cls.data();
+    if (target) l.target = target.data();
+    return l;
+  }
+};
+
+template <class T>
+void require_compiled(const Model<T>& m) {
+  if (!m.compiled())
+    throw std::runtime_error(
+        "the model is not compiled: call model.compile(loss=..., optimizer=...) first");
+}
+
+template <class T>
+py::array_t<T, py::array::c_style> check_X(Model<T>& m, const py::handle& obj) {
+  auto X = bind::as_exact<T>(obj, "X", 2);
+  if (X.shape(0) < 1) throw ValueError("X: empty batch (0 rows)");
+  if (X.shape(1) != m.in_width())
+    throw ValueError("X: expected " + std::to_string(m.in_width()) + " features per row, got shape " +
+                     bind::shape_str(X));
+  bool finite;
+  {
+    py::gil_scoped_release nogil;
+    finite = bind::all_finite(X.data(), X.size());
+  }
+  if (!finite) throw ValueError("X: contains NaN or Inf");
+  return X;
+}
+
+template <class T>
+Checked<T> check_Xy(Model<T>& m, const py::handle& X_obj, const py::handle& y_obj) {
+  require_compiled(m);
+  Checked<T> c;
+  c.X = check_X(m, X_obj);
+  c.N = c.X.shape(0);
+  const int64_t D = m.out_width();
+  if (m.loss_kind() == LossKind::CrossEntropy) {
+    if (!py::isinstance<py::array>(y_obj))
+      throw TypeError("y: expected a numpy.ndarray of int64 class labels");
+    py::array ya = py::reinterpret_borrow<py::array>(y_obj);
+    if (!ya.dtype().is(py::dtype::of<int64_t>()))
+      throw TypeError("y: cross_entropy expects integer class labels (int64), got dtype " + bind::dtype_str(ya));
+    if (ya.ndim() != 1 || ya.shape(0) != c.N)
+      throw ValueError("y: expected shape (" + std::to_string(c.N) + ",) of class labels, got " + bind::shape_str(ya));
+    if (!(ya.flags() & py::array::c_style)) throw ValueError("y: expected a C-contiguous array");
+    c.cls = py::reinterpret_borrow<py::array_t<int64_t, py::array::c_style>>(ya);
+    const int64_t* p = c.cls.data();
+    for (int64_t i = 0; i < c.N; ++i)
+      if (p[i] < 0 || p[i] >= D)
+        throw ValueError("y: class label " + std::to_string(p[i]) + " at row " + std::to_string(i) +
+                         " is out of range [0, " + std::to_string(D) + ")");
+  } else {
+    c.target = bind::as_exact<T>(y_obj, "y", 2);
+    if (c.target.shape(0) != c.N || c.target.shape(1) != D)
+      throw ValueError("y: expected targets of shape (" + std::to_string(c.N) + ", " + std::to_string(D) +
+                       "), got " + bind::shape_str(c.target));
+    bool finite;
+    {
+      py::gil_scoped_release nogil;
+      finite = bind::all_finite(c.target.data(), c.target.size());
+    }
+    if (!finite) throw ValueError("y: contains NaN or Inf");
+  }
+  return c;
+}
+
+int64_t check_batch(int64_t batch, const char* name) {
+  if (batch < 1) throw ValueError(std::string(name) + ": expected a batch size >= 1, got " + std::to_string(batch));
+  return batch;
+}
+
+template <class T>
+py::array_t<T> view(py::object self, T* ptr, int64_t rows, int64_t cols, bool vector) {
+  if (vector) return py::array_t<T>({rows}, {static_cast<int64_t>(sizeof(T))}, ptr, self);
+  return py::array_t<T>({rows, cols}, {static_cast<int64_t>(sizeof(T) * cols), static_cast<int64_t>(sizeof(T))},
+                        ptr, self);
+}
+
+template <class T>
+void bind_one(py::module_& m, const char* name) {
+  using M = Model<T>;
+  py::class_<M, std::shared_ptr<M>>(m, name)
+      .def(py::init([](const std::vector<std::tuple<int64_t, int64_t, bool>>& layers,
+                       const std::vector<std::tuple<int, std::vector<int>, int64_t, int, int, double>>& nodes,
+                       int output) {
+             std::vector<LinearSpec> ls;
+             for (auto& [in, out, bias] : layers) ls.push_back({in, out, bias});
+             std::vector<NodeSpec> ns;
+             for (auto& [kind, inputs, width, layer, act, slope] : nodes) {
+               if (kind < 0 || kind > static_cast<int>(NodeKind::Concat)) throw ValueError("graph: unknown node kind");
+               if (act < 0 || act > static_cast<int>(Act::GELU)) throw ValueError("graph: unknown activation");
+               NodeSpec s;
+               s.kind = static_cast<NodeKind>(kind);
+               s.inputs = inputs;
+               s.width = width;
+               s.layer = layer;
+               s.act = static_cast<Act>(act);
+               s.slope = slope;
+               ns.push_back(std::move(s));
+             }
+             return std::make_shared<M>(std::move(ls), std::move(ns), output);
+           }),
+           py::arg("layers"), py::arg("nodes"), py::arg("output"))
+      .def_property_readonly("in_features", &M::in_width)
+      .def_property_readonly("out_features", &M::out_width)
+      .def_property_readonly("num_params", &M::num_params)
+      .def_property_readonly("capacity", &M::capacity)
+      .def_property_readonly("compiled", &M::compiled)
+      .def_property_readonly("gradients_ready", &M::gradients_ready)
+      .def("tensors", [](M& self) {
+        py::list out;
+        for (const auto& t : self.tensors())
+          out.append(py::make_tuple(t.layer, t.is_bias, t.offset, t.rows, t.cols));
+        return out;
+      }, "List of (layer, is_bias, offset, rows, cols) for every parameter tensor.")
+      .def("param_view", [](py::object self, int i) {
+        M& s = self.cast<M&>();
+        if (i < 0 || i >= static_cast<int>(s.tensors().size())) throw ValueError("i: no such parameter tensor");
+        const auto& t = s.tensors()[i];
+        return view<T>(self, s.params() + t.offset, t.rows, t.cols, t.is_bias);
+      }, py::arg("i"))
+      .def("grad_view", [](py::object self, int i) {
+        M& s = self.cast<M&>();
+        if (i < 0 || i >= static_cast<int>(s.tensors().size())) throw ValueError("i: no such parameter tensor");
+        const auto& t = s.tensors()[i];
+        return view<T>(self, s.grads() + t.offset, t.rows, t.cols, t.is_bias);
+      }, py::arg("i"))
+      .def("state_view", [](py::object self, int slot) {
+        M& s = self.cast<M&>();
+        if (slot < 0 || slot > 1) throw ValueError("slot: expected 0 or 1");
+        Buffer<T>& b = s.state(slot);
+        return view<T>(self, b.data(), static_cast<int64_t>(b.size()), 1, true);
+      }, py::arg("slot"), "Flat view of optimizer state slot (valid until the next compile).")
+      .def("steps", [](M& self) { return self.steps(); })
+      .def("set_steps", [](M& self, const std::vector<int64_t>& s) {
+        if (s.size() != self.steps().size()) throw ValueError("steps: wrong length");
+        self.steps() = s;
+      })
+      .def("compile", [](M& self, int loss, int opt, double lr, double momentum, double dampening,
+                         double weight_decay, bool nesterov, double beta1, double beta2, double eps) {
+        if (loss < 0 || loss > static_cast<int>(LossKind::BCEWithLogits)) throw ValueError("loss: unknown loss");
+        if (opt < 0 || opt > static_cast<int>(kern::OptKind::AdamW)) throw ValueError("optimizer: unknown optimizer");
+        kern::OptConfig c;
+        c.kind = static_cast<kern::OptKind>(opt);
+        c.lr = lr; c.momentum = momentum; c.dampening = dampening; c.weight_decay = weight_decay;
+        c.nesterov = nesterov; c.beta1 = beta1; c.beta2 = beta2; c.eps = eps;
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(self.mutex());
+        self.compile(static_cast<LossKind>(loss), c);
+      }, py::arg("loss"), py::arg("optimizer"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
+         py::arg("weight_decay"), py::arg("nesterov"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"))
+      .def("train_step", [](M& self, const py::handle& X, const py::handle& y) {
+        auto c = check_Xy(self, X, y);
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(self.mutex());
+        return self.train_step(c.X.data(), c.N, c.labels());
+      }, py::arg("X"), py::arg("y"))
+      .def("compute_gradients", [](M& self, const py::handle& X, const py::handle& y) {
+        auto c = check_Xy(self, X, y);
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(self.mutex());
+        return self.compute_gradients(c.X.data(), c.N, c.labels());
+      }, py::arg("X"), py::arg("y"))
+      .def("apply_gradients", [](M& self) {
+        require_compiled(self);
+        if (!self.gradients_ready())
+          throw std::runtime_error("apply_gradients: no gradients to apply; call compute_gradients(X, y) first");
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(self.mutex());
+        self.apply_gradients();
+      })
+      .def("loss", [](M& self, const py::handle& X, const py::handle& y) {
+        auto c = check_Xy(self, X, y);
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(self.mutex());
+        return self.loss_only(c.X.data(), c.N, c.labels());
+      }, py::arg("X"), py::arg("y"), "Loss of the batch; no gradients, no update.")
+      .def("train_epoch", [](M& self, const py::handle& X, const py::handle& y, const py::handle& order_obj,
+                             int64_t batch) {
+        auto c = check_Xy(self, X, y);
+        check_batch(batch, "batch_size");
+        auto order = bind::as_exact<int64_t>(order_obj, "order", 1);
+        if (order.shape(0) < 1) throw ValueError("order: empty");
+        const int64_t* o = order.data();
+        const int64_t n = order.shape(0);
+        for (int64_t i = 0; i < n; ++i)
+          if (o[i] < 0 || o[i] >= c.N) throw ValueError("order: row index out of range");
+        const int64_t nb = (n + batch - 1) / batch;
+        py::array_t<double> losses(nb);
+        double* lp = losses.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          std::lock_guard<std::mutex> lock(self.mutex());
+          self.train_epoch(c.X.data(), c.labels(), o, n, batch, lp);
+        }
+        return losses;
+      }, py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"))
+      .def("predict", [](M& self, const py::handle& X_obj, int64_t batch) {
+        auto X = check_X(self, X_obj);
+        const int64_t N = X.shape(0);
+        if (batch <= 0) batch = std::min<int64_t>(N, std::max<int64_t>(self.capacity(), kDefaultChunk));
+        py::array_t<T> out({N, self.out_width()});
+        T* dst = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          std::lock_guard<std::mutex> lock(self.mutex());
+          self.predict(X.data(), N, dst, batch);
+        }
+        return out;
+      }, py::arg("X"), py::arg("batch_size") = 0)
+      .def("evaluate", [](M& self, const py::handle& X, const py::handle& y, int64_t batch) {
+        auto c = check_Xy(self, X, y);
+        if (batch <= 0) batch = std::min<int64_t>(c.N, std::max<int64_t>(self.capacity(), kDefaultChunk));
+        std::pair<double, int64_t> r;
+        {
+          py::gil_scoped_release nogil;
+          std::lock_guard<std::mutex> lock(self.mutex());
+          r = self.evaluate(c.X.data(), c.N, c.labels(), batch);
+        }
+        return py::make_tuple(r.first, r.second);
+      }, py::arg("X"), py::arg("y"), py::arg("batch_size") = 0);
+}
+
+}  // namespace
+
+void bind_model(py::module_& m) {
+  bind_one<float>(m, "ModelF32");
+  bind_one<double>(m, "ModelF64");
+}

@@ -1,0 +1,40 @@
+// C (M,N) = op(A) (M,K) . op(B) (K,N)  [+ C if accumulate], row-major, then an optional
+// epilogue on the final values: C += bias (N); act_out = f(C).
+// op(A)[i,k] = trans_a ? A[k*lda+i] : A[i*lda+k];  op(B)[k,j] = trans_b ? B[j*ldb+k] : B[k*ldb+j].
+// The three shapes of a Linear layer:
+//   forward  y (N,OUT) = x (N,IN) . w (OUT,IN)^T      -> gemm(false, true, ...)
+//   input    dx (N,IN) = dz (N,OUT) . w (OUT,IN)      -> gemm(false, false, ...)
+//   weight   dw (OUT,IN) = dz (N,OUT)^T . x (N,IN)    -> gemm(true, false, ...)
+// Results are bitwise identical for any thread count: work is split by output tile and the
+// reduction over K always runs in the same blocks and order.
+#pragma once
+#include <cstdint>
+
+#include "layerprop/common.hpp"
+
+namespace lp::kern {
+
+template <class T>
+struct Epilogue {
+  const T* bias = nullptr;  // (N) added to every row, or null
+  Act act = Act::Identity;
+  T slope = T(0);
+  T* act_out = nullptr;     // if set: act_out[i*ld_act+j] = f(C[i,j]) after the bias
+  int64_t ld_act = 0;
+};
+
+template <class T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
+          const Epilogue<T>* ep = nullptr);
+
+// Straightforward triple loop: the twin the tests compare the fast path with.
+template <class T>
+void gemm_naive(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
+                int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
+                const Epilogue<T>* ep = nullptr);
+
+// Which path gemm takes for a shape ("direct" or "packed"); for tests and benchmarks.
+bool gemm_uses_direct(int64_t M, int64_t N, int64_t K);
+
+}  // namespace lp::kern

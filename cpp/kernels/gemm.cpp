@@ -1,0 +1,250 @@
+// GEMM driver: packing (transposition handled here), cache blocking, threading, epilogue.
+#include "layerprop/gemm.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "layerprop/eltwise.hpp"
+#include "layerprop/runtime.hpp"
+#ifdef LAYERPROP_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+namespace lp::kern {
+namespace generic {
+#include "gemm_impl.hpp"
+}
+using generic::Blocking;
+
+#ifdef LAYERPROP_HAVE_AVX2
+namespace avx2 {
+void ukernel_f32(int64_t, const float*, const float*, float*, int64_t, bool);
+void ukernel_f64(int64_t, const double*, const double*, double*, int64_t, bool);
+void small_f32(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t,
+               float*, int64_t, bool);
+void small_f64(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, const double*,
+               int64_t, double*, int64_t, bool);
+}  // namespace avx2
+#endif
+
+namespace {
+
+template <class T>
+using Ukernel = void (*)(int64_t, const T*, const T*, T*, int64_t, bool);
+template <class T>
+using SmallFn = void (*)(bool, bool, int64_t, int64_t, int64_t, const T*, int64_t, const T*,
+                         int64_t, T*, int64_t, bool);
+
+template <class T>
+Ukernel<T> pick_ukernel() {
+#ifdef LAYERPROP_HAVE_AVX2
+  if (use_avx2()) {
+    if constexpr (std::is_same_v<T, float>) return &avx2::ukernel_f32;
+    else return &avx2::ukernel_f64;
+  }
+#endif
+  return &generic::ukernel_generic<T>;
+}
+template <class T>
+SmallFn<T> pick_small() {
+#ifdef LAYERPROP_HAVE_AVX2
+  if (use_avx2()) {
+    if constexpr (std::is_same_v<T, float>) return &avx2::small_f32;
+    else return &avx2::small_f64;
+  }
+#endif
+  return &generic::gemm_small<T>;
+}
+
+// Grow-only scratch owned by the calling thread: allocated at first use, then reused.
+template <class T>
+T* scratch(Buffer<T>& buf, int64_t n) {
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
+// Pack rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) into MR-row micro-panels (k-major),
+// zero-padding the last panel.
+template <class T>
+void pack_a(T* dst, bool ta, const T* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0,
+            int64_t kc) {
+  constexpr int64_t MR = Blocking<T>::MR;
+  for (int64_t ip = 0; ip < mc; ip += MR) {
+    const int64_t mr = std::min(MR, mc - ip);
+    T* d = dst + ip * kc;
+    if (!ta) {
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int64_t r = 0; r < mr; ++r) d[k * MR + r] = A[(i0 + ip + r) * lda + p0 + k];
+        for (int64_t r = mr; r < MR; ++r) d[k * MR + r] = T(0);
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* src = A + (p0 + k) * lda + i0 + ip;
+        for (int64_t r = 0; r < mr; ++r) d[k * MR + r] = src[r];
+        for (int64_t r = mr; r < MR; ++r) d[k * MR + r] = T(0);
+      }
+    }
+  }
+}
+
+// Pack rows [p0, p0+kc) x cols [j0+q*NR, ...) of op(B) into one NR-column micro-panel.
+template <class T>
+void pack_b_panel(T* dst, bool tb, const T* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0,
+                  int64_t nr) {
+  constexpr int64_t NR = Blocking<T>::NR;
+  if (!tb) {
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* src = B + (p0 + k) * ldb + j0;
+      for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = src[j];
+      for (int64_t j = nr; j < NR; ++j) dst[k * NR + j] = T(0);
+    }
+  } else {
+    for (int64_t j = 0; j < nr; ++j) {
+      const T* src = B + (j0 + j) * ldb + p0;
+      for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = src[k];
+    }
+    for (int64_t j = nr; j < NR; ++j)
+      for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = T(0);
+  }
+}
+
+// Final values of a tile: bias, then the activation into act_out.
+template <class T>
+void apply_epilogue(T* C, int64_t ldc, int64_t i0, int64_t mr, int64_t j0, int64_t nr,
+                    const Epilogue<T>& ep) {
+  dispatch_act<T>(ep.act, ep.slope, [&](auto F) {
+    for (int64_t i = i0; i < i0 + mr; ++i) {
+      T* c = C + i * ldc;
+      if (ep.bias)
+        for (int64_t j = j0; j < j0 + nr; ++j) c[j] += ep.bias[j];
+      if (ep.act_out) {
+        T* a = ep.act_out + i * ep.ld_act;
+        for (int64_t j = j0; j < j0 + nr; ++j) a[j] = F.f(c[j]);
+      }
+    }
+    return 0;
+  });
+}
+
+template <class T>
+void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                 const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
+                 const Epilogue<T>* ep) {
+  using Bk = Blocking<T>;
+  constexpr int64_t MR = Bk::MR, NR = Bk::NR, KC = Bk::KC, MC = Bk::MC, NC = Bk::NC;
+  static thread_local Buffer<T> bbuf_store;
+  const int64_t ncmax = std::min(NC, (N + NR - 1) / NR * NR);
+  T* bbuf = scratch(bbuf_store, KC * ncmax);
+  const Ukernel<T> uk = pick_ukernel<T>();
+  const int nt = threads_for(M * N * K, int64_t(1) << 20);
+  const int64_t n_ic = (M + MC - 1) / MC;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    static thread_local Buffer<T> abuf_store;
+    T* abuf = scratch(abuf_store, MC * KC);
+    int nthreads = 1;
+#ifdef LAYERPROP_HAVE_OPENMP
+    nthreads = omp_get_num_threads();
+#endif
+    for (int64_t jc = 0; jc < N; jc += NC) {
+      const int64_t nc = std::min(NC, N - jc);
+      const int64_t n_jr = (nc + NR - 1) / NR;
+      for (int64_t pc = 0; pc < K; pc += KC) {
+        const int64_t kc = std::min(KC, K - pc);
+        const bool acc_here = accumulate || pc > 0;
+        const bool last_k = pc + kc == K;
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < n_jr; ++q)
+          pack_b_panel(bbuf + q * NR * kc, tb, B, ldb, pc, kc, jc + q * NR,
+                       std::min(NR, nc - q * NR));
+        // Work items: A blocks, each split into column chunks when there are fewer blocks
+        // than threads. Every output tile has exactly one writer.
+        const int64_t nsplit = std::max<int64_t>(1, (nthreads + n_ic - 1) / n_ic);
+        const int64_t items = n_ic * nsplit;
+        int64_t packed_ic = -1;
+#pragma omp for schedule(static)
+        for (int64_t it = 0; it < items; ++it) {
+          const int64_t ib = it / nsplit, s = it % nsplit;
+          const int64_t q0 = s * n_jr / nsplit, q1 = (s + 1) * n_jr / nsplit;
+          if (q0 >= q1) continue;
+          const int64_t ic = ib * MC, mc = std::min(MC, M - ic);
+          if (packed_ic != ic) {
+            pack_a(abuf, ta, A, lda, ic, mc, pc, kc);
+            packed_ic = ic;
+          }
+          for (int64_t q = q0; q < q1; ++q) {
+            const int64_t jr = q * NR, nr = std::min(NR, nc - jr);
+            for (int64_t ir = 0; ir < mc; ir += MR) {
+              const int64_t mr = std::min(MR, mc - ir);
+              T* ctile = C + (ic + ir) * ldc + jc + jr;
+              if (mr == MR && nr == NR) {
+                uk(kc, abuf + ir * kc, bbuf + q * NR * kc, ctile, ldc, acc_here);
+              } else {
+                alignas(64) T tmp[MR * NR];
+                uk(kc, abuf + ir * kc, bbuf + q * NR * kc, tmp, NR, false);
+                for (int64_t r = 0; r < mr; ++r)
+                  for (int64_t j = 0; j < nr; ++j)
+                    ctile[r * ldc + j] = acc_here ? ctile[r * ldc + j] + tmp[r * NR + j] : tmp[r * NR + j];
+              }
+              if (last_k && ep) apply_epilogue(C, ldc, ic + ir, mr, jc + jr, nr, *ep);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool gemm_uses_direct(int64_t M, int64_t N, int64_t K) {
+  // Packing pays once a packed panel is reused enough; tiny products go direct.
+  return M * N * K <= int64_t(48) * 48 * 48 || M <= 2 || N <= 2;
+}
+
+template <class T>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T* C, int64_t ldc, bool accumulate, const Epilogue<T>* ep) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t i = 0; i < M; ++i)
+      if (!accumulate) std::fill(C + i * ldc, C + i * ldc + N, T(0));
+  } else if (gemm_uses_direct(M, N, K)) {
+    static const SmallFn<T> small = pick_small<T>();
+    small(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  } else {
+    gemm_packed<T>(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate, ep);
+    return;
+  }
+  if (ep) apply_epilogue(C, ldc, 0, M, 0, N, *ep);
+}
+
+template <class T>
+void gemm_naive(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
+                const Epilogue<T>* ep) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      T s = 0;
+      for (int64_t k = 0; k < K; ++k)
+        s += (ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? B[j * ldb + k] : B[k * ldb + j]);
+      C[i * ldc + j] = accumulate ? C[i * ldc + j] + s : s;
+    }
+  if (ep) apply_epilogue(C, ldc, 0, M, 0, N, *ep);
+}
+
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,
+                          const float*, int64_t, float*, int64_t, bool, const Epilogue<float>*);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t,
+                           const double*, int64_t, double*, int64_t, bool,
+                           const Epilogue<double>*);
+template void gemm_naive<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,
+                                const float*, int64_t, float*, int64_t, bool,
+                                const Epilogue<float>*);
+template void gemm_naive<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t,
+                                 const double*, int64_t, double*, int64_t, bool,
+                                 const Epilogue<double>*);
+
+}  // namespace lp::kern

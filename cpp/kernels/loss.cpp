@@ -1,0 +1,109 @@
+#include "layerprop/loss.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "layerprop/runtime.hpp"
+
+namespace lp::kern {
+
+namespace {
+double sum_rows(const double* v, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += v[i];
+  return s;
+}
+template <class T>
+double sum_rows(const T* v, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(v[i]);
+  return s;
+}
+}  // namespace
+
+template <class T>
+double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* labels, int64_t N,
+                     int64_t C) {
+  const T inv_n = T(1) / static_cast<T>(N);
+  const int nt = threads_for(N * C * 8, int64_t(1) << 16);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t i = 0; i < N; ++i) {
+    const T* z = logits + i * C;
+    T m = z[0];
+    for (int64_t j = 1; j < C; ++j) m = std::max(m, z[j]);
+    T s = 0;
+    for (int64_t j = 0; j < C; ++j) s += std::exp(z[j] - m);
+    const T lse = m + std::log(s);
+    row_loss[i] = lse - z[labels[i]];
+    if (grad) {
+      T* g = grad + i * C;
+      const T inv_s = T(1) / s;
+      for (int64_t j = 0; j < C; ++j) g[j] = std::exp(z[j] - m) * inv_s * inv_n;
+      g[labels[i]] -= inv_n;
+    }
+  }
+  return sum_rows(row_loss, N) / static_cast<double>(N);
+}
+
+template <class T>
+double mse(T* grad, T* row_loss, const T* pred, const T* target, int64_t N, int64_t D) {
+  const T scale = T(2) / static_cast<T>(N * D);
+  const int nt = threads_for(N * D, int64_t(1) << 17);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t i = 0; i < N; ++i) {
+    const T* p = pred + i * D;
+    const T* t = target + i * D;
+    T s = 0;
+    for (int64_t j = 0; j < D; ++j) {
+      const T d = p[j] - t[j];
+      s += d * d;
+      if (grad) grad[i * D + j] = scale * d;
+    }
+    row_loss[i] = s;
+  }
+  return sum_rows(row_loss, N) / static_cast<double>(N * D);
+}
+
+template <class T>
+double bce_with_logits(T* grad, T* row_loss, const T* logits, const T* target, int64_t N,
+                       int64_t D) {
+  const T scale = T(1) / static_cast<T>(N * D);
+  const int nt = threads_for(N * D * 8, int64_t(1) << 16);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t i = 0; i < N; ++i) {
+    const T* x = logits + i * D;
+    const T* t = target + i * D;
+    T s = 0;
+    for (int64_t j = 0; j < D; ++j) {
+      // (1-t) x + log(1 + exp(-|x|)) + max(-x, 0): stable for any x
+      s += (T(1) - t[j]) * x[j] + std::log1p(std::exp(-std::fabs(x[j]))) + std::max(-x[j], T(0));
+      if (grad) grad[i * D + j] = (T(1) / (T(1) + std::exp(-x[j])) - t[j]) * scale;
+    }
+    row_loss[i] = s;
+  }
+  return sum_rows(row_loss, N) / static_cast<double>(N * D);
+}
+
+template <class T>
+int64_t count_correct(const T* logits, const int64_t* labels, int64_t N, int64_t C) {
+  int64_t correct = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const T* z = logits + i * C;
+    int64_t best = 0;
+    for (int64_t j = 1; j < C; ++j)
+      if (z[j] > z[best]) best = j;
+    correct += best == labels[i];
+  }
+  return correct;
+}
+
+#define LP_INST(T)                                                                          \
+  template double cross_entropy<T>(T*, T*, const T*, const int64_t*, int64_t, int64_t);   \
+  template double mse<T>(T*, T*, const T*, const T*, int64_t, int64_t);                  \
+  template double bce_with_logits<T>(T*, T*, const T*, const T*, int64_t, int64_t);      \
+  template int64_t count_correct<T>(const T*, const int64_t*, int64_t, int64_t);
+LP_INST(float)
+LP_INST(double)
+#undef LP_INST
+
+}  // namespace lp::kern

@@ -1,0 +1,53 @@
+#include <atomic>
+#include <cstdlib>
+#include <thread>
+
+#include "layerprop/runtime.hpp"
+#ifdef LAYERPROP_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+namespace lp {
+
+static int default_threads() {
+  if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+    int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+#ifdef LAYERPROP_HAVE_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+static std::atomic<int>& thread_setting() {
+  static std::atomic<int> n{default_threads()};
+  return n;
+}
+
+bool have_openmp() {
+#ifdef LAYERPROP_HAVE_OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+void set_num_threads(int n) {
+#ifdef LAYERPROP_HAVE_OPENMP
+  thread_setting().store(n < 1 ? 1 : n);
+#else
+  (void)n;
+#endif
+}
+
+int get_num_threads() {
+#ifdef LAYERPROP_HAVE_OPENMP
+  return thread_setting().load();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace lp

@@ -1,0 +1,41 @@
+"""layerprop: fast, transparent neural-network training on the CPU.
+
+A C++ core (OpenMP + SIMD kernels) does the matmuls, activations, losses, backprop and
+in-place optimizer updates; this package is the thin Python layer around it.
+"""
+from __future__ import annotations
+
+from . import _core
+from .layers import (GELU, Identity, Input, Layer, LeakyReLU, Linear, ReLU, Sigmoid,
+                     SymbolicTensor, Tanh, add, concat)
+from .model import Model, Sequential
+from .optim import SGD, Adam, AdamW, Optimizer
+from .schedules import Schedule, Simultaneous
+from .training import Callback, History
+
+__version__ = _core.build_info()["version"]
+
+__all__ = [
+    "__version__", "build_info", "set_num_threads", "get_num_threads",
+    "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity",
+    "Input", "SymbolicTensor", "add", "concat", "Model", "Sequential",
+    "Optimizer", "SGD", "Adam", "AdamW", "Schedule", "Simultaneous", "Callback", "History",
+]
+
+
+def build_info() -> dict:
+    """What this build runs: version, simd ("avx2+fma" or "scalar"), openmp, num_threads,
+    compiler, and the CPU's features."""
+    return _core.build_info()
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the core uses from now on (default: all cores, or OMP_NUM_THREADS)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: expected an int >= 1, got {n!r}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads the core uses."""
+    return int(_core.get_num_threads())

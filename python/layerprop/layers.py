@@ -1,0 +1,174 @@
+"""Layers: small specifications. Calling a layer on a symbolic tensor builds a graph; the
+C++ core does all the numeric work once the graph is handed to it by a Model."""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+__all__ = [
+    "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity",
+    "Input", "SymbolicTensor", "add", "concat",
+]
+
+# Node kinds and activation codes shared with the core (cpp/include/layerprop/model.hpp).
+NODE_INPUT, NODE_LINEAR, NODE_ACT, NODE_ADD, NODE_CONCAT = 0, 1, 2, 3, 4
+ACT_CODES = {"Identity": 0, "ReLU": 1, "LeakyReLU": 2, "Tanh": 3, "Sigmoid": 4, "GELU": 5}
+
+
+def _check_name(name: Optional[str]) -> Optional[str]:
+    if name is not None and (not isinstance(name, str) or not name or "." in name):
+        raise ValueError(f"name: expected a non-empty string without '.', got {name!r}")
+    return name
+
+
+class SymbolicTensor:
+    """The output of a layer in a graph under construction (no data: a width and its origin)."""
+
+    def __init__(self, width: int, op: str, inputs: Sequence["SymbolicTensor"] = (),
+                 layer: Optional["Layer"] = None) -> None:
+        self.width = int(width)
+        self.op = op
+        self.inputs = list(inputs)
+        self.layer = layer
+
+    def __repr__(self) -> str:
+        origin = self.layer.describe() if self.layer is not None else self.op
+        return f"<SymbolicTensor width={self.width} from {origin}>"
+
+
+def Input(features: int, *, name: Optional[str] = None) -> SymbolicTensor:
+    """A model input of `features` columns."""
+    if not isinstance(features, (int,)) or isinstance(features, bool) or features < 1:
+        raise ValueError(f"features: expected a positive int, got {features!r}")
+    t = SymbolicTensor(features, "input")
+    t.name = _check_name(name)  # type: ignore[attr-defined]
+    return t
+
+
+def _check_symbolic(x: object, what: str) -> SymbolicTensor:
+    if not isinstance(x, SymbolicTensor):
+        raise TypeError(f"{what}: expected a symbolic tensor (from lp.Input or a layer call), got {type(x).__name__}")
+    return x
+
+
+def add(a: SymbolicTensor, b: SymbolicTensor, *more: SymbolicTensor) -> SymbolicTensor:
+    """Element-wise sum of tensors of equal width: paths meet and their gradients add."""
+    ts = [_check_symbolic(t, "add") for t in (a, b, *more)]
+    widths = [t.width for t in ts]
+    if len(set(widths)) != 1:
+        raise ValueError(f"add: inputs must have equal widths, got {widths} from "
+                         + ", ".join(repr(t) for t in ts))
+    return SymbolicTensor(widths[0], "add", ts)
+
+
+def concat(tensors: Sequence[SymbolicTensor]) -> SymbolicTensor:
+    """Column-wise concatenation of tensors."""
+    ts = [_check_symbolic(t, "concat") for t in tensors]
+    if len(ts) < 1:
+        raise ValueError("concat: expected at least one tensor")
+    return SymbolicTensor(sum(t.width for t in ts), "concat", ts)
+
+
+class Layer:
+    """Base class of every layer: a specification the core turns into a graph node."""
+
+    has_params = False
+
+    def __init__(self, *, name: Optional[str] = None) -> None:
+        self.name = _check_name(name)
+
+    def out_width(self, in_width: int) -> int:
+        return in_width
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def __call__(self, x: SymbolicTensor) -> SymbolicTensor:
+        _check_symbolic(x, f"{self.describe()}")
+        return SymbolicTensor(self.out_width(x.width), "layer", [x], self)
+
+    def param_shapes(self) -> List[tuple]:
+        return []
+
+
+class Linear(Layer):
+    """y = x W^T + b with W of shape (out_features, in_features), PyTorch's default init."""
+
+    has_params = True
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        for arg, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{arg}: expected a positive int, got {v!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bias = bool(bias)
+
+    def out_width(self, in_width: int) -> int:
+        if in_width != self.in_features:
+            raise ValueError(f"{self.describe()}: expects {self.in_features} input features, "
+                             f"gets {in_width}")
+        return self.out_features
+
+    def describe(self) -> str:
+        nm = f", name={self.name!r}" if self.name else ""
+        b = "" if self.bias else ", bias=False"
+        return f"Linear({self.in_features}, {self.out_features}{b}{nm})"
+
+    def init_bound(self) -> float:
+        # kaiming_uniform(a=sqrt(5)) on (out, in) gives bound 1/sqrt(fan_in); the bias too.
+        return 1.0 / math.sqrt(self.in_features)
+
+    def param_shapes(self) -> List[tuple]:
+        shapes = [("weight", (self.out_features, self.in_features))]
+        if self.bias:
+            shapes.append(("bias", (self.out_features,)))
+        return shapes
+
+
+class _Activation(Layer):
+    slope = 0.0
+
+    @property
+    def act_code(self) -> int:
+        return ACT_CODES[type(self).__name__]
+
+
+class ReLU(_Activation):
+    """max(x, 0)."""
+
+
+class LeakyReLU(_Activation):
+    """x if x > 0 else negative_slope * x."""
+
+    def __init__(self, negative_slope: float = 0.01, *, name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        s = float(negative_slope)
+        if not math.isfinite(s):
+            raise ValueError(f"negative_slope: expected a finite number, got {negative_slope!r}")
+        self.negative_slope = s
+        self.slope = s
+
+    def describe(self) -> str:
+        return f"LeakyReLU(negative_slope={self.negative_slope})"
+
+
+class Tanh(_Activation):
+    """tanh(x)."""
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x))."""
+
+
+class GELU(_Activation):
+    """x * Phi(x), the exact erf form (PyTorch's approximate='none')."""
+
+
+class Identity(_Activation):
+    """x."""

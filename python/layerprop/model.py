@@ -1,0 +1,378 @@
+"""Model and Sequential: a graph of layers handed to the C++ core once, then trained,
+evaluated and inspected through it."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from .layers import (ACT_CODES, NODE_ACT, NODE_ADD, NODE_CONCAT, NODE_INPUT, NODE_LINEAR,
+                     Input, Layer, Linear, SymbolicTensor, _Activation)
+from .optim import Optimizer
+from .schedules import Schedule, Simultaneous
+
+__all__ = ["Model", "Sequential"]
+
+LOSSES = {"cross_entropy": 0, "mse": 1, "bce_with_logits": 2}
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def _dtype_name(dtype: object) -> str:
+    try:
+        name = np.dtype(dtype).name  # type: ignore[call-overload]
+    except TypeError:
+        name = None
+    if name not in _DTYPES:
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+    return name
+
+
+class Model:
+    """A graph of layers from `inputs` to `outputs` (see lp.Input, lp.add, lp.concat)."""
+
+    def __init__(self, inputs: SymbolicTensor, outputs: SymbolicTensor, dtype: str = "float32",
+                 seed: Optional[int] = None) -> None:
+        self._init_graph(inputs, outputs, dtype, seed)
+
+    # ------------------------------------------------------------------ construction
+    def _init_graph(self, inputs: SymbolicTensor, outputs: SymbolicTensor, dtype: object,
+                    seed: Optional[int], names: Optional[Dict[int, str]] = None) -> None:
+        self.dtype = _dtype_name(dtype)
+        self._np_dtype = _DTYPES[self.dtype]
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != 1:
+                raise ValueError("inputs: exactly one input is supported")
+            inputs = inputs[0]
+        if isinstance(outputs, (list, tuple)):
+            if len(outputs) != 1:
+                raise ValueError("outputs: exactly one output is supported")
+            outputs = outputs[0]
+        for arg, t in (("inputs", inputs), ("outputs", outputs)):
+            if not isinstance(t, SymbolicTensor):
+                raise TypeError(f"{arg}: expected a symbolic tensor, got {type(t).__name__}")
+        if inputs.op != "input":
+            raise ValueError("inputs: expected a tensor made by lp.Input")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
+            raise ValueError(f"seed: expected an int or None, got {seed!r}")
+        self.seed = None if seed is None else int(seed)
+
+        # Topological order of everything the output depends on (depth-first, inputs first).
+        order: List[SymbolicTensor] = []
+        seen: Dict[int, int] = {}
+        stack: List[Tuple[SymbolicTensor, bool]] = [(outputs, False)]
+        while stack:
+            t, done = stack.pop()
+            if done:
+                if id(t) not in seen:
+                    seen[id(t)] = len(order)
+                    order.append(t)
+                continue
+            if id(t) in seen:
+                continue
+            stack.append((t, True))
+            for u in reversed(t.inputs):
+                if id(u) not in seen:
+                    stack.append((u, False))
+        roots = [t for t in order if t.op == "input"]
+        if inputs not in roots:
+            raise ValueError("outputs: the output is not reachable from the given input")
+        if len(roots) > 1:
+            raise ValueError("outputs: depends on an lp.Input other than `inputs`")
+        order.remove(inputs)
+        order.insert(0, inputs)
+        index = {id(t): i for i, t in enumerate(order)}
+
+        layers: List[Layer] = []        # every layer object, in first-use order
+        linear_index: Dict[int, int] = {}
+        core_layers, core_nodes = [], []
+        for t in order:
+            ins = [index[id(u)] for u in t.inputs]
+            if t.op == "input":
+                core_nodes.append((NODE_INPUT, [], t.width, -1, 0, 0.0))
+            elif t.op == "add":
+                core_nodes.append((NODE_ADD, ins, t.width, -1, 0, 0.0))
+            elif t.op == "concat":
+                core_nodes.append((NODE_CONCAT, ins, t.width, -1, 0, 0.0))
+            else:
+                layer = t.layer
+                if all(layer is not l for l in layers):
+                    layers.append(layer)
+                if isinstance(layer, Linear):
+                    if id(layer) not in linear_index:
+                        linear_index[id(layer)] = len(core_layers)
+                        core_layers.append((layer.in_features, layer.out_features, layer.bias))
+                    core_nodes.append((NODE_LINEAR, ins, t.width, linear_index[id(layer)], 0, 0.0))
+                elif isinstance(layer, _Activation):
+                    core_nodes.append((NODE_ACT, ins, t.width, -1, layer.act_code, float(layer.slope)))
+                else:
+                    raise TypeError(f"{layer.describe()}: layer type not supported by the core")
+        self._layers = layers
+        self._linears = [l for l in layers if isinstance(l, Linear)]
+        self._input = inputs
+        self._output = outputs
+        cls = _core.ModelF32 if self.dtype == "float32" else _core.ModelF64
+        self._core = cls(core_layers, core_nodes, len(order) - 1)
+
+        # Parameter names: PyTorch state_dict style.
+        if names is None:
+            names = {}
+            counts: Dict[str, int] = {}
+            for l in self._linears:
+                if l.name:
+                    names[id(l)] = l.name
+                else:
+                    kind = type(l).__name__.lower()
+                    names[id(l)] = f"{kind}{counts.get(kind, 0)}"
+                    counts[kind] = counts.get(kind, 0) + 1
+        used = [names[id(l)] for l in self._linears]
+        if len(set(used)) != len(used):
+            raise ValueError(f"name: layer names must be unique, got {used}")
+        self._param_names: List[str] = []
+        for layer_idx, is_bias, _off, _r, _c in self._core.tensors():
+            self._param_names.append(f"{used[layer_idx]}.{'bias' if is_bias else 'weight'}")
+        self._params = OrderedDict((n, self._core.param_view(i)) for i, n in enumerate(self._param_names))
+        self._grads = OrderedDict((n, self._core.grad_view(i)) for i, n in enumerate(self._param_names))
+        self.training = True
+        self.loss: Optional[str] = None
+        self.optimizer: Optional[Optimizer] = None
+        self.schedule: Schedule = Simultaneous()
+        self.stop_training = False
+        self._fit_rng = np.random.default_rng(self.seed)
+        self.reset_parameters(self.seed)
+
+    def reset_parameters(self, seed: Optional[int] = None) -> None:
+        """PyTorch's default initialization: weight and bias uniform in +-1/sqrt(fan_in)
+        (kaiming_uniform with a=sqrt(5)); drawn per layer, weight first, from `seed`."""
+        rng = np.random.default_rng(seed)
+        for (layer_idx, _is_bias, _o, rows, cols), view in zip(self._core.tensors(), self._params.values()):
+            bound = self._linears[layer_idx].init_bound()
+            view[...] = rng.uniform(-bound, bound, size=view.shape).astype(self._np_dtype)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def in_features(self) -> int:
+        return int(self._core.in_features)
+
+    @property
+    def out_features(self) -> int:
+        return int(self._core.out_features)
+
+    @property
+    def layers(self) -> List[Layer]:
+        return list(self._layers)
+
+    def parameters(self) -> "OrderedDict[str, np.ndarray]":
+        """Ordered, zero-copy, writable views of the parameters (PyTorch state_dict names)."""
+        return OrderedDict(self._params)
+
+    def gradients(self) -> "OrderedDict[str, np.ndarray]":
+        """Zero-copy views of the last computed gradients."""
+        return OrderedDict(self._grads)
+
+    def num_parameters(self) -> int:
+        return int(self._core.num_params)
+
+    def train(self) -> "Model":
+        """Training mode (dropout and batch-norm layers use batch behaviour)."""
+        self.training = True
+        return self
+
+    def eval(self) -> "Model":
+        """Evaluation mode."""
+        self.training = False
+        return self
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, loss: str = "cross_entropy", optimizer: Optional[Optimizer] = None,
+                schedule: Optional[Schedule] = None) -> "Model":
+        """Choose the loss, the optimizer (default SGD(lr=0.01)) and the update schedule.
+        Compiling again resets the optimizer state."""
+        from .optim import SGD
+        if loss not in LOSSES:
+            raise ValueError(f"loss: expected one of {sorted(LOSSES)}, got {loss!r}")
+        if optimizer is None:
+            optimizer = SGD(lr=0.01)
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected an lp optimizer (lp.SGD, lp.Adam, lp.AdamW), "
+                            f"got {type(optimizer).__name__}")
+        if schedule is None:
+            schedule = Simultaneous()
+        if not isinstance(schedule, Simultaneous):
+            raise TypeError(f"schedule: expected an lp schedule such as lp.Simultaneous(), got {schedule!r}")
+        if loss == "cross_entropy" and self.out_features < 1:
+            raise ValueError("loss: cross_entropy needs at least one output")
+        self._core.compile(loss=LOSSES[loss], **optimizer.core_args())
+        self.loss, self.optimizer, self.schedule = loss, optimizer, schedule
+        return self
+
+    def _require_compiled(self) -> None:
+        if self.loss is None:
+            raise RuntimeError("the model is not compiled: call model.compile(loss=..., optimizer=...) first")
+
+    # ------------------------------------------------------------------ data
+    def _as_X(self, X: object, name: str = "X") -> np.ndarray:
+        """The model's dtype, C-contiguous. float64 data for a float32 model is converted here,
+        once per call (documented); any other dtype is refused with a TypeError."""
+        arr = X if isinstance(X, np.ndarray) else np.asarray(X)
+        if arr.dtype != self._np_dtype:
+            if self._np_dtype is np.float32 and arr.dtype == np.float64:
+                arr = arr.astype(np.float32)
+            else:
+                raise TypeError(f"{name}: expected dtype {self.dtype}"
+                                + (" (or float64, converted once)" if self.dtype == "float32" else "")
+                                + f", got {arr.dtype}")
+        if arr.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-D array (samples, features), got shape {arr.shape}")
+        return np.ascontiguousarray(arr)
+
+    def _as_y(self, y: object, n: int, name: str = "y") -> np.ndarray:
+        self._require_compiled()
+        arr = y if isinstance(y, np.ndarray) else np.asarray(y)
+        if self.loss == "cross_entropy":
+            if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError(f"{name}: cross_entropy expects integer class labels, got dtype {arr.dtype}")
+            if arr.ndim != 1:
+                raise ValueError(f"{name}: expected shape ({n},) of class labels, got {arr.shape}")
+            return np.ascontiguousarray(arr, dtype=np.int64)
+        if arr.dtype != self._np_dtype:
+            if self._np_dtype is np.float32 and arr.dtype == np.float64:
+                arr = arr.astype(np.float32)
+            else:
+                raise TypeError(f"{name}: expected dtype {self.dtype} targets, got {arr.dtype}")
+        if arr.ndim == 1 and self.out_features == 1:
+            arr = arr.reshape(-1, 1)
+        return np.ascontiguousarray(arr)
+
+    def _Xy(self, X: object, y: object) -> Tuple[np.ndarray, np.ndarray]:
+        self._require_compiled()
+        Xa = self._as_X(X)
+        return Xa, self._as_y(y, Xa.shape[0])
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, X: np.ndarray, y: np.ndarray) -> float:
+        """One fused forward + backward + update; returns the loss before the update."""
+        Xa, ya = self._Xy(X, y)
+        return float(self._core.train_step(Xa, ya))
+
+    def compute_gradients(self, X: np.ndarray, y: np.ndarray) -> float:
+        """Forward and backward only: fills gradients(); returns the loss."""
+        Xa, ya = self._Xy(X, y)
+        return float(self._core.compute_gradients(Xa, ya))
+
+    def apply_gradients(self) -> None:
+        """Update the parameters with the gradients of the last compute_gradients."""
+        self._require_compiled()
+        self._core.apply_gradients()
+
+    def loss_and_grads(self, X: np.ndarray, y: np.ndarray) -> Tuple[float, Dict[str, np.ndarray]]:
+        """Loss and a copy of every gradient; no update."""
+        loss = self.compute_gradients(X, y)
+        return loss, OrderedDict((n, g.copy()) for n, g in self._grads.items())
+
+    def predict(self, X: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
+        """Raw outputs (logits for cross_entropy) for every row of X."""
+        Xa = self._as_X(X)
+        bs = 0 if batch_size is None else _positive_int(batch_size, "batch_size")
+        return self._core.predict(Xa, bs)
+
+    def evaluate(self, X: np.ndarray, y: np.ndarray, batch_size: Optional[int] = None) -> Dict[str, float]:
+        """{"loss": mean loss} and, for cross_entropy, "accuracy"."""
+        Xa, ya = self._Xy(X, y)
+        bs = 0 if batch_size is None else _positive_int(batch_size, "batch_size")
+        loss, correct = self._core.evaluate(Xa, ya, bs)
+        out = {"loss": float(loss)}
+        if self.loss == "cross_entropy":
+            out["accuracy"] = float(correct) / Xa.shape[0]
+        return out
+
+    def fit(self, X: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
+            shuffle: bool = True, validation_data: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+            callbacks: Sequence[object] = (), progress: Optional[bool] = None):
+        """Train for `epochs` passes over (X, y) in batches (the last one may be partial);
+        returns a History. Shuffling uses the model's seed, so runs are reproducible."""
+        from .training import run_fit
+        return run_fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                       validation_data=validation_data, callbacks=callbacks, progress=progress)
+
+    # ------------------------------------------------------------------ description
+    def summary(self) -> str:
+        """A table of the layers, their output widths and parameter counts."""
+        rows = [("layer", "output", "params")]
+        names = {}
+        for (li, is_bias, _o, r, c), n in zip(self._core.tensors(), self._param_names):
+            names.setdefault(li, [n.rsplit(".", 1)[0], 0])
+            names[li][1] += r * c
+        for layer in self._layers:
+            count = ""
+            if isinstance(layer, Linear):
+                prefix, cnt = names[self._linears.index(layer)]
+                count = str(cnt)
+                label = f"{prefix}: {layer.describe()}"
+            else:
+                label = layer.describe()
+            width = layer.out_width(layer.in_features) if isinstance(layer, Linear) else ""
+            rows.append((label, f"(N, {width})" if width != "" else "", count))
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        lines = [f"{type(self).__name__} (dtype={self.dtype}, input features={self.in_features})"]
+        for r in rows:
+            lines.append(f"  {r[0]:<{w0}}  {r[1]:<{w1}}  {r[2]:>8}")
+        lines.append(f"Total parameters: {self.num_parameters()}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.in_features}->{self.out_features} dtype={self.dtype} params={self.num_parameters()}>"
+
+
+def _positive_int(v: object, name: str) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    return int(v)
+
+
+class Sequential(Model):
+    """Layers applied one after another; parameter names follow PyTorch's nn.Sequential
+    ("0.weight", "0.bias", "2.weight", ...)."""
+
+    def __init__(self, *layers: Layer, dtype: str = "float32", seed: Optional[int] = None) -> None:
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError("layers: a Sequential needs at least one layer")
+        for i, l in enumerate(layers):
+            if not isinstance(l, Layer):
+                raise TypeError(f"layers[{i}]: expected an lp layer, got {type(l).__name__}")
+        for i, l in enumerate(layers):
+            if any(l is m for m in layers[:i]):
+                raise ValueError(f"layers[{i}]: the same layer object appears twice; use the functional API to share weights")
+        first = next((l for l in layers if isinstance(l, Linear)), None)
+        if first is None:
+            raise ValueError("layers: a Sequential needs at least one lp.Linear")
+        # Width of the input: the first Linear's in_features (activations before it keep width).
+        x = Input(first.in_features)
+        t = x
+        for l in layers:
+            t = l(t)
+        self._seq_layers = list(layers)
+        names = {id(l): (l.name or str(i)) for i, l in enumerate(layers)}
+        self._init_graph(x, t, dtype, seed, names=names)
+
+    def summary(self) -> str:
+        rows = [("#", "layer", "output", "params")]
+        width = self.in_features
+        tensors = list(zip(self._core.tensors(), self._param_names))
+        for i, l in enumerate(self._seq_layers):
+            width = l.out_width(width)
+            cnt = 0
+            if isinstance(l, Linear):
+                li = self._linears.index(l)
+                cnt = sum(r * c for (lj, _b, _o, r, c), _n in tensors if lj == li)
+            rows.append((str(i), l.describe(), f"(N, {width})", str(cnt)))
+        ws = [max(len(r[k]) for r in rows) for k in range(4)]
+        lines = [f"Sequential (dtype={self.dtype}, input features={self.in_features})"]
+        for r in rows:
+            lines.append(f"  {r[0]:>{ws[0]}}  {r[1]:<{ws[1]}}  {r[2]:<{ws[2]}}  {r[3]:>{ws[3]}}")
+        lines.append(f"Total parameters: {self.num_parameters()}")
+        return "\n".join(lines)

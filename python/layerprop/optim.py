@@ -1,0 +1,95 @@
+"""Optimizers: configurations handed to the core, which applies PyTorch's update rules as
+one fused in-place pass over parameters, gradients and state."""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+
+OPT_SGD, OPT_ADAM, OPT_ADAMW = 1, 2, 3
+
+
+def _nonneg(name: str, v: float) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {v!r}") from None
+    if not math.isfinite(f) or f < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+    return f
+
+
+class Optimizer:
+    kind = 0
+    lr: float
+
+    def core_args(self) -> dict:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with PyTorch's momentum, dampening, nesterov and
+    weight_decay semantics."""
+
+    kind = OPT_SGD
+
+    def __init__(self, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0) -> None:
+        self.lr = _nonneg("lr", lr)
+        self.momentum = _nonneg("momentum", momentum)
+        self.dampening = float(dampening)
+        if not math.isfinite(self.dampening):
+            raise ValueError(f"dampening: expected a finite number, got {dampening!r}")
+        self.nesterov = bool(nesterov)
+        self.weight_decay = _nonneg("weight_decay", weight_decay)
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("nesterov: requires momentum > 0 and dampening == 0")
+
+    def core_args(self) -> dict:
+        return dict(optimizer=self.kind, lr=self.lr, momentum=self.momentum,
+                    dampening=self.dampening, weight_decay=self.weight_decay,
+                    nesterov=self.nesterov, beta1=0.9, beta2=0.999, eps=1e-8)
+
+    def __repr__(self) -> str:
+        return (f"SGD(lr={self.lr}, momentum={self.momentum}, dampening={self.dampening}, "
+                f"nesterov={self.nesterov}, weight_decay={self.weight_decay})")
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with PyTorch's bias corrections; weight_decay adds wd*p to the gradient."""
+
+    kind = OPT_ADAM
+
+    def __init__(self, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        self.lr = _nonneg("lr", lr)
+        try:
+            b1, b2 = (float(b) for b in betas)
+        except (TypeError, ValueError):
+            raise ValueError(f"betas: expected two numbers, got {betas!r}") from None
+        for i, b in enumerate((b1, b2)):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"betas: betas[{i}] must be in [0, 1), got {b}")
+        self.betas = (b1, b2)
+        self.eps = _nonneg("eps", eps)
+        self.weight_decay = _nonneg("weight_decay", weight_decay)
+
+    def core_args(self) -> dict:
+        return dict(optimizer=self.kind, lr=self.lr, momentum=0.0, dampening=0.0,
+                    weight_decay=self.weight_decay, nesterov=False, beta1=self.betas[0],
+                    beta2=self.betas[1], eps=self.eps)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
+                f"weight_decay={self.weight_decay})")
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: p *= 1 - lr*weight_decay before the Adam step."""
+
+    kind = OPT_ADAMW
+
+    def __init__(self, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

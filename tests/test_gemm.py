@@ -1,0 +1,81 @@
+"""The packed GEMM kernel and its naive twin against NumPy float64 on awkward shapes."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import rel_err
+
+from layerprop import _core
+
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+KERNELS = {"packed": "_gemm", "naive": "_gemm_naive"}
+
+# (M, K, N) of op(a) (M,K) @ op(b) (K,N): ones, primes, non-multiples of 6 and 16,
+# K > 256 and M > 240 (more than one cache block), and tiny-times-large.
+SHAPES = [
+    (1, 1, 1),
+    (1, 7, 1),
+    (7, 1, 13),
+    (13, 97, 7),
+    (6, 16, 16),
+    (5, 17, 15),
+    (97, 13, 257),
+    (257, 97, 1),
+    (1, 300, 257),
+    (241, 257, 33),
+    (250, 300, 130),
+]
+
+
+def operands(rng, m, k, n, trans_a, trans_b, dtype):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    want = (a64.T if trans_a else a64) @ (b64.T if trans_b else b64)
+    return a, b, want
+
+
+def check(kernel, rng, m, k, n, trans_a, trans_b, dtype):
+    a, b, want = operands(rng, m, k, n, trans_a, trans_b, dtype)
+    got = getattr(_core, KERNELS[kernel])(a, b, trans_a, trans_b)
+    assert got.shape == (m, n)
+    assert got.dtype == dtype
+    err = rel_err(got, want)
+    assert err <= TOL[dtype], f"{kernel} {dtype.__name__} {m}x{k}x{n} ta={trans_a} tb={trans_b}: {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_gemm_matches_numpy(kernel, shape, trans_a, trans_b, dtype, rng):
+    check(kernel, rng, *shape, trans_a, trans_b, dtype)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    kernel=st.sampled_from(list(KERNELS)),
+    m=st.integers(1, 70),
+    k=st.integers(1, 70),
+    n=st.integers(1, 70),
+    trans_a=st.booleans(),
+    trans_b=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_gemm_random_shapes(kernel, m, k, n, trans_a, trans_b, dtype, seed):
+    check(kernel, np.random.default_rng(seed), m, k, n, trans_a, trans_b, dtype)
+
+
+def test_identity_and_zero_products_are_exact():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((37, 41))
+    eye = np.eye(41)
+    for name in KERNELS.values():
+        fn = getattr(_core, name)
+        assert np.array_equal(fn(a, eye, False, False), a)
+        assert np.array_equal(fn(eye, a, False, True), a.T)
+        assert np.array_equal(fn(np.zeros((5, 41)), a, False, True), np.zeros((5, 37)))

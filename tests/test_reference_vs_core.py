@@ -1,0 +1,77 @@
+"""The core against the float64 NumPy twins in reference.py, to 1e-10 relative."""
+
+import numpy as np
+import pytest
+
+import reference
+from conftest import (
+    ACTIVATIONS,
+    LOSSES,
+    OPTIMIZERS,
+    assert_close,
+    build_mlp,
+    copy_params,
+    lp_optimizer,
+    make_batch,
+)
+
+TOL = 1e-10
+N_IN, N_HIDDEN, N_OUT, BATCH = 5, 7, 4, 9
+
+# "hidden": Linear, act, Linear.  "output": Linear, act (the activation feeds the loss).
+STRUCTURES = {"hidden": ([N_IN, N_HIDDEN, N_OUT], False), "output": ([N_IN, N_OUT], True)}
+
+
+def _pair(act, structure, seed=0):
+    sizes, final_act = STRUCTURES[structure]
+    model, acts = build_mlp(sizes, act, dtype="float64", seed=seed, final_act=final_act)
+    return model, reference.MLP.from_params(copy_params(model), acts)
+
+
+@pytest.mark.parametrize("structure", list(STRUCTURES))
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_loss_and_grads_match_reference(act, loss, structure, rng):
+    model, ref = _pair(act, structure)
+    model.compile(loss=loss, optimizer=lp_optimizer("sgd"))
+    X, y = make_batch(rng, BATCH, N_IN, N_OUT, loss)
+
+    value, grads = model.loss_and_grads(X, y)
+    want_value, want_grads = ref.loss_and_grads(X, y, loss)
+
+    assert isinstance(value, float)
+    assert abs(value - want_value) <= TOL * abs(want_value)
+    assert list(grads) == list(model.parameters()) == list(want_grads)
+    for name, g in grads.items():
+        assert g.dtype == np.float64
+        assert_close(g, want_grads[name], TOL, name)
+
+
+@pytest.mark.parametrize("structure", list(STRUCTURES))
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_predict_matches_reference_forward(act, structure, rng):
+    model, ref = _pair(act, structure, seed=1)
+    X = rng.standard_normal((BATCH, N_IN))
+    out = model.predict(X)
+    assert out.shape == (BATCH, N_OUT) and out.dtype == np.float64
+    assert_close(out, ref.forward(X), TOL, "predict")
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_train_steps_match_reference_optimizer(opt, loss, rng):
+    model, acts = build_mlp([N_IN, N_HIDDEN, 6, N_OUT], "tanh", dtype="float64", seed=2)
+    ref = reference.MLP.from_params(copy_params(model), acts)
+    cls, kw = OPTIMIZERS[opt]
+    ref_opt = getattr(reference, cls)(**kw)
+    model.compile(loss=loss, optimizer=lp_optimizer(opt))
+
+    for step in range(4):
+        X, y = make_batch(rng, BATCH, N_IN, N_OUT, loss)
+        got = model.train_step(X, y)
+        want = ref.train_step(X, y, loss, ref_opt)
+        assert isinstance(got, float)
+        assert abs(got - want) <= TOL * abs(want), f"step {step}"
+        want_params = ref.params()
+        for name, p in model.parameters().items():
+            assert_close(p, want_params[name], TOL, f"step {step} {name}")
