@@ -21,7 +21,7 @@ static int default_threads() {
 #endif
 }
 
-static std::atomic<int>& thread_setting() {
+[[maybe_unused]] static std::atomic<int>& thread_setting() {
   static std::atomic<int> n{default_threads()};
   return n;
 }
