@@ -79,3 +79,32 @@ def test_identity_and_zero_products_are_exact():
         assert np.array_equal(fn(a, eye, False, False), a)
         assert np.array_equal(fn(eye, a, False, True), a.T)
         assert np.array_equal(fn(np.zeros((5, 41)), a, False, True), np.zeros((5, 37)))
+
+
+def test_portable_fallback_kernels_agree():
+    """LAYERPROP_SIMD=scalar selects the portable micro-kernel at import: same results."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import numpy as np, layerprop as lp
+        from layerprop import _core
+        assert lp.build_info()["simd"] == "scalar", lp.build_info()
+        rng = np.random.default_rng(0)
+        worst = {}
+        for dt, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+            for m, n, k in ((1, 1, 1), (7, 13, 5), (97, 257, 300), (250, 33, 517)):
+                for ta in (False, True):
+                    for tb in (False, True):
+                        a = rng.standard_normal((k, m) if ta else (m, k)).astype(dt)
+                        b = rng.standard_normal((n, k) if tb else (k, n)).astype(dt)
+                        ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+                        err = np.abs(_core._gemm(a, b, ta, tb) - ref).max() / np.abs(ref).max()
+                        assert err < tol, (dt, m, n, k, ta, tb, err)
+        print("ok")
+    """)
+    env = dict(__import__("os").environ, LAYERPROP_SIMD="scalar")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"

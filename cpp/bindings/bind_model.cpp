@@ -113,7 +113,7 @@ void bind_one(py::module_& m, const char* name) {
              for (auto& [in, out, bias] : layers) ls.push_back({in, out, bias});
              std::vector<NodeSpec> ns;
              for (auto& [kind, inputs, width, layer, act, slope] : nodes) {
-               if (kind < 0 || kind > static_cast<int>(NodeKind::Concat)) throw ValueError("graph: unknown node kind");
+               if (kind < 0 || kind > static_cast<int>(NodeKind::Dropout)) throw ValueError("graph: unknown node kind");
                if (act < 0 || act > static_cast<int>(Act::GELU)) throw ValueError("graph: unknown activation");
                NodeSpec s;
                s.kind = static_cast<NodeKind>(kind);
@@ -157,6 +157,14 @@ void bind_one(py::module_& m, const char* name) {
         Buffer<T>& b = s.state(slot);
         return view<T>(self, b.data(), static_cast<int64_t>(b.size()), 1, true);
       }, py::arg("slot"), "Flat view of optimizer state slot (valid until the next compile).")
+      .def_property("training", &M::training, [](M& self, bool on) {
+        std::lock_guard<std::mutex> lock(self.mutex());
+        self.set_training(on);
+      })
+      .def("set_seed", [](M& self, uint64_t s) {
+        std::lock_guard<std::mutex> lock(self.mutex());
+        self.set_seed(s);
+      }, py::arg("seed"), "Seed of the dropout masks.")
       .def("steps", [](M& self) { return self.steps(); })
       .def("set_steps", [](M& self, const std::vector<int64_t>& s) {
         if (s.size() != self.steps().size()) throw ValueError("steps: wrong length");

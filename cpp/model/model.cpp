@@ -6,6 +6,7 @@
 #include "layerprop/eltwise.hpp"
 #include "layerprop/gemm.hpp"
 #include "layerprop/loss.hpp"
+#include "layerprop/runtime.hpp"
 
 namespace lp {
 
@@ -44,12 +45,15 @@ Model<T>::Model(std::vector<LinearSpec> layers, std::vector<NodeSpec> nodes, int
         needs_grad_[i] = 1;
         break;
       }
+      case NodeKind::Dropout:
+        if (!(s.slope >= 0 && s.slope <= 1)) throw ValueError("graph: dropout p must be in [0, 1]");
+        [[fallthrough]];
       case NodeKind::Activation:
       case NodeKind::Add:
         for (size_t k = 0; k < s.inputs.size(); ++k)
           if (w(k) != s.width) throw ValueError("graph: width mismatch at node " + std::to_string(i));
-        if (s.kind == NodeKind::Activation && s.inputs.size() != 1)
-          throw ValueError("graph: activation takes one input");
+        if ((s.kind == NodeKind::Activation || s.kind == NodeKind::Dropout) && s.inputs.size() != 1)
+          throw ValueError("graph: activation and dropout take one input");
         break;
       case NodeKind::Concat: {
         int64_t tot = 0;
@@ -88,6 +92,7 @@ Model<T>::Model(std::vector<LinearSpec> layers, std::vector<NodeSpec> nodes, int
   steps_.assign(tensors_.size(), 0);
   outs_.resize(n);
   gouts_.resize(n);
+  masks_.resize(n);
   written_.assign(n, 0);
   pwritten_.assign(layers_.size(), 0);
 }
@@ -112,15 +117,40 @@ void Model<T>::ensure_capacity(int64_t N) {
     const size_t sz = static_cast<size_t>(N * nodes_[i].width);
     outs_[i].assign(sz, T(0));
     if (needs_grad_[i]) gouts_[i].assign(sz, T(0));
+    if (nodes_[i].kind == NodeKind::Dropout) masks_[i].assign(sz, T(0));
   }
   row_loss_.assign(static_cast<size_t>(N), T(0));
   cap_ = N;
 }
 
+namespace {
+// splitmix64 finalizer: a counter-based generator, one independent draw per element.
+inline uint64_t mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// mask[i] = 0 with probability p, else 1/(1-p); y = x * mask.
 template <class T>
-void Model<T>::forward(const T* X, int64_t N) {
+void dropout_forward(T* y, T* mask, const T* x, int64_t n, double p, uint64_t key) {
+  const T scale = p < 1 ? T(1.0 / (1.0 - p)) : T(0);
+  const int nt = threads_for(n, int64_t(1) << 16);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t i = 0; i < n; ++i) {
+    const double u = static_cast<double>(mix64(key ^ mix64(static_cast<uint64_t>(i))) >> 11) * 0x1.0p-53;
+    mask[i] = u >= p ? scale : T(0);
+    y[i] = x[i] * mask[i];
+  }
+}
+}  // namespace
+
+template <class T>
+void Model<T>::forward(const T* X, int64_t N, bool training) {
   ensure_capacity(N);
   x_ = X;
+  masked_ = false;
   for (int i = 1; i <= output_; ++i) {
     const NodeSpec& s = nodes_[i];
     const int64_t w = s.width;
@@ -147,6 +177,15 @@ void Model<T>::forward(const T* X, int64_t N) {
         kern::add_into<T>(outs_[i].data(), out(s.inputs[0]), N * w, false);
         for (size_t k = 1; k < s.inputs.size(); ++k)
           kern::add_into<T>(outs_[i].data(), out(s.inputs[k]), N * w, true);
+        break;
+      case NodeKind::Dropout:
+        if (training && s.slope > 0) {
+          dropout_forward<T>(outs_[i].data(), masks_[i].data(), out(s.inputs[0]), N * w, s.slope,
+                             mix64(seed_ ^ mix64(draws_++ * 0x100000001B3ull + static_cast<uint64_t>(i))));
+          masked_ = true;
+        } else {
+          std::memcpy(outs_[i].data(), out(s.inputs[0]), sizeof(T) * N * w);
+        }
         break;
       case NodeKind::Concat: {
         int64_t c0 = 0;
@@ -213,6 +252,15 @@ void Model<T>::backward(int64_t N) {
         }
         break;
       }
+      case NodeKind::Dropout: {
+        const int j = s.inputs[0];
+        if (needs_grad_[j]) {
+          if (masked_) kern::mul_into<T>(gouts_[j].data(), dy, masks_[i].data(), N * w, written_[j]);
+          else kern::add_into<T>(gouts_[j].data(), dy, N * w, written_[j]);
+          written_[j] = 1;
+        }
+        break;
+      }
       case NodeKind::Add:
         for (int j : s.inputs)
           if (needs_grad_[j]) {
@@ -250,7 +298,7 @@ void Model<T>::backward(int64_t N) {
 
 template <class T>
 double Model<T>::compute_gradients(const T* X, int64_t N, Labels<T> y) {
-  forward(X, N);
+  forward(X, N, training_);
   const double loss = loss_and_seed(N, y, true);
   backward(N);
   grads_ready_ = true;
@@ -259,7 +307,7 @@ double Model<T>::compute_gradients(const T* X, int64_t N, Labels<T> y) {
 
 template <class T>
 double Model<T>::loss_only(const T* X, int64_t N, Labels<T> y) {
-  forward(X, N);
+  forward(X, N, training_);
   return loss_and_seed(N, y, false);
 }
 
@@ -312,7 +360,7 @@ void Model<T>::predict(const T* X, int64_t N, T* dst, int64_t batch) {
   const int64_t D = out_width(), in = in_width();
   for (int64_t s = 0; s < N; s += batch) {
     const int64_t nb = std::min(batch, N - s);
-    forward(X + s * in, nb);
+    forward(X + s * in, nb, false);
     std::memcpy(dst + s * D, out(output_), sizeof(T) * nb * D);
   }
 }
@@ -327,7 +375,7 @@ std::pair<double, int64_t> Model<T>::evaluate(const T* X, int64_t N, Labels<T> y
     Labels<T> yb;
     if (y.cls) yb.cls = y.cls + s;
     if (y.target) yb.target = y.target + s * D;
-    forward(X + s * in, nb);
+    forward(X + s * in, nb, false);
     total += loss_and_seed(nb, yb, false) * static_cast<double>(nb);
     if (y.cls) correct += kern::count_correct<T>(out(output_), yb.cls, nb, D);
   }

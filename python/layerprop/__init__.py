@@ -6,7 +6,7 @@ in-place optimizer updates; this package is the thin Python layer around it.
 from __future__ import annotations
 
 from . import _core
-from .layers import (GELU, Identity, Input, Layer, LeakyReLU, Linear, ReLU, Sigmoid,
+from .layers import (GELU, Dropout, Identity, Input, Layer, LeakyReLU, Linear, ReLU, Sigmoid,
                      SymbolicTensor, Tanh, add, concat)
 from .model import Model, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
@@ -17,7 +17,7 @@ __version__ = _core.build_info()["version"]
 
 __all__ = [
     "__version__", "build_info", "set_num_threads", "get_num_threads",
-    "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity",
+    "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
     "Input", "SymbolicTensor", "add", "concat", "Model", "Sequential",
     "Optimizer", "SGD", "Adam", "AdamW", "Schedule", "Simultaneous", "Callback", "History",
 ]

@@ -6,12 +6,12 @@ import math
 from typing import List, Optional, Sequence
 
 __all__ = [
-    "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity",
+    "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
     "Input", "SymbolicTensor", "add", "concat",
 ]
 
 # Node kinds and activation codes shared with the core (cpp/include/layerprop/model.hpp).
-NODE_INPUT, NODE_LINEAR, NODE_ACT, NODE_ADD, NODE_CONCAT = 0, 1, 2, 3, 4
+NODE_INPUT, NODE_LINEAR, NODE_ACT, NODE_ADD, NODE_CONCAT, NODE_DROPOUT = 0, 1, 2, 3, 4, 5
 ACT_CODES = {"Identity": 0, "ReLU": 1, "LeakyReLU": 2, "Tanh": 3, "Sigmoid": 4, "GELU": 5}
 
 
@@ -172,3 +172,21 @@ class GELU(_Activation):
 
 class Identity(_Activation):
     """x."""
+
+
+class Dropout(Layer):
+    """In training mode, zeroes each element with probability p and scales the rest by
+    1/(1-p); the identity in evaluation mode (model.eval()) and in predict/evaluate."""
+
+    def __init__(self, p: float = 0.5, *, name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        try:
+            pf = float(p)
+        except (TypeError, ValueError):
+            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}") from None
+        if not 0.0 <= pf <= 1.0:
+            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
+        self.p = pf
+
+    def describe(self) -> str:
+        return f"Dropout(p={self.p})"

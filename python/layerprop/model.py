@@ -8,8 +8,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
-from .layers import (ACT_CODES, NODE_ACT, NODE_ADD, NODE_CONCAT, NODE_INPUT, NODE_LINEAR,
-                     Input, Layer, Linear, SymbolicTensor, _Activation)
+from .layers import (NODE_ACT, NODE_ADD, NODE_CONCAT, NODE_DROPOUT, NODE_INPUT, NODE_LINEAR,
+                     Dropout, Input, Layer, Linear, SymbolicTensor, _Activation)
 from .optim import Optimizer
 from .schedules import Schedule, Simultaneous
 
@@ -104,6 +104,8 @@ class Model:
                         linear_index[id(layer)] = len(core_layers)
                         core_layers.append((layer.in_features, layer.out_features, layer.bias))
                     core_nodes.append((NODE_LINEAR, ins, t.width, linear_index[id(layer)], 0, 0.0))
+                elif isinstance(layer, Dropout):
+                    core_nodes.append((NODE_DROPOUT, ins, t.width, -1, 0, layer.p))
                 elif isinstance(layer, _Activation):
                     core_nodes.append((NODE_ACT, ins, t.width, -1, layer.act_code, float(layer.slope)))
                 else:
@@ -141,6 +143,7 @@ class Model:
         self.stop_training = False
         self._fit_rng = np.random.default_rng(self.seed)
         self.reset_parameters(self.seed)
+        self._core.set_seed(int(np.random.default_rng(self.seed).integers(2**63)) ^ 0x5EED)
 
     def reset_parameters(self, seed: Optional[int] = None) -> None:
         """PyTorch's default initialization: weight and bias uniform in +-1/sqrt(fan_in)
@@ -175,13 +178,17 @@ class Model:
         return int(self._core.num_params)
 
     def train(self) -> "Model":
-        """Training mode (dropout and batch-norm layers use batch behaviour)."""
+        """Training mode (the default): train_step, compute_gradients, loss_and_grads and
+        fit apply dropout. predict and evaluate always run in inference mode."""
         self.training = True
+        self._core.training = True
         return self
 
     def eval(self) -> "Model":
-        """Evaluation mode."""
+        """Evaluation mode: the training calls run dropout as the identity too (useful for
+        gradient checks)."""
         self.training = False
+        self._core.training = False
         return self
 
     # ------------------------------------------------------------------ compile

@@ -57,6 +57,8 @@ def run_fit(model, X, y, *, epochs: int, batch_size: int, shuffle: bool,
     model._require_compiled()
     Xa, ya = model._Xy(X, y)  # converted once for the whole fit
     n = Xa.shape[0]
+    if n == 0:
+        raise ValueError("X: empty (0 rows); fit needs at least one sample")
     if ya.shape[0] != n:
         raise ValueError(f"y: expected {n} rows to match X, got {ya.shape[0]}")
     epochs = int(epochs) if isinstance(epochs, (int, np.integer)) and not isinstance(epochs, bool) else -1

@@ -110,6 +110,19 @@ void add_into(T* y, const T* a, int64_t n, bool accumulate) {
   }
 }
 
+// y = a * m (or y += a * m): gradient through a fixed mask.
+template <class T>
+void mul_into(T* y, const T* a, const T* m, int64_t n, bool accumulate) {
+  const int nt = threads_for(n, 1 << 18);
+  if (accumulate) {
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t i = 0; i < n; ++i) y[i] += a[i] * m[i];
+  } else {
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t i = 0; i < n; ++i) y[i] = a[i] * m[i];
+  }
+}
+
 }  // namespace lp::kern
 
 namespace lp::kern {

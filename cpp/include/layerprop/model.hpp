@@ -12,7 +12,7 @@
 
 namespace lp {
 
-enum class NodeKind : int { Input = 0, Linear, Activation, Add, Concat };
+enum class NodeKind : int { Input = 0, Linear, Activation, Add, Concat, Dropout };
 
 struct LinearSpec {
   int64_t in = 0, out = 0;
@@ -25,7 +25,7 @@ struct NodeSpec {
   int64_t width = 0;        // features of this node's output
   int layer = -1;           // Linear: index into the LinearSpec table (shared by reuse)
   Act act = Act::Identity;  // Activation
-  double slope = 0.01;      // LeakyReLU
+  double slope = 0.01;      // LeakyReLU: negative slope; Dropout: drop probability p
 };
 
 // One parameter tensor inside the contiguous parameter store.
@@ -79,13 +79,19 @@ class Model {
   // Loss and gradients only (no update).
   double loss_only(const T* X, int64_t N, Labels<T> y);
 
+  // Training mode: dropout masks are drawn (inference: dropout is the identity). Masks come
+  // from a counter-based hash of (seed, draw, element), so they never depend on threads.
+  void set_training(bool on) { training_ = on; }
+  bool training() const { return training_; }
+  void set_seed(uint64_t s) { seed_ = s; draws_ = 0; }
+
   // Optimizer state (for saving / inspection).
   Buffer<T>& state(int slot) { return slot == 0 ? state1_ : state2_; }
   std::vector<int64_t>& steps() { return steps_; }
 
  private:
   void ensure_capacity(int64_t N);
-  void forward(const T* X, int64_t N);
+  void forward(const T* X, int64_t N, bool training);
   double loss_and_seed(int64_t N, Labels<T> y, bool want_grad);
   void backward(int64_t N);
   T* out(int i) { return i == 0 ? const_cast<T*>(x_) : outs_[i].data(); }
@@ -103,6 +109,7 @@ class Model {
   Buffer<T> params_, grads_, state1_, state2_;
   std::vector<int64_t> steps_;                // per tensor
   std::vector<Buffer<T>> outs_, gouts_;       // per node, cap x width
+  std::vector<Buffer<T>> masks_;              // Dropout nodes: 0 or 1/(1-p) per element
   Buffer<T> row_loss_, xbatch_, tbatch_;
   std::vector<int64_t> lbatch_;
   std::vector<char> written_, pwritten_;
@@ -110,6 +117,8 @@ class Model {
   int64_t cap_ = 0;
 
   bool compiled_ = false, grads_ready_ = false;
+  bool training_ = true, masked_ = false;
+  uint64_t seed_ = 0, draws_ = 0;
   LossKind loss_ = LossKind::CrossEntropy;
   kern::OptConfig opt_;
   std::mutex mu_;
