@@ -111,6 +111,9 @@ class Model:
                 else:
                     raise TypeError(f"{layer.describe()}: layer type not supported by the core")
         self._layers = layers
+        # The graph in topological order (index 0 is the input, the last is the output); for
+        # tools that walk it (lp.explain). Same order as the core's nodes.
+        self._order: List[SymbolicTensor] = order
         self._linears = [l for l in layers if isinstance(l, Linear)]
         self._input = inputs
         self._output = outputs
@@ -134,6 +137,7 @@ class Model:
         self._param_names: List[str] = []
         for layer_idx, is_bias, _off, _r, _c in self._core.tensors():
             self._param_names.append(f"{used[layer_idx]}.{'bias' if is_bias else 'weight'}")
+        self._layer_prefix: Dict[int, str] = {id(l): used[i] for i, l in enumerate(self._linears)}
         self._params = OrderedDict((n, self._core.param_view(i)) for i, n in enumerate(self._param_names))
         self._grads = OrderedDict((n, self._core.grad_view(i)) for i, n in enumerate(self._param_names))
         self.training = True
