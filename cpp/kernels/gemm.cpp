@@ -140,8 +140,7 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
   const int nt = threads_for(M * N * K, int64_t(1) << 20);
   const int64_t n_ic = (M + MC - 1) / MC;
 
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  auto body = [&]() {
     static thread_local Buffer<T> abuf_store;
     T* abuf = scratch(abuf_store, MC * KC);
     int nthreads = 1;
@@ -194,6 +193,12 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
         }
       }
     }
+  };
+  if (nt <= 1) {
+    body();  // serial: no OpenMP region at all
+  } else {
+#pragma omp parallel num_threads(nt)
+    body();
   }
 }
 
@@ -201,7 +206,7 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
 
 bool gemm_uses_direct(int64_t M, int64_t N, int64_t K) {
   // Packing pays once a packed panel is reused enough; tiny products go direct.
-  return M * N * K <= int64_t(48) * 48 * 48 || M <= 2 || N <= 2;
+  return M * N * K <= int64_t(16) * 16 * 16 || M <= 2 || N <= 2;
 }
 
 template <class T>

@@ -25,9 +25,8 @@ template <class T>
 double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* labels, int64_t N,
                      int64_t C) {
   const T inv_n = T(1) / static_cast<T>(N);
-  const int nt = threads_for(N * C * 8, int64_t(1) << 16);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t i = 0; i < N; ++i) {
+  parallel_range(N, N * C * 8, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; ++i) {
     const T* z = logits + i * C;
     T m = z[0];
     for (int64_t j = 1; j < C; ++j) m = std::max(m, z[j]);
@@ -42,15 +41,15 @@ double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* label
       g[labels[i]] -= inv_n;
     }
   }
+  });
   return sum_rows(row_loss, N) / static_cast<double>(N);
 }
 
 template <class T>
 double mse(T* grad, T* row_loss, const T* pred, const T* target, int64_t N, int64_t D) {
   const T scale = T(2) / static_cast<T>(N * D);
-  const int nt = threads_for(N * D, int64_t(1) << 17);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t i = 0; i < N; ++i) {
+  parallel_range(N, N * D, int64_t(1) << 17, [&](int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; ++i) {
     const T* p = pred + i * D;
     const T* t = target + i * D;
     T s = 0;
@@ -61,6 +60,7 @@ double mse(T* grad, T* row_loss, const T* pred, const T* target, int64_t N, int6
     }
     row_loss[i] = s;
   }
+  });
   return sum_rows(row_loss, N) / static_cast<double>(N * D);
 }
 
@@ -68,9 +68,8 @@ template <class T>
 double bce_with_logits(T* grad, T* row_loss, const T* logits, const T* target, int64_t N,
                        int64_t D) {
   const T scale = T(1) / static_cast<T>(N * D);
-  const int nt = threads_for(N * D * 8, int64_t(1) << 16);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t i = 0; i < N; ++i) {
+  parallel_range(N, N * D * 8, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; ++i) {
     const T* x = logits + i * D;
     const T* t = target + i * D;
     T s = 0;
@@ -81,6 +80,7 @@ double bce_with_logits(T* grad, T* row_loss, const T* logits, const T* target, i
     }
     row_loss[i] = s;
   }
+  });
   return sum_rows(row_loss, N) / static_cast<double>(N * D);
 }
 

@@ -12,9 +12,8 @@ static void sgd(const OptConfig& c, T* p, const T* g, T* buf, int64_t n, int64_t
   const T damp1 = T(1.0 - c.dampening);
   const bool has_wd = c.weight_decay != 0, has_mom = c.momentum != 0, first = step == 1;
   const bool nesterov = c.nesterov;
-  const int nt = threads_for(n, int64_t(1) << 16);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_range(n, n, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; ++i) {
     T d = g[i];
     if (has_wd) d = d + wd * p[i];
     if (has_mom) {
@@ -24,6 +23,7 @@ static void sgd(const OptConfig& c, T* p, const T* g, T* buf, int64_t n, int64_t
     }
     p[i] = p[i] + (-lr) * d;
   }
+  });
 }
 
 template <class T>
@@ -36,9 +36,8 @@ static void adam(const OptConfig& c, T* p, const T* g, T* m, T* v, int64_t n, in
   const T w1 = T(1.0 - c.beta1), b2 = T(c.beta2), w2 = T(1.0 - c.beta2), eps = T(c.eps);
   const T wd = T(c.weight_decay), decay = T(1.0 - c.lr * c.weight_decay);
   const bool has_wd = c.weight_decay != 0;
-  const int nt = threads_for(n, int64_t(1) << 15);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_range(n, n, int64_t(1) << 15, [&](int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; ++i) {
     T pi = p[i];
     T gi = g[i];
     if (has_wd) {
@@ -52,6 +51,7 @@ static void adam(const OptConfig& c, T* p, const T* g, T* m, T* v, int64_t n, in
     const T denom = std::sqrt(vi) / bc2_sqrt + eps;
     p[i] = pi + (-step_size) * mi / denom;
   }
+  });
 }
 
 template <class T>

@@ -71,10 +71,10 @@ inline bool act_is_cheap(Act a) { return a == Act::Identity || a == Act::ReLU ||
 template <class T>
 void act_forward(T* y, const T* x, int64_t n, Act act, T slope) {
   const int64_t thresh = act_is_cheap(act) ? (1 << 18) : (1 << 14);
-  const int nt = threads_for(n, thresh);
   dispatch_act<T>(act, slope, [&](auto F) {
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < n; ++i) y[i] = F.f(x[i]);
+    parallel_range(n, n, thresh, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) y[i] = F.f(x[i]);
+    });
     return 0;
   });
 }
@@ -84,15 +84,13 @@ template <class T>
 void act_backward(T* dx, const T* dy, const T* x, const T* y, int64_t n, Act act, T slope,
                   bool accumulate) {
   const int64_t thresh = act_is_cheap(act) ? (1 << 18) : (1 << 14);
-  const int nt = threads_for(n, thresh);
   dispatch_act<T>(act, slope, [&](auto F) {
-    if (accumulate) {
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-      for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * F.df(x[i], y[i]);
-    } else {
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-      for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * F.df(x[i], y[i]);
-    }
+    parallel_range(n, n, thresh, [&](int64_t b, int64_t e) {
+      if (accumulate)
+        for (int64_t i = b; i < e; ++i) dx[i] += dy[i] * F.df(x[i], y[i]);
+      else
+        for (int64_t i = b; i < e; ++i) dx[i] = dy[i] * F.df(x[i], y[i]);
+    });
     return 0;
   });
 }
@@ -100,27 +98,23 @@ void act_backward(T* dx, const T* dy, const T* x, const T* y, int64_t n, Act act
 // y = a + b (or y += a when accumulating into y): used by add nodes and gradient fan-in.
 template <class T>
 void add_into(T* y, const T* a, int64_t n, bool accumulate) {
-  const int nt = threads_for(n, 1 << 18);
-  if (accumulate) {
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < n; ++i) y[i] += a[i];
-  } else {
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < n; ++i) y[i] = a[i];
-  }
+  parallel_range(n, n, 1 << 18, [&](int64_t b, int64_t e) {
+    if (accumulate)
+      for (int64_t i = b; i < e; ++i) y[i] += a[i];
+    else
+      for (int64_t i = b; i < e; ++i) y[i] = a[i];
+  });
 }
 
 // y = a * m (or y += a * m): gradient through a fixed mask.
 template <class T>
 void mul_into(T* y, const T* a, const T* m, int64_t n, bool accumulate) {
-  const int nt = threads_for(n, 1 << 18);
-  if (accumulate) {
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < n; ++i) y[i] += a[i] * m[i];
-  } else {
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < n; ++i) y[i] = a[i] * m[i];
-  }
+  parallel_range(n, n, 1 << 18, [&](int64_t b, int64_t e) {
+    if (accumulate)
+      for (int64_t i = b; i < e; ++i) y[i] += a[i] * m[i];
+    else
+      for (int64_t i = b; i < e; ++i) y[i] = a[i] * m[i];
+  });
 }
 
 }  // namespace lp::kern
@@ -129,18 +123,13 @@ namespace lp::kern {
 // db (C) (+)= column sums of dz (N,C), rows summed in order: bias gradient.
 template <class T>
 void colsum(T* db, const T* dz, int64_t N, int64_t C, bool accumulate) {
-  const int nt = threads_for(N * C, int64_t(1) << 18);
-  const int64_t chunk = 64;
-  const int64_t nchunks = (C + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t c = 0; c < nchunks; ++c) {
-    const int64_t j0 = c * chunk, j1 = std::min(C, j0 + chunk);
+  parallel_range(C, N * C, int64_t(1) << 18, [&](int64_t j0, int64_t j1) {
     if (!accumulate)
       for (int64_t j = j0; j < j1; ++j) db[j] = T(0);
     for (int64_t i = 0; i < N; ++i) {
       const T* row = dz + i * C;
       for (int64_t j = j0; j < j1; ++j) db[j] += row[j];
     }
-  }
+  });
 }
 }  // namespace lp::kern

@@ -1,7 +1,11 @@
 // Run-time facts: CPU features chosen for the kernels, and the thread count.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
+#ifdef LAYERPROP_HAVE_OPENMP
+#include <omp.h>
+#endif
 
 namespace lp {
 
@@ -22,6 +26,30 @@ int get_num_threads();
 // Threads for a loop of `work` units (roughly flops or bytes): 1 below `threshold`.
 inline int threads_for(int64_t work, int64_t threshold) {
   return work >= threshold ? get_num_threads() : 1;
+}
+
+// body(begin, end) over [0, n) split into one contiguous range per thread (multiples of 64
+// elements). Below `threshold` units of work it runs inline, without entering OpenMP at all:
+// tiny models pay nothing for threading. Element-wise bodies give the same result for every
+// element whatever the split, so results never depend on the thread count.
+template <class F>
+inline void parallel_range(int64_t n, int64_t work, int64_t threshold, F&& body) {
+  const int nt = threads_for(work, threshold);
+  if (nt <= 1 || n < 128) {
+    body(int64_t(0), n);
+    return;
+  }
+#ifdef LAYERPROP_HAVE_OPENMP
+#pragma omp parallel num_threads(nt)
+  {
+    const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t chunk = ((n + T - 1) / T + 63) / 64 * 64;
+    const int64_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
+    if (b < e) body(b, e);
+  }
+#else
+  body(int64_t(0), n);
+#endif
 }
 
 }  // namespace lp
