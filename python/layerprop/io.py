@@ -1,0 +1,649 @@
+"""Saving and loading models: one safetensors file with the parameters (under their
+PyTorch-style names, so the file is also a plain state_dict), optionally the optimizer state
+and step counts, and the architecture, compile settings and RNG state as JSON metadata.
+
+Nothing in a file is ever executed: the architecture is data, rebuilt through a registry of
+known layer types (`LAYER_SPECS`), and every field is checked before anything is allocated.
+A truncated, corrupt or hostile file raises ValueError.
+
+The format (metadata key "layerprop", a JSON object):
+
+    {"format": "layerprop", "format_version": 1, "layerprop_version": "...",
+     "model": {"class": "Sequential" | "Model", "dtype": "float32", "seed": 0 | null,
+               "training": true,
+               "layers": [{"type": "Linear", "name": "0",
+                           "config": {"in_features": 4, "out_features": 3, "bias": true}}, ...],
+               # Model only: the graph in topological order; node 0 is the input
+               "graph": {"nodes": [{"op": "input", "width": 4, "name": null},
+                                   {"op": "layer", "layer": 0, "inputs": [0]},
+                                   {"op": "add" | "concat", "inputs": [1, 2]}, ...]}},
+     "params": ["0.weight", "0.bias", ...],
+     "compile": null | {"loss": "mse", "optimizer": {"type": "Adam", "config": {...}},
+                        "schedule": {"type": "Simultaneous", "config": {}}},
+     "optimizer_state": null | {"slots": 2, "steps": "optimizer.steps"},
+     "rng": {"shuffle": <numpy PCG64 state>, "core": [seed, draws] or null}}
+
+Tensors: each parameter under its own name; optimizer slot k of parameter P under
+"optimizer.slot<k>.<P>"; per-tensor step counts as int64 "optimizer.steps".
+
+Layers with buffers (BatchNorm running statistics, when they exist) register them with
+their spec; loading checks them like parameters.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, Union
+
+import numpy as np
+
+from . import layers as L
+from .optim import SGD, Adam, AdamW, Optimizer
+from .schedules import Schedule, Simultaneous
+
+__all__ = ["save", "load", "model_to_state", "model_from_state", "LAYER_SPECS", "register_layer"]
+
+FORMAT = "layerprop"
+FORMAT_VERSION = 1
+META_KEY = "layerprop"
+_MAX_INT = 2 ** 40          # no width, size or count in a file may exceed this
+_MAX_NODES = 1_000_000
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class _Bad(ValueError):
+    """A file field failed validation (re-raised as ValueError naming the file)."""
+
+
+# ---------------------------------------------------------------------------- field checks
+def _int(v: Any, what: str, lo: int = 0, hi: int = _MAX_INT) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise _Bad(f"{what}: expected an int in [{lo}, {hi}], got {v!r:.80}")
+    return v
+
+
+def _float(v: Any, what: str) -> float:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        raise _Bad(f"{what}: expected a finite number, got {v!r:.80}")
+    return float(v)
+
+
+def _bool(v: Any, what: str) -> bool:
+    if not isinstance(v, bool):
+        raise _Bad(f"{what}: expected true or false, got {v!r:.80}")
+    return v
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str):
+        raise _Bad(f"{what}: expected a string, got {v!r:.80}")
+    return v
+
+
+def _dict(v: Any, what: str, keys: Optional[Tuple[str, ...]] = None) -> Dict[str, Any]:
+    if not isinstance(v, dict):
+        raise _Bad(f"{what}: expected an object, got {type(v).__name__}")
+    if keys is not None:
+        missing = [k for k in keys if k not in v]
+        extra = [k for k in v if k not in keys]
+        if missing or extra:
+            raise _Bad(f"{what}: expected the keys {list(keys)}, missing {missing}, unknown {extra}")
+    return v
+
+
+def _list(v: Any, what: str, max_len: int = _MAX_NODES) -> List[Any]:
+    if not isinstance(v, list) or len(v) > max_len:
+        raise _Bad(f"{what}: expected a list (at most {max_len} items), got {type(v).__name__}")
+    return v
+
+
+def _opt_name(v: Any, what: str) -> Optional[str]:
+    if v is None:
+        return None
+    s = _str(v, what)
+    if not s or "." in s or len(s) > 256:
+        raise _Bad(f"{what}: expected a non-empty name without '.', got {s!r:.80}")
+    return s
+
+
+# ---------------------------------------------------------------------------- layer registry
+class LayerSpec:
+    """How one layer type is written to and rebuilt from a file.
+
+    `get_config(layer)` returns JSON-able constructor arguments (without `name`);
+    `from_config(config, name)` validates them and returns the layer. A layer with buffers
+    (e.g. running statistics) also lists them in `buffers(layer)` as {suffix: shape}; they are
+    stored like parameters under "<prefix>.<suffix>".
+    """
+
+    def __init__(self, cls: Type[L.Layer], get_config: Callable[[Any], Dict[str, Any]],
+                 from_config: Callable[[Dict[str, Any], Optional[str]], L.Layer]) -> None:
+        self.cls = cls
+        self.get_config = get_config
+        self.from_config = from_config
+
+
+LAYER_SPECS: "OrderedDict[str, LayerSpec]" = OrderedDict()
+
+
+def register_layer(type_name: str, cls: Type[L.Layer], get_config: Callable[[Any], Dict[str, Any]],
+                   from_config: Callable[[Dict[str, Any], Optional[str]], L.Layer]) -> None:
+    """Make a layer type savable: `type_name` is what the file's "type" field says."""
+    LAYER_SPECS[type_name] = LayerSpec(cls, get_config, from_config)
+
+
+def _linear_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
+    c = _dict(c, "Linear config", ("in_features", "out_features", "bias"))
+    return L.Linear(_int(c["in_features"], "Linear in_features", 1),
+                    _int(c["out_features"], "Linear out_features", 1),
+                    bias=_bool(c["bias"], "Linear bias"), name=name)
+
+
+def _simple(cls: Type[L.Layer]) -> Callable[[Dict[str, Any], Optional[str]], L.Layer]:
+    def build(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
+        _dict(c, f"{cls.__name__} config", ())
+        return cls(name=name)
+    return build
+
+
+def _leaky_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
+    c = _dict(c, "LeakyReLU config", ("negative_slope",))
+    return L.LeakyReLU(_float(c["negative_slope"], "LeakyReLU negative_slope"), name=name)
+
+
+def _dropout_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
+    c = _dict(c, "Dropout config", ("p",))
+    p = _float(c["p"], "Dropout p")
+    if not 0.0 <= p <= 1.0:
+        raise _Bad(f"Dropout p: expected a probability in [0, 1], got {p}")
+    return L.Dropout(p, name=name)
+
+
+register_layer("Linear", L.Linear,
+               lambda l: {"in_features": l.in_features, "out_features": l.out_features, "bias": l.bias},
+               _linear_from)
+for _cls in (L.ReLU, L.Tanh, L.Sigmoid, L.GELU, L.Identity):
+    register_layer(_cls.__name__, _cls, lambda l: {}, _simple(_cls))
+register_layer("LeakyReLU", L.LeakyReLU, lambda l: {"negative_slope": l.negative_slope}, _leaky_from)
+register_layer("Dropout", L.Dropout, lambda l: {"p": l.p}, _dropout_from)
+
+
+def _layer_type(layer: L.Layer) -> str:
+    for type_name, spec in LAYER_SPECS.items():
+        if type(layer) is spec.cls:
+            return type_name
+    raise TypeError(f"{layer.describe()}: layer type {type(layer).__name__} cannot be saved "
+                    f"(known: {', '.join(LAYER_SPECS)})")
+
+
+# ---------------------------------------------------------------------------- optimizers, schedules
+_OPTIMIZERS: Dict[str, Type[Optimizer]] = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
+_SCHEDULES: Dict[str, Type[Schedule]] = {"Simultaneous": Simultaneous}
+
+
+def _optimizer_config(opt: Optimizer) -> Dict[str, Any]:
+    name = type(opt).__name__
+    if _OPTIMIZERS.get(name) is not type(opt):
+        raise TypeError(f"optimizer: {name} cannot be saved (known: {', '.join(_OPTIMIZERS)})")
+    if isinstance(opt, SGD):
+        cfg = dict(lr=opt.lr, momentum=opt.momentum, dampening=opt.dampening,
+                   nesterov=opt.nesterov, weight_decay=opt.weight_decay)
+    else:
+        assert isinstance(opt, Adam)
+        cfg = dict(lr=opt.lr, betas=list(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
+    return {"type": name, "config": cfg}
+
+
+def _optimizer_from(d: Any) -> Optimizer:
+    d = _dict(d, "compile.optimizer", ("type", "config"))
+    name = _str(d["type"], "compile.optimizer.type")
+    if name not in _OPTIMIZERS:
+        raise _Bad(f"compile.optimizer.type: unknown optimizer {name!r:.80} (known: {', '.join(_OPTIMIZERS)})")
+    if name == "SGD":
+        c = _dict(d["config"], "SGD config", ("lr", "momentum", "dampening", "nesterov", "weight_decay"))
+        return SGD(lr=_float(c["lr"], "SGD lr"), momentum=_float(c["momentum"], "SGD momentum"),
+                   dampening=_float(c["dampening"], "SGD dampening"),
+                   nesterov=_bool(c["nesterov"], "SGD nesterov"),
+                   weight_decay=_float(c["weight_decay"], "SGD weight_decay"))
+    c = _dict(d["config"], f"{name} config", ("lr", "betas", "eps", "weight_decay"))
+    betas = _list(c["betas"], f"{name} betas", 2)
+    if len(betas) != 2:
+        raise _Bad(f"{name} betas: expected two numbers")
+    return _OPTIMIZERS[name](lr=_float(c["lr"], f"{name} lr"),  # type: ignore[call-arg]
+                             betas=(_float(betas[0], f"{name} betas"), _float(betas[1], f"{name} betas")),
+                             eps=_float(c["eps"], f"{name} eps"),
+                             weight_decay=_float(c["weight_decay"], f"{name} weight_decay"))
+
+
+def _schedule_config(s: Schedule) -> Dict[str, Any]:
+    name = type(s).__name__
+    if _SCHEDULES.get(name) is not type(s):
+        raise TypeError(f"schedule: {name} cannot be saved (known: {', '.join(_SCHEDULES)})")
+    return {"type": name, "config": {}}
+
+
+def _schedule_from(d: Any) -> Schedule:
+    d = _dict(d, "compile.schedule", ("type", "config"))
+    name = _str(d["type"], "compile.schedule.type")
+    if name not in _SCHEDULES:
+        raise _Bad(f"compile.schedule.type: unknown schedule {name!r:.80} (known: {', '.join(_SCHEDULES)})")
+    _dict(d["config"], f"{name} config", ())
+    return _SCHEDULES[name]()
+
+
+# ---------------------------------------------------------------------------- model <-> state
+def _architecture(model: Any) -> Dict[str, Any]:
+    from .model import Sequential
+    layers: List[L.Layer] = list(model._seq_layers) if isinstance(model, Sequential) else list(model._layers)
+    specs = []
+    for i, layer in enumerate(layers):
+        t = _layer_type(layer)
+        spec = {"type": t, "name": layer.name, "config": LAYER_SPECS[t].get_config(layer)}
+        if not isinstance(model, Sequential) and id(layer) in model._layer_prefix:
+            spec["prefix"] = model._layer_prefix[id(layer)]  # its parameters' names
+        specs.append(spec)
+    arch: Dict[str, Any] = {"class": "Sequential" if isinstance(model, Sequential) else "Model",
+                            "dtype": model.dtype, "seed": model.seed, "training": bool(model.training),
+                            "layers": specs}
+    if not isinstance(model, Sequential):
+        index = {id(t): i for i, t in enumerate(model._order)}
+        lidx = {id(l): i for i, l in enumerate(layers)}
+        nodes = []
+        for t in model._order:
+            if t.op == "input":
+                nodes.append({"op": "input", "width": t.width, "name": getattr(t, "name", None)})
+            elif t.op in ("add", "concat"):
+                nodes.append({"op": t.op, "inputs": [index[id(u)] for u in t.inputs]})
+            else:
+                nodes.append({"op": "layer", "layer": lidx[id(t.layer)],
+                              "inputs": [index[id(u)] for u in t.inputs]})
+        arch["graph"] = {"nodes": nodes}
+    return arch
+
+
+def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["OrderedDict[str, np.ndarray]", Dict[str, str]]:
+    """The model as (tensors, metadata): what `save` writes, without the file. Arrays are
+    copies; the metadata holds one JSON string under "layerprop"."""
+    from . import __version__
+    from .model import Model
+    if not isinstance(model, Model):
+        raise TypeError(f"model: expected an lp.Model, got {type(model).__name__}")
+    if not isinstance(include_optimizer, bool):
+        raise TypeError(f"include_optimizer: expected True or False, got {include_optimizer!r}")
+    tensors: "OrderedDict[str, np.ndarray]" = OrderedDict(
+        (n, np.ascontiguousarray(p).copy()) for n, p in model.parameters().items())
+    meta: Dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                            "layerprop_version": __version__, "model": _architecture(model),
+                            "params": list(tensors), "compile": None, "optimizer_state": None}
+    if model.loss is not None:
+        meta["compile"] = {"loss": model.loss, "optimizer": _optimizer_config(model.optimizer),
+                           "schedule": _schedule_config(model.schedule)}
+        if include_optimizer:
+            slots = 0
+            for k in (0, 1):
+                flat = model._core.state_view(k)
+                if flat.size == 0:
+                    continue
+                slots = k + 1
+                for (_l, _b, off, rows, cols), name in zip(model._core.tensors(), model._param_names):
+                    shape = model._params[name].shape
+                    tensors[f"optimizer.slot{k}.{name}"] = flat[off: off + rows * cols].reshape(shape).copy()
+            tensors["optimizer.steps"] = np.asarray(model._core.steps(), dtype=np.int64)
+            meta["optimizer_state"] = {"slots": slots, "steps": "optimizer.steps"}
+    core_rng = None
+    if hasattr(model._core, "rng_state"):  # dropout mask counter (core >= the accessor)
+        core_rng = [int(v) for v in model._core.rng_state()]
+    meta["rng"] = {"shuffle": model._fit_rng.bit_generator.state, "core": core_rng}
+    return tensors, {META_KEY: json.dumps(meta, separators=(",", ":"))}
+
+
+def _parse_meta(metadata: Optional[Mapping[str, str]]) -> Dict[str, Any]:
+    if not metadata or META_KEY not in metadata:
+        raise _Bad("no layerprop metadata (not a file written by model.save)")
+    text = metadata[META_KEY]
+    if not isinstance(text, str):
+        raise _Bad("metadata: expected a JSON string")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise _Bad(f"metadata: not valid JSON ({str(e)[:100]})") from None
+    meta = _dict(meta, "metadata")
+    if meta.get("format") != FORMAT:
+        raise _Bad(f"metadata.format: expected {FORMAT!r}, got {meta.get('format')!r:.80}")
+    version = _int(meta.get("format_version"), "metadata.format_version", 1)
+    if version > FORMAT_VERSION:
+        raise _Bad(f"metadata.format_version: {version} is newer than this layerprop reads "
+                   f"({FORMAT_VERSION}); upgrade layerprop")
+    return meta
+
+
+def _build_layers(arch: Dict[str, Any], graph: bool) -> List[Tuple[L.Layer, Optional[str]]]:
+    """The layers with their parameter-name prefix (graph models; None for Sequential)."""
+    out = []
+    for i, spec in enumerate(_list(arch.get("layers"), "model.layers")):
+        spec = _dict(spec, f"model.layers[{i}]")
+        keys = ("type", "name", "config", "prefix") if "prefix" in spec and graph else ("type", "name", "config")
+        _dict(spec, f"model.layers[{i}]", keys)
+        t = _str(spec["type"], f"model.layers[{i}].type")
+        if t not in LAYER_SPECS:
+            raise _Bad(f"model.layers[{i}].type: unknown layer type {t!r:.80} (known: {', '.join(LAYER_SPECS)})")
+        name = _opt_name(spec["name"], f"model.layers[{i}].name")
+        prefix = _opt_name(spec.get("prefix"), f"model.layers[{i}].prefix")
+        try:
+            layer = LAYER_SPECS[t].from_config(_dict(spec["config"], f"model.layers[{i}].config"), name)
+        except _Bad as e:
+            raise _Bad(f"model.layers[{i}] ({t}): {e}") from None
+        except (TypeError, ValueError) as e:
+            raise _Bad(f"model.layers[{i}] ({t}): {e}") from None
+        out.append((layer, prefix))
+    if not out:
+        raise _Bad("model.layers: empty")
+    return out
+
+
+def _expected_shapes(model_arch: Dict[str, Any], layers: List[Tuple[L.Layer, Optional[str]]]) -> None:
+    """Cheap size bound before the core allocates anything: every Linear's weight must fit."""
+    for i, (layer, _n) in enumerate(layers):
+        if isinstance(layer, L.Linear) and layer.in_features * layer.out_features > _MAX_INT:
+            raise _Bad(f"model.layers[{i}]: Linear({layer.in_features}, {layer.out_features}) is too large")
+
+
+def _rebuild(arch: Dict[str, Any]) -> Any:
+    from .model import Model, Sequential, _dtype_name
+    arch = _dict(arch, "model")
+    cls = arch.get("class")
+    if cls not in ("Sequential", "Model"):
+        raise _Bad(f"model.class: expected 'Sequential' or 'Model', got {cls!r:.80}")
+    dtype = arch.get("dtype")
+    if dtype not in ("float32", "float64"):
+        raise _Bad(f"model.dtype: expected 'float32' or 'float64', got {dtype!r:.80}")
+    seed = arch.get("seed")
+    if seed is not None:
+        seed = _int(seed, "model.seed", 0, 2 ** 64 - 1)
+    layers = _build_layers(arch, graph=cls == "Model")
+    _expected_shapes(arch, layers)
+    if cls == "Sequential":
+        expected = {"class", "dtype", "seed", "training", "layers"}
+        if set(arch) != expected:
+            raise _Bad(f"model: expected the keys {sorted(expected)}, got {sorted(arch)}")
+        objs = [layer for layer, _prefix in layers]
+        try:
+            model = Sequential(*objs, dtype=_dtype_name(dtype), seed=seed)
+        except (TypeError, ValueError) as e:
+            raise _Bad(f"model: {e}") from None
+    else:
+        expected = {"class", "dtype", "seed", "training", "layers", "graph"}
+        if set(arch) != expected:
+            raise _Bad(f"model: expected the keys {sorted(expected)}, got {sorted(arch)}")
+        graph = _dict(arch["graph"], "model.graph", ("nodes",))
+        nodes = _list(graph["nodes"], "model.graph.nodes")
+        if len(nodes) < 2:
+            raise _Bad("model.graph.nodes: expected an input and at least one more node")
+        ts: List[L.SymbolicTensor] = []
+        names: Dict[int, str] = {}
+        used = set()
+        try:
+            for i, nd in enumerate(nodes):
+                nd = _dict(nd, f"model.graph.nodes[{i}]")
+                op = nd.get("op")
+                if i == 0:
+                    _dict(nd, "model.graph.nodes[0]", ("op", "width", "name"))
+                    if op != "input":
+                        raise _Bad("model.graph.nodes[0]: expected the input node")
+                    ts.append(L.Input(_int(nd["width"], "model.graph.nodes[0].width", 1),
+                                      name=_opt_name(nd["name"], "model.graph.nodes[0].name")))
+                    continue
+                keys = ("op", "layer", "inputs") if op == "layer" else ("op", "inputs")
+                _dict(nd, f"model.graph.nodes[{i}]", keys)
+                ins = _list(nd["inputs"], f"model.graph.nodes[{i}].inputs")
+                if not ins:
+                    raise _Bad(f"model.graph.nodes[{i}].inputs: empty")
+                args = [ts[_int(j, f"model.graph.nodes[{i}].inputs", 0, i - 1)] for j in ins]
+                if op == "layer":
+                    li = _int(nd["layer"], f"model.graph.nodes[{i}].layer", 0, len(layers) - 1)
+                    if len(args) != 1:
+                        raise _Bad(f"model.graph.nodes[{i}].inputs: a layer takes one input")
+                    layer, prefix = layers[li]
+                    used.add(li)
+                    if isinstance(layer, L.Linear):
+                        if prefix is None:
+                            raise _Bad(f"model.layers[{li}].prefix: a Linear of a graph model needs "
+                                       "its parameters' name prefix")
+                        names[id(layer)] = prefix
+                    ts.append(layer(args[0]))
+                elif op == "add":
+                    if len(args) < 2:
+                        raise _Bad(f"model.graph.nodes[{i}].inputs: add takes at least two inputs")
+                    ts.append(L.add(*args))
+                elif op == "concat":
+                    ts.append(L.concat(args))
+                else:
+                    raise _Bad(f"model.graph.nodes[{i}].op: unknown op {op!r:.80}")
+        except _Bad:
+            raise
+        except (TypeError, ValueError) as e:
+            raise _Bad(f"model.graph: {e}") from None
+        if len(used) != len(layers):
+            raise _Bad("model.layers: some layers are not used by the graph")
+        model = Model.__new__(Model)
+        try:
+            model._init_graph(ts[0], ts[-1], dtype, seed, names=names)
+        except (TypeError, ValueError) as e:
+            raise _Bad(f"model.graph: {e}") from None
+        if len(model._order) != len(nodes):
+            raise _Bad("model.graph.nodes: some nodes do not lead to the output (the last node)")
+    model.train() if _bool(arch["training"], "model.training") else model.eval()
+    return model
+
+
+def _check_tensor(tensors: Mapping[str, Any], key: str, shape: Tuple[int, ...], dtype: Any,
+                  get_shape: Callable[[str], Tuple[Tuple[int, ...], str]]) -> None:
+    if key not in tensors:
+        raise _Bad(f"tensor {key!r}: missing from the file")
+    got_shape, got_dtype = get_shape(key)
+    if tuple(got_shape) != tuple(shape):
+        raise _Bad(f"tensor {key!r}: expected shape {tuple(shape)}, got {tuple(got_shape)}")
+    if got_dtype != np.dtype(dtype).name:
+        raise _Bad(f"tensor {key!r}: expected dtype {np.dtype(dtype).name}, got {got_dtype}")
+
+
+def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
+             get_shape: Callable[[str], Tuple[Tuple[int, ...], str]],
+             get: Callable[[str], np.ndarray]) -> Any:
+    """Validate the metadata and the tensors' shapes and dtypes, then build the model."""
+    known = {"format", "format_version", "layerprop_version", "model", "params", "compile",
+             "optimizer_state", "rng"}
+    unknown = [k for k in meta if k not in known]
+    if unknown:
+        raise _Bad(f"metadata: unknown keys {unknown[:5]}")
+    # Cheap checks on the declared architecture before the core allocates: every Linear's
+    # weight must be in the file with the declared shape.
+    arch = _dict(meta.get("model"), "model")
+    layers_meta = _list(arch.get("layers"), "model.layers")
+    params = [_str(p, "params[]") for p in _list(meta.get("params"), "params")]
+    dtype = arch.get("dtype")
+    if dtype not in ("float32", "float64"):
+        raise _Bad(f"model.dtype: expected 'float32' or 'float64', got {dtype!r:.80}")
+    declared = 0
+    for i, spec in enumerate(layers_meta):
+        if isinstance(spec, dict) and spec.get("type") == "Linear" and isinstance(spec.get("config"), dict):
+            c = spec["config"]
+            n_in = _int(c.get("in_features"), f"model.layers[{i}].config.in_features", 1)
+            n_out = _int(c.get("out_features"), f"model.layers[{i}].config.out_features", 1)
+            declared += n_in * n_out
+    in_file = 0
+    if len(set(params)) != len(params):
+        raise _Bad("params: names listed twice")
+    for p in params:
+        if p not in keys:
+            raise _Bad(f"tensor {p!r}: missing from the file")
+        shape, _dt = get_shape(p)
+        in_file += int(np.prod(shape, dtype=np.int64))
+    if declared > in_file:
+        raise _Bad(f"model.layers: the architecture declares {declared} weights, the file holds {in_file}")
+
+    model = _rebuild(arch)
+    if list(model._params) != params:
+        raise _Bad(f"params: expected {list(model._params)[:8]}, the file lists {params[:8]}")
+    for name, view in model._params.items():
+        _check_tensor(keys, name, view.shape, view.dtype, get_shape)
+
+    comp = meta.get("compile")
+    opt_state = meta.get("optimizer_state")
+    state_keys: List[Tuple[int, str, str]] = []
+    if comp is not None:
+        comp = _dict(comp, "compile", ("loss", "optimizer", "schedule"))
+        from .model import LOSSES
+        loss = _str(comp["loss"], "compile.loss")
+        if loss not in LOSSES:
+            raise _Bad(f"compile.loss: unknown loss {loss!r:.80}")
+        try:
+            optimizer = _optimizer_from(comp["optimizer"])
+            schedule = _schedule_from(comp["schedule"])
+        except _Bad:
+            raise
+        except (TypeError, ValueError) as e:
+            raise _Bad(f"compile: {e}") from None
+        if opt_state is not None:
+            opt_state = _dict(opt_state, "optimizer_state", ("slots", "steps"))
+            slots = _int(opt_state["slots"], "optimizer_state.slots", 0, 2)
+            if opt_state["steps"] != "optimizer.steps":
+                raise _Bad("optimizer_state.steps: expected 'optimizer.steps'")
+            _check_tensor(keys, "optimizer.steps", (len(params),), np.int64, get_shape)
+            for k in range(slots):
+                for name, view in model._params.items():
+                    key = f"optimizer.slot{k}.{name}"
+                    _check_tensor(keys, key, view.shape, view.dtype, get_shape)
+                    state_keys.append((k, name, key))
+    elif opt_state is not None:
+        raise _Bad("optimizer_state: present without compile settings")
+
+    rng = _dict(meta.get("rng", {"shuffle": None, "core": None}), "rng", ("shuffle", "core"))
+    # Every check passed: read the data.
+    for name, view in model._params.items():
+        view[...] = get(name)
+    if comp is not None:
+        model.compile(loss=loss, optimizer=optimizer, schedule=schedule)
+        if opt_state is not None:
+            expected_slots = sum(1 for k in (0, 1) if model._core.state_view(k).size)
+            if slots != expected_slots:
+                raise _Bad(f"optimizer_state.slots: {type(optimizer).__name__} keeps {expected_slots} "
+                           f"state slots, the file has {slots}")
+            for k, name, key in state_keys:
+                flat = model._core.state_view(k)
+                idx = model._param_names.index(name)
+                _l, _b, off, rows, cols = model._core.tensors()[idx]
+                flat[off: off + rows * cols] = get(key).reshape(-1)
+            steps = get("optimizer.steps")
+            if (steps < 0).any() or (steps > _MAX_INT).any():
+                raise _Bad("tensor 'optimizer.steps': step counts must be in [0, 2**40]")
+            model._core.set_steps([int(s) for s in steps])
+    if rng["shuffle"] is not None:
+        st = _dict(rng["shuffle"], "rng.shuffle")
+        if st.get("bit_generator") != type(model._fit_rng.bit_generator).__name__:
+            raise _Bad(f"rng.shuffle.bit_generator: expected {type(model._fit_rng.bit_generator).__name__!r}")
+        try:
+            model._fit_rng.bit_generator.state = st
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            raise _Bad(f"rng.shuffle: {e}") from None
+    if rng["core"] is not None and hasattr(model._core, "set_rng_state"):
+        core = _list(rng["core"], "rng.core", 2)
+        if len(core) != 2:
+            raise _Bad("rng.core: expected [seed, draws]")
+        model._core.set_rng_state(_int(core[0], "rng.core[0]", 0, 2 ** 64 - 1),
+                                  _int(core[1], "rng.core[1]", 0, 2 ** 64 - 1))
+    return model
+
+
+def model_from_state(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> Any:
+    """Rebuild a model from `model_to_state`'s output (validated like a file)."""
+    try:
+        meta = _parse_meta(metadata)
+        for k, v in tensors.items():
+            if not isinstance(v, np.ndarray):
+                raise _Bad(f"tensor {k!r}: expected a numpy array, got {type(v).__name__}")
+        return _restore(meta, tensors, lambda k: (tensors[k].shape, tensors[k].dtype.name),
+                        lambda k: tensors[k])
+    except _Bad as e:
+        raise ValueError(f"model state: {e}") from None
+
+
+# ---------------------------------------------------------------------------- files
+def _safetensors() -> Any:
+    try:
+        import safetensors
+        import safetensors.numpy  # noqa: F401
+    except ImportError:
+        raise ImportError("saving and loading models needs the safetensors package: "
+                          "pip install safetensors (or pip install 'layerprop[io]')") from None
+    return safetensors
+
+
+_ST_DTYPES = {"F32": "float32", "F64": "float64", "I64": "int64", "F16": "float16", "BF16": "bfloat16",
+              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+              "U16": "uint16", "U32": "uint32", "U64": "uint64"}
+
+
+def save(model: Any, path: PathLike, include_optimizer: bool = True) -> None:
+    """Write `model` to `path` (a safetensors file) atomically: a temporary file in the same
+    folder, then os.replace, so a reader never sees a half-written file."""
+    st = _safetensors()
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
+    tensors, metadata = model_to_state(model, include_optimizer=include_optimizer)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    try:
+        os.close(fd)
+        st.numpy.save_file(dict(tensors), tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load(path: PathLike) -> Any:
+    """Read a model written by `model.save`: same architecture, parameters (bitwise), compile
+    settings and, if saved, optimizer state, so training continues where it stopped.
+    A file that is not a valid layerprop safetensors file raises ValueError."""
+    st = _safetensors()
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: no such file: {path!r}")
+    try:
+        f_ctx = st.safe_open(path, framework="numpy")
+    except Exception as e:  # SafetensorError and friends: truncated, corrupt, bad header
+        raise ValueError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from None
+    with f_ctx as f:
+        try:
+            keys = {k: None for k in f.keys()}
+            metadata = f.metadata()
+
+            def get_shape(k: str) -> Tuple[Tuple[int, ...], str]:
+                sl = f.get_slice(k)
+                dt = sl.get_dtype()
+                return tuple(int(s) for s in sl.get_shape()), _ST_DTYPES.get(dt, dt)
+
+            def get(k: str) -> np.ndarray:
+                return np.asarray(f.get_tensor(k))
+
+            meta = _parse_meta(metadata)
+            return _restore(meta, keys, get_shape, get)
+        except _Bad as e:
+            raise ValueError(f"{path}: {e}") from None
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as e:
+            raise ValueError(f"{path}: invalid layerprop file ({type(e).__name__}: {str(e)[:200]})") from None
+        except Exception as e:  # safetensors' own errors while reading tensor data
+            if type(e).__module__.startswith("safetensors") or "Safetensor" in type(e).__name__:
+                raise ValueError(f"{path}: corrupt safetensors data ({str(e)[:200]})") from None
+            raise
