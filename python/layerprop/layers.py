@@ -31,9 +31,23 @@ class SymbolicTensor:
         self.inputs = list(inputs)
         self.layer = layer
 
+    def origin(self, depth: int = 2) -> str:
+        """Where this tensor comes from, naming its layers (for error messages), e.g.
+        "add(ReLU() on Linear(3, 4, name='enc'), Linear(3, 4))"."""
+        if self.op == "input":
+            nm = getattr(self, "name", None)
+            return f"Input({self.width}" + (f", name={nm!r})" if nm else ")")
+        if self.op == "layer" and self.layer is not None:
+            d = self.layer.describe()
+            if depth > 1 and self.inputs and self.inputs[0].op != "input":
+                d += f" on {self.inputs[0].origin(depth - 1)}"
+            return d
+        if depth <= 1:
+            return f"{self.op}(...)"
+        return f"{self.op}(" + ", ".join(t.origin(depth - 1) for t in self.inputs) + ")"
+
     def __repr__(self) -> str:
-        origin = self.layer.describe() if self.layer is not None else self.op
-        return f"<SymbolicTensor width={self.width} from {origin}>"
+        return f"<SymbolicTensor width={self.width} from {self.origin()}>"
 
 
 def Input(features: int, *, name: Optional[str] = None) -> SymbolicTensor:
@@ -57,7 +71,7 @@ def add(a: SymbolicTensor, b: SymbolicTensor, *more: SymbolicTensor) -> Symbolic
     widths = [t.width for t in ts]
     if len(set(widths)) != 1:
         raise ValueError(f"add: inputs must have equal widths, got {widths} from "
-                         + ", ".join(repr(t) for t in ts))
+                         + ", ".join(f"{t.origin()} (width {t.width})" for t in ts))
     return SymbolicTensor(widths[0], "add", ts)
 
 
@@ -88,7 +102,11 @@ class Layer:
 
     def __call__(self, x: SymbolicTensor) -> SymbolicTensor:
         _check_symbolic(x, f"{self.describe()}")
-        return SymbolicTensor(self.out_width(x.width), "layer", [x], self)
+        try:
+            width = self.out_width(x.width)
+        except ValueError as e:
+            raise ValueError(f"{e} (its input comes from {x.origin()})") from None
+        return SymbolicTensor(width, "layer", [x], self)
 
     def param_shapes(self) -> List[tuple]:
         return []

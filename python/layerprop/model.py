@@ -77,9 +77,13 @@ class Model:
                     stack.append((u, False))
         roots = [t for t in order if t.op == "input"]
         if inputs not in roots:
-            raise ValueError("outputs: the output is not reachable from the given input")
+            raise ValueError(f"outputs: {outputs.origin()} is not reachable from inputs "
+                             f"{inputs.origin()} (the input is never used); it depends on "
+                             + ", ".join(t.origin() for t in roots))
         if len(roots) > 1:
-            raise ValueError("outputs: depends on an lp.Input other than `inputs`")
+            raise ValueError(f"outputs: {outputs.origin()} depends on "
+                             + ", ".join(t.origin() for t in roots if t is not inputs)
+                             + f", an lp.Input other than inputs {inputs.origin()}")
         order.remove(inputs)
         order.insert(0, inputs)
         index = {id(t): i for i, t in enumerate(order)}
