@@ -11,7 +11,8 @@ from .layers import (GELU, Dropout, Identity, Input, Layer, LeakyReLU, Linear, R
 from .model import Model, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
 from .schedules import Schedule, Simultaneous
-from .training import Callback, History
+from .io import load
+from .training import Callback, EarlyStopping, History, LambdaCallback, ModelCheckpoint
 
 __version__ = _core.build_info()["version"]
 
@@ -20,6 +21,7 @@ __all__ = [
     "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
     "Input", "SymbolicTensor", "add", "concat", "Model", "Sequential",
     "Optimizer", "SGD", "Adam", "AdamW", "Schedule", "Simultaneous", "Callback", "History",
+    "load", "EarlyStopping", "ModelCheckpoint", "LambdaCallback",
 ]
 
 

@@ -304,12 +304,20 @@ class Model:
 
     def fit(self, X: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
             shuffle: bool = True, validation_data: Optional[Tuple[np.ndarray, np.ndarray]] = None,
-            callbacks: Sequence[object] = (), progress: Optional[bool] = None):
+            callbacks: Sequence[object] = (), progress: Optional[bool] = None,
+            initial_epoch: int = 0):
         """Train for `epochs` passes over (X, y) in batches (the last one may be partial);
-        returns a History. Shuffling uses the model's seed, so runs are reproducible."""
+        returns a History. Shuffling uses the model's seed, so runs are reproducible.
+        initial_epoch: continue a run (Keras' convention: epochs initial_epoch..epochs-1 run)."""
         from .training import run_fit
         return run_fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                       validation_data=validation_data, callbacks=callbacks, progress=progress)
+                       validation_data=validation_data, callbacks=callbacks,  # type: ignore[arg-type]
+                       progress=progress, initial_epoch=initial_epoch)
+
+    def save(self, path: str, include_optimizer: bool = True) -> None:
+        """Write the model to a safetensors file (see lp.load and layerprop.io)."""
+        from .io import save
+        save(self, path, include_optimizer=include_optimizer)
 
     # ------------------------------------------------------------------ description
     def summary(self) -> str:

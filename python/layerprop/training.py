@@ -1,20 +1,23 @@
 """The training loop around the core: batches, shuffling, validation, History, callbacks."""
 from __future__ import annotations
 
+import math
+import os
 import sys
-from typing import Dict, List, Optional, Sequence
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["History", "Callback", "run_fit"]
+__all__ = ["History", "Callback", "LambdaCallback", "EarlyStopping", "ModelCheckpoint", "run_fit"]
 
 
 class Callback:
     """Base class: override any hook. `model.stop_training = True` ends fit after the epoch."""
 
-    model = None
+    model: Any = None
 
-    def set_model(self, model) -> None:
+    def set_model(self, model: Any) -> None:
         self.model = model
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None: ...
@@ -24,7 +27,8 @@ class Callback:
 
 
 class History(Callback):
-    """Per-epoch metrics of a fit: `history["loss"]`, `["val_loss"]`, `["val_accuracy"]`."""
+    """Per-epoch metrics of a fit: `history["loss"]`, `["val_loss"]`, `["val_accuracy"]`;
+    `epoch` lists the epoch indices (from `initial_epoch` on)."""
 
     def __init__(self) -> None:
         self.history: Dict[str, List[float]] = {}
@@ -35,24 +39,243 @@ class History(Callback):
         for k, v in (logs or {}).items():
             self.history.setdefault(k, []).append(float(v))
 
+    def plot(self, keys: Optional[Sequence[str]] = None, ax: Any = None) -> Any:
+        """Plot the metrics per epoch with matplotlib (the `plot` extra) and return the Axes.
+        Losses share the left axis; accuracies, if any, get a right axis in [0, 1]."""
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("History.plot needs matplotlib: pip install 'layerprop[plot]'") from None
+        if keys is None:
+            keys = list(self.history)
+        elif isinstance(keys, str):
+            keys = [keys]
+        unknown = [k for k in keys if k not in self.history]
+        if unknown:
+            raise ValueError(f"keys: no metric {unknown[0]!r} in this history (it has {sorted(self.history)})")
+        if not keys:
+            raise ValueError("keys: this history has no metrics to plot (no epoch ran)")
+        if ax is None:
+            _fig, ax = plt.subplots()
+        epochs = [e + 1 for e in self.epoch]
+        acc = [k for k in keys if "acc" in k]
+        other = [k for k in keys if k not in acc]
+        for k in other:
+            ax.plot(epochs, self.history[k], marker=".", label=k)
+        ax.set_xlabel("epoch")
+        if other:
+            ax.set_ylabel("loss")
+        lines, labels = ax.get_legend_handles_labels()
+        if acc:
+            ax2 = ax.twinx() if other else ax
+            for k in acc:
+                ax2.plot(epochs, self.history[k], marker=".", linestyle="--", label=k)
+            ax2.set_ylabel("accuracy")
+            ax2.set_ylim(0.0, 1.0)
+            if ax2 is not ax:
+                l2, lab2 = ax2.get_legend_handles_labels()
+                lines, labels = lines + l2, labels + lab2
+            else:
+                lines, labels = ax.get_legend_handles_labels()
+        ax.legend(lines, labels)
+        return ax
+
     def __repr__(self) -> str:
         keys = ", ".join(f"{k}[{len(v)}]" for k, v in self.history.items())
         return f"History({keys})"
 
 
-def _progress_bar(progress: Optional[bool], total: int, desc: str):
-    show = progress if progress is not None else sys.stderr.isatty()
+class LambdaCallback(Callback):
+    """A callback from plain functions: on_epoch_begin(epoch, logs), on_epoch_end(epoch, logs),
+    on_train_begin(logs), on_train_end(logs); any may be None."""
+
+    def __init__(self, on_epoch_begin: Optional[Callable[[int, dict], Any]] = None,
+                 on_epoch_end: Optional[Callable[[int, dict], Any]] = None,
+                 on_train_begin: Optional[Callable[[dict], Any]] = None,
+                 on_train_end: Optional[Callable[[dict], Any]] = None) -> None:
+        for name, fn in (("on_epoch_begin", on_epoch_begin), ("on_epoch_end", on_epoch_end),
+                         ("on_train_begin", on_train_begin), ("on_train_end", on_train_end)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name}: expected a callable or None, got {type(fn).__name__}")
+        self._fns = dict(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end,
+                         on_train_begin=on_train_begin, on_train_end=on_train_end)
+
+    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        if self._fns["on_train_begin"]:
+            self._fns["on_train_begin"](logs or {})
+
+    def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+        if self._fns["on_epoch_begin"]:
+            self._fns["on_epoch_begin"](epoch, logs or {})
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        if self._fns["on_epoch_end"]:
+            self._fns["on_epoch_end"](epoch, logs or {})
+
+    def on_train_end(self, logs: Optional[dict] = None) -> None:
+        if self._fns["on_train_end"]:
+            self._fns["on_train_end"](logs or {})
+
+
+def _mode(mode: str, monitor: str) -> str:
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode: expected 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        return "max" if "acc" in monitor else "min"
+    return mode
+
+
+class _Monitor(Callback):
+    def __init__(self, monitor: str, mode: str, min_delta: float) -> None:
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"monitor: expected a metric name such as 'val_loss', got {monitor!r}")
+        self.monitor = monitor
+        self.mode = _mode(mode, monitor)
+        try:
+            md = float(min_delta)
+        except (TypeError, ValueError):
+            raise ValueError(f"min_delta: expected a number >= 0, got {min_delta!r}") from None
+        if not math.isfinite(md) or md < 0:
+            raise ValueError(f"min_delta: expected a number >= 0, got {min_delta!r}")
+        self.min_delta = md
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def _value(self, logs: Optional[dict]) -> float:
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise ValueError(f"monitor: {type(self).__name__} watches {self.monitor!r}, but fit reports "
+                             f"only {sorted(logs)} (pass validation_data for val_* metrics)")
+        return float(logs[self.monitor])
+
+    def _improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+
+class EarlyStopping(_Monitor):
+    """Stop fit when `monitor` has not improved by more than `min_delta` for `patience`
+    epochs. With restore_best_weights=True, the parameters of the best epoch are put back when
+    training ends (whether it stopped early or ran out of epochs). mode "auto": maximize
+    metrics with "acc" in their name, minimize the others."""
+
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0,
+                 mode: str = "auto", restore_best_weights: bool = False) -> None:
+        super().__init__(monitor, mode, min_delta)
+        if not isinstance(patience, (int, np.integer)) or isinstance(patience, bool) or patience < 0:
+            raise ValueError(f"patience: expected an int >= 0, got {patience!r}")
+        self.patience = int(patience)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.wait = 0
+        self.best_epoch: Optional[int] = None
+        self.stopped_epoch: Optional[int] = None
+        self.best_weights: Optional[Dict[str, np.ndarray]] = None
+        self._last_epoch: Optional[int] = None
+
+    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        self.wait = 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = self.stopped_epoch = self._last_epoch = None
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        value = self._value(logs)
+        self._last_epoch = epoch
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = {k: v.copy() for k, v in self.model.parameters().items()}
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: Optional[dict] = None) -> None:
+        if self.restore_best_weights and self.best_weights is not None and self.best_epoch != self._last_epoch:
+            for k, v in self.model.parameters().items():
+                v[...] = self.best_weights[k]
+
+
+class ModelCheckpoint(_Monitor):
+    """Save the model every `every` epochs to `path`, a pattern formatted with `epoch`
+    (1-based) and the epoch's metrics, e.g. "ckpt-{epoch:03d}-{val_loss:.3f}.safetensors".
+    Each write is atomic (temporary file + os.replace). save_best_only=True writes only when
+    `monitor` improved. The paths written are in `saved`."""
+
+    def __init__(self, path: str, every: int = 1, monitor: str = "val_loss", save_best_only: bool = False,
+                 mode: str = "auto", include_optimizer: bool = True) -> None:
+        super().__init__(monitor, mode, 0.0)
+        path = os.fspath(path)
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"path: expected a file path (pattern), got {path!r}")
+        if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"every: expected an int >= 1, got {every!r}")
+        self.path = path
+        self.every = int(every)
+        self.save_best_only = bool(save_best_only)
+        self.include_optimizer = bool(include_optimizer)
+        self.saved: List[str] = []
+
+    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        if (epoch + 1) % self.every:
+            return
+        if self.save_best_only:
+            value = self._value(logs)
+            if not self._improved(value):
+                return
+            self.best = value
+        try:
+            path = self.path.format(epoch=epoch + 1, **(logs or {}))
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"path: cannot format {self.path!r} with epoch and {sorted(logs or {})}: {e}") from None
+        self.model.save(path, include_optimizer=self.include_optimizer)
+        self.saved.append(path)
+
+
+class _Progress:
+    """One tqdm bar per epoch on stderr: batches, loss, validation metrics, samples/s."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=total, desc=desc, unit="batch", leave=True, file=sys.stderr,
+                        dynamic_ncols=True)
+
+    def update(self, n: int, loss: float) -> None:
+        self.bar.update(n)
+        self.bar.set_postfix_str(f"loss={loss:.4f}", refresh=False)
+
+    def close(self, logs: Dict[str, float], samples_per_s: float) -> None:
+        parts = [f"{k}={v:.4f}" for k, v in logs.items()]
+        parts.append(f"{samples_per_s:,.0f} samples/s")
+        self.bar.set_postfix_str(", ".join(parts), refresh=True)
+        self.bar.close()
+
+
+def _show_progress(progress: Optional[bool]) -> bool:
+    if progress is None:
+        try:
+            return bool(sys.stderr.isatty())
+        except (AttributeError, ValueError):
+            return False
+    return bool(progress)
+
+
+def _progress_bar(show: bool, total: int, desc: str) -> Optional[_Progress]:
     if not show:
         return None
     try:
-        from tqdm.auto import tqdm
-    except ImportError:
+        return _Progress(total, desc)
+    except ImportError:  # tqdm is optional: no bar then
         return None
-    return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-def run_fit(model, X, y, *, epochs: int, batch_size: int, shuffle: bool,
-            validation_data, callbacks: Sequence[Callback], progress: Optional[bool]) -> History:
+def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle: bool,
+            validation_data: Any, callbacks: Sequence[Callback], progress: Optional[bool],
+            initial_epoch: int = 0) -> History:
     from .model import _positive_int
     model._require_compiled()
     Xa, ya = model._Xy(X, y)  # converted once for the whole fit
@@ -64,6 +287,11 @@ def run_fit(model, X, y, *, epochs: int, batch_size: int, shuffle: bool,
     epochs = int(epochs) if isinstance(epochs, (int, np.integer)) and not isinstance(epochs, bool) else -1
     if epochs < 0:
         raise ValueError("epochs: expected an int >= 0")
+    if not isinstance(initial_epoch, (int, np.integer)) or isinstance(initial_epoch, bool) or initial_epoch < 0:
+        raise ValueError(f"initial_epoch: expected an int >= 0, got {initial_epoch!r}")
+    initial_epoch = int(initial_epoch)
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress: expected True, False or None, got {progress!r}")
     batch_size = _positive_int(batch_size, "batch_size")
     val = None
     if validation_data is not None:
@@ -71,6 +299,8 @@ def run_fit(model, X, y, *, epochs: int, batch_size: int, shuffle: bool,
             raise ValueError("validation_data: expected a tuple (X_val, y_val)")
         Xv, yv = model._Xy(*validation_data)
         val = (Xv, yv)
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks[{i}]: expected an lp Callback, got {type(cb).__name__}")
@@ -84,30 +314,31 @@ def run_fit(model, X, y, *, epochs: int, batch_size: int, shuffle: bool,
     n_batches = (n + batch_size - 1) // batch_size
     sizes = np.full(n_batches, batch_size, dtype=np.float64)
     sizes[-1] = n - batch_size * (n_batches - 1)
+    show = _show_progress(progress)
     # Chunks of whole batches per call into the core: the GIL is free while a chunk trains,
     # and a progress bar, if any, moves between chunks.
-    chunk = n_batches if progress is False else max(1, min(n_batches, 16))
-    for epoch in range(epochs):
+    chunk = max(1, min(n_batches, 16)) if show else n_batches
+    for epoch in range(initial_epoch, epochs):
         for cb in cbs:
             cb.on_epoch_begin(epoch)
+        t0 = time.perf_counter()
         order = model._fit_rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
         order = order.astype(np.int64, copy=False)
-        bar = _progress_bar(progress, n_batches, f"epoch {epoch + 1}/{epochs}")
+        bar = _progress_bar(show, n_batches, f"epoch {epoch + 1}/{epochs}")
         losses = np.empty(n_batches)
         for b0 in range(0, n_batches, chunk):
             b1 = min(n_batches, b0 + chunk)
             losses[b0:b1] = model._core.train_epoch(Xa, ya, order[b0 * batch_size: b1 * batch_size], batch_size)
             if bar is not None:
-                bar.update(b1 - b0)
-                bar.set_postfix(loss=f"{losses[b1 - 1]:.4f}")
-        if bar is not None:
-            bar.close()
+                bar.update(b1 - b0, float(np.dot(losses[:b1], sizes[:b1]) / sizes[:b1].sum()))
         logs = {"loss": float(np.dot(losses, sizes) / n)}
         if val is not None:
             loss, correct = model._core.evaluate(val[0], val[1], 0)
             logs["val_loss"] = float(loss)
             if model.loss == "cross_entropy":
                 logs["val_accuracy"] = float(correct) / val[0].shape[0]
+        if bar is not None:
+            bar.close(logs, n / max(time.perf_counter() - t0, 1e-9))
         for cb in cbs:
             cb.on_epoch_end(epoch, logs)
         if model.stop_training:
