@@ -6,6 +6,7 @@ in-place optimizer updates; this package is the thin Python layer around it.
 from __future__ import annotations
 
 from . import _core
+from . import explain
 from .layers import (GELU, Dropout, Identity, Input, Layer, LeakyReLU, Linear, ReLU, Sigmoid,
                      SymbolicTensor, Tanh, add, concat)
 from .model import Model, Sequential
@@ -22,6 +23,7 @@ __all__ = [
     "Input", "SymbolicTensor", "add", "concat", "Model", "Sequential",
     "Optimizer", "SGD", "Adam", "AdamW", "Schedule", "Simultaneous", "Callback", "History",
     "load", "EarlyStopping", "ModelCheckpoint", "LambdaCallback",
+    "explain",
 ]
 
 

@@ -79,6 +79,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain_network(seed: int):
+    """The tiny float64 network of `layerprop explain`: a residual block whose Linear is used
+    twice (so one weight reaches the loss along several paths), MSE loss, 4 examples."""
+    import layerprop as lp
+    x = lp.Input(2, name="x")
+    shared = lp.Linear(2, 2, name="shared")
+    h = lp.Tanh()(shared(x))
+    s = lp.add(x, h)                               # skip connection: x + tanh(shared(x))
+    out = lp.Linear(2, 1, name="head")(lp.Tanh()(shared(s)))   # shared used a second time
+    model = lp.Model(inputs=x, outputs=out, dtype="float64", seed=seed)
+    model.compile(loss="mse", optimizer=lp.SGD(lr=0.1))
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((4, 2))
+    y = rng.standard_normal((4, 1))
+    return model, X, y
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import layerprop as lp
+    model, X, y = _explain_network(args.seed)
+    print("Network (float64, MSE, 4 examples, SGD lr=0.1):")
+    print("  h = tanh(shared(x)); s = x + h; out = head(tanh(shared(s)))   "
+          "# `shared` is one Linear(2, 2) used twice\n")
+    for report in (lp.explain.gradcheck(model, X, y),
+                   lp.explain.path_gradients(model, X, y, "shared.weight", (0, 1)),
+                   lp.explain.taylor_check(model, X, y)):
+        print(report)
+        print()
+    print(lp.explain.moving_target(model, X, y))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="layerprop", description="Fast, transparent neural-network training on the CPU.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -92,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="initialization and shuffling seed (default 0)")
     s.add_argument("--threads", type=int, default=0, help="threads for the core (default: all cores)")
     s.set_defaults(func=_cmd_demo)
+    s = sub.add_parser("explain", help="show why backprop is right on a tiny residual network",
+                       description="Run lp.explain's gradcheck, path_gradients, taylor_check and "
+                                   "moving_target on a tiny float64 residual network with a shared "
+                                   "weight, and print their reports.")
+    s.add_argument("--seed", type=int, default=0, help="initialization and data seed (default 0)")
+    s.set_defaults(func=_cmd_explain)
     return p
 
 
