@@ -12,6 +12,7 @@ from .layers import (GELU, Dropout, Identity, Input, Layer, LeakyReLU, Linear, R
 from .model import Model, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
 from .schedules import Schedule, Simultaneous
+from .interop import from_torch
 from .io import load
 from .training import Callback, EarlyStopping, History, LambdaCallback, ModelCheckpoint
 
@@ -22,7 +23,7 @@ __all__ = [
     "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
     "Input", "SymbolicTensor", "add", "concat", "Model", "Sequential",
     "Optimizer", "SGD", "Adam", "AdamW", "Schedule", "Simultaneous", "Callback", "History",
-    "load", "EarlyStopping", "ModelCheckpoint", "LambdaCallback",
+    "load", "from_torch", "EarlyStopping", "ModelCheckpoint", "LambdaCallback",
     "explain",
 ]
 

@@ -319,6 +319,11 @@ class Model:
         from .io import save
         save(self, path, include_optimizer=include_optimizer)
 
+    def to_torch(self):
+        """A torch.nn.Sequential copy of this Sequential model (see layerprop.interop)."""
+        from .interop import to_torch
+        return to_torch(self)
+
     # ------------------------------------------------------------------ description
     def summary(self) -> str:
         """A table of the layers, their output widths and parameter counts."""
