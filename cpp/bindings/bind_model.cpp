@@ -95,6 +95,11 @@ int64_t check_batch(int64_t batch, const char* name) {
   return batch;
 }
 
+py::tuple tensor_shape(const ParamTensor& t) {
+  if (t.cols) return py::make_tuple(t.rows, t.cols);
+  return py::make_tuple(t.rows);
+}
+
 template <class T>
 py::array_t<T> view(py::object self, T* ptr, int64_t rows, int64_t cols, bool vector) {
   if (vector) return py::array_t<T>({rows}, {static_cast<int64_t>(sizeof(T))}, ptr, self);
@@ -106,14 +111,17 @@ template <class T>
 void bind_one(py::module_& m, const char* name) {
   using M = Model<T>;
   py::class_<M, std::shared_ptr<M>>(m, name)
-      .def(py::init([](const std::vector<std::tuple<int64_t, int64_t, bool>>& layers,
+      .def(py::init([](const std::vector<std::tuple<int, int64_t, int64_t, bool, double, double>>& layers,
                        const std::vector<std::tuple<int, std::vector<int>, int64_t, int, int, double>>& nodes,
                        int output) {
-             std::vector<LinearSpec> ls;
-             for (auto& [in, out, bias] : layers) ls.push_back({in, out, bias});
+             std::vector<LayerSpec> ls;
+             for (auto& [kind, in, out, bias, eps, momentum] : layers) {
+               if (kind < 0 || kind > static_cast<int>(LayerKind::LayerNorm)) throw ValueError("graph: unknown layer kind");
+               ls.push_back({static_cast<LayerKind>(kind), in, out, bias, eps, momentum});
+             }
              std::vector<NodeSpec> ns;
              for (auto& [kind, inputs, width, layer, act, slope] : nodes) {
-               if (kind < 0 || kind > static_cast<int>(NodeKind::Dropout)) throw ValueError("graph: unknown node kind");
+               if (kind < 0 || kind > static_cast<int>(NodeKind::LayerNorm)) throw ValueError("graph: unknown node kind");
                if (act < 0 || act > static_cast<int>(Act::GELU)) throw ValueError("graph: unknown activation");
                NodeSpec s;
                s.kind = static_cast<NodeKind>(kind);
@@ -126,7 +134,10 @@ void bind_one(py::module_& m, const char* name) {
              }
              return std::make_shared<M>(std::move(ls), std::move(ns), output);
            }),
-           py::arg("layers"), py::arg("nodes"), py::arg("output"))
+           py::arg("layers"), py::arg("nodes"), py::arg("output"),
+           "layers: (kind, in, out, bias, eps, momentum) per parameterized layer (kind 0 Linear, 1 "
+           "BatchNorm, 2 LayerNorm); nodes: (kind, inputs, width, layer, act, slope) in topological "
+           "order, node 0 the input.")
       .def_property_readonly("in_features", &M::in_width)
       .def_property_readonly("out_features", &M::out_width)
       .def_property_readonly("num_params", &M::num_params)
@@ -136,21 +147,37 @@ void bind_one(py::module_& m, const char* name) {
       .def("tensors", [](M& self) {
         py::list out;
         for (const auto& t : self.tensors())
-          out.append(py::make_tuple(t.layer, t.is_bias, t.offset, t.rows, t.cols));
+          out.append(py::make_tuple(t.layer, t.name, t.offset, tensor_shape(t)));
         return out;
-      }, "List of (layer, is_bias, offset, rows, cols) for every parameter tensor.")
+      }, "List of (layer, name, offset, shape) for every parameter tensor.")
+      .def("buffer_tensors", [](M& self) {
+        py::list out;
+        for (const auto& t : self.buffer_tensors())
+          out.append(py::make_tuple(t.layer, t.name, t.offset, tensor_shape(t)));
+        return out;
+      }, "List of (layer, name, offset, shape) for every buffer (BatchNorm running statistics).")
       .def("param_view", [](py::object self, int i) {
         M& s = self.cast<M&>();
         if (i < 0 || i >= static_cast<int>(s.tensors().size())) throw ValueError("i: no such parameter tensor");
         const auto& t = s.tensors()[i];
-        return view<T>(self, s.params() + t.offset, t.rows, t.cols, t.is_bias);
+        return view<T>(self, s.params() + t.offset, t.rows, t.cols, t.cols == 0);
       }, py::arg("i"))
       .def("grad_view", [](py::object self, int i) {
         M& s = self.cast<M&>();
         if (i < 0 || i >= static_cast<int>(s.tensors().size())) throw ValueError("i: no such parameter tensor");
         const auto& t = s.tensors()[i];
-        return view<T>(self, s.grads() + t.offset, t.rows, t.cols, t.is_bias);
+        return view<T>(self, s.grads() + t.offset, t.rows, t.cols, t.cols == 0);
       }, py::arg("i"))
+      .def("buffer_view", [](py::object self, int i) {
+        M& s = self.cast<M&>();
+        if (i < 0 || i >= static_cast<int>(s.buffer_tensors().size())) throw ValueError("i: no such buffer");
+        const auto& t = s.buffer_tensors()[i];
+        return view<T>(self, s.buffers() + t.offset, t.rows, t.cols, t.cols == 0);
+      }, py::arg("i"))
+      .def("unit_order", &M::unit_order, "Layers with parameters in the order the compiled schedule updates them.")
+      .def("last_ops", [](M& self) {
+        return py::make_tuple(self.last_ops().forward, self.last_ops().backward);
+      }, "(node forward executions, node backward executions) of the last training step.")
       .def("state_view", [](py::object self, int slot) {
         M& s = self.cast<M&>();
         if (slot < 0 || slot > 1) throw ValueError("slot: expected 0 or 1");
@@ -165,24 +192,36 @@ void bind_one(py::module_& m, const char* name) {
         std::lock_guard<std::mutex> lock(self.mutex());
         self.set_seed(s);
       }, py::arg("seed"), "Seed of the dropout masks.")
+      .def("rng_state", [](M& self) { return py::make_tuple(self.rng_seed(), self.rng_draws()); },
+           "(seed, draws) of the dropout mask generator.")
+      .def("set_rng_state", [](M& self, uint64_t seed, uint64_t draws) {
+        std::lock_guard<std::mutex> lock(self.mutex());
+        self.set_rng_state(seed, draws);
+      }, py::arg("seed"), py::arg("draws"))
       .def("steps", [](M& self) { return self.steps(); })
       .def("set_steps", [](M& self, const std::vector<int64_t>& s) {
         if (s.size() != self.steps().size()) throw ValueError("steps: wrong length");
         self.steps() = s;
       })
       .def("compile", [](M& self, int loss, int opt, double lr, double momentum, double dampening,
-                         double weight_decay, bool nesterov, double beta1, double beta2, double eps) {
+                         double weight_decay, bool nesterov, double beta1, double beta2, double eps,
+                         int schedule, int64_t inner_steps, double inner_lr, double target_lr) {
         if (loss < 0 || loss > static_cast<int>(LossKind::BCEWithLogits)) throw ValueError("loss: unknown loss");
         if (opt < 0 || opt > static_cast<int>(kern::OptKind::AdamW)) throw ValueError("optimizer: unknown optimizer");
         kern::OptConfig c;
         c.kind = static_cast<kern::OptKind>(opt);
         c.lr = lr; c.momentum = momentum; c.dampening = dampening; c.weight_decay = weight_decay;
         c.nesterov = nesterov; c.beta1 = beta1; c.beta2 = beta2; c.eps = eps;
+        if (schedule < 0 || schedule > static_cast<int>(ScheduleKind::LocoPropM)) throw ValueError("schedule: unknown schedule");
+        ScheduleConfig sc;
+        sc.kind = static_cast<ScheduleKind>(schedule);
+        sc.inner_steps = inner_steps; sc.inner_lr = inner_lr; sc.target_lr = target_lr;
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(self.mutex());
-        self.compile(static_cast<LossKind>(loss), c);
+        self.compile(static_cast<LossKind>(loss), c, sc);
       }, py::arg("loss"), py::arg("optimizer"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
-         py::arg("weight_decay"), py::arg("nesterov"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"))
+         py::arg("weight_decay"), py::arg("nesterov"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+         py::arg("schedule") = 0, py::arg("inner_steps") = 10, py::arg("inner_lr") = 0.0, py::arg("target_lr") = 10.0)
       .def("train_step", [](M& self, const py::handle& X, const py::handle& y) {
         auto c = check_Xy(self, X, y);
         py::gil_scoped_release nogil;
@@ -199,6 +238,9 @@ void bind_one(py::module_& m, const char* name) {
         require_compiled(self);
         if (!self.gradients_ready())
           throw std::runtime_error("apply_gradients: no gradients to apply; call compute_gradients(X, y) first");
+        if (self.schedule().kind != ScheduleKind::Simultaneous)
+          throw std::runtime_error("apply_gradients: the compiled schedule updates layers inside train_step; "
+                                   "compute_gradients/apply_gradients split the Simultaneous schedule only");
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(self.mutex());
         self.apply_gradients();

@@ -2,32 +2,67 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "layerprop/eltwise.hpp"
 #include "layerprop/gemm.hpp"
 #include "layerprop/loss.hpp"
+#include "layerprop/norm.hpp"
 #include "layerprop/runtime.hpp"
 
 namespace lp {
 
+namespace {
+std::string node_str(int i) { return "node " + std::to_string(i); }
+
+// splitmix64 finalizer: a counter-based generator, one independent draw per element.
+inline uint64_t mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// mask[i] = 0 with probability p, else 1/(1-p); y = x * mask.
 template <class T>
-Model<T>::Model(std::vector<LinearSpec> layers, std::vector<NodeSpec> nodes, int output)
+void dropout_forward(T* y, T* mask, const T* x, int64_t n, double p, uint64_t key, bool reuse) {
+  const T scale = p < 1 ? T(1.0 / (1.0 - p)) : T(0);
+  parallel_range(n, n, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      if (!reuse) {
+        const double u = static_cast<double>(mix64(key ^ mix64(static_cast<uint64_t>(i))) >> 11) * 0x1.0p-53;
+        mask[i] = u >= p ? scale : T(0);
+      }
+      y[i] = x[i] * mask[i];
+    }
+  });
+}
+}  // namespace
+
+template <class T>
+Model<T>::Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int output)
     : layers_(std::move(layers)), nodes_(std::move(nodes)), output_(output) {
   const int n = static_cast<int>(nodes_.size());
   if (n < 2 || nodes_[0].kind != NodeKind::Input)
     throw ValueError("graph: node 0 must be the input and at least one layer must follow");
   if (output_ < 1 || output_ >= n) throw ValueError("graph: output node out of range");
-  for (auto& l : layers_)
-    if (l.in < 1 || l.out < 1) throw ValueError("graph: Linear sizes must be >= 1");
+  for (auto& l : layers_) {
+    if (l.in < 1 || l.out < 1) throw ValueError("graph: layer sizes must be >= 1");
+    if (l.kind != LayerKind::Linear && l.in != l.out) throw ValueError("graph: a norm layer keeps its width");
+    if (l.kind != LayerKind::Linear && !(l.eps > 0)) throw ValueError("graph: eps must be > 0");
+    if (l.kind == LayerKind::BatchNorm && !(l.momentum >= 0 && l.momentum <= 1))
+      throw ValueError("graph: momentum must be in [0, 1]");
+  }
   consumers_.assign(n, {});
   needs_grad_.assign(n, 0);
   fused_into_.assign(n, -1);
   fused_.assign(n, 0);
+  layer_nodes_.assign(layers_.size(), {});
   if (nodes_[0].width < 1) throw ValueError("graph: input width must be >= 1");
   for (int i = 1; i < n; ++i) {
     NodeSpec& s = nodes_[i];
     if (s.kind == NodeKind::Input) throw ValueError("graph: only one input node is supported");
-    if (s.inputs.empty()) throw ValueError("graph: node " + std::to_string(i) + " has no inputs");
+    if (s.inputs.empty()) throw ValueError("graph: " + node_str(i) + " has no inputs");
     for (int j : s.inputs) {
       if (j < 0 || j >= i) throw ValueError("graph: nodes must be in topological order");
       consumers_[j].push_back(i);
@@ -35,14 +70,20 @@ Model<T>::Model(std::vector<LinearSpec> layers, std::vector<NodeSpec> nodes, int
     }
     auto w = [&](int k) { return nodes_[s.inputs[k]].width; };
     switch (s.kind) {
-      case NodeKind::Linear: {
+      case NodeKind::Linear:
+      case NodeKind::BatchNorm:
+      case NodeKind::LayerNorm: {
         if (s.layer < 0 || s.layer >= static_cast<int>(layers_.size()) || s.inputs.size() != 1)
-          throw ValueError("graph: bad Linear node " + std::to_string(i));
-        const LinearSpec& l = layers_[s.layer];
+          throw ValueError("graph: bad layer " + node_str(i));
+        const LayerSpec& l = layers_[s.layer];
+        const LayerKind want = s.kind == NodeKind::Linear ? LayerKind::Linear
+                               : s.kind == NodeKind::BatchNorm ? LayerKind::BatchNorm : LayerKind::LayerNorm;
+        if (l.kind != want) throw ValueError("graph: " + node_str(i) + " refers to a layer of another kind");
         if (w(0) != l.in || s.width != l.out)
-          throw ValueError("graph: Linear node " + std::to_string(i) + " expects " +
-                           std::to_string(l.in) + " input features, gets " + std::to_string(w(0)));
-        needs_grad_[i] = 1;
+          throw ValueError("graph: " + node_str(i) + " expects " + std::to_string(l.in) +
+                           " input features, gets " + std::to_string(w(0)));
+        layer_nodes_[s.layer].push_back(i);
+        if (s.kind == NodeKind::Linear || l.bias || l.kind == LayerKind::LayerNorm) needs_grad_[i] = 1;
         break;
       }
       case NodeKind::Dropout:
@@ -51,14 +92,14 @@ Model<T>::Model(std::vector<LinearSpec> layers, std::vector<NodeSpec> nodes, int
       case NodeKind::Activation:
       case NodeKind::Add:
         for (size_t k = 0; k < s.inputs.size(); ++k)
-          if (w(k) != s.width) throw ValueError("graph: width mismatch at node " + std::to_string(i));
+          if (w(k) != s.width) throw ValueError("graph: width mismatch at " + node_str(i));
         if ((s.kind == NodeKind::Activation || s.kind == NodeKind::Dropout) && s.inputs.size() != 1)
           throw ValueError("graph: activation and dropout take one input");
         break;
       case NodeKind::Concat: {
         int64_t tot = 0;
         for (size_t k = 0; k < s.inputs.size(); ++k) tot += w(k);
-        if (tot != s.width) throw ValueError("graph: concat width mismatch at node " + std::to_string(i));
+        if (tot != s.width) throw ValueError("graph: concat width mismatch at " + node_str(i));
         break;
       }
       default: break;
@@ -72,41 +113,84 @@ Model<T>::Model(std::vector<LinearSpec> layers, std::vector<NodeSpec> nodes, int
       fused_into_[i] = consumers_[i][0];
       fused_[consumers_[i][0]] = 1;
     }
-  // Parameter store: per layer, weight (out, in) then bias (out).
-  int64_t off = 0;
+  // Parameter store: per layer, weight then bias; buffers: BatchNorm running statistics.
+  int64_t off = 0, boff = 0;
+  layer_tensors_.assign(layers_.size(), {});
   for (size_t L = 0; L < layers_.size(); ++L) {
-    const LinearSpec& l = layers_[L];
-    w_off_.push_back(off);
-    tensors_.push_back({static_cast<int>(L), false, off, l.out, l.in});
-    off += l.out * l.in;
-    if (l.bias) {
-      b_off_.push_back(off);
-      tensors_.push_back({static_cast<int>(L), true, off, l.out, 1});
+    const LayerSpec& l = layers_[L];
+    const int li = static_cast<int>(L);
+    const bool has_w = l.kind == LayerKind::Linear || l.kind == LayerKind::LayerNorm || l.bias;
+    const bool has_b = l.kind == LayerKind::LayerNorm || l.bias;
+    w_off_.push_back(has_w ? off : -1);
+    if (has_w) {
+      layer_tensors_[L].push_back(static_cast<int>(tensors_.size()));
+      if (l.kind == LayerKind::Linear) tensors_.push_back({li, "weight", off, l.out, l.in});
+      else tensors_.push_back({li, "weight", off, l.out, 0});
+      off += l.kind == LayerKind::Linear ? l.out * l.in : l.out;
+    }
+    b_off_.push_back(has_b ? off : -1);
+    if (has_b) {
+      layer_tensors_[L].push_back(static_cast<int>(tensors_.size()));
+      tensors_.push_back({li, "bias", off, l.out, 0});
       off += l.out;
+    }
+    if (l.kind == LayerKind::BatchNorm) {
+      rm_off_.push_back(boff);
+      buffer_tensors_.push_back({li, "running_mean", boff, l.out, 0});
+      boff += l.out;
+      rv_off_.push_back(boff);
+      buffer_tensors_.push_back({li, "running_var", boff, l.out, 0});
+      boff += l.out;
     } else {
-      b_off_.push_back(-1);
+      rm_off_.push_back(-1);
+      rv_off_.push_back(-1);
     }
   }
   params_.assign(static_cast<size_t>(off), T(0));
   grads_.assign(static_cast<size_t>(off), T(0));
+  buffers_.assign(static_cast<size_t>(boff), T(0));
+  for (size_t L = 0; L < layers_.size(); ++L)
+    if (rv_off_[L] >= 0) std::fill_n(buffers_.data() + rv_off_[L], layers_[L].out, T(1));
   steps_.assign(tensors_.size(), 0);
   outs_.resize(n);
   gouts_.resize(n);
-  masks_.resize(n);
+  aux_.resize(n);
+  mask_keys_.assign(n, 0);
   written_.assign(n, 0);
   pwritten_.assign(layers_.size(), 0);
 }
 
 template <class T>
-void Model<T>::compile(LossKind loss, const kern::OptConfig& opt) {
+void Model<T>::compile(LossKind loss, const kern::OptConfig& opt, const ScheduleConfig& sched) {
+  if (sched.kind == ScheduleKind::LocoPropS || sched.kind == ScheduleKind::LocoPropM) {
+    for (size_t L = 0; L < layers_.size(); ++L)
+      if (layer_nodes_[L].size() > 1)
+        throw ValueError("schedule: LocoProp needs every layer used once; layer " + std::to_string(L) +
+                         " is shared by " + std::to_string(layer_nodes_[L].size()) + " nodes");
+    if (sched.inner_steps < 1) throw ValueError("schedule: inner_steps must be >= 1");
+  }
   const int slots = opt.state_slots();
   state1_.assign(slots >= 1 ? params_.size() : 0, T(0));
   state2_.assign(slots >= 2 ? params_.size() : 0, T(0));
   std::fill(steps_.begin(), steps_.end(), 0);
   loss_ = loss;
   opt_ = opt;
+  sched_ = sched;
   compiled_ = true;
   grads_ready_ = false;
+}
+
+template <class T>
+std::vector<int> Model<T>::unit_order() const {
+  std::vector<int> units;
+  for (size_t L = 0; L < layers_.size(); ++L)
+    if (!layer_tensors_[L].empty() && !layer_nodes_[L].empty()) units.push_back(static_cast<int>(L));
+  // Topological position of a unit: its first use.
+  std::stable_sort(units.begin(), units.end(), [&](int a, int b) {
+    return layer_nodes_[a].front() < layer_nodes_[b].front();
+  });
+  if (sched_.kind != ScheduleKind::LayerwiseBottomUp) std::reverse(units.begin(), units.end());
+  return units;
 }
 
 template <class T>
@@ -117,46 +201,58 @@ void Model<T>::ensure_capacity(int64_t N) {
     const size_t sz = static_cast<size_t>(N * nodes_[i].width);
     outs_[i].assign(sz, T(0));
     if (needs_grad_[i]) gouts_[i].assign(sz, T(0));
-    if (nodes_[i].kind == NodeKind::Dropout) masks_[i].assign(sz, T(0));
+    if (nodes_[i].kind == NodeKind::Dropout) aux_[i].assign(sz, T(0));
+    if (nodes_[i].kind == NodeKind::BatchNorm) aux_[i].assign(2 * nodes_[i].width, T(0));
+    if (nodes_[i].kind == NodeKind::LayerNorm) aux_[i].assign(2 * N, T(0));
   }
   row_loss_.assign(static_cast<size_t>(N), T(0));
   cap_ = N;
+  if (sched_.kind == ScheduleKind::LocoPropS || sched_.kind == ScheduleKind::LocoPropM) targets_.clear();
 }
 
-namespace {
-// splitmix64 finalizer: a counter-based generator, one independent draw per element.
-inline uint64_t mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// mask[i] = 0 with probability p, else 1/(1-p); y = x * mask.
 template <class T>
-void dropout_forward(T* y, T* mask, const T* x, int64_t n, double p, uint64_t key) {
-  const T scale = p < 1 ? T(1.0 / (1.0 - p)) : T(0);
-  parallel_range(n, n, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
-  for (int64_t i = lo; i < hi; ++i) {
-    const double u = static_cast<double>(mix64(key ^ mix64(static_cast<uint64_t>(i))) >> 11) * 0x1.0p-53;
-    mask[i] = u >= p ? scale : T(0);
-    y[i] = x[i] * mask[i];
+void Model<T>::layer_forward(int i, int64_t N, const FwdMode& mode) {
+  const NodeSpec& s = nodes_[i];
+  const int64_t w = s.width;
+  const LayerSpec& l = layers_[s.layer];
+  const T* x = out(s.inputs[0]);
+  const T* gamma = w_off_[s.layer] >= 0 && l.kind != LayerKind::Linear ? params_.data() + w_off_[s.layer] : nullptr;
+  const T* beta = b_off_[s.layer] >= 0 ? params_.data() + b_off_[s.layer] : nullptr;
+  T* a = aux_[i].data();
+  if (s.kind == NodeKind::BatchNorm) {
+    if (mode.training) {
+      if (N < 2)
+        throw ValueError("X: BatchNorm1d needs more than 1 sample per batch in training mode, got 1 "
+                         "(use a larger batch or model.eval())");
+      T* rm = mode.update_stats ? buffers_.data() + rm_off_[s.layer] : nullptr;
+      T* rv = mode.update_stats ? buffers_.data() + rv_off_[s.layer] : nullptr;
+      kern::batchnorm_forward_train<T>(outs_[i].data(), a, a + w, x, gamma, beta, N, w, l.eps, rm, rv, l.momentum);
+    } else {
+      kern::batchnorm_forward_eval<T>(outs_[i].data(), a, a + w, x, gamma, beta, N, w, l.eps,
+                                      buffers_.data() + rm_off_[s.layer], buffers_.data() + rv_off_[s.layer]);
+    }
+  } else {
+    kern::layernorm_forward<T>(outs_[i].data(), a, a + N, x, gamma, beta, N, w, l.eps);
   }
-  });
 }
-}  // namespace
 
 template <class T>
-void Model<T>::forward(const T* X, int64_t N, bool training) {
+void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
   ensure_capacity(N);
   x_ = X;
-  masked_ = false;
-  for (int i = 1; i <= output_; ++i) {
+  // A BatchNorm batch of 1 is refused before anything changes.
+  if (mode.training && N < 2)
+    for (int i = from; i <= output_; ++i)
+      if (nodes_[i].kind == NodeKind::BatchNorm)
+        throw ValueError("X: BatchNorm1d needs more than 1 sample per batch in training mode, got 1 "
+                         "(use a larger batch or model.eval())");
+  for (int i = from; i <= output_; ++i) {
     const NodeSpec& s = nodes_[i];
     const int64_t w = s.width;
+    ops_.forward += 1;
     switch (s.kind) {
       case NodeKind::Linear: {
-        const LinearSpec& l = layers_[s.layer];
+        const LayerSpec& l = layers_[s.layer];
         kern::Epilogue<T> ep;
         ep.bias = b_off_[s.layer] >= 0 ? params_.data() + b_off_[s.layer] : nullptr;
         if (fused_into_[i] >= 0) {
@@ -170,22 +266,26 @@ void Model<T>::forward(const T* X, int64_t N, bool training) {
                       params_.data() + w_off_[s.layer], l.in, outs_[i].data(), w, false, &ep);
         break;
       }
+      case NodeKind::BatchNorm:
+      case NodeKind::LayerNorm: layer_forward(i, N, mode); break;
       case NodeKind::Activation:
         if (!fused_[i]) kern::act_forward<T>(outs_[i].data(), out(s.inputs[0]), N * w, s.act, T(s.slope));
+        else ops_.forward -= 1;  // done by its Linear
+        break;
+      case NodeKind::Dropout:
+        if (mode.training && s.slope > 0) {
+          if (!mode.reuse_masks)
+            mask_keys_[i] = mix64(seed_ ^ mix64(draws_++ * 0x100000001B3ull + static_cast<uint64_t>(i)));
+          dropout_forward<T>(outs_[i].data(), aux_[i].data(), out(s.inputs[0]), N * w, s.slope,
+                             mask_keys_[i], mode.reuse_masks);
+        } else {
+          std::memcpy(outs_[i].data(), out(s.inputs[0]), sizeof(T) * N * w);
+        }
         break;
       case NodeKind::Add:
         kern::add_into<T>(outs_[i].data(), out(s.inputs[0]), N * w, false);
         for (size_t k = 1; k < s.inputs.size(); ++k)
           kern::add_into<T>(outs_[i].data(), out(s.inputs[k]), N * w, true);
-        break;
-      case NodeKind::Dropout:
-        if (training && s.slope > 0) {
-          dropout_forward<T>(outs_[i].data(), masks_[i].data(), out(s.inputs[0]), N * w, s.slope,
-                             mix64(seed_ ^ mix64(draws_++ * 0x100000001B3ull + static_cast<uint64_t>(i))));
-          masked_ = true;
-        } else {
-          std::memcpy(outs_[i].data(), out(s.inputs[0]), sizeof(T) * N * w);
-        }
         break;
       case NodeKind::Concat: {
         int64_t c0 = 0;
@@ -217,36 +317,79 @@ double Model<T>::loss_and_seed(int64_t N, Labels<T> y, bool want_grad) {
 }
 
 template <class T>
-void Model<T>::backward(int64_t N) {
+void Model<T>::norm_backward(int i, int64_t N, bool param_grads) {
+  const NodeSpec& s = nodes_[i];
+  const int L = s.layer;
+  const int64_t w = s.width;
+  const int j = s.inputs[0];
+  const bool want_dx = needs_grad_[j];
+  T* dx = want_dx ? gouts_[j].data() : nullptr;
+  const bool acc_dx = want_dx && written_[j];
+  T* dgamma = param_grads && w_off_[L] >= 0 ? grads_.data() + w_off_[L] : nullptr;
+  T* dbeta = param_grads && b_off_[L] >= 0 ? grads_.data() + b_off_[L] : nullptr;
+  const T* gamma = w_off_[L] >= 0 ? params_.data() + w_off_[L] : nullptr;
+  const T* a = aux_[i].data();
+  if (s.kind == NodeKind::BatchNorm)
+    kern::batchnorm_backward<T>(dx, dgamma, dbeta, gouts_[i].data(), out(j), a, a + w, gamma, N, w,
+                                training_, acc_dx, pwritten_[L]);
+  else
+    kern::layernorm_backward<T>(dx, dgamma, dbeta, gouts_[i].data(), out(j), a, a + N, gamma, N, w,
+                                acc_dx, pwritten_[L]);
+  if (dgamma || dbeta) pwritten_[L] = 1;
+  if (want_dx) written_[j] = 1;
+}
+
+template <class T>
+void Model<T>::backward(int64_t N, int down_to, int only_layer) {
   std::fill(written_.begin(), written_.end(), 0);
   std::fill(pwritten_.begin(), pwritten_.end(), 0);
   written_[output_] = 1;
-  for (int i = output_; i >= 1; --i) {
+  // An input below `down_to` takes no gradient: its producers are not revisited.
+  auto wants = [&](int j) { return needs_grad_[j] && j >= down_to; };
+  for (int i = output_; i >= down_to; --i) {
     if (!written_[i] || !needs_grad_[i]) continue;
     const NodeSpec& s = nodes_[i];
     const T* dy = gouts_[i].data();
     const int64_t w = s.width;
+    ops_.backward += 1;
     switch (s.kind) {
       case NodeKind::Linear: {
         const int L = s.layer;
-        const LinearSpec& l = layers_[L];
+        const LayerSpec& l = layers_[L];
         const int j = s.inputs[0];
-        const bool acc = pwritten_[L];
-        // dw (OUT,IN) = dz^T (OUT,N) . x (N,IN); db = column sums of dz
-        kern::gemm<T>(true, false, l.out, l.in, N, dy, l.out, out(j), l.in,
-                      grads_.data() + w_off_[L], l.in, acc);
-        if (b_off_[L] >= 0) kern::colsum<T>(grads_.data() + b_off_[L], dy, N, l.out, acc);
-        pwritten_[L] = 1;
-        if (needs_grad_[j]) {  // dx (N,IN) = dz (N,OUT) . w (OUT,IN)
+        if (only_layer < 0 || only_layer == L) {
+          const bool acc = pwritten_[L];
+          // dw (OUT,IN) = dz^T (OUT,N) . x (N,IN); db = column sums of dz
+          kern::gemm<T>(true, false, l.out, l.in, N, dy, l.out, out(j), l.in,
+                        grads_.data() + w_off_[L], l.in, acc);
+          if (b_off_[L] >= 0) kern::colsum<T>(grads_.data() + b_off_[L], dy, N, l.out, acc);
+          pwritten_[L] = 1;
+        }
+        if (wants(j)) {  // dx (N,IN) = dz (N,OUT) . w (OUT,IN)
           kern::gemm<T>(false, false, N, l.in, l.out, dy, l.out, params_.data() + w_off_[L], l.in,
                         gouts_[j].data(), l.in, written_[j]);
           written_[j] = 1;
         }
         break;
       }
+      case NodeKind::BatchNorm:
+      case NodeKind::LayerNorm: {
+        const bool pg = only_layer < 0 || only_layer == s.layer;
+        if (!wants(s.inputs[0])) {
+          // parameter gradients only
+          const int j = s.inputs[0];
+          const char keep = needs_grad_[j];
+          needs_grad_[j] = 0;
+          if (pg) norm_backward(i, N, true);
+          needs_grad_[j] = keep;
+        } else {
+          norm_backward(i, N, pg);
+        }
+        break;
+      }
       case NodeKind::Activation: {
         const int j = s.inputs[0];
-        if (needs_grad_[j]) {
+        if (wants(j)) {
           kern::act_backward<T>(gouts_[j].data(), dy, out(j), out(i), N * w, s.act, T(s.slope), written_[j]);
           written_[j] = 1;
         }
@@ -254,8 +397,8 @@ void Model<T>::backward(int64_t N) {
       }
       case NodeKind::Dropout: {
         const int j = s.inputs[0];
-        if (needs_grad_[j]) {
-          if (masked_) kern::mul_into<T>(gouts_[j].data(), dy, masks_[i].data(), N * w, written_[j]);
+        if (wants(j)) {
+          if (training_ && s.slope > 0) kern::mul_into<T>(gouts_[j].data(), dy, aux_[i].data(), N * w, written_[j]);
           else kern::add_into<T>(gouts_[j].data(), dy, N * w, written_[j]);
           written_[j] = 1;
         }
@@ -263,7 +406,7 @@ void Model<T>::backward(int64_t N) {
       }
       case NodeKind::Add:
         for (int j : s.inputs)
-          if (needs_grad_[j]) {
+          if (wants(j)) {
             kern::add_into<T>(gouts_[j].data(), dy, N * w, written_[j]);
             written_[j] = 1;
           }
@@ -272,7 +415,7 @@ void Model<T>::backward(int64_t N) {
         int64_t c0 = 0;
         for (int j : s.inputs) {
           const int64_t wj = nodes_[j].width;
-          if (needs_grad_[j]) {
+          if (wants(j)) {
             T* dst = gouts_[j].data();
             const bool acc = written_[j];
             for (int64_t r = 0; r < N; ++r)
@@ -287,18 +430,17 @@ void Model<T>::backward(int64_t N) {
       default: break;
     }
   }
+  if (only_layer >= 0 || down_to > 1) return;
   // A layer the loss does not reach has a zero gradient.
   for (size_t L = 0; L < layers_.size(); ++L)
-    if (!pwritten_[L]) {
-      const LinearSpec& l = layers_[L];
-      std::fill_n(grads_.data() + w_off_[L], l.out * l.in, T(0));
-      if (b_off_[L] >= 0) std::fill_n(grads_.data() + b_off_[L], l.out, T(0));
-    }
+    if (!pwritten_[L])
+      for (int t : layer_tensors_[L]) std::fill_n(grads_.data() + tensors_[t].offset, tensors_[t].size(), T(0));
 }
 
 template <class T>
 double Model<T>::compute_gradients(const T* X, int64_t N, Labels<T> y) {
-  forward(X, N, training_);
+  ops_ = {};
+  forward(X, N, FwdMode{training_, training_, false});
   const double loss = loss_and_seed(N, y, true);
   backward(N);
   grads_ready_ = true;
@@ -307,29 +449,207 @@ double Model<T>::compute_gradients(const T* X, int64_t N, Labels<T> y) {
 
 template <class T>
 double Model<T>::loss_only(const T* X, int64_t N, Labels<T> y) {
-  forward(X, N, training_);
+  forward(X, N, FwdMode{training_, false, false});
   return loss_and_seed(N, y, false);
 }
 
 template <class T>
-void Model<T>::apply_gradients() {
+void Model<T>::apply_layer(int L, double lr_scale) {
   const int slots = opt_.state_slots();
-  for (size_t t = 0; t < tensors_.size(); ++t) {
+  kern::OptConfig cfg = opt_;
+  cfg.lr *= lr_scale;
+  for (int t : layer_tensors_[L]) {
     const ParamTensor& pt = tensors_[t];
     const int64_t o = pt.offset;
     steps_[t] += 1;
-    kern::optimizer_step<T>(opt_, params_.data() + o, grads_.data() + o,
+    kern::optimizer_step<T>(cfg, params_.data() + o, grads_.data() + o,
                             slots >= 1 ? state1_.data() + o : nullptr,
                             slots >= 2 ? state2_.data() + o : nullptr, pt.size(), steps_[t]);
   }
+}
+
+template <class T>
+void Model<T>::apply_gradients() {
+  for (size_t L = 0; L < layers_.size(); ++L) apply_layer(static_cast<int>(L));
   grads_ready_ = false;
+}
+
+// One unit at a time; before its update, its gradient is computed with every already-updated
+// unit's new weights. Only what changed is recomputed: the forward from the last updated unit
+// up, the backward from the loss down to the unit being updated.
+template <class T>
+double Model<T>::step_layerwise(const T* X, int64_t N, Labels<T> y) {
+  ops_ = {};
+  const std::vector<int> units = unit_order();
+  double first_loss = 0;
+  int dirty_from = 1;  // nodes >= dirty_from must be recomputed before the next gradient
+  bool first = true;
+  for (int L : units) {
+    forward(X, N, FwdMode{training_, training_ && first, !first}, dirty_from);
+    const double loss = loss_and_seed(N, y, true);
+    if (first) first_loss = loss;
+    first = false;
+    backward(N, layer_nodes_[L].front(), L);
+    apply_layer(L);
+    dirty_from = layer_nodes_[L].front();
+  }
+  if (units.empty()) {
+    forward(X, N, FwdMode{training_, training_, false});
+    first_loss = loss_and_seed(N, y, false);
+  }
+  grads_ready_ = false;
+  return first_loss;
+}
+
+// LocoProp (Amid, Anil & Warmuth 2022): one forward and backward give every layer a target;
+// then each Linear layer, its input fixed, takes inner_steps steps on its own local loss:
+//   S: t = a - gamma dL/da,    local gradient x^T (x W^T + b - t)
+//   M: t = f(a) - gamma dL/da, local gradient x^T (f(x W^T + b) - t)
+// with f the layer's transfer function (its activation; for the output layer the loss's link:
+// softmax, sigmoid or identity) and learning rate base * max(1 - k/K, 0.25), k = 0..K-1.
+// Norm layers take one ordinary step with their backprop gradient.
+template <class T>
+double Model<T>::step_locoprop(const T* X, int64_t N, Labels<T> y) {
+  ops_ = {};
+  forward(X, N, FwdMode{training_, training_, false});
+  const double loss = loss_and_seed(N, y, true);
+  backward(N);
+  std::vector<int> lin, other;
+  for (size_t L = 0; L < layers_.size(); ++L) {
+    if (layer_tensors_[L].empty() || layer_nodes_[L].empty()) continue;
+    (layers_[L].kind == LayerKind::Linear ? lin : other).push_back(static_cast<int>(L));
+  }
+  if (targets_.size() != layers_.size()) targets_.assign(layers_.size(), Buffer<T>());
+  // Per layer: the target (cap x out), then scratch for the layer's local outputs.
+  for (int L : lin)
+    if (static_cast<int64_t>(targets_[L].size()) < 2 * cap_ * layers_[L].out)
+      targets_[L].assign(static_cast<size_t>(2 * cap_ * layers_[L].out), T(0));
+  // Targets for every layer before any weight moves.
+  const bool M = sched_.kind == ScheduleKind::LocoPropM;
+  const T gamma = T(sched_.target_lr);
+  for (int L : lin) {
+    const int i = layer_nodes_[L].front();
+    const int64_t n = N * layers_[L].out;
+    const T* a = outs_[i].data();
+    const T* g = gouts_[i].data();
+    T* t = targets_[L].data();
+    if (!M) {
+      for (int64_t k = 0; k < n; ++k) t[k] = a[k] - gamma * g[k];
+    } else if (fused_into_[i] >= 0 || (consumers_[i].size() == 1 && nodes_[consumers_[i][0]].kind == NodeKind::Activation)) {
+      const T* fa = outs_[consumers_[i][0]].data();
+      for (int64_t k = 0; k < n; ++k) t[k] = fa[k] - gamma * g[k];
+    } else if (i == output_ && loss_ != LossKind::MSE) {
+      const int64_t D = layers_[L].out;
+      for (int64_t r = 0; r < N; ++r) {
+        const T* ar = a + r * D;
+        T* tr = t + r * D;
+        if (loss_ == LossKind::BCEWithLogits) {
+          for (int64_t c = 0; c < D; ++c) tr[c] = T(1) / (T(1) + std::exp(-ar[c]));
+        } else {
+          const T m = *std::max_element(ar, ar + D);
+          T s = 0;
+          for (int64_t c = 0; c < D; ++c) s += (tr[c] = std::exp(ar[c] - m));
+          for (int64_t c = 0; c < D; ++c) tr[c] /= s;
+        }
+        for (int64_t c = 0; c < D; ++c) tr[c] -= gamma * g[r * D + c];
+      }
+    } else {
+      for (int64_t k = 0; k < n; ++k) t[k] = a[k] - gamma * g[k];
+    }
+  }
+  for (int L : other) apply_layer(L);
+  // The local problems are independent: one layer per thread when there are enough layers.
+  const int nt = std::min<int>(get_num_threads(), static_cast<int>(lin.size()));
+  const int64_t nlin = static_cast<int64_t>(lin.size());
+  if (nt > 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (int64_t u = 0; u < nlin; ++u) locoprop_unit(lin[u], N);
+  } else {
+    for (int64_t u = 0; u < nlin; ++u) locoprop_unit(lin[u], N);
+  }
+  ops_.forward += nlin * sched_.inner_steps;
+  ops_.backward += nlin * sched_.inner_steps;
+  grads_ready_ = false;
+  return loss;
+}
+
+template <class T>
+void Model<T>::locoprop_unit(int L, int64_t N) {
+  const int i = layer_nodes_[L].front();
+  const NodeSpec& s = nodes_[i];
+  const LayerSpec& l = layers_[L];
+  const bool M = sched_.kind == ScheduleKind::LocoPropM;
+  // Transfer function of the matching loss.
+  Act act = Act::Identity;
+  T slope = 0;
+  int link = 0;  // 1 softmax, 2 sigmoid (output layer of cross-entropy / bce)
+  if (M) {
+    if (consumers_[i].size() == 1 && nodes_[consumers_[i][0]].kind == NodeKind::Activation) {
+      act = nodes_[consumers_[i][0]].act;
+      slope = T(nodes_[consumers_[i][0]].slope);
+    } else if (i == output_) {
+      link = loss_ == LossKind::CrossEntropy ? 1 : loss_ == LossKind::BCEWithLogits ? 2 : 0;
+    }
+  }
+  const T* x = out(s.inputs[0]);
+  const T* t = targets_[L].data();
+  // Scratch: the layer's local outputs (its own buffer: node outputs may be other layers'
+  // inputs) and their residual (this node's gradient buffer, no longer needed).
+  const int64_t D = l.out, n = N * D;
+  T* a = targets_[L].data() + cap_ * D;
+  T* d = gouts_[i].data();
+  const double base = sched_.inner_lr > 0 ? sched_.inner_lr : opt_.lr;
+  const int slots = opt_.state_slots();
+  for (int64_t k = 0; k < sched_.inner_steps; ++k) {
+    kern::Epilogue<T> ep;
+    ep.bias = b_off_[L] >= 0 ? params_.data() + b_off_[L] : nullptr;
+    kern::gemm<T>(false, true, N, l.out, l.in, x, l.in, params_.data() + w_off_[L], l.in, a, D, false, &ep);
+    if (link == 1) {
+      for (int64_t r = 0; r < N; ++r) {
+        const T* ar = a + r * D;
+        const T m = *std::max_element(ar, ar + D);
+        T sum = 0;
+        for (int64_t c = 0; c < D; ++c) sum += (d[r * D + c] = std::exp(ar[c] - m));
+        for (int64_t c = 0; c < D; ++c) d[r * D + c] = d[r * D + c] / sum - t[r * D + c];
+      }
+    } else if (link == 2) {
+      for (int64_t q = 0; q < n; ++q) d[q] = T(1) / (T(1) + std::exp(-a[q])) - t[q];
+    } else {
+      kern::dispatch_act<T>(act, slope, [&](auto F) {
+        for (int64_t q = 0; q < n; ++q) d[q] = F.f(a[q]) - t[q];
+        return 0;
+      });
+    }
+    kern::gemm<T>(true, false, l.out, l.in, N, d, D, x, l.in, grads_.data() + w_off_[L], l.in, false);
+    if (b_off_[L] >= 0) kern::colsum<T>(grads_.data() + b_off_[L], d, N, D, false);
+    const double scale = std::max(1.0 - double(k) / double(sched_.inner_steps), 0.25);
+    kern::OptConfig cfg = opt_;
+    cfg.lr = base * scale;
+    for (int tt : layer_tensors_[L]) {
+      const ParamTensor& pt = tensors_[tt];
+      const int64_t o = pt.offset;
+      steps_[tt] += 1;
+      kern::optimizer_step<T>(cfg, params_.data() + o, grads_.data() + o,
+                              slots >= 1 ? state1_.data() + o : nullptr,
+                              slots >= 2 ? state2_.data() + o : nullptr, pt.size(), steps_[tt]);
+    }
+  }
 }
 
 template <class T>
 double Model<T>::train_step(const T* X, int64_t N, Labels<T> y) {
-  const double loss = compute_gradients(X, N, y);
-  apply_gradients();
-  return loss;
+  switch (sched_.kind) {
+    case ScheduleKind::LayerwiseTopDown:
+    case ScheduleKind::LayerwiseBottomUp: return step_layerwise(X, N, y);
+    case ScheduleKind::LocoPropS:
+    case ScheduleKind::LocoPropM: return step_locoprop(X, N, y);
+    case ScheduleKind::Simultaneous:
+    default: {
+      const double loss = compute_gradients(X, N, y);
+      apply_gradients();
+      return loss;
+    }
+  }
 }
 
 template <class T>
@@ -360,7 +680,7 @@ void Model<T>::predict(const T* X, int64_t N, T* dst, int64_t batch) {
   const int64_t D = out_width(), in = in_width();
   for (int64_t s = 0; s < N; s += batch) {
     const int64_t nb = std::min(batch, N - s);
-    forward(X + s * in, nb, false);
+    forward(X + s * in, nb, FwdMode{});
     std::memcpy(dst + s * D, out(output_), sizeof(T) * nb * D);
   }
 }
@@ -375,7 +695,7 @@ std::pair<double, int64_t> Model<T>::evaluate(const T* X, int64_t N, Labels<T> y
     Labels<T> yb;
     if (y.cls) yb.cls = y.cls + s;
     if (y.target) yb.target = y.target + s * D;
-    forward(X + s * in, nb, false);
+    forward(X + s * in, nb, FwdMode{});
     total += loss_and_seed(nb, yb, false) * static_cast<double>(nb);
     if (y.cls) correct += kern::count_correct<T>(out(output_), yb.cls, nb, D);
   }

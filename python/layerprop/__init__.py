@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from . import _core
 from . import explain
-from .layers import (GELU, Dropout, Identity, Input, Layer, LeakyReLU, Linear, ReLU, Sigmoid,
-                     SymbolicTensor, Tanh, add, concat)
+from .layers import (GELU, BatchNorm1d, Dropout, Identity, Input, Layer, LayerNorm, LeakyReLU,
+                     Linear, ReLU, Sigmoid, SymbolicTensor, Tanh, add, concat)
 from .model import Model, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
-from .schedules import Schedule, Simultaneous
+from .schedules import Layerwise, LocoProp, Schedule, Simultaneous
 from .interop import from_torch
 from .io import load
 from .training import Callback, EarlyStopping, History, LambdaCallback, ModelCheckpoint
@@ -21,8 +21,8 @@ __version__ = _core.build_info()["version"]
 __all__ = [
     "__version__", "build_info", "set_num_threads", "get_num_threads",
     "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
-    "Input", "SymbolicTensor", "add", "concat", "Model", "Sequential",
-    "Optimizer", "SGD", "Adam", "AdamW", "Schedule", "Simultaneous", "Callback", "History",
+    "BatchNorm1d", "LayerNorm", "Input", "SymbolicTensor", "add", "concat", "Model", "Sequential",
+    "Optimizer", "SGD", "Adam", "AdamW", "Schedule", "Simultaneous", "Layerwise", "LocoProp", "Callback", "History",
     "load", "from_torch", "EarlyStopping", "ModelCheckpoint", "LambdaCallback",
     "explain",
 ]
@@ -44,3 +44,11 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Threads the core uses."""
     return int(_core.get_num_threads())
+
+
+def __getattr__(name: str):
+    # lp.sklearn is imported on first use, so `import layerprop` never imports scikit-learn.
+    if name == "sklearn":
+        import importlib
+        return importlib.import_module(".sklearn", __name__)
+    raise AttributeError(f"module 'layerprop' has no attribute {name!r}")

@@ -289,9 +289,9 @@ def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["Ordered
                 if flat.size == 0:
                     continue
                 slots = k + 1
-                for (_l, _b, off, rows, cols), name in zip(model._core.tensors(), model._param_names):
-                    shape = model._params[name].shape
-                    tensors[f"optimizer.slot{k}.{name}"] = flat[off: off + rows * cols].reshape(shape).copy()
+                for (_l, _pname, off, shape), name in zip(model._core.tensors(), model._param_names):
+                    size = int(np.prod(shape))
+                    tensors[f"optimizer.slot{k}.{name}"] = flat[off: off + size].reshape(shape).copy()
             tensors["optimizer.steps"] = np.asarray(model._core.steps(), dtype=np.int64)
             meta["optimizer_state"] = {"slots": slots, "steps": "optimizer.steps"}
     core_rng = None
@@ -536,8 +536,8 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
             for k, name, key in state_keys:
                 flat = model._core.state_view(k)
                 idx = model._param_names.index(name)
-                _l, _b, off, rows, cols = model._core.tensors()[idx]
-                flat[off: off + rows * cols] = get(key).reshape(-1)
+                _l, _pname, off, shape = model._core.tensors()[idx]
+                flat[off: off + int(np.prod(shape))] = get(key).reshape(-1)
             steps = get("optimizer.steps")
             if (steps < 0).any() or (steps > _MAX_INT).any():
                 raise _Bad("tensor 'optimizer.steps': step counts must be in [0, 2**40]")

@@ -7,11 +7,13 @@ from typing import List, Optional, Sequence
 
 __all__ = [
     "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
+    "BatchNorm1d", "LayerNorm",
     "Input", "SymbolicTensor", "add", "concat",
 ]
 
 # Node kinds and activation codes shared with the core (cpp/include/layerprop/model.hpp).
-NODE_INPUT, NODE_LINEAR, NODE_ACT, NODE_ADD, NODE_CONCAT, NODE_DROPOUT = 0, 1, 2, 3, 4, 5
+NODE_INPUT, NODE_LINEAR, NODE_ACT, NODE_ADD, NODE_CONCAT, NODE_DROPOUT, NODE_BATCHNORM, NODE_LAYERNORM = range(8)
+LAYER_LINEAR, LAYER_BATCHNORM, LAYER_LAYERNORM = 0, 1, 2
 ACT_CODES = {"Identity": 0, "ReLU": 1, "LeakyReLU": 2, "Tanh": 3, "Sigmoid": 4, "GELU": 5}
 
 
@@ -208,3 +210,76 @@ class Dropout(Layer):
 
     def describe(self) -> str:
         return f"Dropout(p={self.p})"
+
+
+def _check_features(v: object) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"num_features: expected a positive int, got {v!r}")
+    return v
+
+
+def _check_eps(v: object) -> float:
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"eps: expected a number > 0, got {v!r}") from None
+    if not (f > 0 and math.isfinite(f)):
+        raise ValueError(f"eps: expected a number > 0, got {v!r}")
+    return f
+
+
+class _Norm(Layer):
+    """Normalization over the features of each sample (LayerNorm) or over the batch (BatchNorm1d)."""
+
+    has_params = True
+    num_features: int
+
+    def out_width(self, in_width: int) -> int:
+        if in_width != self.num_features:
+            raise ValueError(f"{self.describe()}: expects {self.num_features} input features, gets {in_width}")
+        return in_width
+
+    def param_shapes(self) -> List[tuple]:
+        return [("weight", (self.num_features,)), ("bias", (self.num_features,))]
+
+
+class BatchNorm1d(_Norm):
+    """Batch normalization of (N, C) inputs, PyTorch's conventions. Training: batch mean and
+    biased variance; running statistics r = (1 - momentum) r + momentum * stat, with the
+    unbiased variance. Inference (predict, evaluate, model.eval()): running statistics."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, *, name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        self.num_features = _check_features(num_features)
+        self.eps = _check_eps(eps)
+        try:
+            m = float(momentum)
+        except (TypeError, ValueError):
+            raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}") from None
+        if not 0.0 <= m <= 1.0:
+            raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
+        self.momentum = m
+        self.affine = bool(affine)
+        self.has_params = self.affine
+
+    def param_shapes(self) -> List[tuple]:
+        return super().param_shapes() if self.affine else []
+
+    def describe(self) -> str:
+        nm = f", name={self.name!r}" if self.name else ""
+        extra = "" if self.affine else ", affine=False"
+        return f"BatchNorm1d({self.num_features}, eps={self.eps}, momentum={self.momentum}{extra}{nm})"
+
+
+class LayerNorm(_Norm):
+    """Normalizes each sample over its features (biased variance), then weight * x + bias."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, *, name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        self.num_features = _check_features(num_features)
+        self.eps = _check_eps(eps)
+
+    def describe(self) -> str:
+        nm = f", name={self.name!r}" if self.name else ""
+        return f"LayerNorm({self.num_features}, eps={self.eps}{nm})"

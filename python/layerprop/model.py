@@ -8,8 +8,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
-from .layers import (NODE_ACT, NODE_ADD, NODE_CONCAT, NODE_DROPOUT, NODE_INPUT, NODE_LINEAR,
-                     Dropout, Input, Layer, Linear, SymbolicTensor, _Activation)
+from .layers import (LAYER_BATCHNORM, LAYER_LAYERNORM, LAYER_LINEAR, NODE_ACT, NODE_ADD,
+                     NODE_BATCHNORM, NODE_CONCAT, NODE_DROPOUT, NODE_INPUT, NODE_LAYERNORM,
+                     NODE_LINEAR, BatchNorm1d, Dropout, Input, Layer, LayerNorm, Linear,
+                     SymbolicTensor, _Activation, _Norm)
 from .optim import Optimizer
 from .schedules import Schedule, Simultaneous
 
@@ -89,7 +91,7 @@ class Model:
         index = {id(t): i for i, t in enumerate(order)}
 
         layers: List[Layer] = []        # every layer object, in first-use order
-        linear_index: Dict[int, int] = {}
+        core_index: Dict[int, int] = {}  # layer with parameters or statistics -> core layer
         core_layers, core_nodes = [], []
         for t in order:
             ins = [index[id(u)] for u in t.inputs]
@@ -103,11 +105,13 @@ class Model:
                 layer = t.layer
                 if all(layer is not l for l in layers):
                     layers.append(layer)
-                if isinstance(layer, Linear):
-                    if id(layer) not in linear_index:
-                        linear_index[id(layer)] = len(core_layers)
-                        core_layers.append((layer.in_features, layer.out_features, layer.bias))
-                    core_nodes.append((NODE_LINEAR, ins, t.width, linear_index[id(layer)], 0, 0.0))
+                if isinstance(layer, (Linear, _Norm)):
+                    if id(layer) not in core_index:
+                        core_index[id(layer)] = len(core_layers)
+                        core_layers.append(_core_layer_spec(layer))
+                    kind = (NODE_LINEAR if isinstance(layer, Linear)
+                            else NODE_BATCHNORM if isinstance(layer, BatchNorm1d) else NODE_LAYERNORM)
+                    core_nodes.append((kind, ins, t.width, core_index[id(layer)], 0, 0.0))
                 elif isinstance(layer, Dropout):
                     core_nodes.append((NODE_DROPOUT, ins, t.width, -1, 0, layer.p))
                 elif isinstance(layer, _Activation):
@@ -118,7 +122,8 @@ class Model:
         # The graph in topological order (index 0 is the input, the last is the output); for
         # tools that walk it (lp.explain). Same order as the core's nodes.
         self._order: List[SymbolicTensor] = order
-        self._linears = [l for l in layers if isinstance(l, Linear)]
+        # Layers the core stores (parameters and/or running statistics), in core order.
+        self._core_layers = sorted((l for l in layers if id(l) in core_index), key=lambda l: core_index[id(l)])
         self._input = inputs
         self._output = outputs
         cls = _core.ModelF32 if self.dtype == "float32" else _core.ModelF64
@@ -128,22 +133,22 @@ class Model:
         if names is None:
             names = {}
             counts: Dict[str, int] = {}
-            for l in self._linears:
+            for l in self._core_layers:
                 if l.name:
                     names[id(l)] = l.name
                 else:
                     kind = type(l).__name__.lower()
                     names[id(l)] = f"{kind}{counts.get(kind, 0)}"
                     counts[kind] = counts.get(kind, 0) + 1
-        used = [names[id(l)] for l in self._linears]
+        used = [names[id(l)] for l in self._core_layers]
         if len(set(used)) != len(used):
             raise ValueError(f"name: layer names must be unique, got {used}")
-        self._param_names: List[str] = []
-        for layer_idx, is_bias, _off, _r, _c in self._core.tensors():
-            self._param_names.append(f"{used[layer_idx]}.{'bias' if is_bias else 'weight'}")
-        self._layer_prefix: Dict[int, str] = {id(l): used[i] for i, l in enumerate(self._linears)}
+        self._param_names: List[str] = [f"{used[li]}.{pname}" for li, pname, _o, _s in self._core.tensors()]
+        self._buffer_names: List[str] = [f"{used[li]}.{bname}" for li, bname, _o, _s in self._core.buffer_tensors()]
+        self._layer_prefix: Dict[int, str] = {id(l): used[i] for i, l in enumerate(self._core_layers)}
         self._params = OrderedDict((n, self._core.param_view(i)) for i, n in enumerate(self._param_names))
         self._grads = OrderedDict((n, self._core.grad_view(i)) for i, n in enumerate(self._param_names))
+        self._buffers = OrderedDict((n, self._core.buffer_view(i)) for i, n in enumerate(self._buffer_names))
         self.training = True
         self.loss: Optional[str] = None
         self.optimizer: Optional[Optimizer] = None
@@ -154,12 +159,19 @@ class Model:
         self._core.set_seed(int(np.random.default_rng(self.seed).integers(2**63)) ^ 0x5EED)
 
     def reset_parameters(self, seed: Optional[int] = None) -> None:
-        """PyTorch's default initialization: weight and bias uniform in +-1/sqrt(fan_in)
-        (kaiming_uniform with a=sqrt(5)); drawn per layer, weight first, from `seed`."""
+        """PyTorch's default initialization: Linear weight and bias uniform in +-1/sqrt(fan_in)
+        (kaiming_uniform with a=sqrt(5)), drawn per layer, weight first, from `seed`; norm
+        layers weight 1, bias 0, running mean 0, running variance 1."""
         rng = np.random.default_rng(seed)
-        for (layer_idx, _is_bias, _o, rows, cols), view in zip(self._core.tensors(), self._params.values()):
-            bound = self._linears[layer_idx].init_bound()
-            view[...] = rng.uniform(-bound, bound, size=view.shape).astype(self._np_dtype)
+        for (layer_idx, _pname, _o, _shape), view in zip(self._core.tensors(), self._params.values()):
+            layer = self._core_layers[layer_idx]
+            if isinstance(layer, Linear):
+                bound = layer.init_bound()
+                view[...] = rng.uniform(-bound, bound, size=view.shape).astype(self._np_dtype)
+            else:
+                view[...] = 1.0 if _pname == "weight" else 0.0
+        for (_li, bname, _o, _shape), view in zip(self._core.buffer_tensors(), self._buffers.values()):
+            view[...] = 1.0 if bname == "running_var" else 0.0
 
     # ------------------------------------------------------------------ properties
     @property
@@ -181,6 +193,17 @@ class Model:
     def gradients(self) -> "OrderedDict[str, np.ndarray]":
         """Zero-copy views of the last computed gradients."""
         return OrderedDict(self._grads)
+
+    def buffers(self) -> "OrderedDict[str, np.ndarray]":
+        """Zero-copy, writable views of the state that is not trained by gradients: BatchNorm1d
+        running statistics ("1.running_mean", "1.running_var"), named like PyTorch's state_dict."""
+        return OrderedDict(self._buffers)
+
+    def step_cost(self) -> Dict[str, int]:
+        """Work of the last training step: node forward and backward executions (a Linear with
+        its fused activation counts once). Compare schedules with it."""
+        fwd, bwd = self._core.last_ops()
+        return {"forward": int(fwd), "backward": int(bwd)}
 
     def num_parameters(self) -> int:
         return int(self._core.num_params)
@@ -214,11 +237,10 @@ class Model:
                             f"got {type(optimizer).__name__}")
         if schedule is None:
             schedule = Simultaneous()
-        if not isinstance(schedule, Simultaneous):
-            raise TypeError(f"schedule: expected an lp schedule such as lp.Simultaneous(), got {schedule!r}")
-        if loss == "cross_entropy" and self.out_features < 1:
-            raise ValueError("loss: cross_entropy needs at least one output")
-        self._core.compile(loss=LOSSES[loss], **optimizer.core_args())
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule: expected an lp schedule (lp.Simultaneous(), lp.Layerwise(), "
+                            f"lp.LocoProp()), got {schedule!r}")
+        self._core.compile(loss=LOSSES[loss], **optimizer.core_args(), **schedule.core_args())
         self.loss, self.optimizer, self.schedule = loss, optimizer, schedule
         return self
 
@@ -328,19 +350,15 @@ class Model:
     def summary(self) -> str:
         """A table of the layers, their output widths and parameter counts."""
         rows = [("layer", "output", "params")]
-        names = {}
-        for (li, is_bias, _o, r, c), n in zip(self._core.tensors(), self._param_names):
-            names.setdefault(li, [n.rsplit(".", 1)[0], 0])
-            names[li][1] += r * c
         for layer in self._layers:
             count = ""
-            if isinstance(layer, Linear):
-                prefix, cnt = names[self._linears.index(layer)]
-                count = str(cnt)
-                label = f"{prefix}: {layer.describe()}"
+            if id(layer) in self._layer_prefix:
+                count = str(self._layer_param_count(layer))
+                label = f"{self._layer_prefix[id(layer)]}: {layer.describe()}"
             else:
                 label = layer.describe()
-            width = layer.out_width(layer.in_features) if isinstance(layer, Linear) else ""
+            width = (layer.out_features if isinstance(layer, Linear)
+                     else layer.num_features if isinstance(layer, _Norm) else "")
             rows.append((label, f"(N, {width})" if width != "" else "", count))
         w0 = max(len(r[0]) for r in rows)
         w1 = max(len(r[1]) for r in rows)
@@ -350,8 +368,22 @@ class Model:
         lines.append(f"Total parameters: {self.num_parameters()}")
         return "\n".join(lines)
 
+    def _layer_param_count(self, layer: Layer) -> int:
+        li = self._core_layers.index(layer)
+        return sum(int(np.prod(shape)) for lj, _n, _o, shape in self._core.tensors() if lj == li)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.in_features}->{self.out_features} dtype={self.dtype} params={self.num_parameters()}>"
+
+
+def _core_layer_spec(layer: Layer) -> tuple:
+    """(kind, in, out, bias, eps, momentum) of a layer the core stores."""
+    if isinstance(layer, Linear):
+        return (LAYER_LINEAR, layer.in_features, layer.out_features, layer.bias, 0.0, 0.0)
+    if isinstance(layer, BatchNorm1d):
+        return (LAYER_BATCHNORM, layer.num_features, layer.num_features, layer.affine, layer.eps, layer.momentum)
+    assert isinstance(layer, LayerNorm)
+    return (LAYER_LAYERNORM, layer.num_features, layer.num_features, True, layer.eps, 0.0)
 
 
 def _positive_int(v: object, name: str) -> int:
@@ -375,11 +407,11 @@ class Sequential(Model):
         for i, l in enumerate(layers):
             if any(l is m for m in layers[:i]):
                 raise ValueError(f"layers[{i}]: the same layer object appears twice; use the functional API to share weights")
-        first = next((l for l in layers if isinstance(l, Linear)), None)
-        if first is None:
+        first = next((l for l in layers if isinstance(l, (Linear, _Norm))), None)
+        if first is None or not any(isinstance(l, Linear) for l in layers):
             raise ValueError("layers: a Sequential needs at least one lp.Linear")
-        # Width of the input: the first Linear's in_features (activations before it keep width).
-        x = Input(first.in_features)
+        # Width of the input: the first sized layer's (activations before it keep width).
+        x = Input(first.in_features if isinstance(first, Linear) else first.num_features)
         t = x
         for l in layers:
             t = l(t)
@@ -390,13 +422,9 @@ class Sequential(Model):
     def summary(self) -> str:
         rows = [("#", "layer", "output", "params")]
         width = self.in_features
-        tensors = list(zip(self._core.tensors(), self._param_names))
         for i, l in enumerate(self._seq_layers):
             width = l.out_width(width)
-            cnt = 0
-            if isinstance(l, Linear):
-                li = self._linears.index(l)
-                cnt = sum(r * c for (lj, _b, _o, r, c), _n in tensors if lj == li)
+            cnt = self._layer_param_count(l) if id(l) in self._layer_prefix else 0
             rows.append((str(i), l.describe(), f"(N, {width})", str(cnt)))
         ws = [max(len(r[k]) for r in rows) for k in range(4)]
         lines = [f"Sequential (dtype={self.dtype}, input features={self.in_features})"]

@@ -1,15 +1,95 @@
-"""Update schedules: how the layers are updated within one training step."""
+"""Update schedules: how the layers are updated within one training step.
+
+The units of a schedule are the layers with parameters (Linear, BatchNorm1d, LayerNorm).
+"""
 from __future__ import annotations
 
-__all__ = ["Schedule", "Simultaneous"]
+from typing import Optional
+
+__all__ = ["Schedule", "Simultaneous", "Layerwise", "LocoProp"]
 
 
 class Schedule:
     """Base class of update schedules."""
 
+    code = 0
+
+    def core_args(self) -> dict:
+        return dict(schedule=self.code, inner_steps=1, inner_lr=0.0, target_lr=0.0)
+
 
 class Simultaneous(Schedule):
     """Standard backprop: one backward pass, then every parameter is updated."""
 
+    code = 0
+
     def __repr__(self) -> str:
         return "Simultaneous()"
+
+
+class Layerwise(Schedule):
+    """One unit at a time. Before a unit is updated, its gradient is recomputed with the
+    new weights of every unit already updated in this step. Activations that did not change are
+    reused: top-down, only the part of the network above the last updated unit runs forward
+    again, and backward runs only down to the unit being updated.
+
+    order: "top_down" (from the loss backwards) or "bottom_up"."""
+
+    def __init__(self, order: str = "top_down") -> None:
+        if order not in ("top_down", "bottom_up"):
+            raise ValueError(f"order: expected 'top_down' or 'bottom_up', got {order!r}")
+        self.order = order
+        self.code = 1 if order == "top_down" else 2
+
+    def __repr__(self) -> str:
+        return f"Layerwise(order={self.order!r})"
+
+
+class LocoProp(Schedule):
+    """LocoProp (Amid, Anil & Warmuth, AISTATS 2022). One forward and backward pass give each
+    Linear layer a target, cached before any weight moves:
+
+    - variant "S": in pre-activation space, t = a - target_lr * dL/da; local loss
+      1/2 ||x W^T + b - t||^2, gradient x^T (x W^T + b - t);
+    - variant "M": in post-activation space, t = f(a) - target_lr * dL/da; the matching loss of
+      the layer's transfer function f, gradient x^T (f(x W^T + b) - t). For the output layer f is
+      the loss's link (softmax for cross_entropy, sigmoid for bce_with_logits, identity for mse).
+
+    Then every Linear layer, its input fixed, takes `inner_steps` steps of the compiled optimizer
+    on its own local loss with learning rate inner_lr * max(1 - k/inner_steps, 0.25), k = 0, 1, ...
+    (inner_lr=None: the optimizer's lr). The layers' problems are independent and run in
+    parallel, one layer per thread. Norm layers take one ordinary optimizer step with their
+    backprop gradient. A layer used twice (shared weights) is refused at compile.
+    Local gradients sum over the batch, as in the paper's code; dL/da carries the 1/N of the
+    mean loss."""
+
+    def __init__(self, variant: str = "M", inner_steps: int = 10, inner_lr: Optional[float] = None,
+                 target_lr: float = 10.0) -> None:
+        if variant not in ("S", "M"):
+            raise ValueError(f"variant: expected 'S' or 'M', got {variant!r}")
+        if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
+            raise ValueError(f"inner_steps: expected a positive int, got {inner_steps!r}")
+        if inner_lr is not None:
+            inner_lr = float(inner_lr)
+            if not inner_lr > 0:
+                raise ValueError(f"inner_lr: expected a number > 0 or None, got {inner_lr!r}")
+        try:
+            tl = float(target_lr)
+        except (TypeError, ValueError):
+            raise ValueError(f"target_lr: expected a number > 0, got {target_lr!r}") from None
+        if not tl > 0:
+            raise ValueError(f"target_lr: expected a number > 0, got {target_lr!r}")
+        self.variant = variant
+        self.inner_steps = inner_steps
+        self.inner_lr = inner_lr
+        self.target_lr = tl
+        self.code = 3 if variant == "S" else 4
+
+    def core_args(self) -> dict:
+        return dict(schedule=self.code, inner_steps=self.inner_steps,
+                    inner_lr=0.0 if self.inner_lr is None else self.inner_lr,
+                    target_lr=self.target_lr)
+
+    def __repr__(self) -> str:
+        return (f"LocoProp(variant={self.variant!r}, inner_steps={self.inner_steps}, "
+                f"inner_lr={self.inner_lr}, target_lr={self.target_lr})")

@@ -1,6 +1,7 @@
 // The model runtime: a directed acyclic graph of nodes in topological order, the parameter
 // store, the workspace (activations, gradients, scratch; sized once per batch capacity), the
-// loss and the optimizer. A Sequential is the chain special case of the same graph.
+// loss, the optimizer and the update schedule. A Sequential is the chain special case of the
+// same graph.
 #pragma once
 #include <cstdint>
 #include <mutex>
@@ -12,28 +13,33 @@
 
 namespace lp {
 
-enum class NodeKind : int { Input = 0, Linear, Activation, Add, Concat, Dropout };
+enum class NodeKind : int { Input = 0, Linear, Activation, Add, Concat, Dropout, BatchNorm, LayerNorm };
+enum class LayerKind : int { Linear = 0, BatchNorm, LayerNorm };
 
-struct LinearSpec {
+// A layer that owns parameters (a "unit" of the update schedules). Norm layers: in == out.
+struct LayerSpec {
+  LayerKind kind = LayerKind::Linear;
   int64_t in = 0, out = 0;
-  bool bias = true;
+  bool bias = true;         // Linear: has a bias; BatchNorm: affine (weight and bias)
+  double eps = 1e-5;        // norm layers
+  double momentum = 0.1;    // BatchNorm running statistics
 };
 
 struct NodeSpec {
   NodeKind kind = NodeKind::Input;
   std::vector<int> inputs;  // indices of earlier nodes
   int64_t width = 0;        // features of this node's output
-  int layer = -1;           // Linear: index into the LinearSpec table (shared by reuse)
+  int layer = -1;           // Linear / norm nodes: index into the LayerSpec table (shared by reuse)
   Act act = Act::Identity;  // Activation
   double slope = 0.01;      // LeakyReLU: negative slope; Dropout: drop probability p
 };
 
-// One parameter tensor inside the contiguous parameter store.
+// One parameter (or buffer) tensor inside a contiguous store.
 struct ParamTensor {
   int layer;
-  bool is_bias;
-  int64_t offset, rows, cols;  // bias: rows = out, cols = 1
-  int64_t size() const { return rows * cols; }
+  std::string name;            // "weight", "bias", "running_mean", "running_var"
+  int64_t offset, rows, cols;  // cols == 0: a vector of `rows` elements
+  int64_t size() const { return rows * (cols ? cols : 1); }
 };
 
 // Labels of one batch: class indices for cross-entropy, float targets otherwise.
@@ -43,25 +49,45 @@ struct Labels {
   const T* target = nullptr;
 };
 
+enum class ScheduleKind : int { Simultaneous = 0, LayerwiseTopDown, LayerwiseBottomUp, LocoPropS, LocoPropM };
+struct ScheduleConfig {
+  ScheduleKind kind = ScheduleKind::Simultaneous;
+  int64_t inner_steps = 10;
+  double inner_lr = 0;     // LocoProp base learning rate of the local problems (0: optimizer's lr)
+  double target_lr = 10;   // LocoProp activation step gamma
+};
+
+// Work done by the last step: node forward and backward executions.
+struct OpCounts {
+  int64_t forward = 0, backward = 0;
+};
+
 template <class T>
 class Model {
  public:
-  Model(std::vector<LinearSpec> layers, std::vector<NodeSpec> nodes, int output);
+  Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int output);
 
   // Shape facts.
   int64_t in_width() const { return nodes_[0].width; }
   int64_t out_width() const { return nodes_[output_].width; }
   int64_t num_params() const { return static_cast<int64_t>(params_.size()); }
   const std::vector<ParamTensor>& tensors() const { return tensors_; }
+  const std::vector<ParamTensor>& buffer_tensors() const { return buffer_tensors_; }
+  const std::vector<LayerSpec>& layers() const { return layers_; }
   T* params() { return params_.data(); }
   T* grads() { return grads_.data(); }
+  T* buffers() { return buffers_.data(); }
   int64_t capacity() const { return cap_; }
   std::mutex& mutex() { return mu_; }
 
-  void compile(LossKind loss, const kern::OptConfig& opt);
+  void compile(LossKind loss, const kern::OptConfig& opt, const ScheduleConfig& sched);
   bool compiled() const { return compiled_; }
   LossKind loss_kind() const { return loss_; }
   const kern::OptConfig& optimizer() const { return opt_; }
+  const ScheduleConfig& schedule() const { return sched_; }
+  // Units of the update schedules: layers with parameters, in the order the schedule visits
+  // them for the compiled schedule.
+  std::vector<int> unit_order() const;
 
   // Steps; every pointer is already validated by the caller (bindings).
   double train_step(const T* X, int64_t N, Labels<T> y);
@@ -72,55 +98,80 @@ class Model {
   // train_step each; losses (n_batches) receives each batch's loss.
   void train_epoch(const T* X, Labels<T> y, const int64_t* order, int64_t n, int64_t batch,
                    double* losses);
-  // Forward only; out (N, out_width).
+  // Forward only (inference mode); out (N, out_width).
   void predict(const T* X, int64_t N, T* out, int64_t batch);
   // Mean loss and (cross-entropy) number of correct argmax predictions, in batches.
   std::pair<double, int64_t> evaluate(const T* X, int64_t N, Labels<T> y, int64_t batch);
-  // Loss and gradients only (no update).
+  // Loss of the batch in the current mode, no gradients, no update.
   double loss_only(const T* X, int64_t N, Labels<T> y);
+  // Update only the tensors of layer L with the current gradients (one optimizer step each).
+  void apply_layer(int L, double lr_scale = 1.0);
+  const OpCounts& last_ops() const { return ops_; }
 
-  // Training mode: dropout masks are drawn (inference: dropout is the identity). Masks come
-  // from a counter-based hash of (seed, draw, element), so they never depend on threads.
+  // Training mode: dropout masks are drawn and batch norm uses (and updates) batch statistics
+  // (inference: dropout is the identity, batch norm uses running statistics). Masks come from
+  // a counter-based hash of (seed, draw, element), so they never depend on threads.
   void set_training(bool on) { training_ = on; }
   bool training() const { return training_; }
   void set_seed(uint64_t s) { seed_ = s; draws_ = 0; }
+  uint64_t rng_seed() const { return seed_; }
+  uint64_t rng_draws() const { return draws_; }
+  void set_rng_state(uint64_t s, uint64_t d) { seed_ = s; draws_ = d; }
 
   // Optimizer state (for saving / inspection).
   Buffer<T>& state(int slot) { return slot == 0 ? state1_ : state2_; }
   std::vector<int64_t>& steps() { return steps_; }
 
  private:
+  struct FwdMode {
+    bool training = false;     // batch statistics / dropout
+    bool update_stats = false; // BatchNorm running statistics
+    bool reuse_masks = false;  // dropout: same masks as the previous forward of this step
+  };
   void ensure_capacity(int64_t N);
-  void forward(const T* X, int64_t N, bool training);
+  void forward(const T* X, int64_t N, FwdMode mode, int from = 1);
   double loss_and_seed(int64_t N, Labels<T> y, bool want_grad);
-  void backward(int64_t N);
+  // Backward over nodes >= down_to; parameter gradients only for `only_layer` (-1: all).
+  void backward(int64_t N, int down_to = 1, int only_layer = -1);
+  double step_layerwise(const T* X, int64_t N, Labels<T> y);
+  double step_locoprop(const T* X, int64_t N, Labels<T> y);
+  void locoprop_unit(int L, int64_t N);
   T* out(int i) { return i == 0 ? const_cast<T*>(x_) : outs_[i].data(); }
+  void layer_forward(int i, int64_t N, const FwdMode& mode);
+  void norm_backward(int i, int64_t N, bool param_grads);
 
-  std::vector<LinearSpec> layers_;
+  std::vector<LayerSpec> layers_;
   std::vector<NodeSpec> nodes_;
   int output_;
-  std::vector<ParamTensor> tensors_;
-  std::vector<int64_t> w_off_, b_off_;        // per layer, offsets into params_ (b: -1 if none)
+  std::vector<ParamTensor> tensors_, buffer_tensors_;
+  std::vector<int64_t> w_off_, b_off_;        // per layer, offsets into params_ (-1 if none)
+  std::vector<int64_t> rm_off_, rv_off_;      // BatchNorm: offsets into buffers_
+  std::vector<std::vector<int>> layer_tensors_;  // per layer, indices into tensors_
+  std::vector<std::vector<int>> layer_nodes_;    // per layer, the nodes that use it
   std::vector<std::vector<int>> consumers_;
   std::vector<char> needs_grad_;              // d loss / d node-output required
   std::vector<int> fused_into_;               // Linear node -> Activation node it feeds (or -1)
   std::vector<char> fused_;                   // Activation node computed by its Linear's epilogue
 
-  Buffer<T> params_, grads_, state1_, state2_;
+  Buffer<T> params_, grads_, state1_, state2_, buffers_;
   std::vector<int64_t> steps_;                // per tensor
   std::vector<Buffer<T>> outs_, gouts_;       // per node, cap x width
-  std::vector<Buffer<T>> masks_;              // Dropout nodes: 0 or 1/(1-p) per element
+  std::vector<Buffer<T>> aux_;                // per node scratch: dropout masks; norm statistics
+  std::vector<Buffer<T>> targets_;            // LocoProp: per layer, cap x out
   Buffer<T> row_loss_, xbatch_, tbatch_;
   std::vector<int64_t> lbatch_;
   std::vector<char> written_, pwritten_;
+  std::vector<uint64_t> mask_keys_;           // per node: key of the current dropout masks
   const T* x_ = nullptr;
   int64_t cap_ = 0;
+  OpCounts ops_;
 
   bool compiled_ = false, grads_ready_ = false;
-  bool training_ = true, masked_ = false;
+  bool training_ = true;
   uint64_t seed_ = 0, draws_ = 0;
   LossKind loss_ = LossKind::CrossEntropy;
   kern::OptConfig opt_;
+  ScheduleConfig sched_;
   std::mutex mu_;
 };
 

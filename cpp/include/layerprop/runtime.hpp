@@ -24,7 +24,11 @@ bool have_openmp();
 void set_num_threads(int n);
 int get_num_threads();
 // Threads for a loop of `work` units (roughly flops or bytes): 1 below `threshold`.
+// Inside an active parallel region (LocoProp's per-layer problems) everything runs serially.
 inline int threads_for(int64_t work, int64_t threshold) {
+#ifdef LAYERPROP_HAVE_OPENMP
+  if (omp_in_parallel()) return 1;
+#endif
   return work >= threshold ? get_num_threads() : 1;
 }
 
