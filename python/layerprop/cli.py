@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "weight, and print their reports.")
     s.add_argument("--seed", type=int, default=0, help="initialization and data seed (default 0)")
     s.set_defaults(func=_cmd_explain)
+    from .bench import add_parser as add_bench_parser
+    add_bench_parser(sub)
     return p
 
 
