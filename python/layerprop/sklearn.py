@@ -1,0 +1,500 @@
+"""scikit-learn estimators backed by layerprop: `MLPClassifier` and `MLPRegressor` with
+scikit-learn's own argument names and defaults (plus `schedule=`), usable in Pipeline,
+GridSearchCV, clone and pickle.
+
+What matches scikit-learn's MLP: the objective (mean log-loss, or half the mean squared error,
+plus alpha/2 * ||W||^2 / n_batch on the weights only, biases excluded), the minibatch loop
+(batch_size="auto" = min(200, n), reshuffled every epoch), the stopping rule (tol,
+n_iter_no_change, early_stopping with validation_fraction: accuracy or R^2 on a held-out
+split, best weights restored; like scikit-learn, a multi-output regression reports the loss
+averaged over the outputs but steps along the gradient summed over them), loss_curve_, best_loss_, n_iter_, t_, validation_scores_,
+coefs_/intercepts_ in scikit-learn's (in, out) layout, binary output as one logistic unit,
+multilabel targets, multi-output regression.
+
+Differences, by design: weights start from PyTorch's default initialization (layerprop's)
+rather than Glorot's; the optimizers are PyTorch's update rules (Adam's epsilon is added
+after the bias correction of the second moment, sklearn adds it before; SGD momentum is the
+same update written differently); solver="lbfgs" and the sgd learning-rate schedules
+(learning_rate, power_t) are not offered; the float32/float64 choice follows X (float32 X
+trains a float32 model). `model_` is the fitted lp.Sequential.
+"""
+from __future__ import annotations
+
+import numbers
+import sys
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from . import layers as L
+from .io import model_from_state, model_to_state
+from .model import Sequential
+from .optim import SGD, Adam
+from .schedules import Schedule
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+_ACTIVATIONS = {"identity": L.Identity, "logistic": L.Sigmoid, "tanh": L.Tanh, "relu": L.ReLU}
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
+
+
+class _BaseMLP(BaseEstimator):
+    _is_classifier = False
+
+    def __init__(self, hidden_layer_sizes: Any = (100,), activation: str = "relu", *, solver: str = "adam",
+                 alpha: float = 0.0001, batch_size: Any = "auto", learning_rate_init: float = 0.001,
+                 max_iter: int = 200, shuffle: bool = True, random_state: Any = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, schedule: Optional[Schedule] = None) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.schedule = schedule
+
+    # ------------------------------------------------------------------ parameters
+    def _hidden_sizes(self) -> List[int]:
+        h = self.hidden_layer_sizes
+        if isinstance(h, numbers.Integral) and not isinstance(h, bool):
+            h = [h]
+        try:
+            sizes = list(h)
+        except TypeError:
+            raise ValueError(f"hidden_layer_sizes: expected an int or a sequence of ints, got {h!r}") from None
+        for s in sizes:
+            if not isinstance(s, numbers.Integral) or isinstance(s, bool) or s < 1:
+                raise ValueError(f"hidden_layer_sizes: must be positive ints, got {self.hidden_layer_sizes!r}")
+        return [int(s) for s in sizes]
+
+    def _check_params(self) -> None:
+        self._hidden_sizes()
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
+        if self.solver not in ("adam", "sgd"):
+            extra = " (lbfgs is not offered by layerprop)" if self.solver == "lbfgs" else ""
+            raise ValueError(f"solver: expected 'adam' or 'sgd', got {self.solver!r}{extra}")
+
+        def number(name: str, lo: float, hi: float = np.inf, lo_open: bool = False, hi_open: bool = False) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v) or (
+                isinstance(v, numbers.Real) and v == np.inf and hi == np.inf and not isinstance(v, bool))
+            if ok:
+                ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+            if not ok:
+                raise ValueError(f"{name}: expected a number in {'(' if lo_open else '['}{lo}, {hi}"
+                                 f"{')' if hi_open else ']'}, got {v!r}")
+        number("alpha", 0.0)
+        number("learning_rate_init", 0.0, lo_open=True)
+        number("tol", 0.0)
+        number("momentum", 0.0, 1.0)
+        number("beta_1", 0.0, 1.0, hi_open=True)
+        number("beta_2", 0.0, 1.0, hi_open=True)
+        number("epsilon", 0.0, lo_open=True)
+        if self.early_stopping:
+            number("validation_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
+        for name in ("max_iter", "n_iter_no_change"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+        b = self.batch_size
+        if not (b == "auto" if isinstance(b, str) else
+                isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1):
+            raise ValueError(f"batch_size: expected 'auto' or an int >= 1, got {b!r}")
+        if self.schedule is not None and not isinstance(self.schedule, Schedule):
+            raise ValueError(f"schedule: expected an lp schedule (e.g. lp.Simultaneous()) or None, got {self.schedule!r}")
+
+    # ------------------------------------------------------------------ the network
+    def _optimizer(self) -> Any:
+        if self.solver == "sgd":
+            return SGD(lr=self.learning_rate_init, momentum=self.momentum,
+                       nesterov=bool(self.nesterovs_momentum) and self.momentum > 0)
+        return Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon)
+
+    def _build(self, n_in: int, n_out: int, dtype: str, loss: str) -> None:
+        rs = self._rng
+        sizes = [n_in, *self._hidden_sizes(), n_out]
+        act = _ACTIVATIONS[self.activation]
+        layers: List[L.Layer] = []
+        for i in range(len(sizes) - 1):
+            layers.append(L.Linear(sizes[i], sizes[i + 1]))
+            if i < len(sizes) - 2:
+                layers.append(act())
+        self.model_ = Sequential(*layers, dtype=dtype, seed=int(rs.randint(np.iinfo(np.int32).max)))
+        self.model_.compile(loss=loss, optimizer=self._optimizer(), schedule=self.schedule)
+        self.n_layers_ = len(sizes)
+        self.n_outputs_ = n_out
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.loss_curve_: List[float] = []
+        self._no_improvement_count = 0
+        if self.early_stopping:
+            self.validation_scores_: Optional[List[float]] = []
+            self.best_validation_score_: Optional[float] = -np.inf
+            self.best_loss_: Optional[float] = None
+        else:
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+            self.best_loss_ = np.inf
+
+    def _weights(self) -> List[np.ndarray]:
+        return [v for k, v in self.model_.parameters().items() if k.endswith(".weight")]
+
+    def _biases(self) -> List[np.ndarray]:
+        return [v for k, v in self.model_.parameters().items() if k.endswith(".bias")]
+
+    @property
+    def coefs_(self) -> List[np.ndarray]:
+        """Weights in scikit-learn's (in, out) layout: transposed zero-copy views of the model's."""
+        if "model_" not in self.__dict__:
+            raise AttributeError("coefs_: the estimator is not fitted")
+        return [w.T for w in self._weights()]
+
+    @coefs_.setter
+    def coefs_(self, value: List[np.ndarray]) -> None:
+        for i, (w, v) in enumerate(zip(self._weights(), value)):
+            v = np.asarray(v)
+            if v.shape != w.T.shape:
+                raise ValueError(f"coefs_[{i}]: expected shape {w.T.shape}, got {v.shape}")
+            w.T[...] = v
+
+    @property
+    def intercepts_(self) -> List[np.ndarray]:
+        """Biases: zero-copy views of the model's."""
+        if "model_" not in self.__dict__:
+            raise AttributeError("intercepts_: the estimator is not fitted")
+        return list(self._biases())
+
+    @intercepts_.setter
+    def intercepts_(self, value: List[np.ndarray]) -> None:
+        for i, (b, v) in enumerate(zip(self._biases(), value)):
+            v = np.asarray(v)
+            if v.shape != b.shape:
+                raise ValueError(f"intercepts_[{i}]: expected shape {b.shape}, got {v.shape}")
+            b[...] = v
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return "model_" in self.__dict__
+
+    # ------------------------------------------------------------------ training
+    def _loss_scale(self) -> Tuple[float, float]:
+        """Factors from layerprop's loss to scikit-learn's: (reported loss, gradient)."""
+        raise NotImplementedError
+
+    def _step(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float]) -> float:
+        core = self.model_._core
+        loss = float(core.compute_gradients(Xb, yb)) * scale[0]
+        nb = Xb.shape[0]
+        grads = self.model_.gradients()
+        if scale[1] != 1.0:
+            for g in grads.values():
+                g *= scale[1]
+        if self.alpha:
+            k = self.alpha / nb
+            pen = 0.0
+            for name, w in self.model_.parameters().items():
+                if name.endswith(".weight"):
+                    grads[name] += k * w
+                    pen += float(np.vdot(w, w))
+            loss += 0.5 * self.alpha * pen / nb
+        core.apply_gradients()
+        return loss
+
+    def _fit(self, X: np.ndarray, y: Any, incremental: bool) -> "_BaseMLP":
+        self._check_params()
+        first = "model_" not in self.__dict__ or (not self.warm_start and not incremental)
+        X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True,
+                             y_numeric=not self._is_classifier)
+        if first:
+            self._rng = check_random_state(self.random_state)
+        target, loss = self._encode_y(y, first, incremental)
+        if first:
+            dtype = "float32" if X.dtype == np.float32 else "float64"
+            n_out = target.shape[1] if target.ndim == 2 else len(self.classes_)
+            self._build(X.shape[1], n_out, dtype, loss)
+        X = np.ascontiguousarray(X, dtype=self.model_._np_dtype)
+        if target.dtype != np.int64:
+            target = np.ascontiguousarray(target, dtype=self.model_._np_dtype)
+        self._fit_stochastic(X, target, incremental)
+        return self
+
+    def _fit_stochastic(self, X: np.ndarray, y: np.ndarray, incremental: bool) -> None:
+        rs = self._rng
+        early = self.early_stopping and not incremental
+        Xv = yv = None
+        if early:
+            stratify = y if (self._is_classifier and y.ndim == 1) else None
+            X, Xv, y, yv = train_test_split(X, y, random_state=rs, test_size=self.validation_fraction,
+                                            stratify=stratify)
+            X, y = np.ascontiguousarray(X), np.ascontiguousarray(y)
+            Xv = np.ascontiguousarray(Xv)
+            if len(X) == 0 or len(Xv) == 0:
+                raise ValueError("validation_fraction: leaves no training or no validation samples")
+        n = X.shape[0]
+        if self.batch_size == "auto":
+            bs = min(200, n)
+        else:
+            if self.batch_size > n:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to "
+                              "be clipped", UserWarning, stacklevel=3)
+            bs = int(np.clip(self.batch_size, 1, n))
+        scale = self._loss_scale()
+        best_params = None
+        stopped = False
+        for _ in range(self.max_iter):
+            idx = rs.permutation(n) if self.shuffle else np.arange(n)
+            total = 0.0
+            for b0 in range(0, n, bs):
+                sel = idx[b0: b0 + bs]
+                total += self._step(X[sel], y[sel], scale) * len(sel)
+            self.n_iter_ += 1
+            self.loss_ = total / n
+            self.t_ += n
+            self.loss_curve_.append(self.loss_)
+            if self.verbose:
+                print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
+            if early:
+                score = self._validation_score(Xv, yv)
+                self.validation_scores_.append(score)  # type: ignore[union-attr]
+                if self.verbose:
+                    print(f"Validation score: {score:f}")
+                if score < self.best_validation_score_ + self.tol:  # type: ignore[operator]
+                    self._no_improvement_count += 1
+                else:
+                    self._no_improvement_count = 0
+                if score > self.best_validation_score_:  # type: ignore[operator]
+                    self.best_validation_score_ = score
+                    best_params = {k: v.copy() for k, v in self.model_.parameters().items()}
+            else:
+                if self.loss_curve_[-1] > self.best_loss_ - self.tol:  # type: ignore[operator]
+                    self._no_improvement_count += 1
+                else:
+                    self._no_improvement_count = 0
+                if self.loss_curve_[-1] < self.best_loss_:  # type: ignore[operator]
+                    self.best_loss_ = self.loss_curve_[-1]
+            if incremental:
+                break
+            if self._no_improvement_count > self.n_iter_no_change:
+                what = "Validation score" if early else "Training loss"
+                if self.verbose:
+                    print(f"{what} did not improve more than tol={self.tol:f} for "
+                          f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+                stopped = True
+                break
+        if not incremental and not stopped and self.n_iter_ >= self.max_iter:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                          "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+        if early and best_params is not None:
+            for k, v in self.model_.parameters().items():
+                v[...] = best_params[k]
+        if self.verbose:
+            sys.stdout.flush()
+
+    def fit(self, X: Any, y: Any) -> "_BaseMLP":
+        """Train on (X, y) for up to max_iter epochs (see the class docstring)."""
+        return self._fit(X, y, incremental=False)
+
+    def _forward(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        X = np.ascontiguousarray(X, dtype=self.model_._np_dtype)
+        return np.asarray(self.model_.predict(X), dtype=np.float64)
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(super().__getstate__())
+        model = state.pop("model_", None)
+        if model is not None:
+            # Arrays and JSON only: the core object itself is never pickled.
+            tensors, meta = model_to_state(model, include_optimizer=True)
+            state["_lp_model_state"] = (dict(tensors), dict(meta))
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        state = dict(state)
+        saved = state.pop("_lp_model_state", None)
+        super().__setstate__(state)
+        if saved is not None:
+            self.model_ = model_from_state(*saved)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multi-layer perceptron classifier trained by layerprop's core, with scikit-learn's
+    MLPClassifier arguments. Binary targets use one logistic output (bce_with_logits),
+    multiclass a softmax (cross_entropy), multilabel indicator targets one logistic output per
+    label. `classes_` may hold labels of any type."""
+
+    _is_classifier = True
+
+    def _loss_scale(self) -> Tuple[float, float]:
+        # sklearn's multilabel log-loss sums over labels (mean over samples); layerprop's
+        # bce_with_logits is the mean over all elements.
+        k = float(self.n_outputs_) if self._multilabel else 1.0
+        return k, k
+
+    def _encode_y(self, y: Any, first: bool, incremental: bool) -> Any:
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        from sklearn.utils.multiclass import check_classification_targets
+        check_classification_targets(y)
+        if first and not (incremental and hasattr(self, "_label_binarizer")):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self._label_binarizer.y_type_.startswith("multilabel"):
+                if type_of_target(y) != self._label_binarizer.y_type_ or y.shape[1] != len(self.classes_):
+                    raise ValueError("y: the multilabel format or width differs from the first fit")
+            elif not set(classes) <= set(self.classes_):
+                raise ValueError(f"y: has classes not in `self.classes_`. `self.classes_` has {self.classes_}. "
+                                 f"'y' has {classes}.")
+        self._multilabel = self._label_binarizer.y_type_.startswith("multilabel")
+        if not self._multilabel and len(self.classes_) < 2:
+            raise ValueError(f"y: needs samples of at least 2 classes, got 1 class: {self.classes_[0]!r}")
+        Y = self._label_binarizer.transform(y)
+        if self._multilabel:
+            self.out_activation_ = "logistic"
+            return Y.astype(np.float64), "bce_with_logits"
+        if len(self.classes_) == 2:
+            self.out_activation_ = "logistic"
+            return Y.astype(np.float64).reshape(-1, 1), "bce_with_logits"
+        self.out_activation_ = "softmax"
+        return np.ascontiguousarray(Y.argmax(axis=1), dtype=np.int64), "cross_entropy"
+
+    def _validation_score(self, Xv: np.ndarray, yv: np.ndarray) -> float:
+        z = np.asarray(self.model_.predict(Xv), dtype=np.float64)
+        if self._multilabel:
+            return float(accuracy_score(yv, (z > 0).astype(int)))
+        if yv.ndim == 2:  # binary: (n, 1) targets
+            return float(accuracy_score(yv.ravel(), (z.ravel() > 0).astype(float)))
+        return float(accuracy_score(yv, z.argmax(axis=1)))
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> "MLPClassifier":
+        """One epoch over (X, y). `classes` (all labels) is required on the first call unless y
+        is a multilabel indicator matrix."""
+        if self.solver not in ("adam", "sgd"):
+            raise ValueError(f"solver: partial_fit needs 'adam' or 'sgd', got {self.solver!r}")
+        ymat = np.asarray(y) if not hasattr(y, "shape") else y
+        if "model_" not in self.__dict__:
+            if getattr(ymat, "ndim", 1) == 2 and type_of_target(y).startswith("multilabel"):
+                self._label_binarizer = LabelBinarizer().fit(y)
+            else:
+                if classes is None:
+                    raise ValueError("classes must be passed on the first call to partial_fit.")
+                _check_partial_fit_first_call(self, classes)
+                self._label_binarizer = LabelBinarizer().fit(self.classes_)
+            self.classes_ = self._label_binarizer.classes_
+        elif classes is not None:
+            if not np.array_equal(self.classes_, unique_labels(classes)):
+                raise ValueError(f"classes: {classes!r} is not the same as on the first call ({self.classes_!r})")
+        return self._fit(X, y, incremental=True)  # type: ignore[return-value]
+
+    def decision_values(self, X: Any) -> np.ndarray:
+        """Raw outputs of the network (logits)."""
+        return self._forward(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Class labels (multilabel: an indicator matrix)."""
+        z = self._forward(X)
+        if self._multilabel:
+            return self._label_binarizer.inverse_transform((z > 0).astype(int))
+        if z.shape[1] == 1:
+            return self.classes_[(z[:, 0] > 0).astype(int)]
+        return self.classes_[z.argmax(axis=1)]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Probabilities, columns in the order of classes_ (multilabel: one per label)."""
+        z = self._forward(X)
+        if self._multilabel:
+            return _sigmoid(z)
+        if z.shape[1] == 1:
+            p = _sigmoid(z[:, 0])
+            return np.column_stack([1.0 - p, p])
+        return _softmax(z)
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        return np.log(self.predict_proba(X))
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor trained by layerprop's core, with scikit-learn's
+    MLPRegressor arguments: half the mean squared error plus the L2 penalty; y may have
+    several columns (multi-output)."""
+
+    out_activation_ = "identity"
+
+    def _loss_scale(self) -> Tuple[float, float]:
+        # sklearn reports half the mean squared error (mean over samples and outputs), but its
+        # gradient is that of half the squared error summed over the outputs: k times larger.
+        return 0.5, 0.5 * self.n_outputs_
+
+    def _encode_y(self, y: Any, first: bool, incremental: bool) -> Any:
+        y = np.asarray(y, dtype=np.float64)
+        if y.ndim == 1:
+            y = y.reshape(-1, 1)
+        if not first and y.shape[1] != self.n_outputs_:
+            raise ValueError(f"y: expected {self.n_outputs_} target columns as in the first fit, got {y.shape[1]}")
+        return y, "mse"
+
+    def _validation_score(self, Xv: np.ndarray, yv: np.ndarray) -> float:
+        return float(r2_score(yv, np.asarray(self.model_.predict(Xv), dtype=np.float64)))
+
+    def partial_fit(self, X: Any, y: Any) -> "MLPRegressor":
+        """One epoch over (X, y), continuing from the current weights and optimizer state."""
+        return self._fit(X, y, incremental=True)  # type: ignore[return-value]
+
+    def predict(self, X: Any) -> np.ndarray:
+        z = self._forward(X)
+        return z.ravel() if z.shape[1] == 1 else z
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
