@@ -52,11 +52,3 @@ def __getattr__(name: str):
         import importlib
         return importlib.import_module(".sklearn", __name__)
     raise AttributeError(f"module 'layerprop' has no attribute {name!r}")
-
-
-def __getattr__(name: str):
-    # lp.sklearn is imported on first use, so `import layerprop` never imports scikit-learn.
-    if name == "sklearn":
-        import importlib
-        return importlib.import_module(".sklearn", __name__)
-    raise AttributeError(f"module 'layerprop' has no attribute {name!r}")
