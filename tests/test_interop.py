@@ -99,12 +99,58 @@ def test_names_other_than_positions_are_kept():
     (lambda: nn.Conv1d(1, 1, 3), "Conv1d"),
     (lambda: nn.Softmax(dim=1), "Softmax"),
     (lambda: nn.Sequential(nn.ReLU()), "Sequential"),
-    (lambda: nn.BatchNorm1d(4), "BatchNorm1d"),
+    (lambda: nn.BatchNorm2d(4), "BatchNorm2d"),
 ])
 def test_unsupported_torch_layer_is_named(bad, name):
     tm = nn.Sequential(nn.Linear(6, 4), bad(), nn.Linear(4, 2))
     with pytest.raises(TypeError, match=rf"module\[1\].*{name}.*supported: Linear"):
         lp.from_torch(tm)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batchnorm_and_layernorm_with_running_statistics(dtype):
+    X = X_of(dtype, n=32)
+    model = lp.Sequential(lp.Linear(6, 8), lp.BatchNorm1d(8, momentum=0.3), lp.ReLU(), lp.LayerNorm(8, eps=1e-4),
+                          lp.Linear(8, 5), lp.BatchNorm1d(5, affine=False), lp.Linear(5, 2), dtype=dtype, seed=0)
+    model.compile(loss="mse", optimizer=lp.SGD(lr=0.1))
+    y = np.random.default_rng(2).standard_normal((32, 2)).astype(dtype)
+    for _ in range(3):
+        model.train_step(X, y)  # moves weights and running statistics away from their init
+    assert not np.all(model.buffers()["1.running_var"] == 1)
+    tm = model.to_torch()
+    assert type(tm[1]) is nn.BatchNorm1d and tm[1].momentum == 0.3 and tm[5].affine is False
+    assert type(tm[3]) is nn.LayerNorm and tm[3].eps == 1e-4
+    sd = tm.state_dict()
+    for k, v in {**model.parameters(), **model.buffers()}.items():
+        assert np.array_equal(sd[k].numpy(), v), k
+    tm.eval()
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    with torch.no_grad():
+        np.testing.assert_allclose(tm(torch.from_numpy(X)).numpy(), model.predict(X), rtol=tol, atol=tol)
+    # One training-mode forward pass updates the running statistics alike in both.
+    tm.train()
+    twin = lp.from_torch(tm).compile(loss="mse", optimizer=lp.SGD(lr=0.0))
+    assert twin.training and list(twin.buffers()) == list(model.buffers())
+    with torch.no_grad():
+        tm(torch.from_numpy(X))
+    twin.compute_gradients(X, y)
+    for k, v in twin.buffers().items():
+        np.testing.assert_allclose(v, tm.state_dict()[k].numpy(), rtol=tol, atol=tol, err_msg=k)
+        assert not np.array_equal(v, model.buffers()[k]), k
+    again = lp.from_torch(model.to_torch())
+    for k, v in {**model.parameters(), **model.buffers()}.items():
+        assert np.array_equal({**again.parameters(), **again.buffers()}[k], v), k
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda: nn.BatchNorm1d(3, momentum=None), "momentum"),
+    (lambda: nn.BatchNorm1d(3, track_running_stats=False), "track_running_stats"),
+    (lambda: nn.LayerNorm(3, elementwise_affine=False), "elementwise_affine"),
+    (lambda: nn.LayerNorm((3, 3)), "last dimension"),
+])
+def test_unsupported_norm_settings(bad, match):
+    with pytest.raises(ValueError, match=match):
+        lp.from_torch(nn.Sequential(nn.Linear(3, 3), bad()))
 
 
 def test_gelu_tanh_approximation_is_refused():

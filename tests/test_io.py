@@ -116,8 +116,6 @@ def test_fit_continues_with_the_same_shuffling(tmp_path):
     assert_same_params(straight, resumed)
 
 
-@pytest.mark.xfail(not hasattr(lp._core.ModelF32, "rng_state"), strict=True,
-                   reason="the core does not expose its dropout counter (rng_state/set_rng_state)")
 def test_dropout_training_continues_bitwise(tmp_path):
     X, y = data()
     straight = seq(dropout=True).compile(optimizer=lp.SGD(lr=0.1))
@@ -127,6 +125,49 @@ def test_dropout_training_continues_bitwise(tmp_path):
     first.save(tmp_path / "m.safetensors")
     resumed = lp.load(tmp_path / "m.safetensors")
     assert l1 + [resumed.train_step(X, y) for _ in range(2)] == ls
+
+
+def norm_seq(dtype="float32"):
+    return lp.Sequential(lp.Linear(N_IN, 8), lp.BatchNorm1d(8, momentum=0.2), lp.ReLU(),
+                         lp.LayerNorm(8, eps=1e-4), lp.Linear(8, 6), lp.BatchNorm1d(6, affine=False),
+                         lp.Tanh(), lp.Linear(6, N_OUT), dtype=dtype, seed=5)
+
+
+def norm_graph():
+    x = lp.Input(N_IN)
+    h = lp.BatchNorm1d(8, name="bn")(lp.Linear(N_IN, 8)(x))
+    s = lp.add(lp.ReLU()(h), lp.LayerNorm(8)(lp.Linear(N_IN, 8)(x)))
+    return lp.Model(x, lp.Linear(8, N_OUT)(s), seed=2)
+
+
+SCHEDULES = {
+    "simultaneous": lambda: lp.Simultaneous(),
+    "layerwise": lambda: lp.Layerwise(order="bottom_up"),
+    "locoprop": lambda: lp.LocoProp(variant="S", inner_steps=3, inner_lr=0.05, target_lr=2.0),
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("build", [norm_seq, norm_graph], ids=["sequential", "graph"])
+def test_norm_layers_and_schedules_continue_bitwise(tmp_path, build, schedule):
+    X, y = data()
+    def fresh():
+        return build().compile(optimizer=lp.Adam(lr=0.01), schedule=SCHEDULES[schedule]())
+    straight = fresh()
+    ls = [straight.train_step(X, y) for _ in range(6)]
+    first = fresh()
+    l1 = [first.train_step(X, y) for _ in range(3)]
+    first.save(tmp_path / "m.safetensors")
+    resumed = lp.load(tmp_path / "m.safetensors")
+    assert vars(resumed.schedule) == vars(first.schedule)
+    assert list(resumed.buffers()) == list(first.buffers()) and len(resumed.buffers()) >= 2
+    for k, v in first.buffers().items():
+        assert np.array_equal(resumed.buffers()[k], v), k
+    assert l1 + [resumed.train_step(X, y) for _ in range(3)] == ls
+    assert_same_params(straight, resumed)
+    for k, v in straight.buffers().items():
+        assert np.array_equal(resumed.buffers()[k], v), k
+    assert np.array_equal(straight.predict(X), resumed.predict(X))
 
 
 def test_include_optimizer_false_keeps_compile_settings_but_no_state(tmp_path):
@@ -348,7 +389,28 @@ HOSTILE = {
     "layers empty": (lambda t, m: m["model"].update(layers=[]), "layers"),
     "bad name": (lambda t, m: m["model"]["layers"][0].update(name="a.b"), "name"),
     "seed negative": (lambda t, m: m["model"].update(seed=-1), "seed"),
+    "bad core rng": (lambda t, m: m["rng"].update(core=[-1, 2]), "rng.core"),
+    "core rng not a pair": (lambda t, m: m["rng"].update(core=[1, 2, 3]), "rng.core"),
 }
+
+NORM_HOSTILE = {
+    "missing running_var": (lambda t, m: t.pop("1.running_var"), "1.running_var"),
+    "buffer shape": (lambda t, m: t.update({"1.running_mean": np.zeros(3, np.float32)}), "shape"),
+    "buffer dtype": (lambda t, m: t.update({"1.running_mean": t["1.running_mean"].astype(np.float64)}), "dtype"),
+    "buffers unlisted": (lambda t, m: m.update(buffers=[]), "buffers"),
+    "huge num_features": (lambda t, m: m["model"]["layers"][1]["config"].update(num_features=2 ** 39), "declares"),
+    "bad momentum": (lambda t, m: m["model"]["layers"][1]["config"].update(momentum=2.0), "momentum"),
+    "bad eps": (lambda t, m: m["model"]["layers"][3]["config"].update(eps=0.0), "eps"),
+    "schedule args": (lambda t, m: m["compile"]["schedule"].update(type="Layerwise", config={"order": "sideways"}), "order"),
+    "schedule arg type": (lambda t, m: m["compile"]["schedule"].update(type="Layerwise", config={"order": ["x"]}), "order"),
+    "schedule extra arg": (lambda t, m: m["compile"]["schedule"]["config"].update(cmd="ls"), "unknown"),
+}
+
+
+@pytest.mark.parametrize("case", list(NORM_HOSTILE))
+def test_hostile_norm_files(tmp_path, case):
+    fn, match = NORM_HOSTILE[case]
+    mutate(tmp_path, fn, match, model=norm_seq())
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))

@@ -12,7 +12,8 @@ from . import layers as L
 
 __all__ = ["to_torch", "from_torch", "SUPPORTED"]
 
-SUPPORTED = ("Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout")
+SUPPORTED = ("Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
+             "BatchNorm1d", "LayerNorm")
 
 
 def _torch() -> Any:
@@ -24,8 +25,8 @@ def _torch() -> Any:
 
 
 def to_torch(model: Any) -> Any:
-    """A torch.nn.Sequential equal to `model` (a copy: same dtype, parameters, names and
-    train/eval mode)."""
+    """A torch.nn.Sequential equal to `model` (a copy: same dtype, parameters, BatchNorm
+    running statistics, names and train/eval mode)."""
     from .model import Sequential
     torch = _torch()
     nn = torch.nn
@@ -34,6 +35,11 @@ def to_torch(model: Any) -> Any:
                         "(a graph model has no torch.nn.Sequential twin)")
     dtype = torch.float32 if model.dtype == "float32" else torch.float64
     params = model.parameters()
+    buffers = model.buffers() if hasattr(model, "buffers") else {}
+
+    def copy_into(t: Any, key: str, src: Any) -> None:
+        with torch.no_grad():
+            t.copy_(torch.from_numpy(np.array(src[key])))
     mods: "OrderedDict[str, Any]" = OrderedDict()
     for i, layer in enumerate(model._seq_layers):
         name = layer.name or str(i)
@@ -60,6 +66,18 @@ def to_torch(model: Any) -> Any:
             m = nn.Identity()
         elif kind is L.Dropout:
             m = nn.Dropout(p=layer.p)
+        elif kind is getattr(L, "BatchNorm1d", None):
+            m = nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                               affine=layer.affine, dtype=dtype)
+            if layer.affine:
+                copy_into(m.weight, f"{name}.weight", params)
+                copy_into(m.bias, f"{name}.bias", params)
+            copy_into(m.running_mean, f"{name}.running_mean", buffers)
+            copy_into(m.running_var, f"{name}.running_var", buffers)
+        elif kind is getattr(L, "LayerNorm", None):
+            m = nn.LayerNorm(layer.num_features, eps=layer.eps, dtype=dtype)
+            copy_into(m.weight, f"{name}.weight", params)
+            copy_into(m.bias, f"{name}.bias", params)
         else:
             raise TypeError(f"model: layer {i} ({layer.describe()}) has no PyTorch twin here; "
                             f"supported: {', '.join(SUPPORTED)}")
@@ -71,7 +89,8 @@ def to_torch(model: Any) -> Any:
 
 def from_torch(module: Any, seed: Optional[int] = None) -> Any:
     """An lp.Sequential equal to `module`, a torch.nn.Sequential of Linear, ReLU, LeakyReLU,
-    Tanh, Sigmoid, GELU (approximate='none'), Identity and Dropout. The dtype follows the
+    Tanh, Sigmoid, GELU (approximate='none'), Identity, Dropout, BatchNorm1d (running
+    statistics included; num_batches_tracked is dropped) and LayerNorm (1-D, affine). The dtype follows the
     module's parameters (float32 or float64); names other than the position are kept."""
     from .model import Sequential
     torch = _torch()
@@ -110,6 +129,16 @@ def from_torch(module: Any, seed: Optional[int] = None) -> Any:
             layer = L.Identity(name=nm)
         elif kind is nn.Dropout:
             layer = L.Dropout(p=m.p, name=nm)
+        elif kind is nn.BatchNorm1d and hasattr(L, "BatchNorm1d"):
+            if not m.track_running_stats or m.momentum is None:
+                raise ValueError(f"module[{i}] ({name!r}: BatchNorm1d({m.extra_repr()})): needs "
+                                 "track_running_stats=True and a momentum (not None)")
+            layer = L.BatchNorm1d(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine, name=nm)
+        elif kind is nn.LayerNorm and hasattr(L, "LayerNorm"):
+            if len(m.normalized_shape) != 1 or not m.elementwise_affine or m.bias is None:
+                raise ValueError(f"module[{i}] ({name!r}: LayerNorm({m.extra_repr()})): only LayerNorm over "
+                                 "the last dimension with elementwise_affine=True and bias=True is supported")
+            layer = L.LayerNorm(m.normalized_shape[0], eps=m.eps, name=nm)
         else:
             raise TypeError(f"module[{i}] ({name!r}: {type(m).__name__}({m.extra_repr()})) is not "
                             "supported by from_torch; "
@@ -118,11 +147,16 @@ def from_torch(module: Any, seed: Optional[int] = None) -> Any:
     if not layers:
         raise ValueError("module: an empty torch.nn.Sequential")
     model = Sequential(*layers, dtype=dtype, seed=seed)
-    state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
-    params = model.parameters()
-    if sorted(state) != sorted(params):
-        raise ValueError(f"module: state_dict names {sorted(state)} do not match {sorted(params)}")
-    for k, v in params.items():
+    state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()
+             if not k.endswith(".num_batches_tracked")}
+    targets = OrderedDict(model.parameters())
+    if hasattr(model, "buffers"):
+        targets.update(model.buffers())
+    if sorted(state) != sorted(targets):
+        raise ValueError(f"module: state_dict names {sorted(state)} do not match {sorted(targets)}")
+    for k, v in targets.items():
+        if state[k].dtype != v.dtype:
+            raise ValueError(f"module: {k} has dtype {state[k].dtype}, expected {v.dtype} like the parameters")
         v[...] = state[k]
     model.train() if module.training else model.eval()
     return model

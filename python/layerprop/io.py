@@ -23,11 +23,12 @@ The format (metadata key "layerprop", a JSON object):
      "optimizer_state": null | {"slots": 2, "steps": "optimizer.steps"},
      "rng": {"shuffle": <numpy PCG64 state>, "core": [seed, draws] or null}}
 
-Tensors: each parameter under its own name; optimizer slot k of parameter P under
+Tensors: each parameter under its own name; buffers (BatchNorm1d running statistics) under
+theirs ("1.running_mean"), listed in "buffers"; optimizer slot k of parameter P under
 "optimizer.slot<k>.<P>"; per-tensor step counts as int64 "optimizer.steps".
 
-Layers with buffers (BatchNorm running statistics, when they exist) register them with
-their spec; loading checks them like parameters.
+A new layer type becomes savable with `register_layer` (its constructor arguments as JSON);
+its parameters and buffers are whatever the model reports, checked by name, shape and dtype.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ import numpy as np
 
 from . import layers as L
 from .optim import SGD, Adam, AdamW, Optimizer
+from . import schedules as _schedules
 from .schedules import Schedule, Simultaneous
 
 __all__ = ["save", "load", "model_to_state", "model_from_state", "LAYER_SPECS", "register_layer"]
@@ -115,9 +117,8 @@ class LayerSpec:
     """How one layer type is written to and rebuilt from a file.
 
     `get_config(layer)` returns JSON-able constructor arguments (without `name`);
-    `from_config(config, name)` validates them and returns the layer. A layer with buffers
-    (e.g. running statistics) also lists them in `buffers(layer)` as {suffix: shape}; they are
-    stored like parameters under "<prefix>.<suffix>".
+    `from_config(config, name)` validates them and returns the layer. Its parameters and
+    buffers are written under the names the model gives them and checked on load.
     """
 
     def __init__(self, cls: Type[L.Layer], get_config: Callable[[Any], Dict[str, Any]],
@@ -172,6 +173,40 @@ register_layer("LeakyReLU", L.LeakyReLU, lambda l: {"negative_slope": l.negative
 register_layer("Dropout", L.Dropout, lambda l: {"p": l.p}, _dropout_from)
 
 
+def _batchnorm_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
+    c = _dict(c, "BatchNorm1d config", ("num_features", "eps", "momentum", "affine"))
+    return L.BatchNorm1d(_int(c["num_features"], "BatchNorm1d num_features", 1),
+                         eps=_float(c["eps"], "BatchNorm1d eps"),
+                         momentum=_float(c["momentum"], "BatchNorm1d momentum"),
+                         affine=_bool(c["affine"], "BatchNorm1d affine"), name=name)
+
+
+def _layernorm_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
+    c = _dict(c, "LayerNorm config", ("num_features", "eps"))
+    return L.LayerNorm(_int(c["num_features"], "LayerNorm num_features", 1),
+                       eps=_float(c["eps"], "LayerNorm eps"), name=name)
+
+
+if hasattr(L, "BatchNorm1d"):
+    register_layer("BatchNorm1d", L.BatchNorm1d,
+                   lambda l: {"num_features": l.num_features, "eps": l.eps, "momentum": l.momentum,
+                              "affine": l.affine}, _batchnorm_from)
+if hasattr(L, "LayerNorm"):
+    register_layer("LayerNorm", L.LayerNorm, lambda l: {"num_features": l.num_features, "eps": l.eps},
+                   _layernorm_from)
+
+
+def _declared_size(t: str, c: Dict[str, Any], i: int) -> int:
+    """Elements (parameters and buffers) a layer spec asks the core to allocate."""
+    if t == "Linear":
+        n_in = _int(c.get("in_features"), f"model.layers[{i}].config.in_features", 1)
+        n_out = _int(c.get("out_features"), f"model.layers[{i}].config.out_features", 1)
+        return n_in * n_out
+    if t in ("BatchNorm1d", "LayerNorm"):
+        return _int(c.get("num_features"), f"model.layers[{i}].config.num_features", 1)
+    return 0
+
+
 def _layer_type(layer: L.Layer) -> str:
     for type_name, spec in LAYER_SPECS.items():
         if type(layer) is spec.cls:
@@ -183,6 +218,9 @@ def _layer_type(layer: L.Layer) -> str:
 # ---------------------------------------------------------------------------- optimizers, schedules
 _OPTIMIZERS: Dict[str, Type[Optimizer]] = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
 _SCHEDULES: Dict[str, Type[Schedule]] = {"Simultaneous": Simultaneous}
+for _name in ("Layerwise", "LocoProp"):
+    if hasattr(_schedules, _name):
+        _SCHEDULES[_name] = getattr(_schedules, _name)
 
 
 def _optimizer_config(opt: Optimizer) -> Dict[str, Any]:
@@ -219,11 +257,15 @@ def _optimizer_from(d: Any) -> Optimizer:
                              weight_decay=_float(c["weight_decay"], f"{name} weight_decay"))
 
 
+_SCHEDULE_ARGS = {"Simultaneous": (), "Layerwise": ("order",),
+                  "LocoProp": ("variant", "inner_steps", "inner_lr", "target_lr")}
+
+
 def _schedule_config(s: Schedule) -> Dict[str, Any]:
     name = type(s).__name__
     if _SCHEDULES.get(name) is not type(s):
         raise TypeError(f"schedule: {name} cannot be saved (known: {', '.join(_SCHEDULES)})")
-    return {"type": name, "config": {}}
+    return {"type": name, "config": {k: getattr(s, k) for k in _SCHEDULE_ARGS[name]}}
 
 
 def _schedule_from(d: Any) -> Schedule:
@@ -231,8 +273,11 @@ def _schedule_from(d: Any) -> Schedule:
     name = _str(d["type"], "compile.schedule.type")
     if name not in _SCHEDULES:
         raise _Bad(f"compile.schedule.type: unknown schedule {name!r:.80} (known: {', '.join(_SCHEDULES)})")
-    _dict(d["config"], f"{name} config", ())
-    return _SCHEDULES[name]()
+    c = _dict(d["config"], f"{name} config", _SCHEDULE_ARGS[name])
+    for k, v in c.items():  # scalars only; the constructor checks their values
+        if not (v is None or isinstance(v, (str, int, float))):
+            raise _Bad(f"{name} {k}: expected a number or a string, got {type(v).__name__}")
+    return _SCHEDULES[name](**c)
 
 
 # ---------------------------------------------------------------------------- model <-> state
@@ -265,6 +310,10 @@ def _architecture(model: Any) -> Dict[str, Any]:
     return arch
 
 
+def _buffers(model: Any) -> "OrderedDict[str, np.ndarray]":
+    return model.buffers() if hasattr(model, "buffers") else OrderedDict()
+
+
 def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["OrderedDict[str, np.ndarray]", Dict[str, str]]:
     """The model as (tensors, metadata): what `save` writes, without the file. Arrays are
     copies; the metadata holds one JSON string under "layerprop"."""
@@ -276,9 +325,13 @@ def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["Ordered
         raise TypeError(f"include_optimizer: expected True or False, got {include_optimizer!r}")
     tensors: "OrderedDict[str, np.ndarray]" = OrderedDict(
         (n, np.ascontiguousarray(p).copy()) for n, p in model.parameters().items())
+    buffers = _buffers(model)
+    for n, b in buffers.items():
+        tensors[n] = np.ascontiguousarray(b).copy()
     meta: Dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
                             "layerprop_version": __version__, "model": _architecture(model),
-                            "params": list(tensors), "compile": None, "optimizer_state": None}
+                            "params": list(model.parameters()), "buffers": list(buffers),
+                            "compile": None, "optimizer_state": None}
     if model.loss is not None:
         meta["compile"] = {"loss": model.loss, "optimizer": _optimizer_config(model.optimizer),
                            "schedule": _schedule_config(model.schedule)}
@@ -345,6 +398,9 @@ def _build_layers(arch: Dict[str, Any], graph: bool) -> List[Tuple[L.Layer, Opti
     return out
 
 
+_CORE_LAYERS = tuple(getattr(L, n) for n in ("Linear", "_Norm") if hasattr(L, n))
+
+
 def _expected_shapes(model_arch: Dict[str, Any], layers: List[Tuple[L.Layer, Optional[str]]]) -> None:
     """Cheap size bound before the core allocates anything: every Linear's weight must fit."""
     for i, (layer, _n) in enumerate(layers):
@@ -409,10 +465,10 @@ def _rebuild(arch: Dict[str, Any]) -> Any:
                         raise _Bad(f"model.graph.nodes[{i}].inputs: a layer takes one input")
                     layer, prefix = layers[li]
                     used.add(li)
-                    if isinstance(layer, L.Linear):
+                    if layer.has_params or isinstance(layer, _CORE_LAYERS):
                         if prefix is None:
-                            raise _Bad(f"model.layers[{li}].prefix: a Linear of a graph model needs "
-                                       "its parameters' name prefix")
+                            raise _Bad(f"model.layers[{li}].prefix: a {type(layer).__name__} of a graph "
+                                       "model needs its parameters' name prefix")
                         names[id(layer)] = prefix
                     ts.append(layer(args[0]))
                 elif op == "add":
@@ -455,7 +511,7 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
              get_shape: Callable[[str], Tuple[Tuple[int, ...], str]],
              get: Callable[[str], np.ndarray]) -> Any:
     """Validate the metadata and the tensors' shapes and dtypes, then build the model."""
-    known = {"format", "format_version", "layerprop_version", "model", "params", "compile",
+    known = {"format", "format_version", "layerprop_version", "model", "params", "buffers", "compile",
              "optimizer_state", "rng"}
     unknown = [k for k in meta if k not in known]
     if unknown:
@@ -468,17 +524,15 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
     dtype = arch.get("dtype")
     if dtype not in ("float32", "float64"):
         raise _Bad(f"model.dtype: expected 'float32' or 'float64', got {dtype!r:.80}")
+    buffers = [_str(b, "buffers[]") for b in _list(meta.get("buffers", []), "buffers")]
     declared = 0
     for i, spec in enumerate(layers_meta):
-        if isinstance(spec, dict) and spec.get("type") == "Linear" and isinstance(spec.get("config"), dict):
-            c = spec["config"]
-            n_in = _int(c.get("in_features"), f"model.layers[{i}].config.in_features", 1)
-            n_out = _int(c.get("out_features"), f"model.layers[{i}].config.out_features", 1)
-            declared += n_in * n_out
+        if isinstance(spec, dict) and isinstance(spec.get("config"), dict):
+            declared += _declared_size(spec.get("type"), spec["config"], i)  # type: ignore[arg-type]
     in_file = 0
-    if len(set(params)) != len(params):
+    if len(set(params + buffers)) != len(params + buffers):
         raise _Bad("params: names listed twice")
-    for p in params:
+    for p in params + buffers:
         if p not in keys:
             raise _Bad(f"tensor {p!r}: missing from the file")
         shape, _dt = get_shape(p)
@@ -490,6 +544,11 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
     if list(model._params) != params:
         raise _Bad(f"params: expected {list(model._params)[:8]}, the file lists {params[:8]}")
     for name, view in model._params.items():
+        _check_tensor(keys, name, view.shape, view.dtype, get_shape)
+    model_buffers = _buffers(model)
+    if list(model_buffers) != buffers:
+        raise _Bad(f"buffers: expected {list(model_buffers)[:8]}, the file lists {buffers[:8]}")
+    for name, view in model_buffers.items():
         _check_tensor(keys, name, view.shape, view.dtype, get_shape)
 
     comp = meta.get("compile")
@@ -525,6 +584,8 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
     rng = _dict(meta.get("rng", {"shuffle": None, "core": None}), "rng", ("shuffle", "core"))
     # Every check passed: read the data.
     for name, view in model._params.items():
+        view[...] = get(name)
+    for name, view in model_buffers.items():
         view[...] = get(name)
     if comp is not None:
         model.compile(loss=loss, optimizer=optimizer, schedule=schedule)
