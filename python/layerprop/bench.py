@@ -30,7 +30,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = [
-    "MODELS", "CASES", "GEMM_SHAPES", "ModelSpec", "TrainCase", "Row",
+    "MODELS", "CASES", "GEMM_SHAPES", "ModelSpec", "TrainCase", "InferCase", "Row",
     "threads", "train_flops", "infer_flops", "build_model", "torch_twin", "train_case",
     "infer_case", "gemm_operands", "gemm_reference", "digits_data", "digits_case",
     "interleaved", "measure_peak", "run", "format_table",
@@ -233,9 +233,23 @@ def train_case(key: str, seed: int = 0, with_peer: bool = True) -> TrainCase:
     return case
 
 
-def infer_case(key: str, seed: int = 0, with_peer: bool = True):
-    """Batch-1 prediction of reference model "T" or "M": (ours, peer or None, x, flops).
-    The peer runs under torch.no_grad() and returns a NumPy array."""
+@dataclass
+class InferCase:
+    """Batch-1 prediction of a reference model, ours and (if PyTorch is installed) its twin's
+    under torch.no_grad(); both return a NumPy array."""
+    sizes: Tuple[int, ...]
+    model: object
+    x: np.ndarray
+    ours: Callable[[], np.ndarray]
+    peer: Optional[Callable[[], np.ndarray]] = None
+
+    @property
+    def flops(self) -> float:
+        return infer_flops(self.sizes)
+
+
+def infer_case(key: str, seed: int = 0, with_peer: bool = True) -> InferCase:
+    """Batch-1 prediction of reference model "T" or "M"."""
     sizes = MODELS["T1" if key == "T" else key].sizes
     model = build_model(sizes, seed=seed)
     x = np.random.default_rng(seed).standard_normal((1, sizes[0]), dtype=np.float32)
@@ -243,7 +257,7 @@ def infer_case(key: str, seed: int = 0, with_peer: bool = True):
     def ours() -> np.ndarray:
         return model.predict(x)
 
-    peer = None
+    case = InferCase(sizes, model, x, ours)
     net = torch_twin(model, sizes) if with_peer else None
     if net is not None:
         import torch
@@ -253,7 +267,8 @@ def infer_case(key: str, seed: int = 0, with_peer: bool = True):
             with torch.no_grad():
                 return net(xt).numpy()
 
-    return ours, peer, x, infer_flops(sizes)
+        case.peer = peer
+    return case
 
 
 def gemm_operands(m: int, n: int, k: int, trans_a: bool, trans_b: bool, seed: int = 0):
@@ -520,15 +535,15 @@ def _train_rows(key: str, n: int, peak: float, st: Settings) -> List[Row]:
 def _infer_rows(n: int, peak: float, st: Settings) -> List[Row]:
     rows = []
     for key in INFER_MODELS:
-        ours, peer, _x, flops = infer_case(key)
+        case = infer_case(key)
         name = f"infer {key} b1"
-        if peer is None:
-            (t,) = _measure([ours], st)
-            rows.append(Row(name, n, "PyTorch no_grad", t, None, flops, peak))
+        if case.peer is None:
+            (t,) = _measure([case.ours], st)
+            rows.append(Row(name, n, "PyTorch no_grad", t, None, case.flops, peak))
             continue
-        note = "" if np.allclose(ours(), peer(), rtol=1e-4, atol=1e-5) else "outputs differ"
-        t_ours, t_peer = _measure([ours, peer], st)
-        rows.append(Row(name, n, "PyTorch no_grad", t_ours, t_peer, flops, peak, note))
+        note = "" if np.allclose(case.ours(), case.peer(), rtol=1e-4, atol=1e-5) else "outputs differ"
+        t_ours, t_peer = _measure([case.ours, case.peer], st)
+        rows.append(Row(name, n, "PyTorch no_grad", t_ours, t_peer, case.flops, peak, note))
     return rows
 
 

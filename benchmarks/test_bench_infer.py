@@ -1,0 +1,38 @@
+"""Batch-1 inference of T (16-64-64-1) and M (784-512-512-10): layerprop's predict against the
+same nn.Sequential under torch.no_grad(), at 1 and 2 threads. Each checks its output against a
+float64 NumPy forward with the same parameters."""
+
+import numpy as np
+import pytest
+
+from benchutil import THREADS, at_threads, rel_err, run
+from layerprop import bench
+
+IMPLS = ["layerprop", "pytorch"]
+
+
+def numpy_forward(model, x):
+    """float64 forward of a Linear-ReLU-...-Linear Sequential."""
+    p = list(model.parameters().values())
+    h = x.astype(np.float64)
+    for i in range(0, len(p), 2):
+        h = h @ p[i].astype(np.float64).T + p[i + 1]
+        if i + 2 < len(p):
+            h = np.maximum(h, 0.0)
+    return h
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("n_threads", THREADS, ids=lambda n: f"{n}t")
+@pytest.mark.parametrize("key", bench.INFER_MODELS)
+def test_infer_batch1(benchmark, key, n_threads, impl):
+    benchmark.group = f"infer {key}-b1 {n_threads}t"
+    if impl == "pytorch":
+        pytest.importorskip("torch")
+    case = bench.infer_case(key, with_peer=impl == "pytorch")
+    fn = case.ours if impl == "layerprop" else case.peer
+    with at_threads(n_threads):
+        got = run(benchmark, fn)
+    assert isinstance(got, np.ndarray) and got.shape == (1, case.sizes[-1])
+    err = rel_err(got, numpy_forward(case.model, case.x))
+    assert err <= 1e-5, f"{impl} {key}: rel_err {err:.2e}"
