@@ -48,10 +48,10 @@ def test_bench_markdown(capsys):
 
 def test_missing_peer_says_na(monkeypatch):
     monkeypatch.setattr(bench, "torch_twin", lambda model, sizes: None)
-    rows, peaks = bench.run(["T1"], [1], quick=True)
-    (row,) = rows
+    report = bench.run(["T1"], [1], quick=True)
+    (row,) = report.rows
     assert row.peer_s is None and row.ratio is None
-    table = bench.format_table(rows, peaks)
+    table = bench.format_table(report)
     assert re.search(r"PyTorch eager\s+n/a\s+n/a", table), table
 
 

@@ -33,7 +33,7 @@ __all__ = [
     "MODELS", "CASES", "GEMM_SHAPES", "ModelSpec", "TrainCase", "InferCase", "Row",
     "threads", "train_flops", "infer_flops", "build_model", "torch_twin", "train_case",
     "infer_case", "gemm_operands", "gemm_reference", "digits_data", "digits_case",
-    "interleaved", "measure_peak", "run", "format_table",
+    "settle", "interleaved", "measure_peak", "Report", "run", "format_table", "add_parser",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -577,31 +577,73 @@ def _digits_rows(n: int, peak: float, st: Settings) -> List[Row]:
     return [Row(name, n, "scikit-learn", t_ours, t_peer, flops, peak)]
 
 
+@dataclass
+class Report:
+    rows: List[Row]
+    peaks: Dict[int, float]            # GEMM peak (measured), GFLOP/s per thread count
+    quick: bool = False
+    other_load: Optional[float] = None    # CPUs busy with other work during the run (Linux)
+
+
+def _cpu_snapshot() -> Optional[Tuple[float, float, float]]:
+    """(wall seconds, busy CPU-seconds of the whole machine from /proc/stat, CPU-seconds of
+    this process), or None off Linux."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    v = [int(x) for x in fields[1:]]
+    busy = sum(v[:8]) - v[3] - (v[4] if len(v) > 4 else 0)   # all but idle and iowait
+    t = os.times()
+    return time.perf_counter(), busy / hz, t.user + t.system
+
+
+def _other_load(before, after) -> Optional[float]:
+    """CPUs used on average by other processes (and the hypervisor) between two snapshots."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return max(0.0, ((after[1] - before[1]) - (after[2] - before[2])) / (after[0] - before[0]))
+
+
 def run(cases: Sequence[str], thread_counts: Sequence[int], quick: bool = False,
-        progress: Optional[Callable[[str], None]] = None) -> Tuple[List[Row], Dict[int, float]]:
-    """Measure `cases` (names from CASES) at each thread count; returns the rows and the
-    measured GEMM peak (GFLOP/s) per thread count."""
+        progress: Optional[Callable[[str], None]] = None) -> Report:
+    """Measure `cases` (names from CASES) at each thread count. The GEMM peak of a thread count
+    is the best of its measurements before and after that thread count's cases."""
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise ValueError(f"cases: unknown {unknown}; expected some of {list(CASES)}")
+    if not cases or not thread_counts or any(int(n) < 1 for n in thread_counts):
+        raise ValueError("cases and thread_counts: expected at least one case and thread counts >= 1")
     st = QUICK if quick else FULL
+    snap = _cpu_snapshot()
     rows: List[Row] = []
     peaks: Dict[int, float] = {}
     for n in thread_counts:
-        peaks[n] = measure_peak(n, reps=st.peak_reps)
+        if progress is not None:
+            progress(f"GEMM peak at {n} thread{'s' if n > 1 else ''}")
+        peak = measure_peak(n, reps=st.peak_reps)
+        block: List[Row] = []
         with threads(n):
             for c in cases:
                 if progress is not None:
                     progress(f"{c} at {n} thread{'s' if n > 1 else ''}")
                 if c in MODELS:
-                    rows.extend(_train_rows(c, n, peaks[n], st))
+                    block.extend(_train_rows(c, n, peak, st))
                 elif c == "infer":
-                    rows.extend(_infer_rows(n, peaks[n], st))
+                    block.extend(_infer_rows(n, peak, st))
                 elif c == "gemm":
-                    rows.extend(_gemm_rows(n, peaks[n], st))
+                    block.extend(_gemm_rows(n, peak, st))
                 elif c == "digits":
-                    rows.extend(_digits_rows(n, peaks[n], st))
-    return rows, peaks
+                    block.extend(_digits_rows(n, peak, st))
+        peaks[n] = max(peak, measure_peak(n, reps=st.peak_reps))
+        for r in block:
+            r.peak_gflops = peaks[n]
+        rows.extend(block)
+    return Report(rows, peaks, quick, _other_load(snap, _cpu_snapshot()))
 
 
 COLUMNS = ("case", "threads", "ours (median)", "peer", "peer (median)", "ratio", "GFLOP/s",
@@ -631,7 +673,8 @@ def _cells(r: Row) -> List[str]:
             f"{r.gflops:.2f}" if r.gflops < 10 else f"{r.gflops:.1f}", f"{r.pct_peak:.0f}%"]
 
 
-def machine_lines(peaks: Dict[int, float], quick: bool) -> List[str]:
+def machine_lines(report: Report) -> List[str]:
+    """What ran where, and how to read the table."""
     import layerprop as lp
     info = lp.build_info()
     cpu = platform.processor() or platform.machine()
@@ -643,25 +686,28 @@ def machine_lines(peaks: Dict[int, float], quick: bool) -> List[str]:
                     break
     except OSError:
         pass
-    peers = []
     torch = _torch_or_none()
-    peers.append(f"torch {torch.__version__}" if torch is not None else "torch n/a")
-    peers.append(f"numpy {np.__version__}")
+    peers = [f"torch {torch.__version__}" if torch is not None else "torch n/a",
+             f"numpy {np.__version__}"]
     try:
         import sklearn
         peers.append(f"scikit-learn {sklearn.__version__}")
     except ImportError:
         peers.append("scikit-learn n/a")
     load = ""
-    if hasattr(os, "getloadavg"):
-        load = ", load average %.2f" % os.getloadavg()[0]
+    if report.other_load is not None:
+        load = f"; other processes used {report.other_load:.2f} CPUs on average during the run"
+        if report.other_load >= 0.1:
+            load += " (expect noise)"
     lines = [
         f"layerprop {info['version']} ({info['simd']}, OpenMP {'on' if info['openmp'] else 'off'}, "
-        f"{info['compiler']}) on {cpu}, {os.cpu_count()} CPUs{load}; {', '.join(peers)}"
-        + ("; --quick (few samples: rough figures)" if quick else ""),
+        f"{info['compiler']}); {', '.join(peers)}",
+        f"{cpu}, {os.cpu_count()} CPUs{load}"
+        + ("; --quick: few samples, rough figures" if report.quick else ""),
         "GEMM peak (measured): " + ", ".join(f"{v:.1f} GFLOP/s at {k} thread{'s' if k > 1 else ''}"
-                                             for k, v in peaks.items())
-        + " = best of _core._gemm on a 1024^3 float32 product; % peak is relative to it.",
+                                             for k, v in report.peaks.items())
+        + " -- the best of _core._gemm on a 1024^3 float32 product; '% peak' is relative to it "
+          "(not a theoretical FMA peak).",
         "Medians of A/B-interleaved samples (other thread pools idle before each sample); "
         "ratio = peer / ours (> 1: layerprop is faster); GFLOP/s and % peak are ours, "
         "counting matrix-product FLOPs only.",
@@ -669,18 +715,17 @@ def machine_lines(peaks: Dict[int, float], quick: bool) -> List[str]:
     return lines
 
 
-def format_table(rows: Sequence[Row], peaks: Dict[int, float], quick: bool = False,
-                 markdown: bool = False) -> str:
-    cells = [_cells(r) for r in rows]
-    head = machine_lines(peaks, quick)
+def format_table(report: Report, markdown: bool = False) -> str:
+    """The report as one aligned text table (or a Markdown table), with its header lines."""
+    cells = [_cells(r) for r in report.rows]
+    head = machine_lines(report)
     if markdown:
         right = {1, 2, 4, 5, 6, 7}
         out = ["| " + " | ".join(COLUMNS) + " |",
                "|" + "|".join("---:" if i in right else "---" for i in range(len(COLUMNS))) + "|"]
         out += ["| " + " | ".join(c) + " |" for c in cells]
         return "\n".join(out + [""] + head)
-    widths = [max(len(COLUMNS[i]), *(len(c[i]) for c in cells)) if cells else len(COLUMNS[i])
-              for i in range(len(COLUMNS))]
+    widths = [max([len(COLUMNS[i])] + [len(c[i]) for c in cells]) for i in range(len(COLUMNS))]
     left = {0, 3}
 
     def line(values: Sequence[str]) -> str:
@@ -749,6 +794,6 @@ def _cmd_bench(args) -> int:
     def progress(msg: str) -> None:
         print(f"layerprop bench: {msg} ...", file=sys.stderr, flush=True)
 
-    rows, peaks = run(args.cases, args.bench_threads, quick=args.quick, progress=progress)
-    print(format_table(rows, peaks, quick=args.quick, markdown=args.markdown))
+    report = run(args.cases, args.bench_threads, quick=args.quick, progress=progress)
+    print(format_table(report, markdown=args.markdown))
     return 0
