@@ -9,6 +9,13 @@ from typing import List, Optional
 import numpy as np
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr ("layerprop train: error: ..."), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import layerprop as lp
     info = lp.build_info()
@@ -112,7 +119,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="layerprop", description="Fast, transparent neural-network training on the CPU.")
+    p = _Parser(prog="layerprop", description="Fast, transparent neural-network training on the CPU.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("info", help="what this build runs: SIMD, OpenMP, threads, compiler",
                        description="Print the build: version, SIMD kernels in use, OpenMP, threads, compiler, CPU features.")
@@ -132,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_explain)
     from .bench import add_parser as add_bench_parser
     add_bench_parser(sub)
+    from .cli_train import add_parser as add_train_parser
+    add_train_parser(sub)
     return p
 
 

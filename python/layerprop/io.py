@@ -649,14 +649,20 @@ _ST_DTYPES = {"F32": "float32", "F64": "float64", "I64": "int64", "F16": "float1
               "U16": "uint16", "U32": "uint32", "U64": "uint64"}
 
 
-def save(model: Any, path: PathLike, include_optimizer: bool = True) -> None:
+def save(model: Any, path: PathLike, include_optimizer: bool = True, *,
+         extra_metadata: Optional[Mapping[str, str]] = None) -> None:
     """Write `model` to `path` (a safetensors file) atomically: a temporary file in the same
-    folder, then os.replace, so a reader never sees a half-written file."""
+    folder, then os.replace, so a reader never sees a half-written file. extra_metadata:
+    more string entries for the file's metadata (ignored by load)."""
     st = _safetensors()
     path = os.fspath(path)
     if not isinstance(path, str):
         raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
     tensors, metadata = model_to_state(model, include_optimizer=include_optimizer)
+    for k, v in (extra_metadata or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str) or k == META_KEY:
+            raise ValueError(f"extra_metadata: expected str keys (not {META_KEY!r}) and str values, got {k!r}")
+        metadata[k] = v
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
     try:
