@@ -366,19 +366,21 @@ def _time_inner(f: Callable[[], object], inner: int) -> float:
     return (time.perf_counter() - t0) / inner
 
 
-def settle(window_s: float = 1e-3, max_s: float = 0.5) -> float:
-    """Sleep until this process's other threads are idle: until, over a `window_s` sleep, the
-    process used less than 20% of a core. Returns the seconds waited.
+def settle(quiet_s: float = 0.012, max_s: float = 0.5) -> float:
+    """Sleep until this process's other threads are idle: until, over a `quiet_s` sleep, the
+    process used less than 20% of one core. Returns the seconds waited.
 
     Every thread pool in the process (our OpenMP runtime, PyTorch's OpenMP and MKL, NumPy's
-    OpenBLAS) keeps its workers spinning for a while after a parallel call. On a machine with as
-    many cores as threads, a peer called in that window finds its cores taken and loses whole
-    scheduler ticks (we saw 256^3 products go from 0.2 ms to 4-16 ms at 2 threads). A program
-    runs one of them at a time, so before each sample the others are let go quiet."""
+    OpenBLAS) keeps its workers spinning for a while after a parallel call; OpenBLAS's spin for
+    about 0.1 s. With as many threads as cores, a call made in that window shares a core with
+    the spinner and loses scheduler ticks (we saw a 512^3 product go from 1.7 ms to 5.5 ms
+    for 0.1 s after one NumPy product, at 2 threads on 2 cores). A program uses one of these
+    libraries at a time, so before each sample the others are let go quiet. `quiet_s` spans
+    several scheduler ticks because other threads' CPU time is only accounted at ticks."""
     t0 = time.perf_counter()
     while True:
         c0, w0 = time.process_time(), time.perf_counter()
-        time.sleep(window_s)
+        time.sleep(quiet_s)
         busy = time.process_time() - c0
         now = time.perf_counter()
         if busy < 0.2 * (now - w0) or now - t0 >= max_s:
@@ -403,22 +405,24 @@ class Timing:
 
 def interleaved(fns: Sequence[Callable[[], object]], *, sample_s: float = 2e-3,
                 min_samples: int = 5, max_samples: int = 200, budget_s: float = 1.0,
-                warmup: int = 2) -> List[Timing]:
+                warmup: int = 2, quiet: bool = True) -> List[Timing]:
     """Seconds per call of each of `fns`, measured A/B interleaved.
 
     After `warmup` calls each, every round takes one sample of each callable, rotating which
     goes first (AB, BA, ... for two); a sample is the mean of `inner` consecutive calls, with
-    `inner` chosen per callable so that a sample lasts about `sample_s`. Before each sample the
-    other thread pools are let go quiet (`settle`) and, for calls under 10 ms, one untimed call
-    wakes this callable's own pool, so a sample sees the steady state of a training loop.
-    Rounds go on until `min_samples` rounds and `budget_s` seconds, or `max_samples` rounds."""
+    `inner` chosen per callable so that a sample lasts about `sample_s`. With `quiet` (for
+    more than one thread), before each sample the other thread pools are let go quiet
+    (`settle`); then, for calls under 10 ms, one untimed call wakes this callable's own pool
+    and caches, so a sample sees the steady state of a training loop. Rounds go on until
+    `min_samples` rounds and `budget_s` seconds, or `max_samples` rounds."""
     fns = list(fns)
     for f in fns:
         for _ in range(warmup):
             f()
     inner, one_call = [], []
     for f in fns:
-        settle()
+        if quiet:
+            settle()
         one, n = _time_inner(f, 1), 1
         while one * n < sample_s and n < 1 << 20:
             n *= 2
@@ -434,7 +438,8 @@ def interleaved(fns: Sequence[Callable[[], object]], *, sample_s: float = 2e-3,
         while r < max_samples and (r < min_samples or time.perf_counter() - t_start < budget_s):
             shift = r % len(fns)
             for i in list(range(shift, len(fns))) + list(range(shift)):
-                settle()
+                if quiet:
+                    settle()
                 if one_call[i] < 10e-3:
                     fns[i]()
                 samples[i].append(_time_inner(fns[i], inner[i]))
@@ -511,10 +516,12 @@ FULL = Settings(sample_s=5e-3, min_samples=9, max_samples=400, budget_s=2.0, pea
 
 
 def _measure(fns, st: Settings, big: bool = False) -> List[Timing]:
-    # Calls of a second or so (L, 2048^3) get the minimum number of rounds.
+    # Calls of a second or so (L, 2048^3) get the minimum number of rounds. At one thread no
+    # pool has workers to spin, so samples need not wait for quiet.
+    import layerprop as lp
     return interleaved(fns, sample_s=st.sample_s, min_samples=st.min_samples,
                        max_samples=st.max_samples, budget_s=0.0 if big else st.budget_s,
-                       warmup=1 if big else 2)
+                       warmup=1 if big else 2, quiet=lp.get_num_threads() > 1)
 
 
 def _rel(a: float, b: float) -> float:
