@@ -140,13 +140,11 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
   const int nt = threads_for(M * N * K, int64_t(1) << 20);
   const int64_t n_ic = (M + MC - 1) / MC;
 
-  auto body = [&]() {
+  // Thread `tid` of `nthreads` (static split, explicit barriers only in our own region: this
+  // may run inside another parallel region, one GEMM per thread).
+  auto body = [&](int64_t tid, int64_t nthreads) {
     static thread_local Buffer<T> abuf_store;
     T* abuf = scratch(abuf_store, MC * KC);
-    int nthreads = 1;
-#ifdef LAYERPROP_HAVE_OPENMP
-    nthreads = omp_get_num_threads();
-#endif
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min(NC, N - jc);
       const int64_t n_jr = (nc + NR - 1) / NR;
@@ -154,17 +152,18 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
         const int64_t kc = std::min(KC, K - pc);
         const bool acc_here = accumulate || pc > 0;
         const bool last_k = pc + kc == K;
-#pragma omp for schedule(static)
-        for (int64_t q = 0; q < n_jr; ++q)
+        for (int64_t q = tid * n_jr / nthreads; q < (tid + 1) * n_jr / nthreads; ++q)
           pack_b_panel(bbuf + q * NR * kc, tb, B, ldb, pc, kc, jc + q * NR,
                        std::min(NR, nc - q * NR));
+        if (nthreads > 1) {
+#pragma omp barrier
+        }
         // Work items: A blocks, each split into column chunks when there are fewer blocks
         // than threads. Every output tile has exactly one writer.
         const int64_t nsplit = std::max<int64_t>(1, (nthreads + n_ic - 1) / n_ic);
         const int64_t items = n_ic * nsplit;
         int64_t packed_ic = -1;
-#pragma omp for schedule(static)
-        for (int64_t it = 0; it < items; ++it) {
+        for (int64_t it = tid * items / nthreads; it < (tid + 1) * items / nthreads; ++it) {
           const int64_t ib = it / nsplit, s = it % nsplit;
           const int64_t q0 = s * n_jr / nsplit, q1 = (s + 1) * n_jr / nsplit;
           if (q0 >= q1) continue;
@@ -191,14 +190,21 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
             }
           }
         }
+        if (nthreads > 1) {  // the packed B panel is reused by the next block
+#pragma omp barrier
+        }
       }
     }
   };
   if (nt <= 1) {
-    body();  // serial: no OpenMP region at all
+    body(0, 1);  // serial: no OpenMP region at all
   } else {
+#ifdef LAYERPROP_HAVE_OPENMP
 #pragma omp parallel num_threads(nt)
-    body();
+    body(omp_get_thread_num(), omp_get_num_threads());
+#else
+    body(0, 1);
+#endif
   }
 }
 

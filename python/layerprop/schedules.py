@@ -61,7 +61,9 @@ class LocoProp(Schedule):
     parallel, one layer per thread. Norm layers take one ordinary optimizer step with their
     backprop gradient. A layer used twice (shared weights) is refused at compile.
     Local gradients sum over the batch, as in the paper's code; dL/da carries the 1/N of the
-    mean loss."""
+    mean loss. An adaptive optimizer (Adam, AdamW; the paper used RMSprop and Adam) is
+    insensitive to that scale; with SGD choose inner_lr about batch_size times smaller than a
+    backprop learning rate, or the local problems diverge."""
 
     def __init__(self, variant: str = "M", inner_steps: int = 10, inner_lr: Optional[float] = None,
                  target_lr: float = 10.0) -> None:

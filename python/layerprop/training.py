@@ -9,6 +9,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .layers import BatchNorm1d
+
 __all__ = ["History", "Callback", "LambdaCallback", "EarlyStopping", "ModelCheckpoint", "run_fit"]
 
 
@@ -293,6 +295,10 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress: expected True, False or None, got {progress!r}")
     batch_size = _positive_int(batch_size, "batch_size")
+    if model.training and n % batch_size == 1 and any(isinstance(l, BatchNorm1d) for l in model.layers):
+        raise ValueError(f"batch_size: with {n} samples and batch_size={batch_size} the last batch has "
+                         "1 sample, which BatchNorm1d cannot normalize in training mode; choose another "
+                         "batch_size or drop a sample")
     val = None
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
