@@ -85,9 +85,6 @@ def test_set_num_threads_one_starts_no_worker():
 
 @linux_only
 @needs_two
-@pytest.mark.xfail(strict=True, reason="the core passes its own count as num_threads(...) to every parallel "
-                                       "region, so an OpenMP limit set by threadpoolctl is ignored; fix: "
-                                       "threads_for() returns min(get_num_threads(), omp_get_max_threads())")
 def test_threadpoolctl_limit_caps_layerprop():
     out = run_py("""
         from threadpoolctl import threadpool_limits

@@ -36,15 +36,21 @@ bool have_openmp() {
 
 void set_num_threads(int n) {
 #ifdef LAYERPROP_HAVE_OPENMP
-  thread_setting().store(n < 1 ? 1 : n);
+  n = n < 1 ? 1 : n;
+  thread_setting().store(n);
+  omp_set_num_threads(n);  // the calling thread's OpenMP setting follows, so limits compose
 #else
   (void)n;
 #endif
 }
 
+// Our own setting, capped by the calling thread's OpenMP limit: a limit set from outside
+// (threadpoolctl, omp_set_num_threads in another library) is honoured.
 int get_num_threads() {
 #ifdef LAYERPROP_HAVE_OPENMP
-  return thread_setting().load();
+  const int own = thread_setting().load();
+  const int omp = omp_get_max_threads();
+  return own < omp ? own : omp;
 #else
   return 1;
 #endif
