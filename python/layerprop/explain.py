@@ -62,6 +62,7 @@ class _Twin:
                                f"from the model's {model._param_names}")
         for name, p in model.parameters().items():
             twin._params[name][...] = p
+        assert model.loss is not None  # checked by the caller (_require_compiled)
         twin.compile(loss=model.loss, optimizer=model.optimizer)
         if training is None:
             training = model.training
@@ -304,6 +305,7 @@ def _node_labels(order: List[SymbolicTensor], prefix: Dict[int, str]) -> List[st
             continue
         if t.op == "layer":
             layer = t.layer
+            assert layer is not None
             base = prefix.get(id(layer)) or layer.name
             seen[id(layer)] = seen.get(id(layer), 0) + 1
             if base is not None:
@@ -421,6 +423,7 @@ def path_gradients(model: Model, X: np.ndarray, y: np.ndarray, param: str, index
             v, d = _act_forward_and_grad(t.layer, ins[0])
             vals.append(v)
             dact[i] = d
+    assert twin.model.loss is not None
     dloss = _loss_grad(twin.model.loss, vals[out_idx], twin.y)
 
     # Edges between scalar units: consumers of each node, with the input slot they read.

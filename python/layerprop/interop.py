@@ -41,6 +41,7 @@ def to_torch(model: Any) -> Any:
         with torch.no_grad():
             t.copy_(torch.from_numpy(np.array(src[key])))
     mods: "OrderedDict[str, Any]" = OrderedDict()
+    layer: Any
     for i, layer in enumerate(model._seq_layers):
         name = layer.name or str(i)
         if name in mods:

@@ -227,6 +227,7 @@ def _optimizer_config(opt: Optimizer) -> Dict[str, Any]:
     name = type(opt).__name__
     if _OPTIMIZERS.get(name) is not type(opt):
         raise TypeError(f"optimizer: {name} cannot be saved (known: {', '.join(_OPTIMIZERS)})")
+    cfg: Dict[str, Any]
     if isinstance(opt, SGD):
         cfg = dict(lr=opt.lr, momentum=opt.momentum, dampening=opt.dampening,
                    nesterov=opt.nesterov, weight_decay=opt.weight_decay)
@@ -333,6 +334,7 @@ def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["Ordered
                             "params": list(model.parameters()), "buffers": list(buffers),
                             "compile": None, "optimizer_state": None}
     if model.loss is not None:
+        assert model.optimizer is not None
         meta["compile"] = {"loss": model.loss, "optimizer": _optimizer_config(model.optimizer),
                            "schedule": _schedule_config(model.schedule)}
         if include_optimizer:
@@ -410,6 +412,7 @@ def _expected_shapes(model_arch: Dict[str, Any], layers: List[Tuple[L.Layer, Opt
 
 def _rebuild(arch: Dict[str, Any]) -> Any:
     from .model import Model, Sequential, _dtype_name
+    model: Any
     arch = _dict(arch, "model")
     cls = arch.get("class")
     if cls not in ("Sequential", "Model"):

@@ -145,7 +145,7 @@ class Linear(Layer):
         return 1.0 / math.sqrt(self.in_features)
 
     def param_shapes(self) -> List[tuple]:
-        shapes = [("weight", (self.out_features, self.in_features))]
+        shapes: List[tuple] = [("weight", (self.out_features, self.in_features))]
         if self.bias:
             shapes.append(("bias", (self.out_features,)))
         return shapes

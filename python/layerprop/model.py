@@ -92,7 +92,8 @@ class Model:
 
         layers: List[Layer] = []        # every layer object, in first-use order
         core_index: Dict[int, int] = {}  # layer with parameters or statistics -> core layer
-        core_layers, core_nodes = [], []
+        core_layers: List[tuple] = []
+        core_nodes: List[tuple] = []
         for t in order:
             ins = [index[id(u)] for u in t.inputs]
             if t.op == "input":
@@ -103,6 +104,7 @@ class Model:
                 core_nodes.append((NODE_CONCAT, ins, t.width, -1, 0, 0.0))
             else:
                 layer = t.layer
+                assert layer is not None  # a "layer" node always has its layer
                 if all(layer is not l for l in layers):
                     layers.append(layer)
                 if isinstance(layer, (Linear, _Norm)):
@@ -137,9 +139,9 @@ class Model:
                 if l.name:
                     names[id(l)] = l.name
                 else:
-                    kind = type(l).__name__.lower()
-                    names[id(l)] = f"{kind}{counts.get(kind, 0)}"
-                    counts[kind] = counts.get(kind, 0) + 1
+                    kname = type(l).__name__.lower()
+                    names[id(l)] = f"{kname}{counts.get(kname, 0)}"
+                    counts[kname] = counts.get(kname, 0) + 1
         used = [names[id(l)] for l in self._core_layers]
         if len(set(used)) != len(used):
             raise ValueError(f"name: layer names must be unique, got {used}")

@@ -111,8 +111,8 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"solver: expected 'adam' or 'sgd', got {self.solver!r}{extra}")
 
         def number(name: str, lo: float, hi: float = np.inf, lo_open: bool = False, hi_open: bool = False) -> None:
-            v = getattr(self, name)
-            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v) or (
+            v: Any = getattr(self, name)
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and bool(np.isfinite(float(v))) or (
                 isinstance(v, numbers.Real) and v == np.inf and hi == np.inf and not isinstance(v, bool))
             if ok:
                 ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
@@ -132,9 +132,9 @@ class _BaseMLP(BaseEstimator):
             v = getattr(self, name)
             if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-        b = self.batch_size
+        b: Any = self.batch_size
         if not (b == "auto" if isinstance(b, str) else
-                isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1):
+                isinstance(b, numbers.Integral) and not isinstance(b, bool) and int(b) >= 1):
             raise ValueError(f"batch_size: expected 'auto' or an int >= 1, got {b!r}")
         if self.schedule is not None and not isinstance(self.schedule, Schedule):
             raise ValueError(f"schedule: expected an lp schedule (e.g. lp.Simultaneous()) or None, got {self.schedule!r}")

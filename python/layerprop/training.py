@@ -99,7 +99,7 @@ class LambdaCallback(Callback):
                          ("on_train_begin", on_train_begin), ("on_train_end", on_train_end)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name}: expected a callable or None, got {type(fn).__name__}")
-        self._fns = dict(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end,
+        self._fns: Dict[str, Any] = dict(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end,
                          on_train_begin=on_train_begin, on_train_end=on_train_end)
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
