@@ -230,6 +230,21 @@ def test_partial_fit_needs_classes_and_rejects_new_ones():
         clf.partial_fit(X, y + 10)
 
 
+def test_partial_fit_refuses_early_stopping_like_sklearn():
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(8,), early_stopping=True, n_iter_no_change=2, tol=1.0,
+                        random_state=0).fit(X, y)
+    before = [c.copy() for c in clf.coefs_]
+    with pytest.raises(ValueError, match="early_stopping"):
+        clf.partial_fit(X, y)
+    assert all(np.array_equal(a, b) for a, b in zip(before, clf.coefs_))
+    n = clf.n_iter_
+    clf.set_params(early_stopping=False).partial_fit(X, y)
+    assert clf.n_iter_ == n + 1 and clf.best_loss_ == clf.loss_curve_[-1]
+    with pytest.raises(ValueError, match="early_stopping"):
+        MLPRegressor(early_stopping=True).partial_fit(X, y)
+
+
 def test_float32_input_trains_a_float32_model():
     X, y = blobs()
     with pytest.warns(ConvergenceWarning):

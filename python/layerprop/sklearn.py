@@ -237,6 +237,9 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X: np.ndarray, y: Any, incremental: bool) -> "_BaseMLP":
         self._check_params()
+        if incremental and self.early_stopping:
+            raise ValueError("early_stopping: partial_fit does not support early_stopping=True "
+                             "(set_params(early_stopping=False) first)")
         first = "model_" not in self.__dict__ or (not self.warm_start and not incremental)
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True,
                              y_numeric=not self._is_classifier)
@@ -301,6 +304,8 @@ class _BaseMLP(BaseEstimator):
                     self.best_validation_score_ = score
                     best_params = {k: v.copy() for k, v in self.model_.parameters().items()}
             else:
+                if self.best_loss_ is None:  # after a fit with early stopping
+                    self.best_loss_ = np.inf
                 if self.loss_curve_[-1] > self.best_loss_ - self.tol:  # type: ignore[operator]
                     self._no_improvement_count += 1
                 else:
@@ -413,8 +418,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> "MLPClassifier":
         """One epoch over (X, y). `classes` (all labels) is required on the first call unless y
         is a multilabel indicator matrix."""
-        if self.solver not in ("adam", "sgd"):
-            raise ValueError(f"solver: partial_fit needs 'adam' or 'sgd', got {self.solver!r}")
+        self._check_params()
+        if self.early_stopping:
+            raise ValueError("early_stopping: partial_fit does not support early_stopping=True "
+                             "(set_params(early_stopping=False) first)")
         ymat = np.asarray(y) if not hasattr(y, "shape") else y
         if "model_" not in self.__dict__:
             if getattr(ymat, "ndim", 1) == 2 and type_of_target(y).startswith("multilabel"):
