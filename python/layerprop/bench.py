@@ -7,9 +7,11 @@ same thing.
 
 Measurement: each case's callables (ours first, then the peers) are called in an interleaved
 loop, rotating which one goes first each round, so that machine noise (other processes, clock
-changes, another runtime's spinning threads) falls on both sides alike. A sample is the mean of
-`inner` back-to-back calls, with `inner` calibrated per callable so that one sample lasts about
-`sample_s`; the table reports the median sample of each side.
+changes) falls on both sides alike. A sample is the mean of `inner` back-to-back calls, with
+`inner` calibrated per callable so that one sample lasts about `sample_s`; the table reports
+the median sample of each side. At more than one thread, each sample starts once the other
+libraries' thread pools have stopped spinning (`settle`): several OpenMP/BLAS runtimes share
+this process, which no real program does, and a spinning pool steals cores from the next call.
 
 FLOP counts are those of the matrix products only (2*M*N*K each): forward, weight gradient and
 input gradient (none for the first layer's input). Element-wise work, losses and optimizer
