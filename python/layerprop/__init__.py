@@ -14,7 +14,7 @@ from .optim import SGD, Adam, AdamW, Optimizer
 from .schedules import Layerwise, LocoProp, Schedule, Simultaneous
 from .interop import from_torch
 from .io import load
-from .training import Callback, EarlyStopping, History, LambdaCallback, ModelCheckpoint
+from .training import Callback, EarlyStopping, History, LambdaCallback, ModelCheckpoint, MovingTarget
 
 __version__ = _core.build_info()["version"]
 
@@ -23,7 +23,7 @@ __all__ = [
     "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
     "BatchNorm1d", "LayerNorm", "Input", "SymbolicTensor", "add", "concat", "Model", "Sequential",
     "Optimizer", "SGD", "Adam", "AdamW", "Schedule", "Simultaneous", "Layerwise", "LocoProp", "Callback", "History",
-    "load", "from_torch", "EarlyStopping", "ModelCheckpoint", "LambdaCallback",
+    "load", "from_torch", "EarlyStopping", "ModelCheckpoint", "LambdaCallback", "MovingTarget",
     "explain",
 ]
 

@@ -10,23 +10,27 @@ dropout stream are the same after every call as before.
 - `path_gradients`: every path from one weight entry to the loss, the product of the local
   derivatives along each, their sum, and backprop's value beside it.
 - `taylor_check`: the first-order loss change predicted by the gradient against the actual one.
-- `moving_target`: per layer, how its gradient moves once the other layers take their step.
+- `moving_target`: per layer, how its gradient moves once the other layers take their step,
+  and how far the mean and variance of its input drift with that step.
 
 Dropout: `gradcheck`, `taylor_check` and `moving_target` follow the model's mode
 (`model.train()` / `model.eval()`); in training mode every loss evaluation of one call reuses
 one fixed dropout mask, so the loss is a deterministic function of the parameters.
 `path_gradients` always runs with dropout off (the identity), the mode of `model.eval()`.
+BatchNorm1d follows the model's mode too: batch statistics in training mode, the model's running
+statistics (copied to the twin) in evaluation mode.
 """
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .layers import GELU, Dropout, Identity, LeakyReLU, Linear, ReLU, Sigmoid, SymbolicTensor, Tanh
+from .layers import (GELU, BatchNorm1d, Dropout, Identity, LayerNorm, LeakyReLU, Linear, ReLU,
+                     Sigmoid, SymbolicTensor, Tanh, _Norm)
 from .model import Model
 
 __all__ = [
@@ -62,6 +66,11 @@ class _Twin:
                                f"from the model's {model._param_names}")
         for name, p in model.parameters().items():
             twin._params[name][...] = p
+        if twin._buffer_names != model._buffer_names:
+            raise RuntimeError(f"explain: the float64 twin's buffers {twin._buffer_names} differ "
+                               f"from the model's {model._buffer_names}")
+        for name, b in model.buffers().items():  # BatchNorm1d running statistics (eval mode)
+            twin._buffers[name][...] = b
         assert model.loss is not None  # checked by the caller (_require_compiled)
         twin.compile(loss=model.loss, optimizer=model.optimizer)
         if training is None:
@@ -98,6 +107,8 @@ def _mode_note(twin: _Twin) -> str:
     note = " twin of a float32 model" if twin.source.dtype == "float32" else ""
     if any(t.op == "layer" and isinstance(t.layer, Dropout) for t in twin.model._order):
         note += ", dropout on (one fixed mask)" if twin.model.training else ", dropout off"
+    if any(t.op == "layer" and isinstance(t.layer, BatchNorm1d) for t in twin.model._order):
+        note += ", batch norm on batch statistics" if twin.model.training else ", batch norm on running statistics"
     return note
 
 
@@ -342,6 +353,56 @@ def _act_forward_and_grad(layer, z: np.ndarray) -> Tuple[np.ndarray, np.ndarray]
     raise TypeError(f"{layer.describe()}: not supported by path_gradients")
 
 
+def _norm_forward(layer: Union[BatchNorm1d, LayerNorm], x: np.ndarray, prefix: str, params: Dict[str, np.ndarray],
+                  buffers: Dict[str, np.ndarray], training: bool) -> np.ndarray:
+    """BatchNorm1d (training: batch mean and biased variance; eval: running statistics) or
+    LayerNorm (per example, biased variance), then weight * x + bias when affine."""
+    if isinstance(layer, BatchNorm1d):
+        if training:
+            mean, var = x.mean(axis=0), x.var(axis=0)
+        else:
+            mean, var = buffers[f"{prefix}.running_mean"], buffers[f"{prefix}.running_var"]
+    else:
+        mean, var = x.mean(axis=1, keepdims=True), x.var(axis=1, keepdims=True)
+    out = (x - mean) / np.sqrt(var + layer.eps)
+    if f"{prefix}.weight" in params:
+        out = out * params[f"{prefix}.weight"] + params[f"{prefix}.bias"]
+    return out
+
+
+def _graph_forward(model: Model, X: np.ndarray) -> Tuple[List[np.ndarray], Dict[int, np.ndarray]]:
+    """Float64 NumPy forward of a twin's graph at its current parameters: every node's value
+    (in `model._order`), and f'(z) of every activation node by its index. Norm layers follow
+    the twin's mode; dropout is the identity (its mask lives in the core)."""
+    order = model._order
+    pos = {id(t): i for i, t in enumerate(order)}
+    params, buffers, prefix = model._params, model._buffers, model._layer_prefix
+    vals: List[np.ndarray] = []
+    dact: Dict[int, np.ndarray] = {}
+    for i, t in enumerate(order):
+        ins = [vals[pos[id(u)]] for u in t.inputs]
+        if t.op == "input":
+            vals.append(X)
+        elif t.op == "add":
+            vals.append(np.sum(ins, axis=0))
+        elif t.op == "concat":
+            vals.append(np.concatenate(ins, axis=1))
+        elif isinstance(t.layer, Linear):
+            p = prefix[id(t.layer)]
+            v = ins[0] @ params[f"{p}.weight"].T
+            if t.layer.bias:
+                v = v + params[f"{p}.bias"]
+            vals.append(v)
+        elif isinstance(t.layer, (BatchNorm1d, LayerNorm)):
+            vals.append(_norm_forward(t.layer, ins[0], prefix[id(t.layer)], params, buffers,
+                                      model.training))
+        else:
+            v, d = _act_forward_and_grad(t.layer, ins[0])
+            vals.append(v)
+            dact[i] = d
+    return vals, dact
+
+
 def _loss_grad(loss: str, z: np.ndarray, y: np.ndarray) -> np.ndarray:
     """d(mean loss)/dz, per example and output unit, shape (N, D)."""
     if loss == "cross_entropy":
@@ -389,6 +450,13 @@ def path_gradients(model: Model, X: np.ndarray, y: np.ndarray, param: str, index
     """
     if not isinstance(max_paths, (int, np.integer)) or isinstance(max_paths, bool) or max_paths < 1:
         raise ValueError(f"max_paths: expected a positive int, got {max_paths!r}")
+    norms = [t.layer for t in model._order if t.op == "layer" and isinstance(t.layer, _Norm)]
+    if norms:
+        raise TypeError(f"path_gradients: the model has {norms[0].describe()}, which it does not "
+                        f"support: a normalization layer couples every unit of its input "
+                        f"(BatchNorm1d: every example of the batch too), so its gradient is not a "
+                        f"sum over paths of per-example scalar units; use gradcheck or "
+                        f"moving_target for models with normalization layers")
     twin = _Twin(model, X, y, training=False)
     params = twin.params
     if param not in params:
@@ -402,27 +470,8 @@ def path_gradients(model: Model, X: np.ndarray, y: np.ndarray, param: str, index
     out_idx = len(order) - 1
 
     # Float64 forward of the graph, keeping each node's value and each activation's f'(z).
-    X64, N = twin.X, twin.X.shape[0]
-    vals: List[np.ndarray] = []
-    dact: Dict[int, np.ndarray] = {}
-    for i, t in enumerate(order):
-        ins = [vals[pos[id(u)]] for u in t.inputs]
-        if t.op == "input":
-            vals.append(X64)
-        elif t.op == "add":
-            vals.append(np.sum(ins, axis=0))
-        elif t.op == "concat":
-            vals.append(np.concatenate(ins, axis=1))
-        elif isinstance(t.layer, Linear):
-            p = layer_prefix[id(t.layer)]
-            v = ins[0] @ params[f"{p}.weight"].T
-            if t.layer.bias:
-                v = v + params[f"{p}.bias"]
-            vals.append(v)
-        else:
-            v, d = _act_forward_and_grad(t.layer, ins[0])
-            vals.append(v)
-            dact[i] = d
+    N = twin.X.shape[0]
+    vals, dact = _graph_forward(twin.model, twin.X)
     assert twin.model.loss is not None
     dloss = _loss_grad(twin.model.loss, vals[out_idx], twin.y)
 
@@ -596,12 +645,15 @@ def taylor_check(model: Model, X: np.ndarray, y: np.ndarray,
 # ---------------------------------------------------------------------------------- moving target
 @dataclass
 class LayerMove:
-    """How one layer's gradient moves once every other layer has taken its step."""
+    """How one layer's gradient, and the statistics of its input, move once every other layer
+    has taken its step."""
 
     layer: str
     params: Tuple[str, ...]
     cosine: float
-    norm_ratio: float   # ||grad after|| / ||grad before||
+    norm_ratio: float         # ||grad after|| / ||grad before||
+    mean_drift: float = 0.0   # ||mean after - mean before|| / sqrt(sum of the variances before)
+    var_drift: float = 0.0    # ||var after - var before|| / ||var before||
 
 
 @dataclass
@@ -623,39 +675,94 @@ class MovingTargetReport:
     def norm_ratio(self) -> Dict[str, float]:
         return {r.layer: r.norm_ratio for r in self.rows}
 
+    @property
+    def mean_drift(self) -> Dict[str, float]:
+        return {r.layer: r.mean_drift for r in self.rows}
+
+    @property
+    def var_drift(self) -> Dict[str, float]:
+        return {r.layer: r.var_drift for r in self.rows}
+
     def __str__(self) -> str:
         lines = [f"moving_target: each layer's gradient before and after the other layers take a "
                  f"plain gradient step (lr={self.lr:g}, float64{self.note}), loss {self.loss:.6g}"]
-        rows = [("layer", "cosine", "norm after / before")]
+        rows = [("layer", "cosine", "norm after / before", "input mean drift", "input var drift")]
         for r in self.rows:
-            rows.append((r.layer, f"{r.cosine:.6f}", f"{r.norm_ratio:.6f}"))
-        lines += _table(rows, [False, True, True])
+            rows.append((r.layer, f"{r.cosine:.6f}", f"{r.norm_ratio:.6f}", f"{r.mean_drift:.2e}",
+                         f"{r.var_drift:.2e}"))
+        lines += _table(rows, [False, True, True, True, True])
         lines.append("cosine 1 and ratio 1: the layer's target did not move; simultaneous updates "
                      "step every layer along a gradient that is stale once the others have moved")
+        lines.append("input drift: how far the per-feature mean (in units of the input's spread) "
+                     "and variance (relative) of the layer's input move with that step")
         return "\n".join(lines)
 
 
-def moving_target(model: Model, X: np.ndarray, y: np.ndarray) -> MovingTargetReport:
+def _layer_input_nodes(model: Model) -> "OrderedDict[str, List[int]]":
+    """Parameterized layer prefix -> the graph node indices its uses read (one per use)."""
+    pos = {id(t): i for i, t in enumerate(model._order)}
+    uses: "OrderedDict[str, List[int]]" = OrderedDict()
+    for t in model._order:
+        if t.op == "layer" and id(t.layer) in model._layer_prefix:
+            uses.setdefault(model._layer_prefix[id(t.layer)], []).append(pos[id(t.inputs[0])])
+    return uses
+
+
+def _drift(before: np.ndarray, after: np.ndarray) -> Tuple[float, float]:
+    """(mean drift, variance drift) of a layer input, statistics per feature over the rows."""
+    m0, m1 = before.mean(axis=0), after.mean(axis=0)
+    v0, v1 = before.var(axis=0), after.var(axis=0)
+    dm, dv = float(np.linalg.norm(m1 - m0)), float(np.linalg.norm(v1 - v0))
+    spread, vnorm = math.sqrt(float(v0.sum())), float(np.linalg.norm(v0))
+    mean_drift = dm / spread if spread > 0 else (0.0 if dm == 0 else math.inf)
+    var_drift = dv / vnorm if vnorm > 0 else (0.0 if dv == 0 else math.inf)
+    return mean_drift, var_drift
+
+
+def moving_target(model: Model, X: np.ndarray, y: np.ndarray, *,
+                  lr: Optional[float] = None) -> MovingTargetReport:
     """For each parameterized layer L: its gradient g at the current parameters, then the
-    gradient g' after every *other* layer took a plain gradient step p -> p - lr * grad with the
-    compiled optimizer's learning rate (no momentum or Adam state: a plain step, whatever the
-    optimizer), L's own parameters unchanged. Reports cos(g, g') and ||g'|| / ||g|| over L's
-    weight and bias together. Float64 twin of the model; the model is not changed."""
+    gradient g' after every *other* layer took a plain gradient step p -> p - lr * grad (no
+    momentum or Adam state: a plain step, whatever the optimizer; lr=None: the compiled
+    optimizer's learning rate), L's own parameters unchanged. Reports cos(g, g') and
+    ||g'|| / ||g|| over L's weight and bias together.
+
+    With the same step, the drift of L's input on the batch X (a shared layer: the inputs of
+    all its uses, stacked): with m, v the per-feature mean and variance over the rows before
+    the step and m', v' after it, mean_drift = ||m' - m|| / sqrt(sum v) (how far the mean moved,
+    in units of the input's overall spread) and var_drift = ||v' - v|| / ||v|| (relative change
+    of the variances). Zero for the first layer (its input is X). The inputs come from a
+    float64 NumPy forward of the graph; norm layers follow the model's mode, dropout is the
+    identity there. Float64 twin of the model; the model is not changed."""
     twin = _Twin(model, X, y)
-    lr = float(model.optimizer.lr)  # type: ignore[union-attr]
+    if lr is None:
+        step = float(model.optimizer.lr)  # type: ignore[union-attr]
+    else:
+        try:
+            step = float(lr)
+        except (TypeError, ValueError):
+            raise ValueError(f"lr: expected a positive number or None, got {lr!r}") from None
+        if not (math.isfinite(step) and step > 0):
+            raise ValueError(f"lr: expected a positive number or None, got {lr!r}")
     base = twin.snapshot()
     loss, grads = twin.loss_and_grads()
+    input_nodes = _layer_input_nodes(twin.model)
+    before, _ = _graph_forward(twin.model, twin.X)
     rows = []
     for layer, names in twin.layer_groups().items():
         for n, p in twin.params.items():
             if n not in names:
-                p[...] = base[n] - lr * grads[n]
+                p[...] = base[n] - step * grads[n]
         _, after = twin.loss_and_grads()
+        moved, _ = _graph_forward(twin.model, twin.X)
         twin.restore(base)
         g0 = np.concatenate([np.asarray(grads[n], np.float64).ravel() for n in names])
         g1 = np.concatenate([np.asarray(after[n], np.float64).ravel() for n in names])
         n0, n1 = float(np.linalg.norm(g0)), float(np.linalg.norm(g1))
         cos = float(np.dot(g0, g1) / (n0 * n1)) if n0 > 0 and n1 > 0 else math.nan
         ratio = n1 / n0 if n0 > 0 else math.nan
-        rows.append(LayerMove(layer, tuple(names), cos, ratio))
-    return MovingTargetReport(rows, lr, float(loss), _mode_note(twin))
+        nodes = input_nodes[layer]
+        mean_drift, var_drift = _drift(np.concatenate([before[i] for i in nodes]),
+                                       np.concatenate([moved[i] for i in nodes]))
+        rows.append(LayerMove(layer, tuple(names), cos, ratio, mean_drift, var_drift))
+    return MovingTargetReport(rows, step, float(loss), _mode_note(twin))

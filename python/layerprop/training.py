@@ -11,7 +11,8 @@ import numpy as np
 
 from .layers import BatchNorm1d
 
-__all__ = ["History", "Callback", "LambdaCallback", "EarlyStopping", "ModelCheckpoint", "run_fit"]
+__all__ = ["History", "Callback", "LambdaCallback", "EarlyStopping", "ModelCheckpoint", "MovingTarget",
+           "run_fit"]
 
 
 class Callback:
@@ -238,6 +239,68 @@ class ModelCheckpoint(_Monitor):
         self.saved.append(path)
 
 
+class MovingTarget(Callback):
+    """Measure the moving target during fit: every `every` epochs (at the epoch's end), run
+    `lp.explain.moving_target(model, X_probe, y_probe, lr=lr)` on the fixed probe batch and
+    record, per parameterized layer, the cosine and norm ratio of its gradient before and after
+    the other layers take a plain gradient step, and the drift of its input's mean and variance
+    with that step (see lp.explain.moving_target; lr=None: the optimizer's learning rate).
+
+    `history` gets one dict per measurement: {"epoch", "loss" (on the probe), "cosine",
+    "norm_ratio", "mean_drift", "var_drift"}, the last four dicts from layer name to value.
+    The epoch's logs (and so History) get "mt_cosine_min", "mt_cosine_mean",
+    "mt_norm_ratio_min", "mt_mean_drift_max" and "mt_var_drift_max" over the layers; NaN on
+    the epochs in between, so every History list has one entry per epoch. The probe runs on a
+    float64 twin: the model, its optimizer state and its data stream are not touched."""
+
+    KEYS = ("mt_cosine_min", "mt_cosine_mean", "mt_norm_ratio_min", "mt_mean_drift_max",
+            "mt_var_drift_max")
+
+    def __init__(self, X_probe: Any, y_probe: Any, every: int = 1, lr: Optional[float] = None) -> None:
+        if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"every: expected an int >= 1, got {every!r}")
+        if lr is not None:
+            try:
+                lr = float(lr)
+            except (TypeError, ValueError):
+                raise ValueError(f"lr: expected a positive number or None, got {lr!r}") from None
+            if not (math.isfinite(lr) and lr > 0):
+                raise ValueError(f"lr: expected a positive number or None, got {lr!r}")
+        X = np.asarray(X_probe)
+        if X.ndim != 2 or X.shape[0] < 1:
+            raise ValueError(f"X_probe: expected a 2-D array with at least one row, got shape {X.shape}")
+        if len(y_probe) != X.shape[0]:
+            raise ValueError(f"y_probe: expected {X.shape[0]} rows to match X_probe, got {len(y_probe)}")
+        self.X_probe, self.y_probe = X_probe, y_probe
+        self.every = int(every)
+        self.lr = lr
+        self.history: List[Dict[str, Any]] = []
+
+    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        self.history = []
+
+    def measure(self) -> Dict[str, Any]:
+        """One measurement at the model's current parameters (what on_epoch_end records)."""
+        from .explain import moving_target
+        rep = moving_target(self.model, self.X_probe, self.y_probe, lr=self.lr)
+        return {"loss": rep.loss, "cosine": rep.cosine, "norm_ratio": rep.norm_ratio,
+                "mean_drift": rep.mean_drift, "var_drift": rep.var_drift}
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        if (epoch + 1) % self.every:
+            if logs is not None:
+                logs.update({k: math.nan for k in self.KEYS})
+            return
+        rec = {"epoch": epoch, **self.measure()}
+        self.history.append(rec)
+        if logs is not None:
+            cos = list(rec["cosine"].values())
+            logs.update(mt_cosine_min=min(cos), mt_cosine_mean=float(np.mean(cos)),
+                        mt_norm_ratio_min=min(rec["norm_ratio"].values()),
+                        mt_mean_drift_max=max(rec["mean_drift"].values()),
+                        mt_var_drift_max=max(rec["var_drift"].values()))
+
+
 class _Progress:
     """One tqdm bar per epoch on stderr: batches, loss, validation metrics, samples/s."""
 
@@ -311,7 +374,8 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks[{i}]: expected an lp Callback, got {type(cb).__name__}")
     history = History()
-    cbs: List[Callback] = [history, *callbacks]
+    # History last (as in Keras): metrics the other callbacks add to an epoch's logs land in it.
+    cbs: List[Callback] = [*callbacks, history]
     for cb in cbs:
         cb.set_model(model)
     model.stop_training = False
