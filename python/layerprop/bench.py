@@ -733,7 +733,7 @@ def format_table(report: Report, markdown: bool = False) -> str:
         out = ["| " + " | ".join(COLUMNS) + " |",
                "|" + "|".join("---:" if i in right else "---" for i in range(len(COLUMNS))) + "|"]
         out += ["| " + " | ".join(c) + " |" for c in cells]
-        return "\n".join(out + [""] + head)
+        return "\n".join(out + [""] + [f"- {h}" for h in head])
     widths = [max([len(COLUMNS[i])] + [len(c[i]) for c in cells]) for i in range(len(COLUMNS))]
     left = {0, 3}
 
