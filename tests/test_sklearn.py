@@ -260,7 +260,35 @@ def test_schedule_is_passed_to_compile():
     assert isinstance(clf.model_.schedule, lp.Simultaneous)
 
 
+@pytest.mark.parametrize("schedule", ["layerwise", "locoprop"])
+def test_other_schedules_run_inside_the_core(schedule):
+    if not hasattr(lp, "Layerwise"):
+        pytest.skip("no Layerwise/LocoProp in this build")
+    make = {"layerwise": lambda: lp.Layerwise(order="bottom_up"),
+            "locoprop": lambda: lp.LocoProp(variant="S", inner_steps=2)}[schedule]
+    X, y = make_regression(n_samples=30, n_features=4, random_state=0)
+    y = y / y.std()
+    kw = dict(hidden_layer_sizes=(6,), solver="sgd", momentum=0.0, learning_rate_init=0.05, alpha=0.0,
+              batch_size=30, shuffle=False, random_state=0)
+    est = MLPRegressor(schedule=make(), **kw).partial_fit(X, y)
+    plain = MLPRegressor(**kw).partial_fit(X, y)
+    # Same initial weights (same random_state); the schedule makes the first step differ.
+    assert not all(np.array_equal(a, b) for a, b in zip(est.coefs_, plain.coefs_))
+    # The next epoch is exactly one core train_step with that schedule (sklearn's gradient
+    # scale 1/2 for one output folded into SGD's step size).
+    twin = lp.Sequential(lp.Linear(4, 6), lp.ReLU(), lp.Linear(6, 1), dtype="float64")
+    for k, v in est.model_.parameters().items():
+        twin.parameters()[k][...] = v
+    twin.compile(loss="mse", optimizer=lp.SGD(lr=0.05 * 0.5), schedule=make())
+    loss = twin.train_step(X, y.reshape(-1, 1))
+    est.partial_fit(X, y)
+    assert est.loss_curve_[-1] == pytest.approx(0.5 * loss, rel=1e-12)
+    for k, v in est.model_.parameters().items():
+        np.testing.assert_allclose(v, twin.parameters()[k], rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("param, value", [
+
     ("solver", "lbfgs"), ("activation", "softmax"), ("hidden_layer_sizes", (0,)),
     ("hidden_layer_sizes", "big"), ("batch_size", 0), ("batch_size", "all"), ("alpha", -1.0),
     ("learning_rate_init", 0.0), ("max_iter", 0), ("n_iter_no_change", 0), ("momentum", 1.5),

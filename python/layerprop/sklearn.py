@@ -16,7 +16,9 @@ rather than Glorot's; the optimizers are PyTorch's update rules (Adam's epsilon 
 after the bias correction of the second moment, sklearn adds it before; SGD momentum is the
 same update written differently); solver="lbfgs" and the sgd learning-rate schedules
 (learning_rate, power_t) are not offered; the float32/float64 choice follows X (float32 X
-trains a float32 model). `model_` is the fitted lp.Sequential.
+trains a float32 model). With a schedule other than Simultaneous (Layerwise, LocoProp) the
+layers are updated inside the core, so the L2 penalty becomes the optimizer's weight_decay
+(alpha / batch_size, which also decays the biases). `model_` is the fitted lp.Sequential.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from . import layers as L
 from .io import model_from_state, model_to_state
 from .model import Sequential
 from .optim import SGD, Adam
-from .schedules import Schedule
+from .schedules import Schedule, Simultaneous
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -140,11 +142,18 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"schedule: expected an lp schedule (e.g. lp.Simultaneous()) or None, got {self.schedule!r}")
 
     # ------------------------------------------------------------------ the network
-    def _optimizer(self) -> Any:
+    def _optimizer(self, weight_decay: float = 0.0, lr_scale: float = 1.0) -> Any:
         if self.solver == "sgd":
-            return SGD(lr=self.learning_rate_init, momentum=self.momentum,
-                       nesterov=bool(self.nesterovs_momentum) and self.momentum > 0)
-        return Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon)
+            return SGD(lr=self.learning_rate_init * lr_scale, momentum=self.momentum,
+                       nesterov=bool(self.nesterovs_momentum) and self.momentum > 0,
+                       weight_decay=weight_decay)
+        return Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
+                    weight_decay=weight_decay)
+
+    def _scheduled(self) -> bool:
+        """A schedule other than Simultaneous updates layers inside the core's train_step, so
+        gradients cannot be adjusted in between (see _step_scheduled)."""
+        return self.schedule is not None and not isinstance(self.schedule, Simultaneous)
 
     def _build(self, n_in: int, n_out: int, dtype: str, loss: str) -> None:
         rs = self._rng
@@ -235,6 +244,15 @@ class _BaseMLP(BaseEstimator):
         core.apply_gradients()
         return loss
 
+    def _step_scheduled(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float]) -> float:
+        """One core train_step (the schedule runs inside it). The penalty is the optimizer's
+        weight_decay, set once to alpha / (batch_size * gradient scale) (see _fit_stochastic)."""
+        pen = 0.0
+        if self.alpha:
+            pen = sum(float(np.vdot(w, w)) for w in self._weights())
+        loss = float(self.model_._core.train_step(Xb, yb)) * scale[0]
+        return loss + 0.5 * self.alpha * pen / Xb.shape[0]
+
     def _fit(self, X: np.ndarray, y: Any, incremental: bool) -> "_BaseMLP":
         self._check_params()
         if incremental and self.early_stopping:
@@ -253,10 +271,10 @@ class _BaseMLP(BaseEstimator):
         X = np.ascontiguousarray(X, dtype=self.model_._np_dtype)
         if target.dtype != np.int64:
             target = np.ascontiguousarray(target, dtype=self.model_._np_dtype)
-        self._fit_stochastic(X, target, incremental)
+        self._fit_stochastic(X, target, incremental, fresh=first)
         return self
 
-    def _fit_stochastic(self, X: np.ndarray, y: np.ndarray, incremental: bool) -> None:
+    def _fit_stochastic(self, X: np.ndarray, y: np.ndarray, incremental: bool, fresh: bool) -> None:
         rs = self._rng
         early = self.early_stopping and not incremental
         Xv = yv = None
@@ -277,6 +295,19 @@ class _BaseMLP(BaseEstimator):
                               "be clipped", UserWarning, stacklevel=3)
             bs = int(np.clip(self.batch_size, 1, n))
         scale = self._loss_scale()
+        step = self._step
+        if self._scheduled():
+            step = self._step_scheduled
+            if fresh:
+                # The schedule updates layers inside the core: the L2 penalty becomes the
+                # optimizer's weight_decay (it also decays biases, and uses the full batch size
+                # for a last partial batch) and the gradient scale goes into SGD's step size
+                # (Adam does not depend on it, up to epsilon).
+                s = scale[1]
+                opt = self._optimizer(weight_decay=self.alpha / (bs * s),
+                                      lr_scale=s if self.solver == "sgd" else 1.0)
+                assert self.model_.loss is not None
+                self.model_.compile(loss=self.model_.loss, optimizer=opt, schedule=self.schedule)
         best_params = None
         stopped = False
         for _ in range(self.max_iter):
@@ -284,7 +315,7 @@ class _BaseMLP(BaseEstimator):
             total = 0.0
             for b0 in range(0, n, bs):
                 sel = idx[b0: b0 + bs]
-                total += self._step(X[sel], y[sel], scale) * len(sel)
+                total += step(X[sel], y[sel], scale) * len(sel)
             self.n_iter_ += 1
             self.loss_ = total / n
             self.t_ += n
