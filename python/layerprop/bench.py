@@ -27,7 +27,7 @@ import platform
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -144,7 +144,7 @@ def build_model(sizes: Sequence[int], loss: Optional[str] = None, optimizer: Opt
                 seed: int = 0):
     """lp.Sequential(Linear, ReLU, ..., Linear), float32, compiled if `loss` is given."""
     import layerprop as lp
-    layers = []
+    layers: List[Any] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(lp.Linear(a, b))
         if i < len(sizes) - 2:
@@ -180,6 +180,7 @@ def torch_twin(model, sizes: Sequence[int]):
 def batch(spec: ModelSpec, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((spec.batch, spec.sizes[0]), dtype=np.float32)
+    y: np.ndarray
     if spec.loss == "cross_entropy":
         y = rng.integers(0, spec.sizes[-1], size=spec.batch).astype(np.int64)
     else:
@@ -488,7 +489,8 @@ class Row:
 
     @property
     def ratio(self) -> Optional[float]:
-        return None if self.peer_time is None else self.peer_s / self.ours_s
+        peer = self.peer_s
+        return None if peer is None else peer / self.ours_s
 
     @property
     def gflops(self) -> float:
