@@ -138,7 +138,14 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
   T* bbuf = scratch(bbuf_store, KC * ncmax);
   const Ukernel<T> uk = pick_ukernel<T>();
   const int nt = threads_for(M * N * K, int64_t(1) << 20);
-  const int64_t n_ic = (M + MC - 1) / MC;
+  // Row blocks: MC, or with threads a multiple of the thread count of equal blocks (256 rows on
+  // 2 threads: 128 + 128, not 168 + 88). Blocking rows never changes results.
+  int64_t mcb = MC;
+  if (nt > 1) {
+    const int64_t blocks = (M + MC * nt - 1) / (MC * nt) * nt;
+    mcb = ((M + blocks - 1) / blocks + MR - 1) / MR * MR;
+  }
+  const int64_t n_ic = (M + mcb - 1) / mcb;
 
   // Thread `tid` of `nthreads` (static split, explicit barriers only in our own region: this
   // may run inside another parallel region, one GEMM per thread).
@@ -167,7 +174,7 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
           const int64_t ib = it / nsplit, s = it % nsplit;
           const int64_t q0 = s * n_jr / nsplit, q1 = (s + 1) * n_jr / nsplit;
           if (q0 >= q1) continue;
-          const int64_t ic = ib * MC, mc = std::min(MC, M - ic);
+          const int64_t ic = ib * mcb, mc = std::min(mcb, M - ic);
           if (packed_ic != ic) {
             pack_a(abuf, ta, A, lda, ic, mc, pc, kc);
             packed_ic = ic;
@@ -212,7 +219,7 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
 
 bool gemm_uses_direct(int64_t M, int64_t N, int64_t K) {
   // Packing pays once a packed panel is reused enough; tiny products go direct.
-  return M * N * K <= int64_t(16) * 16 * 16 || M <= 2 || N <= 2;
+  return M * N * K <= int64_t(16) * 16 * 16 || M <= 4 || N <= 2 || K <= 2;
 }
 
 template <class T>
@@ -224,7 +231,11 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t
       if (!accumulate) std::fill(C + i * ldc, C + i * ldc + N, T(0));
   } else if (gemm_uses_direct(M, N, K)) {
     static const SmallFn<T> small = pick_small<T>();
-    small(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    // Thin products (batch-1 inference) split their columns across threads; every output is
+    // computed by the same code either way.
+    parallel_range(N, M * N * K, int64_t(1) << 17, [&](int64_t j0, int64_t j1) {
+      small(ta, tb, M, j1 - j0, K, A, lda, tb ? B + j0 * ldb : B + j0, ldb, C + j0, ldc, accumulate);
+    });
   } else {
     gemm_packed<T>(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate, ep);
     return;

@@ -75,9 +75,112 @@ void ukernel_f64(int64_t kc, const double* __restrict a, const double* __restric
   }
 }
 
+namespace {
+// Sum of the 8 lanes in a fixed order.
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline __m256i tail_mask(int64_t n) {  // first n of 8 lanes
+  alignas(32) static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 8 - n));
+}
+
+// C[i,j] (+)= dot(A row i, B row j): four rows of B per pass, 8-wide partial sums, masked tail.
+void dots_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+              int64_t ldb, float* C, int64_t ldc, bool acc) {
+  const int64_t K8 = K / 8 * 8;
+  const __m256i mt = tail_mask(K - K8);
+  for (int64_t i = 0; i < M; ++i) {
+    const float* a = A + i * lda;
+    float* c = C + i * ldc;
+    int64_t j = 0;
+    for (; j + 4 <= N; j += 4) {
+      const float* b0 = B + j * ldb;
+      const float* b1 = b0 + ldb;
+      const float* b2 = b1 + ldb;
+      const float* b3 = b2 + ldb;
+      __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+      for (int64_t k = 0; k < K8; k += 8) {
+        const __m256 av = _mm256_loadu_ps(a + k);
+        s0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b0 + k), s0);
+        s1 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b1 + k), s1);
+        s2 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b2 + k), s2);
+        s3 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b3 + k), s3);
+      }
+      if (K8 < K) {
+        const __m256 av = _mm256_maskload_ps(a + K8, mt);
+        s0 = _mm256_fmadd_ps(av, _mm256_maskload_ps(b0 + K8, mt), s0);
+        s1 = _mm256_fmadd_ps(av, _mm256_maskload_ps(b1 + K8, mt), s1);
+        s2 = _mm256_fmadd_ps(av, _mm256_maskload_ps(b2 + K8, mt), s2);
+        s3 = _mm256_fmadd_ps(av, _mm256_maskload_ps(b3 + K8, mt), s3);
+      }
+      const float r[4] = {hsum8(s0), hsum8(s1), hsum8(s2), hsum8(s3)};
+      for (int q = 0; q < 4; ++q) c[j + q] = acc ? c[j + q] + r[q] : r[q];
+    }
+    for (; j < N; ++j) {
+      const float* b0 = B + j * ldb;
+      __m256 s0 = _mm256_setzero_ps();
+      for (int64_t k = 0; k < K8; k += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b0 + k), s0);
+      if (K8 < K) s0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + K8, mt), _mm256_maskload_ps(b0 + K8, mt), s0);
+      const float r = hsum8(s0);
+      c[j] = acc ? c[j] + r : r;
+    }
+  }
+}
+
+// C[i, j:j+32] (+)= sum_k op(A)[i,k] * B[k, j:j+32]: 4 ymm accumulators per row, k in order.
+void rows_f32(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+              int64_t ldb, float* C, int64_t ldc, bool acc) {
+  for (int64_t i = 0; i < M; ++i) {
+    float* c = C + i * ldc;
+    for (int64_t j = 0; j < N; j += 32) {
+      const int64_t w = std::min<int64_t>(32, N - j);
+      if (w == 32) {
+        __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps(), c2 = _mm256_setzero_ps(), c3 = _mm256_setzero_ps();
+        for (int64_t k = 0; k < K; ++k) {
+          const __m256 av = _mm256_set1_ps(ta ? A[k * lda + i] : A[i * lda + k]);
+          const float* b = B + k * ldb + j;
+          c0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b), c0);
+          c1 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b + 8), c1);
+          c2 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b + 16), c2);
+          c3 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b + 24), c3);
+        }
+        if (acc) {
+          c0 = _mm256_add_ps(_mm256_loadu_ps(c + j), c0);
+          c1 = _mm256_add_ps(_mm256_loadu_ps(c + j + 8), c1);
+          c2 = _mm256_add_ps(_mm256_loadu_ps(c + j + 16), c2);
+          c3 = _mm256_add_ps(_mm256_loadu_ps(c + j + 24), c3);
+        }
+        _mm256_storeu_ps(c + j, c0);
+        _mm256_storeu_ps(c + j + 8, c1);
+        _mm256_storeu_ps(c + j + 16, c2);
+        _mm256_storeu_ps(c + j + 24, c3);
+      } else {
+        for (int64_t jj = j; jj < j + w; jj += 8) {
+          const __m256i m = tail_mask(std::min<int64_t>(8, j + w - jj));
+          __m256 c0 = _mm256_setzero_ps();
+          for (int64_t k = 0; k < K; ++k) {
+            const __m256 av = _mm256_set1_ps(ta ? A[k * lda + i] : A[i * lda + k]);
+            c0 = _mm256_fmadd_ps(av, _mm256_maskload_ps(B + k * ldb + jj, m), c0);
+          }
+          if (acc) c0 = _mm256_add_ps(_mm256_maskload_ps(c + jj, m), c0);
+          _mm256_maskstore_ps(c + jj, m, c0);
+        }
+      }
+    }
+  }
+}
+}  // namespace
+
 void small_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                const float* B, int64_t ldb, float* C, int64_t ldc, bool acc) {
-  gemm_small<float>(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, acc);
+  if (!ta && tb) dots_f32(M, N, K, A, lda, B, ldb, C, ldc, acc);
+  else if (!tb) rows_f32(ta, M, N, K, A, lda, B, ldb, C, ldc, acc);
+  else gemm_small<float>(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, acc);
 }
 void small_f64(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
                const double* B, int64_t ldb, double* C, int64_t ldc, bool acc) {
