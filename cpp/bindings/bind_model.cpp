@@ -22,6 +22,15 @@ struct Checked {
   py::array_t<int64_t, py::array::c_style> cls;
   py::array_t<T, py::array::c_style> target;
   int64_t N = 0;
+  // Scanned for NaN/Inf by finite_or_throw, inside the call's one GIL release.
+  const T* xdata = nullptr;
+  int64_t xsize = 0;
+  const T* tdata = nullptr;
+  int64_t tsize = 0;
+  void finite_or_throw() const {
+    if (!bind::all_finite(xdata, xsize)) throw ValueError("X: contains NaN or Inf");
+    if (tdata && !bind::all_finite(tdata, tsize)) throw ValueError("y: contains NaN or Inf");
+  }
   Labels<T> labels() const {
     Labels<T> l;
     if (cls) l.cls = cls.data();
@@ -44,13 +53,7 @@ py::array_t<T, py::array::c_style> check_X(Model<T>& m, const py::handle& obj) {
   if (X.shape(1) != m.in_width())
     throw ValueError("X: expected " + std::to_string(m.in_width()) + " features per row, got shape " +
                      bind::shape_str(X));
-  bool finite;
-  {
-    py::gil_scoped_release nogil;
-    finite = bind::all_finite(X.data(), X.size());
-  }
-  if (!finite) throw ValueError("X: contains NaN or Inf");
-  return X;
+  return X;  // the NaN/Inf scan runs later, without the GIL
 }
 
 template <class T>
@@ -80,13 +83,11 @@ Checked<T> check_Xy(Model<T>& m, const py::handle& X_obj, const py::handle& y_ob
     if (c.target.shape(0) != c.N || c.target.shape(1) != D)
       throw ValueError("y: expected targets of shape (" + std::to_string(c.N) + ", " + std::to_string(D) +
                        "), got " + bind::shape_str(c.target));
-    bool finite;
-    {
-      py::gil_scoped_release nogil;
-      finite = bind::all_finite(c.target.data(), c.target.size());
-    }
-    if (!finite) throw ValueError("y: contains NaN or Inf");
+    c.tdata = c.target.data();
+    c.tsize = c.target.size();
   }
+  c.xdata = c.X.data();
+  c.xsize = c.X.size();
   return c;
 }
 
@@ -225,12 +226,14 @@ void bind_one(py::module_& m, const char* name) {
       .def("train_step", [](M& self, const py::handle& X, const py::handle& y) {
         auto c = check_Xy(self, X, y);
         py::gil_scoped_release nogil;
+        c.finite_or_throw();
         std::lock_guard<std::mutex> lock(self.mutex());
         return self.train_step(c.X.data(), c.N, c.labels());
       }, py::arg("X"), py::arg("y"))
       .def("compute_gradients", [](M& self, const py::handle& X, const py::handle& y) {
         auto c = check_Xy(self, X, y);
         py::gil_scoped_release nogil;
+        c.finite_or_throw();
         std::lock_guard<std::mutex> lock(self.mutex());
         return self.compute_gradients(c.X.data(), c.N, c.labels());
       }, py::arg("X"), py::arg("y"))
@@ -248,6 +251,7 @@ void bind_one(py::module_& m, const char* name) {
       .def("loss", [](M& self, const py::handle& X, const py::handle& y) {
         auto c = check_Xy(self, X, y);
         py::gil_scoped_release nogil;
+        c.finite_or_throw();
         std::lock_guard<std::mutex> lock(self.mutex());
         return self.loss_only(c.X.data(), c.N, c.labels());
       }, py::arg("X"), py::arg("y"), "Loss of the batch; no gradients, no update.")
@@ -266,6 +270,7 @@ void bind_one(py::module_& m, const char* name) {
         double* lp = losses.mutable_data();
         {
           py::gil_scoped_release nogil;
+          c.finite_or_throw();
           std::lock_guard<std::mutex> lock(self.mutex());
           self.train_epoch(c.X.data(), c.labels(), o, n, batch, lp);
         }
@@ -279,6 +284,7 @@ void bind_one(py::module_& m, const char* name) {
         T* dst = out.mutable_data();
         {
           py::gil_scoped_release nogil;
+          if (!bind::all_finite(X.data(), N * self.in_width())) throw ValueError("X: contains NaN or Inf");
           std::lock_guard<std::mutex> lock(self.mutex());
           self.predict(X.data(), N, dst, batch);
         }
@@ -290,6 +296,7 @@ void bind_one(py::module_& m, const char* name) {
         std::pair<double, int64_t> r;
         {
           py::gil_scoped_release nogil;
+          c.finite_or_throw();
           std::lock_guard<std::mutex> lock(self.mutex());
           r = self.evaluate(c.X.data(), c.N, c.labels(), batch);
         }

@@ -38,7 +38,6 @@ void set_num_threads(int n) {
 #ifdef LAYERPROP_HAVE_OPENMP
   n = n < 1 ? 1 : n;
   thread_setting().store(n);
-  omp_set_num_threads(n);  // the calling thread's OpenMP setting follows, so limits compose
 #else
   (void)n;
 #endif

@@ -156,7 +156,10 @@ class _Activation(Layer):
 
     @property
     def act_code(self) -> int:
-        return ACT_CODES[type(self).__name__]
+        for cls in type(self).__mro__:  # a subclass of lp.ReLU is a ReLU
+            if cls.__name__ in ACT_CODES and cls.__module__ == __name__:
+                return ACT_CODES[cls.__name__]
+        raise TypeError(f"{type(self).__name__}: not an activation the core knows")
 
 
 class ReLU(_Activation):

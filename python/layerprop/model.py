@@ -286,6 +286,13 @@ class Model:
 
     def _Xy(self, X: object, y: object) -> Tuple[np.ndarray, np.ndarray]:
         self._require_compiled()
+        # Fast path: arrays already as the core wants them go straight through (the core
+        # checks shapes, labels and NaN/Inf itself).
+        if (type(X) is np.ndarray and type(y) is np.ndarray and X.dtype == self._np_dtype
+                and X.flags.c_contiguous and y.flags.c_contiguous and X.ndim == 2
+                and (y.dtype == np.int64 if self.loss == "cross_entropy"
+                     else y.dtype == self._np_dtype and y.ndim == 2)):
+            return X, y
         Xa = self._as_X(X)
         return Xa, self._as_y(y, Xa.shape[0])
 
