@@ -25,6 +25,7 @@ void small_f32(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, con
                float*, int64_t, bool);
 void small_f64(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, const double*,
                int64_t, double*, int64_t, bool);
+void pack_b_trans_f32(float*, const float*, int64_t, int64_t, int64_t, int64_t);
 }  // namespace avx2
 #endif
 
@@ -93,6 +94,15 @@ template <class T>
 void pack_b_panel(T* dst, bool tb, const T* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0,
                   int64_t nr) {
   constexpr int64_t NR = Blocking<T>::NR;
+#ifdef LAYERPROP_HAVE_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    static const bool fast = use_avx2();
+    if (tb && nr == NR && fast) {
+      avx2::pack_b_trans_f32(dst, B, ldb, p0, kc, j0);
+      return;
+    }
+  }
+#endif
   if (!tb) {
     for (int64_t k = 0; k < kc; ++k) {
       const T* src = B + (p0 + k) * ldb + j0;
