@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     from .cli_train import add_parser as add_train_parser
     add_train_parser(sub)
+    from .compare import add_parser as add_compare_parser
+    add_compare_parser(sub)
     return p
 
 
