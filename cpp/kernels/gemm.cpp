@@ -26,6 +26,7 @@ void small_f32(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, con
 void small_f64(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, const double*,
                int64_t, double*, int64_t, bool);
 void pack_b_trans_f32(float*, const float*, int64_t, int64_t, int64_t, int64_t);
+void pack_a_rows_f32(float*, const float*, int64_t, int64_t, int64_t, int64_t);
 }  // namespace avx2
 #endif
 
@@ -74,6 +75,15 @@ void pack_a(T* dst, bool ta, const T* A, int64_t lda, int64_t i0, int64_t mc, in
   for (int64_t ip = 0; ip < mc; ip += MR) {
     const int64_t mr = std::min(MR, mc - ip);
     T* d = dst + ip * kc;
+#ifdef LAYERPROP_HAVE_AVX2
+    if constexpr (std::is_same_v<T, float>) {
+      static const bool fast = use_avx2();
+      if (!ta && mr == MR && fast) {
+        avx2::pack_a_rows_f32(d, A, lda, i0 + ip, p0, kc);
+        continue;
+      }
+    }
+#endif
     if (!ta) {
       for (int64_t k = 0; k < kc; ++k) {
         for (int64_t r = 0; r < mr; ++r) d[k * MR + r] = A[(i0 + ip + r) * lda + p0 + k];
@@ -124,13 +134,14 @@ template <class T>
 void apply_epilogue(T* C, int64_t ldc, int64_t i0, int64_t mr, int64_t j0, int64_t nr,
                     const Epilogue<T>& ep) {
   dispatch_act<T>(ep.act, ep.slope, [&](auto F) {
+    const T* __restrict bias = ep.bias ? ep.bias + j0 : nullptr;
     for (int64_t i = i0; i < i0 + mr; ++i) {
-      T* c = C + i * ldc;
-      if (ep.bias)
-        for (int64_t j = j0; j < j0 + nr; ++j) c[j] += ep.bias[j];
+      T* __restrict c = C + i * ldc + j0;
+      if (bias)
+        for (int64_t j = 0; j < nr; ++j) c[j] += bias[j];
       if (ep.act_out) {
-        T* a = ep.act_out + i * ep.ld_act;
-        for (int64_t j = j0; j < j0 + nr; ++j) a[j] = F.f(c[j]);
+        T* __restrict a = ep.act_out + i * ep.ld_act + j0;
+        for (int64_t j = 0; j < nr; ++j) a[j] = F.f(c[j]);
       }
     }
     return 0;
@@ -161,7 +172,7 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
   // may run inside another parallel region, one GEMM per thread).
   auto body = [&](int64_t tid, int64_t nthreads) {
     static thread_local Buffer<T> abuf_store;
-    T* abuf = scratch(abuf_store, MC * KC);
+    T* abuf = scratch(abuf_store, MC * KC + 16);  // slack: the AVX2 packer's last store
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min(NC, N - jc);
       const int64_t n_jr = (nc + NR - 1) / NR;

@@ -214,6 +214,43 @@ void pack_b_trans_f32(float* dst, const float* B, int64_t ldb, int64_t p0, int64
   }
 }
 
+// Pack a 6-row micro-panel of A (row-major, rows i0..i0+6, columns p0..p0+kc) into k-major
+// order: dst[k*6 + r] = A[(i0+r)*lda + p0+k]. Each 8-float store leaves 2 lanes of junk that
+// the next store overwrites; the caller's buffer has 8 floats of slack after the panel.
+void pack_a_rows_f32(float* dst, const float* A, int64_t lda, int64_t i0, int64_t p0, int64_t kc) {
+  const float* src = A + i0 * lda + p0;
+  const int64_t k8 = kc / 8 * 8;
+  const __m256 z = _mm256_setzero_ps();
+  for (int64_t k = 0; k < k8; k += 8) {
+    const __m256 r0 = _mm256_loadu_ps(src + 0 * lda + k), r1 = _mm256_loadu_ps(src + 1 * lda + k);
+    const __m256 r2 = _mm256_loadu_ps(src + 2 * lda + k), r3 = _mm256_loadu_ps(src + 3 * lda + k);
+    const __m256 r4 = _mm256_loadu_ps(src + 4 * lda + k), r5 = _mm256_loadu_ps(src + 5 * lda + k);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(z, z), t7 = t6;
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    float* d = dst + k * 6;
+    _mm256_storeu_ps(d + 0 * 6, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(d + 1 * 6, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(d + 2 * 6, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(d + 3 * 6, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(d + 4 * 6, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(d + 5 * 6, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(d + 6 * 6, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(d + 7 * 6, _mm256_permute2f128_ps(u3, u7, 0x31));
+  }
+  for (int64_t k = k8; k < kc; ++k)
+    for (int r = 0; r < 6; ++r) dst[k * 6 + r] = src[r * lda + k];
+}
+
 void small_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                const float* B, int64_t ldb, float* C, int64_t ldc, bool acc) {
   if (!ta && tb) dots_f32(M, N, K, A, lda, B, ldb, C, ldc, acc);

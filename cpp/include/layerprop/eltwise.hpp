@@ -67,9 +67,9 @@ decltype(auto) dispatch_act(Act act, T slope, Fn&& fn) {
 
 inline bool act_is_cheap(Act a) { return a == Act::Identity || a == Act::ReLU || a == Act::LeakyReLU; }
 
-// y[i] = f(x[i]) for n elements.
+// y[i] = f(x[i]) for n elements (y and x do not overlap).
 template <class T>
-void act_forward(T* y, const T* x, int64_t n, Act act, T slope) {
+void act_forward(T* __restrict y, const T* __restrict x, int64_t n, Act act, T slope) {
   const int64_t thresh = act_is_cheap(act) ? (1 << 18) : (1 << 14);
   dispatch_act<T>(act, slope, [&](auto F) {
     parallel_range(n, n, thresh, [&](int64_t b, int64_t e) {
@@ -79,10 +79,10 @@ void act_forward(T* y, const T* x, int64_t n, Act act, T slope) {
   });
 }
 
-// dx[i] = dy[i] * f'(x[i], y[i])  (dx may alias dy; accumulate adds into dx instead).
+// dx[i] = dy[i] * f'(x[i], y[i]); accumulate adds into dx instead. No argument overlaps dx.
 template <class T>
-void act_backward(T* dx, const T* dy, const T* x, const T* y, int64_t n, Act act, T slope,
-                  bool accumulate) {
+void act_backward(T* __restrict dx, const T* __restrict dy, const T* __restrict x,
+                  const T* __restrict y, int64_t n, Act act, T slope, bool accumulate) {
   const int64_t thresh = act_is_cheap(act) ? (1 << 18) : (1 << 14);
   dispatch_act<T>(act, slope, [&](auto F) {
     parallel_range(n, n, thresh, [&](int64_t b, int64_t e) {
@@ -97,7 +97,7 @@ void act_backward(T* dx, const T* dy, const T* x, const T* y, int64_t n, Act act
 
 // y = a + b (or y += a when accumulating into y): used by add nodes and gradient fan-in.
 template <class T>
-void add_into(T* y, const T* a, int64_t n, bool accumulate) {
+void add_into(T* __restrict y, const T* __restrict a, int64_t n, bool accumulate) {
   parallel_range(n, n, 1 << 18, [&](int64_t b, int64_t e) {
     if (accumulate)
       for (int64_t i = b; i < e; ++i) y[i] += a[i];
@@ -108,7 +108,7 @@ void add_into(T* y, const T* a, int64_t n, bool accumulate) {
 
 // y = a * m (or y += a * m): gradient through a fixed mask.
 template <class T>
-void mul_into(T* y, const T* a, const T* m, int64_t n, bool accumulate) {
+void mul_into(T* __restrict y, const T* __restrict a, const T* __restrict m, int64_t n, bool accumulate) {
   parallel_range(n, n, 1 << 18, [&](int64_t b, int64_t e) {
     if (accumulate)
       for (int64_t i = b; i < e; ++i) y[i] += a[i] * m[i];
@@ -122,7 +122,7 @@ void mul_into(T* y, const T* a, const T* m, int64_t n, bool accumulate) {
 namespace lp::kern {
 // db (C) (+)= column sums of dz (N,C), rows summed in order: bias gradient.
 template <class T>
-void colsum(T* db, const T* dz, int64_t N, int64_t C, bool accumulate) {
+void colsum(T* __restrict db, const T* __restrict dz, int64_t N, int64_t C, bool accumulate) {
   parallel_range(C, N * C, int64_t(1) << 18, [&](int64_t j0, int64_t j1) {
     if (!accumulate)
       for (int64_t j = j0; j < j1; ++j) db[j] = T(0);
