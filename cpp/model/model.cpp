@@ -454,10 +454,10 @@ double Model<T>::loss_only(const T* X, int64_t N, Labels<T> y) {
 }
 
 template <class T>
-void Model<T>::apply_layer(int L, double lr_scale) {
+void Model<T>::apply_layer(int L, double lr) {
   const int slots = opt_.state_slots();
   kern::OptConfig cfg = opt_;
-  cfg.lr *= lr_scale;
+  if (lr >= 0) cfg.lr = lr;
   for (int t : layer_tensors_[L]) {
     const ParamTensor& pt = tensors_[t];
     const int64_t o = pt.offset;
@@ -599,7 +599,6 @@ void Model<T>::locoprop_unit(int L, int64_t N) {
   T* a = targets_[L].data() + cap_ * D;
   T* d = gouts_[i].data();
   const double base = sched_.inner_lr > 0 ? sched_.inner_lr : opt_.lr;
-  const int slots = opt_.state_slots();
   for (int64_t k = 0; k < sched_.inner_steps; ++k) {
     kern::Epilogue<T> ep;
     ep.bias = b_off_[L] >= 0 ? params_.data() + b_off_[L] : nullptr;
@@ -622,17 +621,7 @@ void Model<T>::locoprop_unit(int L, int64_t N) {
     }
     kern::gemm<T>(true, false, l.out, l.in, N, d, D, x, l.in, grads_.data() + w_off_[L], l.in, false);
     if (b_off_[L] >= 0) kern::colsum<T>(grads_.data() + b_off_[L], d, N, D, false);
-    const double scale = std::max(1.0 - double(k) / double(sched_.inner_steps), 0.25);
-    kern::OptConfig cfg = opt_;
-    cfg.lr = base * scale;
-    for (int tt : layer_tensors_[L]) {
-      const ParamTensor& pt = tensors_[tt];
-      const int64_t o = pt.offset;
-      steps_[tt] += 1;
-      kern::optimizer_step<T>(cfg, params_.data() + o, grads_.data() + o,
-                              slots >= 1 ? state1_.data() + o : nullptr,
-                              slots >= 2 ? state2_.data() + o : nullptr, pt.size(), steps_[tt]);
-    }
+    apply_layer(L, base * std::max(1.0 - double(k) / double(sched_.inner_steps), 0.25));
   }
 }
 

@@ -104,8 +104,9 @@ class Model {
   std::pair<double, int64_t> evaluate(const T* X, int64_t N, Labels<T> y, int64_t batch);
   // Loss of the batch in the current mode, no gradients, no update.
   double loss_only(const T* X, int64_t N, Labels<T> y);
-  // Update only the tensors of layer L with the current gradients (one optimizer step each).
-  void apply_layer(int L, double lr_scale = 1.0);
+  // Update only the tensors of layer L with the current gradients (one optimizer step each),
+  // at learning rate lr (negative: the optimizer's).
+  void apply_layer(int L, double lr = -1.0);
   const OpCounts& last_ops() const { return ops_; }
 
   // Training mode: dropout masks are drawn and batch norm uses (and updates) batch statistics
