@@ -13,7 +13,7 @@ pytest.importorskip("sklearn")
 
 LABELS = ["Simultaneous", "Layerwise top_down", "Layerwise bottom_up", "LocoProp S", "LocoProp M"]
 ROW = re.compile(r"(digits|autoencoder)\s+(Simultaneous|Layerwise top_down|Layerwise bottom_up|LocoProp S|"
-                 r"LocoProp M)\s+(yes|no)\s+([\d.]+)\s+(acc|BCE) ([\d.]+)\s+([\d.]+)\s+(\d+)\+(\d+)=(\d+)\s+"
+                 r"LocoProp M)\s+(yes|no)\s+([\d.e+-]+)\s+(acc|BCE) ([\d.]+)\s+([\d.]+)\s+(\d+)\+(\d+)=(\d+)\s+"
                  r"([\d.]+)x\s+(-?[\d.]+)\s+([\d.e+-]+)$")
 
 

@@ -228,7 +228,7 @@ def _rows(report: Report) -> List[Tuple[str, ...]]:
         metric = f"acc {r.test_metric:.4f}" if r.metric == "accuracy" else f"BCE {r.test_metric:.4f}"
         ref = base.get((r.task, r.bn))
         rel = f"{r.ops / ref:.1f}x" if ref else "n/a"
-        rows.append((r.task, r.label, "yes" if r.bn else "no", f"{r.train_loss:.4f}", metric,
+        rows.append((r.task, r.label, "yes" if r.bn else "no", f"{r.train_loss:.4g}", metric,
                      _fmt_time_ms(r.seconds_per_epoch), f"{r.forward}+{r.backward}={r.ops}", rel,
                      f"{r.mt_cosine:.4f}", f"{r.mt_var_drift:.2e}"))
     return rows
