@@ -145,3 +145,17 @@ def test_norm_results_independent_of_thread_count(kind):
             assert np.array_equal(a, b)
     finally:
         lp.set_num_threads(old)
+
+
+def test_loss_and_grads_leaves_running_statistics_alone():
+    m = lp.Sequential(lp.Linear(5, 8), lp.BatchNorm1d(8), lp.Tanh(), lp.Linear(8, 3), seed=0)
+    m.compile(loss="mse", optimizer=lp.SGD(lr=0.1))
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((16, 5)).astype(np.float32), rng.standard_normal((16, 3)).astype(np.float32)
+    for _ in range(3):
+        m.train_step(X, Y)
+    before = {k: v.copy() for k, v in m.buffers().items()}
+    m.loss_and_grads(X + 1, Y)
+    assert all(np.array_equal(before[k], v) for k, v in m.buffers().items())
+    m.compute_gradients(X + 1, Y)  # the first half of a training step does move them
+    assert not np.array_equal(before["1.running_mean"], m.buffers()["1.running_mean"])

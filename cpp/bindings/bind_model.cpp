@@ -230,13 +230,13 @@ void bind_one(py::module_& m, const char* name) {
         std::lock_guard<std::mutex> lock(self.mutex());
         return self.train_step(c.X.data(), c.N, c.labels());
       }, py::arg("X"), py::arg("y"))
-      .def("compute_gradients", [](M& self, const py::handle& X, const py::handle& y) {
+      .def("compute_gradients", [](M& self, const py::handle& X, const py::handle& y, bool update_stats) {
         auto c = check_Xy(self, X, y);
         py::gil_scoped_release nogil;
         c.finite_or_throw();
         std::lock_guard<std::mutex> lock(self.mutex());
-        return self.compute_gradients(c.X.data(), c.N, c.labels());
-      }, py::arg("X"), py::arg("y"))
+        return self.compute_gradients(c.X.data(), c.N, c.labels(), update_stats);
+      }, py::arg("X"), py::arg("y"), py::arg("update_stats") = true)
       .def("apply_gradients", [](M& self) {
         require_compiled(self);
         if (!self.gradients_ready())

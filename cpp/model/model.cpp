@@ -438,9 +438,9 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
 }
 
 template <class T>
-double Model<T>::compute_gradients(const T* X, int64_t N, Labels<T> y) {
+double Model<T>::compute_gradients(const T* X, int64_t N, Labels<T> y, bool update_stats) {
   ops_ = {};
-  forward(X, N, FwdMode{training_, training_, false});
+  forward(X, N, FwdMode{training_, training_ && update_stats, false});
   const double loss = loss_and_seed(N, y, true);
   backward(N);
   grads_ready_ = true;
@@ -602,6 +602,12 @@ void Model<T>::locoprop_unit(int L, int64_t N) {
   for (int64_t k = 0; k < sched_.inner_steps; ++k) {
     kern::Epilogue<T> ep;
     ep.bias = b_off_[L] >= 0 ? params_.data() + b_off_[L] : nullptr;
+    if (M && link == 0 && act != Act::Identity) {  // f(x W^T + b) straight from the GEMM's store
+      ep.act = act;
+      ep.slope = slope;
+      ep.act_out = d;
+      ep.ld_act = D;
+    }
     kern::gemm<T>(false, true, N, l.out, l.in, x, l.in, params_.data() + w_off_[L], l.in, a, D, false, &ep);
     if (link == 1) {
       for (int64_t r = 0; r < N; ++r) {
@@ -613,11 +619,10 @@ void Model<T>::locoprop_unit(int L, int64_t N) {
       }
     } else if (link == 2) {
       for (int64_t q = 0; q < n; ++q) d[q] = T(1) / (T(1) + std::exp(-a[q])) - t[q];
+    } else if (ep.act_out) {
+      for (int64_t q = 0; q < n; ++q) d[q] -= t[q];
     } else {
-      kern::dispatch_act<T>(act, slope, [&](auto F) {
-        for (int64_t q = 0; q < n; ++q) d[q] = F.f(a[q]) - t[q];
-        return 0;
-      });
+      for (int64_t q = 0; q < n; ++q) d[q] = a[q] - t[q];
     }
     kern::gemm<T>(true, false, l.out, l.in, N, d, D, x, l.in, grads_.data() + w_off_[L], l.in, false);
     if (b_off_[L] >= 0) kern::colsum<T>(grads_.data() + b_off_[L], d, N, D, false);

@@ -313,8 +313,10 @@ class Model:
         self._core.apply_gradients()
 
     def loss_and_grads(self, X: np.ndarray, y: np.ndarray) -> Tuple[float, Dict[str, np.ndarray]]:
-        """Loss and a copy of every gradient; no update."""
-        loss = self.compute_gradients(X, y)
+        """Loss and a copy of every gradient; no update (parameters, optimizer state and
+        BatchNorm running statistics stay as they are)."""
+        Xa, ya = self._Xy(X, y)
+        loss = float(self._core.compute_gradients(Xa, ya, update_stats=False))
         return loss, OrderedDict((n, g.copy()) for n, g in self._grads.items())
 
     def predict(self, X: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:

@@ -91,7 +91,8 @@ class Model {
 
   // Steps; every pointer is already validated by the caller (bindings).
   double train_step(const T* X, int64_t N, Labels<T> y);
-  double compute_gradients(const T* X, int64_t N, Labels<T> y);
+  // update_stats=false: BatchNorm running statistics stay as they are (loss_and_grads).
+  double compute_gradients(const T* X, int64_t N, Labels<T> y, bool update_stats = true);
   void apply_gradients();
   bool gradients_ready() const { return grads_ready_; }
   // A whole epoch: batches of rows X[order[b:b+bs]] (order: permutation or arange), one
