@@ -11,7 +11,7 @@ import pytest
 import layerprop as lp
 
 PKG = os.path.dirname(os.path.abspath(lp.__file__))
-ROOT = os.path.abspath(os.path.join(PKG, "..", ".."))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
 def stub_names():
