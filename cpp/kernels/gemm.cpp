@@ -159,14 +159,16 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
   T* bbuf = scratch(bbuf_store, KC * ncmax);
   const Ukernel<T> uk = pick_ukernel<T>();
   const int nt = threads_for(M * N * K, int64_t(1) << 20);
-  // Row blocks: MC, or with threads a multiple of the thread count of equal blocks (256 rows on
-  // 2 threads: 128 + 128, not 168 + 88). Blocking rows never changes results.
-  int64_t mcb = MC;
-  if (nt > 1) {
-    const int64_t blocks = (M + MC * nt - 1) / (MC * nt) * nt;
-    mcb = ((M + blocks - 1) / blocks + MR - 1) / MR * MR;
-  }
+  // Equal row blocks, a multiple of the thread count of them (256 rows on 2 threads: 128 + 128,
+  // not 168 + 88; 512 rows on 1 thread: 4 x 128, not 3 x 168 + 8). Row blocking never changes
+  // results.
+  const int64_t blocks = (M + MC * nt - 1) / (MC * nt) * nt;
+  const int64_t mcb = ((M + blocks - 1) / blocks + MR - 1) / MR * MR;
   const int64_t n_ic = (M + mcb - 1) / mcb;
+  // Equal depth blocks (784 = 4 x 196, not 3 x 256 + 16): a thin last block would pay a full
+  // load and store of C per tile. Depends on K only, so results stay thread-count independent.
+  const int64_t kblocks = (K + KC - 1) / KC;
+  const int64_t kcb = (K + kblocks - 1) / kblocks;
 
   // Thread `tid` of `nthreads` (static split, explicit barriers only in our own region: this
   // may run inside another parallel region, one GEMM per thread).
@@ -176,8 +178,8 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min(NC, N - jc);
       const int64_t n_jr = (nc + NR - 1) / NR;
-      for (int64_t pc = 0; pc < K; pc += KC) {
-        const int64_t kc = std::min(KC, K - pc);
+      for (int64_t pc = 0; pc < K; pc += kcb) {
+        const int64_t kc = std::min(kcb, K - pc);
         const bool acc_here = accumulate || pc > 0;
         const bool last_k = pc + kc == K;
         for (int64_t q = tid * n_jr / nthreads; q < (tid + 1) * n_jr / nthreads; ++q)
