@@ -299,6 +299,10 @@ class Model:
     # ------------------------------------------------------------------ steps
     def train_step(self, X: np.ndarray, y: np.ndarray) -> float:
         """One fused forward + backward + update; returns the loss before the update."""
+        try:  # arrays the core accepts as they are go straight in (it validates everything)
+            return self._core.train_step(X, y)  # type: ignore[no-any-return]
+        except (TypeError, ValueError):
+            pass  # convert what Python converts (documented), or raise the precise error
         Xa, ya = self._Xy(X, y)
         return float(self._core.train_step(Xa, ya))
 
