@@ -108,6 +108,15 @@ py::array_t<T> view(py::object self, T* ptr, int64_t rows, int64_t cols, bool ve
                         ptr, self);
 }
 
+// Zero-copy view of tensor i of `table` inside `store`, keeping the model alive.
+template <class T>
+py::array_t<T> tensor_view(py::object self, const std::vector<ParamTensor>& table, T* store, int i,
+                           const char* missing) {
+  if (i < 0 || i >= static_cast<int>(table.size())) throw ValueError(missing);
+  const ParamTensor& t = table[i];
+  return view<T>(self, store + t.offset, t.rows, t.cols, t.cols == 0);
+}
+
 template <class T>
 void bind_one(py::module_& m, const char* name) {
   using M = Model<T>;
@@ -159,21 +168,15 @@ void bind_one(py::module_& m, const char* name) {
       }, "List of (layer, name, offset, shape) for every buffer (BatchNorm running statistics).")
       .def("param_view", [](py::object self, int i) {
         M& s = self.cast<M&>();
-        if (i < 0 || i >= static_cast<int>(s.tensors().size())) throw ValueError("i: no such parameter tensor");
-        const auto& t = s.tensors()[i];
-        return view<T>(self, s.params() + t.offset, t.rows, t.cols, t.cols == 0);
+        return tensor_view<T>(self, s.tensors(), s.params(), i, "i: no such parameter tensor");
       }, py::arg("i"))
       .def("grad_view", [](py::object self, int i) {
         M& s = self.cast<M&>();
-        if (i < 0 || i >= static_cast<int>(s.tensors().size())) throw ValueError("i: no such parameter tensor");
-        const auto& t = s.tensors()[i];
-        return view<T>(self, s.grads() + t.offset, t.rows, t.cols, t.cols == 0);
+        return tensor_view<T>(self, s.tensors(), s.grads(), i, "i: no such parameter tensor");
       }, py::arg("i"))
       .def("buffer_view", [](py::object self, int i) {
         M& s = self.cast<M&>();
-        if (i < 0 || i >= static_cast<int>(s.buffer_tensors().size())) throw ValueError("i: no such buffer");
-        const auto& t = s.buffer_tensors()[i];
-        return view<T>(self, s.buffers() + t.offset, t.rows, t.cols, t.cols == 0);
+        return tensor_view<T>(self, s.buffer_tensors(), s.buffers(), i, "i: no such buffer");
       }, py::arg("i"))
       .def("unit_order", &M::unit_order, "Layers with parameters in the order the compiled schedule updates them.")
       .def("last_ops", [](M& self) {

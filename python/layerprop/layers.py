@@ -61,6 +61,17 @@ def Input(features: int, *, name: Optional[str] = None) -> SymbolicTensor:
     return t
 
 
+def _unit_interval(name: str, v: object, what: str) -> float:
+    """v as a float in [0, 1], or a ValueError naming the argument."""
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {what} in [0, 1], got {v!r}") from None
+    if not 0.0 <= f <= 1.0:
+        raise ValueError(f"{name}: expected {what} in [0, 1], got {v!r}")
+    return f
+
+
 def _check_symbolic(x: object, what: str) -> SymbolicTensor:
     if not isinstance(x, SymbolicTensor):
         raise TypeError(f"{what}: expected a symbolic tensor (from lp.Input or a layer call), got {type(x).__name__}")
@@ -203,13 +214,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, *, name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        try:
-            pf = float(p)
-        except (TypeError, ValueError):
-            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}") from None
-        if not 0.0 <= pf <= 1.0:
-            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
-        self.p = pf
+        self.p = _unit_interval("p", p, "a probability")
 
     def describe(self) -> str:
         return f"Dropout(p={self.p})"
@@ -256,13 +261,7 @@ class BatchNorm1d(_Norm):
         super().__init__(name=name)
         self.num_features = _check_features(num_features)
         self.eps = _check_eps(eps)
-        try:
-            m = float(momentum)
-        except (TypeError, ValueError):
-            raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}") from None
-        if not 0.0 <= m <= 1.0:
-            raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
-        self.momentum = m
+        self.momentum = _unit_interval("momentum", momentum, "a number")
         self.affine = bool(affine)
         self.has_params = self.affine
 
