@@ -1,5 +1,7 @@
-// Test hooks: the optimized GEMM and its naive twin on NumPy arrays.
+// Test hooks: the optimized GEMM and its naive twin, and the element-wise kernels, on NumPy
+// arrays.
 #include "common.hpp"
+#include "layerprop/eltwise.hpp"
 #include "layerprop/gemm.hpp"
 
 namespace py = pybind11;
@@ -34,7 +36,53 @@ static py::object gemm_dispatch(const py::array& a, const py::array& b, bool ta,
   throw TypeError("a: expected dtype float32 or float64, got " + bind::dtype_str(a));
 }
 
+// The element-wise kernels on 2-D arrays of one dtype: "forward" y = f(x); "backward"
+// dy * f'(x, y); "bias_act" (x + bias, f(x + bias)); "colsum" column sums of x.
+template <class T>
+static py::object run_eltwise(const std::string& op, const py::handle& x_obj, const py::handle& o_obj,
+                              int act, double slope) {
+  auto x = bind::as_exact<T>(x_obj, "x", 2);
+  const int64_t R = x.shape(0), C = x.shape(1), n = R * C;
+  if (act < 0 || act > static_cast<int>(Act::GELU)) throw ValueError("act: unknown activation");
+  const Act a = static_cast<Act>(act);
+  const T s = static_cast<T>(slope);
+  py::array_t<T> out({R, C});
+  if (op == "forward") {
+    kern::act_forward<T>(out.mutable_data(), x.data(), n, a, s);
+    return std::move(out);
+  }
+  if (op == "colsum") {
+    py::array_t<T> db(C);
+    kern::colsum<T>(db.mutable_data(), x.data(), R, C, false);
+    return std::move(db);
+  }
+  if (op == "backward") {  // o = (dy, y)
+    auto t = o_obj.cast<py::tuple>();
+    auto dy = bind::as_exact<T>(t[0], "dy", 2);
+    auto y = bind::as_exact<T>(t[1], "y", 2);
+    if (dy.size() != n || y.size() != n) throw ValueError("dy, y: expected the shape of x");
+    kern::act_backward<T>(out.mutable_data(), dy.data(), x.data(), y.data(), n, a, s, false);
+    return std::move(out);
+  }
+  if (op == "bias_act") {  // o = bias (C,)
+    auto bias = bind::as_exact<T>(o_obj, "bias", 1);
+    if (bias.shape(0) != C) throw ValueError("bias: expected one value per column");
+    py::array_t<T> z({R, C});
+    std::copy(x.data(), x.data() + n, z.mutable_data());
+    kern::bias_act<T>(z.mutable_data(), C, R, C, bias.data(), a, s, out.mutable_data(), C);
+    return py::make_tuple(z, out);
+  }
+  throw ValueError("op: expected forward, backward, bias_act or colsum, got " + op);
+}
+
 void bind_kernels(py::module_& m) {
+  m.def("_eltwise", [](const std::string& op, const py::array& x, const py::object& other, int act,
+                       double slope) -> py::object {
+    if (x.dtype().is(py::dtype::of<float>())) return run_eltwise<float>(op, x, other, act, slope);
+    if (x.dtype().is(py::dtype::of<double>())) return run_eltwise<double>(op, x, other, act, slope);
+    throw TypeError("x: expected dtype float32 or float64, got " + bind::dtype_str(x));
+  }, py::arg("op"), py::arg("x"), py::arg("other") = py::none(), py::arg("act") = 0, py::arg("slope") = 0.0,
+        "The element-wise kernels (tests).");
   m.def("_gemm", [](const py::array& a, const py::array& b, bool ta, bool tb) {
     return gemm_dispatch(a, b, ta, tb, false);
   }, py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false,

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "layerprop/eltwise.hpp"
@@ -84,7 +85,9 @@ void pack_a(T* dst, bool ta, const T* A, int64_t lda, int64_t i0, int64_t mc, in
       }
     }
 #endif
-    if (!ta) {
+    if (ta && mr == MR) {  // each k: MR contiguous values
+      for (int64_t k = 0; k < kc; ++k) std::memcpy(d + k * MR, A + (p0 + k) * lda + i0 + ip, sizeof(T) * MR);
+    } else if (!ta) {
       for (int64_t k = 0; k < kc; ++k) {
         for (int64_t r = 0; r < mr; ++r) d[k * MR + r] = A[(i0 + ip + r) * lda + p0 + k];
         for (int64_t r = mr; r < MR; ++r) d[k * MR + r] = T(0);
@@ -113,7 +116,9 @@ void pack_b_panel(T* dst, bool tb, const T* B, int64_t ldb, int64_t p0, int64_t 
     }
   }
 #endif
-  if (!tb) {
+  if (!tb && nr == NR) {  // each k: NR contiguous values
+    for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * NR, B + (p0 + k) * ldb + j0, sizeof(T) * NR);
+  } else if (!tb) {
     for (int64_t k = 0; k < kc; ++k) {
       const T* src = B + (p0 + k) * ldb + j0;
       for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = src[j];
@@ -131,21 +136,10 @@ void pack_b_panel(T* dst, bool tb, const T* B, int64_t ldb, int64_t p0, int64_t 
 
 // Final values of a tile: bias, then the activation into act_out.
 template <class T>
-void apply_epilogue(T* C, int64_t ldc, int64_t i0, int64_t mr, int64_t j0, int64_t nr,
-                    const Epilogue<T>& ep) {
-  dispatch_act<T>(ep.act, ep.slope, [&](auto F) {
-    const T* __restrict bias = ep.bias ? ep.bias + j0 : nullptr;
-    for (int64_t i = i0; i < i0 + mr; ++i) {
-      T* __restrict c = C + i * ldc + j0;
-      if (bias)
-        for (int64_t j = 0; j < nr; ++j) c[j] += bias[j];
-      if (ep.act_out) {
-        T* __restrict a = ep.act_out + i * ep.ld_act + j0;
-        for (int64_t j = 0; j < nr; ++j) a[j] = F.f(c[j]);
-      }
-    }
-    return 0;
-  });
+inline void apply_epilogue(T* C, int64_t ldc, int64_t i0, int64_t mr, int64_t j0, int64_t nr,
+                           const Epilogue<T>& ep) {
+  bias_act<T>(C + i0 * ldc + j0, ldc, mr, nr, ep.bias ? ep.bias + j0 : nullptr, ep.act, ep.slope,
+              ep.act_out ? ep.act_out + i0 * ep.ld_act + j0 : nullptr, ep.ld_act);
 }
 
 template <class T>

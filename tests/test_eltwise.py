@@ -1,0 +1,155 @@
+"""The element-wise kernels (activations forward and backward, the GEMM epilogue, bias
+gradients) against NumPy, and the AVX2 build against the portable build, bit for bit."""
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from layerprop import _core
+
+ACTS = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4, "gelu": 5}
+SLOPE = 0.1
+
+
+def _data(dtype, rows=5, cols=37, seed=0):
+    """Values around zero, with exact zeros of both signs; 37 columns leave a vector tail."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, cols)) * 3).astype(dtype)
+    special = [0.0, -0.0, 1e-30, -1e-30][:cols]
+    x[0, :len(special)] = special
+    return x
+
+
+def _f64_forward(name, x):
+    x = x.astype(np.float64)
+    if name == "identity":
+        return x
+    if name == "relu":
+        return np.where(x > 0, x, 0.0)
+    if name == "leaky_relu":
+        return np.where(x > 0, x, x * SLOPE)
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-x))
+    erf = np.vectorize(math.erf)
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def _f64_derivative(name, x):
+    x = x.astype(np.float64)
+    if name == "identity":
+        return np.ones_like(x)
+    if name == "relu":
+        return (x > 0).astype(np.float64)
+    if name == "leaky_relu":
+        return np.where(x > 0, 1.0, SLOPE)
+    if name == "tanh":
+        return 1.0 - np.tanh(x) ** 2
+    if name == "sigmoid":
+        s = 1.0 / (1.0 + np.exp(-x))
+        return s * (1.0 - s)
+    erf = np.vectorize(math.erf)
+    return 0.5 * (1.0 + erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def _tol(dtype):
+    return 2e-6 if dtype == np.float32 else 1e-13
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(ACTS))
+def test_activation_forward_and_backward_match_numpy(name, dtype):
+    x = _data(dtype)
+    y = _core._eltwise("forward", x, None, ACTS[name], SLOPE)
+    assert y.dtype == dtype and y.shape == x.shape
+    np.testing.assert_allclose(y, _f64_forward(name, x), rtol=_tol(dtype), atol=_tol(dtype))
+    dy = _data(dtype, seed=1)
+    dx = _core._eltwise("backward", x, (dy, y), ACTS[name], SLOPE)
+    want = dy.astype(np.float64) * _f64_derivative(name, x)
+    np.testing.assert_allclose(dx, want, rtol=4 * _tol(dtype), atol=4 * _tol(dtype))
+    if name in ("identity", "relu", "leaky_relu"):  # one rounding or none: exact
+        s = dtype(SLOPE)
+        f = {"identity": x, "relu": np.where(x > 0, x, dtype(0)), "leaky_relu": np.where(x > 0, x, x * s)}[name]
+        d = {"identity": dy, "relu": dy * (x > 0).astype(dtype), "leaky_relu": dy * np.where(x > 0, dtype(1), s)}[name]
+        assert np.array_equal(y, f)
+        assert np.array_equal(dx, d)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["identity", "relu", "tanh"])
+def test_bias_activation_epilogue(name, dtype):
+    x = _data(dtype, rows=7, cols=19)
+    bias = _data(dtype, rows=1, cols=19, seed=2)[0]
+    z, a = _core._eltwise("bias_act", x, bias, ACTS[name], SLOPE)
+    assert np.array_equal(z, x + bias)  # one rounding, as NumPy's
+    assert np.array_equal(a, _core._eltwise("forward", z, None, ACTS[name], SLOPE))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (32, 10), (9, 131)])
+def test_colsum_sums_rows_in_order(shape, dtype):
+    x = _data(dtype, *shape)
+    acc = np.zeros(shape[1], dtype)
+    for row in x:
+        acc = acc + row
+    assert np.array_equal(_core._eltwise("colsum", x), acc)
+
+
+def test_eltwise_rejects_bad_arguments():
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="act"):
+        _core._eltwise("forward", x, None, 99, 0.0)
+    with pytest.raises(ValueError, match="op"):
+        _core._eltwise("sideways", x)
+    with pytest.raises(TypeError, match="x"):
+        _core._eltwise("forward", x.astype(np.int32))
+    with pytest.raises(ValueError, match="bias"):
+        _core._eltwise("bias_act", x, np.zeros(2, np.float32))
+
+
+_ALL_OUTPUTS = textwrap.dedent("""
+    import numpy as np, sys
+    from layerprop import _core
+    out = {}
+    rng = np.random.default_rng(3)
+    for dt in (np.float32, np.float64):
+        x = (rng.standard_normal((6, 45)) * 3).astype(dt)
+        x[0, :5] = [0.0, -0.0, np.nan, np.inf, -np.inf]
+        dy = rng.standard_normal((6, 45)).astype(dt)
+        bias = rng.standard_normal(45).astype(dt)
+        for a in range(6):
+            y = _core._eltwise("forward", x, None, a, 0.1)
+            out[f"f{a}{dt.__name__}"] = y
+            out[f"b{a}{dt.__name__}"] = _core._eltwise("backward", x, (dy, y), a, 0.1)
+            z, act = _core._eltwise("bias_act", x, bias, a, 0.1)
+            out[f"e{a}{dt.__name__}"] = act
+        out[f"c{dt.__name__}"] = _core._eltwise("colsum", x)
+    np.savez(sys.argv[1], **out)
+""")
+
+
+def test_avx2_and_portable_builds_agree_bit_for_bit(tmp_path):
+    """Every element-wise kernel gives the same bits in the AVX2 and the portable build,
+    NaN, infinities and signed zeros included (no FMA contraction in either)."""
+    import layerprop as lp
+    if lp.build_info()["simd"] != "avx2+fma":
+        pytest.skip("no AVX2 build on this CPU: only the portable kernels exist")
+    files = {}
+    for simd in ("avx2", "scalar"):
+        env = dict(os.environ)
+        env.pop("LAYERPROP_SIMD", None)
+        if simd == "scalar":
+            env["LAYERPROP_SIMD"] = "scalar"
+        files[simd] = tmp_path / f"{simd}.npz"
+        r = subprocess.run([sys.executable, "-c", _ALL_OUTPUTS, str(files[simd])], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    a, b = np.load(files["avx2"]), np.load(files["scalar"])
+    assert sorted(a.files) == sorted(b.files) and len(a.files) == 38
+    for k in a.files:
+        assert a[k].tobytes() == b[k].tobytes(), k
