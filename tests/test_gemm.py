@@ -70,6 +70,32 @@ def test_gemm_random_shapes(kernel, m, k, n, trans_a, trans_b, dtype, seed):
     check(kernel, np.random.default_rng(seed), m, k, n, trans_a, trans_b, dtype)
 
 
+# The direct (unpacked) path's shapes: outer products (K = 1, a batch of 1's weight gradient)
+# with 64-column register blocks and tails, rows with 8-column tails, dots with K tails.
+DIRECT_SHAPES = [(64, 1, 64), (64, 1, 16), (3, 1, 130), (64, 1, 9), (1, 64, 64), (1, 64, 45),
+                 (4, 33, 21), (1, 16, 64), (2, 3, 70)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("shape", DIRECT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_direct_path_with_and_without_accumulate(shape, trans_a, trans_b, dtype, rng):
+    """Both forms the model uses: C = op(A) op(B), and C += op(A) op(B) (gradient fan-in)."""
+    m, k, n = shape
+    assert _core._gemm_uses_direct(m, n, k)
+    a, b, want = operands(rng, m, k, n, trans_a, trans_b, dtype)
+    got = _core._gemm(a, b, trans_a, trans_b)
+    assert rel_err(got, want) <= TOL[dtype]
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    got_acc = _core._gemm(a, b, trans_a, trans_b, c=c0)
+    assert rel_err(got_acc, want + c0.astype(np.float64)) <= TOL[dtype]
+    packed_acc = _core._gemm_naive(a, b, trans_a, trans_b, c=c0)
+    assert rel_err(got_acc, packed_acc.astype(np.float64)) <= 2 * TOL[dtype]
+    with pytest.raises(ValueError, match="c: expected shape"):
+        _core._gemm(a, b, trans_a, trans_b, c=np.zeros((m, n + 1), dtype))
+
+
 def test_identity_and_zero_products_are_exact():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((37, 41))

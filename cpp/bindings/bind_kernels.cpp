@@ -9,7 +9,7 @@ using namespace lp;
 
 template <class T>
 static py::array_t<T> run_gemm(const py::handle& a_obj, const py::handle& b_obj, bool ta, bool tb,
-                               bool naive) {
+                               bool naive, const py::handle& c_obj) {
   auto a = bind::as_exact<T>(a_obj, "a", 2);
   auto b = bind::as_exact<T>(b_obj, "b", 2);
   const int64_t M = ta ? a.shape(1) : a.shape(0), K = ta ? a.shape(0) : a.shape(1);
@@ -18,21 +18,28 @@ static py::array_t<T> run_gemm(const py::handle& a_obj, const py::handle& b_obj,
     throw ValueError("b: inner dimensions differ: op(a) has " + std::to_string(K) +
                      " columns, op(b) has " + std::to_string(Kb) + " rows");
   py::array_t<T> c({M, N});
+  const bool acc = !c_obj.is_none();  // accumulate onto a copy of c
+  if (acc) {
+    auto c0 = bind::as_exact<T>(c_obj, "c", 2);
+    if (c0.shape(0) != M || c0.shape(1) != N) throw ValueError("c: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + ")");
+    std::copy(c0.data(), c0.data() + M * N, c.mutable_data());
+  }
   const T* A = a.data();
   const T* B = b.data();
   T* C = c.mutable_data();
   const int64_t lda = a.shape(1), ldb = b.shape(1);
   {
     py::gil_scoped_release nogil;
-    if (naive) kern::gemm_naive<T>(ta, tb, M, N, K, A, lda, B, ldb, C, N, false);
-    else kern::gemm<T>(ta, tb, M, N, K, A, lda, B, ldb, C, N, false);
+    if (naive) kern::gemm_naive<T>(ta, tb, M, N, K, A, lda, B, ldb, C, N, acc);
+    else kern::gemm<T>(ta, tb, M, N, K, A, lda, B, ldb, C, N, acc);
   }
   return c;
 }
 
-static py::object gemm_dispatch(const py::array& a, const py::array& b, bool ta, bool tb, bool naive) {
-  if (a.dtype().is(py::dtype::of<float>())) return run_gemm<float>(a, b, ta, tb, naive);
-  if (a.dtype().is(py::dtype::of<double>())) return run_gemm<double>(a, b, ta, tb, naive);
+static py::object gemm_dispatch(const py::array& a, const py::array& b, bool ta, bool tb, bool naive,
+                                const py::object& c) {
+  if (a.dtype().is(py::dtype::of<float>())) return run_gemm<float>(a, b, ta, tb, naive, c);
+  if (a.dtype().is(py::dtype::of<double>())) return run_gemm<double>(a, b, ta, tb, naive, c);
   throw TypeError("a: expected dtype float32 or float64, got " + bind::dtype_str(a));
 }
 
@@ -83,13 +90,13 @@ void bind_kernels(py::module_& m) {
     throw TypeError("x: expected dtype float32 or float64, got " + bind::dtype_str(x));
   }, py::arg("op"), py::arg("x"), py::arg("other") = py::none(), py::arg("act") = 0, py::arg("slope") = 0.0,
         "The element-wise kernels (tests).");
-  m.def("_gemm", [](const py::array& a, const py::array& b, bool ta, bool tb) {
-    return gemm_dispatch(a, b, ta, tb, false);
-  }, py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false,
-        "op(a) @ op(b) with the optimized kernel (tests and benchmarks).");
-  m.def("_gemm_naive", [](const py::array& a, const py::array& b, bool ta, bool tb) {
-    return gemm_dispatch(a, b, ta, tb, true);
-  }, py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false,
-        "op(a) @ op(b) with the naive triple loop.");
+  m.def("_gemm", [](const py::array& a, const py::array& b, bool ta, bool tb, const py::object& c) {
+    return gemm_dispatch(a, b, ta, tb, false, c);
+  }, py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("c") = py::none(),
+        "op(a) @ op(b) (+ c when given) with the optimized kernel (tests and benchmarks).");
+  m.def("_gemm_naive", [](const py::array& a, const py::array& b, bool ta, bool tb, const py::object& c) {
+    return gemm_dispatch(a, b, ta, tb, true, c);
+  }, py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("c") = py::none(),
+        "op(a) @ op(b) (+ c when given) with the naive triple loop.");
   m.def("_gemm_uses_direct", &kern::gemm_uses_direct, py::arg("m"), py::arg("n"), py::arg("k"));
 }

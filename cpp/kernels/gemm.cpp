@@ -134,6 +134,20 @@ void pack_b_panel(T* dst, bool tb, const T* B, int64_t ldb, int64_t p0, int64_t 
   }
 }
 
+// c (mr x nr) (+)= t: the edge tiles, computed into a full-size temporary first.
+template <class T>
+void store_part(T* __restrict c, int64_t ldc, const T* __restrict t, int64_t ldt, int64_t mr, int64_t nr,
+                bool acc) {
+  for (int64_t r = 0; r < mr; ++r) {
+    T* __restrict cr = c + r * ldc;
+    const T* __restrict tr = t + r * ldt;
+    if (acc)
+      for (int64_t j = 0; j < nr; ++j) cr[j] += tr[j];
+    else
+      for (int64_t j = 0; j < nr; ++j) cr[j] = tr[j];
+  }
+}
+
 // Final values of a tile: bias, then the activation into act_out.
 template <class T>
 inline void apply_epilogue(T* C, int64_t ldc, int64_t i0, int64_t mr, int64_t j0, int64_t nr,
@@ -206,9 +220,7 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
               } else {
                 alignas(64) T tmp[MR * NR];
                 uk(kc, abuf + ir * kc, bbuf + q * NR * kc, tmp, NR, false);
-                for (int64_t r = 0; r < mr; ++r)
-                  for (int64_t j = 0; j < nr; ++j)
-                    ctile[r * ldc + j] = acc_here ? ctile[r * ldc + j] + tmp[r * NR + j] : tmp[r * NR + j];
+                store_part(ctile, ldc, tmp, NR, mr, nr, acc_here);
               }
               if (last_k && ep) apply_epilogue(C, ldc, ic + ir, mr, jc + jr, nr, *ep);
             }

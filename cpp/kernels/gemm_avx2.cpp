@@ -132,9 +132,40 @@ void dots_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, cons
   }
 }
 
+// K = 1, an outer product (the weight gradient of a batch of 1): C[i,:] (+)= a_i * b. Up to
+// 64 columns of b stay in registers while the rows stream past.
+void outer_f32(int64_t M, int64_t N, const float* a, int64_t stride_a, const float* b, float* C,
+               int64_t ldc, bool acc) {
+  for (int64_t j = 0; j < N; j += 64) {
+    const int64_t w = std::min<int64_t>(64, N - j);
+    const int64_t nv = w / 8;  // full vectors
+    const __m256i mt = tail_mask(w - nv * 8);
+    __m256 bv[8];
+    for (int64_t v = 0; v < nv; ++v) bv[v] = _mm256_loadu_ps(b + j + 8 * v);
+    const __m256 bt = _mm256_maskload_ps(b + j + 8 * nv, mt);
+    for (int64_t i = 0; i < M; ++i) {
+      const __m256 av = _mm256_set1_ps(a[i * stride_a]);
+      float* c = C + i * ldc + j;
+      if (acc) {
+        for (int64_t v = 0; v < nv; ++v)
+          _mm256_storeu_ps(c + 8 * v, _mm256_add_ps(_mm256_loadu_ps(c + 8 * v), _mm256_mul_ps(av, bv[v])));
+        if (w > nv * 8)
+          _mm256_maskstore_ps(c + 8 * nv, mt, _mm256_add_ps(_mm256_maskload_ps(c + 8 * nv, mt), _mm256_mul_ps(av, bt)));
+      } else {
+        for (int64_t v = 0; v < nv; ++v) _mm256_storeu_ps(c + 8 * v, _mm256_mul_ps(av, bv[v]));
+        if (w > nv * 8) _mm256_maskstore_ps(c + 8 * nv, mt, _mm256_mul_ps(av, bt));
+      }
+    }
+  }
+}
+
 // C[i, j:j+32] (+)= sum_k op(A)[i,k] * B[k, j:j+32]: 4 ymm accumulators per row, k in order.
 void rows_f32(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
               int64_t ldb, float* C, int64_t ldc, bool acc) {
+  if (K == 1) {
+    outer_f32(M, N, A, ta ? 1 : lda, B, C, ldc, acc);
+    return;
+  }
   for (int64_t i = 0; i < M; ++i) {
     float* c = C + i * ldc;
     for (int64_t j = 0; j < N; j += 32) {
@@ -160,8 +191,19 @@ void rows_f32(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t 
         _mm256_storeu_ps(c + j + 16, c2);
         _mm256_storeu_ps(c + j + 24, c3);
       } else {
-        for (int64_t jj = j; jj < j + w; jj += 8) {
-          const __m256i m = tail_mask(std::min<int64_t>(8, j + w - jj));
+        // Full 8-column vectors unmasked (masked stores are slow on some CPUs), then the tail.
+        int64_t jj = j;
+        for (; jj + 8 <= j + w; jj += 8) {
+          __m256 c0 = _mm256_setzero_ps();
+          for (int64_t k = 0; k < K; ++k) {
+            const __m256 av = _mm256_set1_ps(ta ? A[k * lda + i] : A[i * lda + k]);
+            c0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(B + k * ldb + jj), c0);
+          }
+          if (acc) c0 = _mm256_add_ps(_mm256_loadu_ps(c + jj), c0);
+          _mm256_storeu_ps(c + jj, c0);
+        }
+        if (jj < j + w) {
+          const __m256i m = tail_mask(j + w - jj);
           __m256 c0 = _mm256_setzero_ps();
           for (int64_t k = 0; k < K; ++k) {
             const __m256 av = _mm256_set1_ps(ta ? A[k * lda + i] : A[i * lda + k]);

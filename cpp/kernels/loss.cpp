@@ -31,13 +31,20 @@ double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* label
     T m = z[0];
     for (int64_t j = 1; j < C; ++j) m = std::max(m, z[j]);
     T s = 0;
-    for (int64_t j = 0; j < C; ++j) s += std::exp(z[j] - m);
+    T* g = grad ? grad + i * C : nullptr;
+    if (g) {  // each exponential once: kept in the gradient row until it is scaled
+      for (int64_t j = 0; j < C; ++j) {
+        g[j] = std::exp(z[j] - m);
+        s += g[j];
+      }
+    } else {
+      for (int64_t j = 0; j < C; ++j) s += std::exp(z[j] - m);
+    }
     const T lse = m + std::log(s);
     row_loss[i] = lse - z[labels[i]];
-    if (grad) {
-      T* g = grad + i * C;
+    if (g) {
       const T inv_s = T(1) / s;
-      for (int64_t j = 0; j < C; ++j) g[j] = std::exp(z[j] - m) * inv_s * inv_n;
+      for (int64_t j = 0; j < C; ++j) g[j] = g[j] * inv_s * inv_n;
       g[labels[i]] -= inv_n;
     }
   }
