@@ -81,13 +81,15 @@ def test_activation_forward_and_backward_match_numpy(name, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", ["identity", "relu", "tanh"])
-def test_bias_activation_epilogue(name, dtype):
-    x = _data(dtype, rows=7, cols=19)
-    bias = _data(dtype, rows=1, cols=19, seed=2)[0]
+@pytest.mark.parametrize("cols", [19, 32])  # a tail, and whole vectors (the AVX2 tile path)
+@pytest.mark.parametrize("name", ["identity", "relu", "leaky_relu", "tanh"])
+def test_bias_activation_epilogue(name, cols, dtype):
+    x = _data(dtype, rows=7, cols=cols)
+    x[1, :3] = [np.nan, np.inf, -np.inf]
+    bias = _data(dtype, rows=1, cols=cols, seed=2)[0]
     z, a = _core._eltwise("bias_act", x, bias, ACTS[name], SLOPE)
-    assert np.array_equal(z, x + bias)  # one rounding, as NumPy's
-    assert np.array_equal(a, _core._eltwise("forward", z, None, ACTS[name], SLOPE))
+    assert np.array_equal(z, x + bias, equal_nan=True)  # one rounding, as NumPy's
+    assert np.array_equal(a, _core._eltwise("forward", z, None, ACTS[name], SLOPE), equal_nan=True)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -128,6 +130,8 @@ _ALL_OUTPUTS = textwrap.dedent("""
             out[f"b{a}{dt.__name__}"] = _core._eltwise("backward", x, (dy, y), a, 0.1)
             z, act = _core._eltwise("bias_act", x, bias, a, 0.1)
             out[f"e{a}{dt.__name__}"] = act
+            z, act = _core._eltwise("bias_act", np.ascontiguousarray(x[:, :40]), bias[:40], a, 0.1)
+            out[f"v{a}{dt.__name__}"] = act
         out[f"c{dt.__name__}"] = _core._eltwise("colsum", x)
     np.savez(sys.argv[1], **out)
 """)
@@ -150,6 +154,6 @@ def test_avx2_and_portable_builds_agree_bit_for_bit(tmp_path):
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
     a, b = np.load(files["avx2"]), np.load(files["scalar"])
-    assert sorted(a.files) == sorted(b.files) and len(a.files) == 38
+    assert sorted(a.files) == sorted(b.files) and len(a.files) == 50
     for k in a.files:
         assert a[k].tobytes() == b[k].tobytes(), k
