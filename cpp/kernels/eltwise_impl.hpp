@@ -89,30 +89,16 @@ void act_bwd_range(T* __restrict dx, const T* __restrict dy, const T* __restrict
 
 // The final values of an (mr x nr) block of a product: C += bias (nr, or null); then, if
 // act_out is set, act_out = f(C). C and act_out never overlap.
-// NR is the width of a full GEMM tile (64 bytes): a compile-time trip count, so the common
-// case is a few straight vector instructions per row.
-template <int64_t NR, class T, class F>
-inline void bias_act_rows(const F& fn, T* __restrict C, int64_t ldc, int64_t mr, int64_t nr,
-                          const T* __restrict bias, T* __restrict act_out, int64_t ld_act) {
-  const int64_t n = NR > 0 ? NR : nr;
-  for (int64_t i = 0; i < mr; ++i) {
-    T* __restrict c = C + i * ldc;
-    if (bias)
-      for (int64_t j = 0; j < n; ++j) c[j] += bias[j];
-    if (act_out) {
-      T* __restrict a = act_out + i * ld_act;
-      for (int64_t j = 0; j < n; ++j) a[j] = fn.f(c[j]);
-    }
-  }
-}
-
 template <class T>
 void bias_act_range(T* __restrict C, int64_t ldc, int64_t mr, int64_t nr, const T* __restrict bias,
                     Act act, T slope, T* __restrict act_out, int64_t ld_act) {
-  constexpr int64_t NR = 64 / sizeof(T);
   dispatch_act<T>(act, slope, [&](auto F) {
-    if (nr == NR) bias_act_rows<NR>(F, C, ldc, mr, nr, bias, act_out, ld_act);
-    else bias_act_rows<0>(F, C, ldc, mr, nr, bias, act_out, ld_act);
+    for (int64_t i = 0; i < mr; ++i) {
+      T* __restrict c = C + i * ldc;
+      if (bias)
+        for (int64_t j = 0; j < nr; ++j) c[j] += bias[j];
+      if (act_out) fwd_loop(F, act_out + i * ld_act, c, nr);
+    }
   });
 }
 
