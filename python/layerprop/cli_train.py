@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -34,24 +35,21 @@ def _hidden(text: str) -> List[int]:
     return sizes
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (v > 0 and np.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
+def float_arg(strict: bool, message: str) -> Callable[[str], float]:
+    """An argparse type: a finite number > 0 (strict) or >= 0; otherwise `message`, got text."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and (v > 0 if strict else v >= 0)):
+            raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
+        return v
+    return parse
 
 
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (v >= 0 and np.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
+_positive_float = float_arg(True, "expected a number > 0")
+_nonneg_float = float_arg(False, "expected a number >= 0")
 
 
 def _fraction(text: str) -> float:

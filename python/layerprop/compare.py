@@ -32,6 +32,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .cli_train import float_arg
+
 __all__ = ["TASKS", "SCHEDULES", "Task", "Result", "Report", "load_data", "run", "format_table", "plot",
            "add_parser"]
 
@@ -312,14 +314,7 @@ def _choice_list(choices: Sequence[str], what: str) -> Callable[[str], List[str]
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
+_positive_float = float_arg(True, "expected a positive number")
 
 
 class _DefaultEpochs(int):
