@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import tempfile
 from collections import OrderedDict
@@ -52,7 +53,13 @@ FORMAT = "layerprop"
 FORMAT_VERSION = 1
 META_KEY = "layerprop"
 _MAX_INT = 2 ** 40          # no width, size or count in a file may exceed this
-_MAX_NODES = 1_000_000
+# Limits of what `load` accepts (docs/saving.md), checked before anything is built or read:
+MAX_LAYERS = 4096           # layers of a model; nodes of a graph besides its input
+MAX_GRAPH_INPUTS = 16 * MAX_LAYERS   # a graph's edges: inputs summed over its nodes
+MAX_ROW_BYTES = 2 ** 28     # activations of one row: sum over nodes of width x itemsize
+MAX_PARAM_BYTES = 2 ** 34   # parameters and buffers, from the declared architecture
+MAX_HEADER_BYTES = 2 ** 24  # the safetensors JSON header (architecture, names, offsets)
+_MAX_NODES = MAX_LAYERS + 1
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -98,8 +105,10 @@ def _dict(v: Any, what: str, keys: Optional[Tuple[str, ...]] = None) -> Dict[str
 
 
 def _list(v: Any, what: str, max_len: int = _MAX_NODES) -> List[Any]:
-    if not isinstance(v, list) or len(v) > max_len:
+    if not isinstance(v, list):
         raise _Bad(f"{what}: expected a list (at most {max_len} items), got {type(v).__name__}")
+    if len(v) > max_len:
+        raise _Bad(f"{what}: {len(v)} items, more than the limit of {max_len}")
     return v
 
 
@@ -194,17 +203,6 @@ if hasattr(L, "BatchNorm1d"):
 if hasattr(L, "LayerNorm"):
     register_layer("LayerNorm", L.LayerNorm, lambda l: {"num_features": l.num_features, "eps": l.eps},
                    _layernorm_from)
-
-
-def _declared_size(t: str, c: Dict[str, Any], i: int) -> int:
-    """Elements (parameters and buffers) a layer spec asks the core to allocate."""
-    if t == "Linear":
-        n_in = _int(c.get("in_features"), f"model.layers[{i}].config.in_features", 1)
-        n_out = _int(c.get("out_features"), f"model.layers[{i}].config.out_features", 1)
-        return n_in * n_out
-    if t in ("BatchNorm1d", "LayerNorm"):
-        return _int(c.get("num_features"), f"model.layers[{i}].config.num_features", 1)
-    return 0
 
 
 def _layer_type(layer: L.Layer) -> str:
@@ -377,9 +375,10 @@ def _parse_meta(metadata: Optional[Mapping[str, str]]) -> Dict[str, Any]:
 
 
 def _build_layers(arch: Dict[str, Any], graph: bool) -> List[Tuple[L.Layer, Optional[str]]]:
-    """The layers with their parameter-name prefix (graph models; None for Sequential)."""
+    """The layers with their parameter-name prefix (graph models; None for Sequential).
+    Python objects only: the core allocates nothing here."""
     out = []
-    for i, spec in enumerate(_list(arch.get("layers"), "model.layers")):
+    for i, spec in enumerate(_list(arch.get("layers"), "model.layers", MAX_LAYERS)):
         spec = _dict(spec, f"model.layers[{i}]")
         keys = ("type", "name", "config", "prefix") if "prefix" in spec and graph else ("type", "name", "config")
         _dict(spec, f"model.layers[{i}]", keys)
@@ -403,99 +402,189 @@ def _build_layers(arch: Dict[str, Any], graph: bool) -> List[Tuple[L.Layer, Opti
 _CORE_LAYERS = tuple(getattr(L, n) for n in ("Linear", "_Norm") if hasattr(L, n))
 
 
-def _expected_shapes(model_arch: Dict[str, Any], layers: List[Tuple[L.Layer, Optional[str]]]) -> None:
-    """Cheap size bound before the core allocates anything: every Linear's weight must fit."""
-    for i, (layer, _n) in enumerate(layers):
-        if isinstance(layer, L.Linear) and layer.in_features * layer.out_features > _MAX_INT:
-            raise _Bad(f"model.layers[{i}]: Linear({layer.in_features}, {layer.out_features}) is too large")
+def _buffer_shapes(layer: L.Layer) -> List[Tuple[str, Tuple[int, ...]]]:
+    if hasattr(L, "BatchNorm1d") and isinstance(layer, L.BatchNorm1d):
+        return [("running_mean", (layer.num_features,)), ("running_var", (layer.num_features,))]
+    return []
 
 
-def _rebuild(arch: Dict[str, Any]) -> Any:
-    from .model import Model, Sequential, _dtype_name
-    model: Any
+def _row_limit(row_bytes: int, itemsize: int) -> None:
+    if row_bytes > MAX_ROW_BYTES:
+        raise _Bad(f"model: one row of data needs {row_bytes} bytes of activations (node widths x "
+                   f"{itemsize} bytes, summed over the graph), more than the limit of {MAX_ROW_BYTES} bytes")
+
+
+class _Plan:
+    """The architecture of a file, checked without the core: its layers, graph, the names and
+    shapes of the tensors it will hold, and the memory it will ask for."""
+
+    cls: str
+    dtype: str
+    seed: Optional[int]
+    training: bool
+    layers: List[L.Layer]
+    ts: List[L.SymbolicTensor]            # graph models: the symbolic tensors of the nodes
+    names: Dict[int, str]                 # id(core layer) -> its tensors' name prefix
+    params: "OrderedDict[str, Tuple[int, ...]]"
+    buffers: "OrderedDict[str, Tuple[int, ...]]"
+    variances: List[str]                  # BatchNorm running variances (must be >= 0)
+
+
+def _plan_graph(nodes: List[Any], layers: List[Tuple[L.Layer, Optional[str]]], itemsize: int
+                ) -> Tuple[List[L.SymbolicTensor], List[int]]:
+    """The symbolic graph (cheap Python objects), refused if it has more edges than
+    MAX_GRAPH_INPUTS, nodes that do not lead to the output, or too wide activations.
+    Returns the tensors and, per layer, how many nodes use it."""
+    ts: List[L.SymbolicTensor] = []
+    uses = [0] * len(layers)
+    inputs_of: List[List[int]] = []
+    edges = 0
+    try:
+        for i, nd in enumerate(nodes):
+            nd = _dict(nd, f"model.graph.nodes[{i}]")
+            op = nd.get("op")
+            if i == 0:
+                _dict(nd, "model.graph.nodes[0]", ("op", "width", "name"))
+                if op != "input":
+                    raise _Bad("model.graph.nodes[0]: expected the input node")
+                ts.append(L.Input(_int(nd["width"], "model.graph.nodes[0].width", 1),
+                                  name=_opt_name(nd["name"], "model.graph.nodes[0].name")))
+                inputs_of.append([])
+                continue
+            keys = ("op", "layer", "inputs") if op == "layer" else ("op", "inputs")
+            _dict(nd, f"model.graph.nodes[{i}]", keys)
+            ins = _list(nd["inputs"], f"model.graph.nodes[{i}].inputs", MAX_GRAPH_INPUTS)
+            if not ins:
+                raise _Bad(f"model.graph.nodes[{i}].inputs: empty")
+            edges += len(ins)
+            if edges > MAX_GRAPH_INPUTS:
+                raise _Bad(f"model.graph.nodes: more than the limit of {MAX_GRAPH_INPUTS} inputs in all")
+            idx = [_int(j, f"model.graph.nodes[{i}].inputs", 0, i - 1) for j in ins]
+            args = [ts[j] for j in idx]
+            if op == "layer":
+                li = _int(nd["layer"], f"model.graph.nodes[{i}].layer", 0, len(layers) - 1)
+                if len(args) != 1:
+                    raise _Bad(f"model.graph.nodes[{i}].inputs: a layer takes one input")
+                uses[li] += 1
+                ts.append(layers[li][0](args[0]))
+            elif op == "add":
+                if len(args) < 2:
+                    raise _Bad(f"model.graph.nodes[{i}].inputs: add takes at least two inputs")
+                ts.append(L.add(*args))
+            elif op == "concat":
+                ts.append(L.concat(args))
+            else:
+                raise _Bad(f"model.graph.nodes[{i}].op: unknown op {op!r:.80}")
+            inputs_of.append(idx)
+    except _Bad:
+        raise
+    except (TypeError, ValueError) as e:
+        raise _Bad(f"model.graph: {e}") from None
+    _row_limit(sum(t.width for t in ts) * itemsize, itemsize)
+    reached = [False] * len(ts)
+    reached[-1] = True
+    for i in range(len(ts) - 1, 0, -1):
+        if reached[i]:
+            for j in inputs_of[i]:
+                reached[j] = True
+    if not all(reached):
+        raise _Bad("model.graph.nodes: some nodes do not lead to the output (the last node)")
+    return ts, uses
+
+
+def _plan(arch: Any) -> _Plan:
+    """Check the declared architecture, in time linear in its size, before the core allocates
+    anything."""
+    p = _Plan()
     arch = _dict(arch, "model")
     cls = arch.get("class")
     if cls not in ("Sequential", "Model"):
         raise _Bad(f"model.class: expected 'Sequential' or 'Model', got {cls!r:.80}")
-    dtype = arch.get("dtype")
+    p.cls = cls
+    expected = {"class", "dtype", "seed", "training", "layers"} | ({"graph"} if cls == "Model" else set())
+    if set(arch) != expected:
+        raise _Bad(f"model: expected the keys {sorted(expected)}, got {sorted(arch)[:10]}")
+    dtype = arch["dtype"]
     if dtype not in ("float32", "float64"):
         raise _Bad(f"model.dtype: expected 'float32' or 'float64', got {dtype!r:.80}")
-    seed = arch.get("seed")
-    if seed is not None:
-        seed = _int(seed, "model.seed", 0, 2 ** 64 - 1)
-    layers = _build_layers(arch, graph=cls == "Model")
-    _expected_shapes(arch, layers)
-    if cls == "Sequential":
-        expected = {"class", "dtype", "seed", "training", "layers"}
-        if set(arch) != expected:
-            raise _Bad(f"model: expected the keys {sorted(expected)}, got {sorted(arch)}")
-        objs = [layer for layer, _prefix in layers]
-        try:
-            model = Sequential(*objs, dtype=_dtype_name(dtype), seed=seed)
-        except (TypeError, ValueError) as e:
-            raise _Bad(f"model: {e}") from None
-    else:
-        expected = {"class", "dtype", "seed", "training", "layers", "graph"}
-        if set(arch) != expected:
-            raise _Bad(f"model: expected the keys {sorted(expected)}, got {sorted(arch)}")
+    p.dtype = dtype
+    itemsize = np.dtype(dtype).itemsize
+    seed = arch["seed"]
+    p.seed = None if seed is None else _int(seed, "model.seed", 0, 2 ** 64 - 1)
+    p.training = _bool(arch["training"], "model.training")
+    _list(arch["layers"], "model.layers", MAX_LAYERS)
+    nodes: List[Any] = []
+    if cls == "Model":
         graph = _dict(arch["graph"], "model.graph", ("nodes",))
-        nodes = _list(graph["nodes"], "model.graph.nodes")
+        nodes = _list(graph["nodes"], "model.graph.nodes", MAX_LAYERS + 1)
         if len(nodes) < 2:
             raise _Bad("model.graph.nodes: expected an input and at least one more node")
-        ts: List[L.SymbolicTensor] = []
-        names: Dict[int, str] = {}
-        used = set()
-        try:
-            for i, nd in enumerate(nodes):
-                nd = _dict(nd, f"model.graph.nodes[{i}]")
-                op = nd.get("op")
-                if i == 0:
-                    _dict(nd, "model.graph.nodes[0]", ("op", "width", "name"))
-                    if op != "input":
-                        raise _Bad("model.graph.nodes[0]: expected the input node")
-                    ts.append(L.Input(_int(nd["width"], "model.graph.nodes[0].width", 1),
-                                      name=_opt_name(nd["name"], "model.graph.nodes[0].name")))
-                    continue
-                keys = ("op", "layer", "inputs") if op == "layer" else ("op", "inputs")
-                _dict(nd, f"model.graph.nodes[{i}]", keys)
-                ins = _list(nd["inputs"], f"model.graph.nodes[{i}].inputs")
-                if not ins:
-                    raise _Bad(f"model.graph.nodes[{i}].inputs: empty")
-                args = [ts[_int(j, f"model.graph.nodes[{i}].inputs", 0, i - 1)] for j in ins]
-                if op == "layer":
-                    li = _int(nd["layer"], f"model.graph.nodes[{i}].layer", 0, len(layers) - 1)
-                    if len(args) != 1:
-                        raise _Bad(f"model.graph.nodes[{i}].inputs: a layer takes one input")
-                    layer, prefix = layers[li]
-                    used.add(li)
-                    if layer.has_params or isinstance(layer, _CORE_LAYERS):
-                        if prefix is None:
-                            raise _Bad(f"model.layers[{li}].prefix: a {type(layer).__name__} of a graph "
-                                       "model needs its parameters' name prefix")
-                        names[id(layer)] = prefix
-                    ts.append(layer(args[0]))
-                elif op == "add":
-                    if len(args) < 2:
-                        raise _Bad(f"model.graph.nodes[{i}].inputs: add takes at least two inputs")
-                    ts.append(L.add(*args))
-                elif op == "concat":
-                    ts.append(L.concat(args))
-                else:
-                    raise _Bad(f"model.graph.nodes[{i}].op: unknown op {op!r:.80}")
-        except _Bad:
-            raise
-        except (TypeError, ValueError) as e:
-            raise _Bad(f"model.graph: {e}") from None
-        if len(used) != len(layers):
+    layers = _build_layers(arch, graph=cls == "Model")
+    p.layers = [layer for layer, _prefix in layers]
+    total = sum(math.prod(shape) for l in p.layers if isinstance(l, _CORE_LAYERS)
+                for _n, shape in l.param_shapes() + _buffer_shapes(l))
+    if total * itemsize > MAX_PARAM_BYTES:
+        raise _Bad(f"model.layers: the architecture declares {total * itemsize} bytes of parameters and "
+                   f"buffers, more than the limit of {MAX_PARAM_BYTES} bytes")
+    p.names = {}
+    p.ts = []
+    if cls == "Sequential":
+        first = next((l for l in p.layers if isinstance(l, _CORE_LAYERS)), None)
+        if first is None or not any(isinstance(l, L.Linear) for l in p.layers):
+            raise _Bad("model.layers: a Sequential needs at least one Linear")
+        width = first.in_features if isinstance(first, L.Linear) else first.num_features
+        row = width
+        for i, l in enumerate(p.layers):
+            try:
+                width = l.out_width(width)
+            except (TypeError, ValueError) as e:
+                raise _Bad(f"model.layers[{i}]: {e}") from None
+            row += width
+        _row_limit(row * itemsize, itemsize)
+        core = [(i, l, l.name or str(i)) for i, l in enumerate(p.layers) if isinstance(l, _CORE_LAYERS)]
+    else:
+        p.ts, uses = _plan_graph(nodes, layers, itemsize)
+        if not all(uses):
             raise _Bad("model.layers: some layers are not used by the graph")
-        model = Model.__new__(Model)
-        try:
-            model._init_graph(ts[0], ts[-1], dtype, seed, names=names)
-        except (TypeError, ValueError) as e:
-            raise _Bad(f"model.graph: {e}") from None
-        if len(model._order) != len(nodes):
-            raise _Bad("model.graph.nodes: some nodes do not lead to the output (the last node)")
-    model.train() if _bool(arch["training"], "model.training") else model.eval()
+        core = []
+        for i, (l, prefix) in enumerate(layers):
+            if l.has_params or isinstance(l, _CORE_LAYERS):
+                if prefix is None:
+                    raise _Bad(f"model.layers[{i}].prefix: a {type(l).__name__} of a graph model needs "
+                               "its parameters' name prefix")
+                core.append((i, l, prefix))
+    p.params, p.buffers, p.variances = OrderedDict(), OrderedDict(), []
+    seen: Dict[str, int] = {}
+    for i, l, prefix in core:
+        if prefix in seen:
+            raise _Bad(f"model.layers[{i}]: layer names must be unique, {prefix!r} is also the name "
+                       f"of model.layers[{seen[prefix]}]")
+        seen[prefix] = i
+        p.names[id(l)] = prefix
+        for pname, shape in l.param_shapes():
+            p.params[f"{prefix}.{pname}"] = tuple(shape)
+        for bname, shape in _buffer_shapes(l):
+            p.buffers[f"{prefix}.{bname}"] = shape
+            if bname == "running_var":
+                p.variances.append(f"{prefix}.{bname}")
+    return p
+
+
+def _build(p: _Plan) -> Any:
+    """The model of a checked plan (the core allocates its parameters here)."""
+    from .model import Model, Sequential
+    model: Any
+    try:
+        if p.cls == "Sequential":
+            model = Sequential(*p.layers, dtype=p.dtype, seed=p.seed)
+        else:
+            model = Model.__new__(Model)
+            model._init_graph(p.ts[0], p.ts[-1], p.dtype, p.seed, names=p.names)
+    except (TypeError, ValueError) as e:
+        raise _Bad(f"model: {e}") from None
+    if p.cls == "Model" and len(model._order) != len(p.ts):
+        raise _Bad("model.graph.nodes: some nodes do not lead to the output (the last node)")
+    model.train() if p.training else model.eval()
     return model
 
 
@@ -504,59 +593,50 @@ def _check_tensor(tensors: Mapping[str, Any], key: str, shape: Tuple[int, ...], 
     if key not in tensors:
         raise _Bad(f"tensor {key!r}: missing from the file")
     got_shape, got_dtype = get_shape(key)
-    if tuple(got_shape) != tuple(shape):
-        raise _Bad(f"tensor {key!r}: expected shape {tuple(shape)}, got {tuple(got_shape)}")
     if got_dtype != np.dtype(dtype).name:
         raise _Bad(f"tensor {key!r}: expected dtype {np.dtype(dtype).name}, got {got_dtype}")
+    if tuple(got_shape) != tuple(shape):
+        raise _Bad(f"tensor {key!r}: expected shape {tuple(shape)}, got {tuple(got_shape)}")
+
+
+def _check_values(key: str, a: np.ndarray, nonneg: bool = False, what: str = "values") -> None:
+    """Refuse NaN or infinite values (and negative ones where `nonneg`)."""
+    finite = np.isfinite(a)
+    if not finite.all():
+        raise _Bad(f"tensor {key!r}: {a.size - int(np.count_nonzero(finite))} of {a.size} values are "
+                   "NaN or infinite (a diverged or corrupt model)")
+    if nonneg and a.size and a.min() < 0:
+        raise _Bad(f"tensor {key!r}: {what} must be >= 0, got {a.min()!r}")
 
 
 def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
              get_shape: Callable[[str], Tuple[Tuple[int, ...], str]],
-             get: Callable[[str], np.ndarray]) -> Any:
-    """Validate the metadata and the tensors' shapes and dtypes, then build the model."""
+             get: Callable[[str], np.ndarray], check_values: bool = True) -> Any:
+    """Validate the metadata and the tensors' shapes and dtypes (from the header alone), then
+    build the model and read the data. Linear time in the size of the architecture."""
     known = {"format", "format_version", "layerprop_version", "model", "params", "buffers", "compile",
              "optimizer_state", "rng"}
     unknown = [k for k in meta if k not in known]
     if unknown:
         raise _Bad(f"metadata: unknown keys {unknown[:5]}")
-    # Cheap checks on the declared architecture before the core allocates: every Linear's
-    # weight must be in the file with the declared shape.
-    arch = _dict(meta.get("model"), "model")
-    layers_meta = _list(arch.get("layers"), "model.layers")
-    params = [_str(p, "params[]") for p in _list(meta.get("params"), "params")]
-    dtype = arch.get("dtype")
-    if dtype not in ("float32", "float64"):
-        raise _Bad(f"model.dtype: expected 'float32' or 'float64', got {dtype!r:.80}")
-    buffers = [_str(b, "buffers[]") for b in _list(meta.get("buffers", []), "buffers")]
-    declared = 0
-    for i, spec in enumerate(layers_meta):
-        if isinstance(spec, dict) and isinstance(spec.get("config"), dict):
-            declared += _declared_size(spec.get("type"), spec["config"], i)  # type: ignore[arg-type]
-    in_file = 0
+    plan = _plan(meta.get("model"))
+    dtype = plan.dtype
+    params = [_str(p, "params[]") for p in _list(meta.get("params"), "params", 2 * MAX_LAYERS)]
+    buffers = [_str(b, "buffers[]") for b in _list(meta.get("buffers", []), "buffers", 2 * MAX_LAYERS)]
     if len(set(params + buffers)) != len(params + buffers):
         raise _Bad("params: names listed twice")
-    for p in params + buffers:
-        if p not in keys:
-            raise _Bad(f"tensor {p!r}: missing from the file")
-        shape, _dt = get_shape(p)
-        in_file += int(np.prod(shape, dtype=np.int64))
-    if declared > in_file:
-        raise _Bad(f"model.layers: the architecture declares {declared} weights, the file holds {in_file}")
-
-    model = _rebuild(arch)
-    if list(model._params) != params:
-        raise _Bad(f"params: expected {list(model._params)[:8]}, the file lists {params[:8]}")
-    for name, view in model._params.items():
-        _check_tensor(keys, name, view.shape, view.dtype, get_shape)
-    model_buffers = _buffers(model)
-    if list(model_buffers) != buffers:
-        raise _Bad(f"buffers: expected {list(model_buffers)[:8]}, the file lists {buffers[:8]}")
-    for name, view in model_buffers.items():
-        _check_tensor(keys, name, view.shape, view.dtype, get_shape)
+    if set(params) != set(plan.params):
+        raise _Bad(f"params: expected {list(plan.params)[:8]}, the file lists {params[:8]}")
+    for name, shape in plan.params.items():
+        _check_tensor(keys, name, shape, dtype, get_shape)
+    if set(buffers) != set(plan.buffers):
+        raise _Bad(f"buffers: expected {list(plan.buffers)[:8]}, the file lists {buffers[:8]}")
+    for name, shape in plan.buffers.items():
+        _check_tensor(keys, name, shape, dtype, get_shape)
 
     comp = meta.get("compile")
     opt_state = meta.get("optimizer_state")
-    state_keys: List[Tuple[int, str, str]] = []
+    slots = 0
     if comp is not None:
         comp = _dict(comp, "compile", ("loss", "optimizer", "schedule"))
         from .model import LOSSES
@@ -577,19 +657,35 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
                 raise _Bad("optimizer_state.steps: expected 'optimizer.steps'")
             _check_tensor(keys, "optimizer.steps", (len(params),), np.int64, get_shape)
             for k in range(slots):
-                for name, view in model._params.items():
-                    key = f"optimizer.slot{k}.{name}"
-                    _check_tensor(keys, key, view.shape, view.dtype, get_shape)
-                    state_keys.append((k, name, key))
+                for name, shape in plan.params.items():
+                    _check_tensor(keys, f"optimizer.slot{k}.{name}", shape, dtype, get_shape)
     elif opt_state is not None:
         raise _Bad("optimizer_state: present without compile settings")
-
     rng = _dict(meta.get("rng", {"shuffle": None, "core": None}), "rng", ("shuffle", "core"))
-    # Every check passed: read the data.
-    for name, view in model._params.items():
-        view[...] = get(name)
+
+    # Every header check passed: build the model (the core allocates the declared, checked
+    # parameters), then read the data.
+    model = _build(plan)
+    if list(model._params) != params:
+        raise _Bad(f"params: expected {list(model._params)[:8]}, the file lists {params[:8]}")
+    model_buffers = _buffers(model)
+    if list(model_buffers) != buffers:
+        raise _Bad(f"buffers: expected {list(model_buffers)[:8]}, the file lists {buffers[:8]}")
+    for name, view in model._params.items():  # the core's shapes agree with the plan's
+        _check_tensor(keys, name, view.shape, view.dtype, get_shape)
     for name, view in model_buffers.items():
-        view[...] = get(name)
+        _check_tensor(keys, name, view.shape, view.dtype, get_shape)
+    variances = set(plan.variances)
+    for name, view in model._params.items():
+        a = get(name)
+        if check_values:
+            _check_values(name, a)
+        view[...] = a
+    for name, view in model_buffers.items():
+        a = get(name)
+        if check_values:
+            _check_values(name, a, nonneg=name in variances, what="running variances")
+        view[...] = a
     if comp is not None:
         model.compile(loss=loss, optimizer=optimizer, schedule=schedule)
         if opt_state is not None:
@@ -597,11 +693,18 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
             if slots != expected_slots:
                 raise _Bad(f"optimizer_state.slots: {type(optimizer).__name__} keeps {expected_slots} "
                            f"state slots, the file has {slots}")
-            for k, name, key in state_keys:
+            offsets = {name: (off, int(np.prod(shape)))
+                       for (_l, _pname, off, shape), name in zip(model._core.tensors(), model._param_names)}
+            for k in range(slots):
                 flat = model._core.state_view(k)
-                idx = model._param_names.index(name)
-                _l, _pname, off, shape = model._core.tensors()[idx]
-                flat[off: off + int(np.prod(shape))] = get(key).reshape(-1)
+                second_moment = k == 1 and isinstance(optimizer, Adam)
+                for name in model._param_names:
+                    key = f"optimizer.slot{k}.{name}"
+                    a = get(key)
+                    if check_values:
+                        _check_values(key, a, nonneg=second_moment, what="Adam's second moments")
+                    off, size = offsets[name]
+                    flat[off: off + size] = a.reshape(-1)
             steps = get("optimizer.steps")
             if (steps < 0).any() or (steps > _MAX_INT).any():
                 raise _Bad("tensor 'optimizer.steps': step counts must be in [0, 2**40]")
@@ -624,14 +727,15 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
 
 
 def model_from_state(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> Any:
-    """Rebuild a model from `model_to_state`'s output (validated like a file)."""
+    """Rebuild a model from `model_to_state`'s output (validated like a file, except that NaN or
+    infinite values are kept: an in-memory state is not a file from elsewhere)."""
     try:
         meta = _parse_meta(metadata)
         for k, v in tensors.items():
             if not isinstance(v, np.ndarray):
                 raise _Bad(f"tensor {k!r}: expected a numpy array, got {type(v).__name__}")
         return _restore(meta, tensors, lambda k: (tensors[k].shape, tensors[k].dtype.name),
-                        lambda k: tensors[k])
+                        lambda k: tensors[k], check_values=False)
     except _Bad as e:
         raise ValueError(f"model state: {e}") from None
 
@@ -649,7 +753,90 @@ def _safetensors() -> Any:
 
 _ST_DTYPES = {"F32": "float32", "F64": "float64", "I64": "int64", "F16": "float16", "BF16": "bfloat16",
               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-              "U16": "uint16", "U32": "uint32", "U64": "uint64"}
+              "U16": "uint16", "U32": "uint32", "U64": "uint64", "F8_E4M3": "float8_e4m3",
+              "F8_E5M2": "float8_e5m2"}
+_ST_ITEMSIZE = {"F32": 4, "F64": 8, "I64": 8, "F16": 2, "BF16": 2, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+_ST_NUMPY = {"F32": "<f4", "F64": "<f8", "I64": "<i8"}  # all a layerprop file needs
+
+
+def _parse_safetensors(buf: Any) -> Tuple[Dict[str, Tuple[str, Tuple[int, ...], int, int]], Dict[str, str]]:
+    """The header of a safetensors buffer: {name: (dtype, shape, start, end)} (offsets into
+    `buf`) and the metadata. Only the header is read; every offset is checked against the
+    buffer (the tensors must tile the data exactly, as the format requires)."""
+    total = len(buf)
+    if total < 8:
+        raise _Bad(f"not a safetensors file ({total} bytes, shorter than the header length field)")
+    n = int.from_bytes(bytes(buf[:8]), "little")
+    if n > MAX_HEADER_BYTES:
+        raise _Bad(f"not a safetensors file or too large a header ({n} bytes, the limit is {MAX_HEADER_BYTES})")
+    if n < 2 or 8 + n > total:
+        raise _Bad(f"not a safetensors file (header of {n} bytes in a file of {total})")
+    try:
+        header = json.loads(bytes(buf[8:8 + n]).decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise _Bad(f"not a safetensors file (header is not JSON: {str(e)[:100]})") from None
+    if not isinstance(header, dict):
+        raise _Bad("not a safetensors file (header is not a JSON object)")
+    data_len = total - 8 - n
+    metadata: Dict[str, str] = {}
+    entries: Dict[str, Tuple[str, Tuple[int, ...], int, int]] = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            if v is None:
+                continue
+            md = _dict(v, "safetensors __metadata__")
+            for mk, mv in md.items():
+                if not isinstance(mv, str):
+                    raise _Bad(f"safetensors __metadata__[{mk!r:.80}]: expected a string")
+            metadata = md
+            continue
+        what = f"tensor {k!r:.80} (safetensors header)"
+        v = _dict(v, what, ("dtype", "shape", "data_offsets"))
+        dt = v["dtype"]
+        if not isinstance(dt, str) or dt not in _ST_ITEMSIZE:
+            raise _Bad(f"{what}: unknown dtype {dt!r:.40}")
+        shape = tuple(_int(s, f"{what} shape", 0) for s in _list(v["shape"], f"{what} shape", 64))
+        offs = _list(v["data_offsets"], f"{what} data_offsets", 2)
+        if len(offs) != 2:
+            raise _Bad(f"{what}: data_offsets must be [begin, end]")
+        begin = _int(offs[0], f"{what} data_offsets", 0, data_len)
+        end = _int(offs[1], f"{what} data_offsets", begin, data_len)
+        if end - begin != math.prod(shape) * _ST_ITEMSIZE[dt]:
+            raise _Bad(f"{what}: {end - begin} bytes of data for shape {shape} of {dt}")
+        entries[k] = (dt, shape, 8 + n + begin, 8 + n + end)
+    pos = 8 + n
+    for _dt, _shape, begin, end in sorted(entries.values(), key=lambda e: (e[2], e[3])):
+        if begin != pos:
+            raise _Bad("not a valid safetensors file (tensor data overlaps or leaves gaps)")
+        pos = end
+    if pos != total:
+        raise _Bad("not a valid safetensors file (bytes after the last tensor)")
+    return entries, metadata
+
+
+def _load_bytes(buf: Any, name: str = "<bytes>") -> Any:
+    """lp.load on the bytes of a file (bytes, bytearray, memoryview or mmap): a ValueError
+    naming `name` for anything that is not a valid layerprop file."""
+    try:
+        entries, metadata = _parse_safetensors(buf)
+
+        def get_shape(k: str) -> Tuple[Tuple[int, ...], str]:
+            dt, shape, _b, _e = entries[k]
+            return shape, _ST_DTYPES[dt]
+
+        def get(k: str) -> np.ndarray:
+            dt, shape, begin, _e = entries[k]
+            if dt not in _ST_NUMPY:  # every tensor read has had its dtype checked
+                raise _Bad(f"tensor {k!r}: unexpected dtype {_ST_DTYPES[dt]}")
+            return np.frombuffer(buf, dtype=_ST_NUMPY[dt], count=math.prod(shape), offset=begin).reshape(shape)
+
+        meta = _parse_meta(metadata)
+        return _restore(meta, entries, get_shape, get)
+    except _Bad as e:
+        raise ValueError(f"{name}: {e}") from None
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as e:
+        raise ValueError(f"{name}: invalid layerprop file ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def save(model: Any, path: PathLike, include_optimizer: bool = True, *,
@@ -683,37 +870,27 @@ def save(model: Any, path: PathLike, include_optimizer: bool = True, *,
 def load(path: PathLike) -> Any:
     """Read a model written by `model.save`: same architecture, parameters (bitwise), compile
     settings and, if saved, optimizer state, so training continues where it stopped.
-    A file that is not a valid layerprop safetensors file raises ValueError."""
-    st = _safetensors()
+    A file that is not a valid layerprop safetensors file raises ValueError (a missing or
+    unreadable one OSError); see docs/saving.md for the limits a file must respect."""
+    _safetensors()
     path = os.fspath(path)
     if not isinstance(path, str):
         raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no such file: {path!r}")
-    try:
-        f_ctx = st.safe_open(path, framework="numpy")
-    except Exception as e:  # SafetensorError and friends: truncated, corrupt, bad header
-        raise ValueError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from None
-    with f_ctx as f:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size < 8:
+            return _load_bytes(fh.read(8), path)
         try:
-            keys = {k: None for k in f.keys()}
-            metadata = f.metadata()
-
-            def get_shape(k: str) -> Tuple[Tuple[int, ...], str]:
-                sl = f.get_slice(k)
-                dt = sl.get_dtype()
-                return tuple(int(s) for s in sl.get_shape()), _ST_DTYPES.get(dt, dt)
-
-            def get(k: str) -> np.ndarray:
-                return np.asarray(f.get_tensor(k))
-
-            meta = _parse_meta(metadata)
-            return _restore(meta, keys, get_shape, get)
-        except _Bad as e:
-            raise ValueError(f"{path}: {e}") from None
-        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as e:
-            raise ValueError(f"{path}: invalid layerprop file ({type(e).__name__}: {str(e)[:200]})") from None
-        except Exception as e:  # safetensors' own errors while reading tensor data
-            if type(e).__module__.startswith("safetensors") or "Safetensor" in type(e).__name__:
-                raise ValueError(f"{path}: corrupt safetensors data ({str(e)[:200]})") from None
-            raise
+            buf: Any = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # a file that cannot be mapped: read it
+            buf = fh.read()
+    try:
+        return _load_bytes(buf, path)
+    finally:
+        if isinstance(buf, mmap.mmap):
+            try:
+                buf.close()
+            except BufferError:  # an array still views it (a traceback): closed when freed
+                pass

@@ -8,6 +8,8 @@ from typing import Optional
 
 __all__ = ["Schedule", "Simultaneous", "Layerwise", "LocoProp"]
 
+MAX_INNER_STEPS = 10 ** 6  # LocoProp's inner loop runs in the core, where Ctrl-C cannot stop it
+
 
 class Schedule:
     """Base class of update schedules."""
@@ -71,6 +73,8 @@ class LocoProp(Schedule):
             raise ValueError(f"variant: expected 'S' or 'M', got {variant!r}")
         if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
             raise ValueError(f"inner_steps: expected a positive int, got {inner_steps!r}")
+        if inner_steps > MAX_INNER_STEPS:
+            raise ValueError(f"inner_steps: expected at most {MAX_INNER_STEPS}, got {inner_steps!r}")
         if inner_lr is not None:
             inner_lr = float(inner_lr)
             if not inner_lr > 0:
