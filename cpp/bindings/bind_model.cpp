@@ -3,10 +3,15 @@
 // keep the model alive.
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 
 #include "common.hpp"
+#include "layerprop/eltwise.hpp"
 #include "layerprop/model.hpp"
 
 namespace py = pybind11;
@@ -16,27 +21,21 @@ namespace {
 
 constexpr int64_t kDefaultChunk = 1024;
 
+// The arrays of one call, checked with the GIL held (types and shapes; values where that must
+// happen before anything changes). The core checks again, under its mutex, everything a second
+// Python thread could change after the GIL is released (the labels' values, the compiled loss).
 template <class T>
 struct Checked {
-  py::array_t<T, py::array::c_style> X;
-  py::array_t<int64_t, py::array::c_style> cls;
-  py::array_t<T, py::array::c_style> target;
+  py::array X, y;       // held for the call: their buffers stay alive and keep their size
   int64_t N = 0;
+  Labels<T> labels;     // exactly one of cls / target is set, for the loss compiled at check time
   // Scanned for NaN/Inf by finite_or_throw, inside the call's one GIL release.
-  const T* xdata = nullptr;
-  int64_t xsize = 0;
-  const T* tdata = nullptr;
-  int64_t tsize = 0;
-  void finite_or_throw() const {
-    if (!bind::all_finite(xdata, xsize)) throw ValueError("X: contains NaN or Inf");
-    if (tdata && !bind::all_finite(tdata, tsize)) throw ValueError("y: contains NaN or Inf");
+  void finite_or_throw(const Model<T>& m) const {
+    if (!kern::all_finite<T>(x(), N * m.in_width())) throw ValueError("X: contains NaN or Inf");
+    if (labels.target && !kern::all_finite<T>(labels.target, N * m.out_width()))
+      throw ValueError("y: contains NaN or Inf");
   }
-  Labels<T> labels() const {
-    Labels<T> l;
-    if (cls) l.cls = cls.data();
-    if (target) l.target = target.data();
-    return l;
-  }
+  const T* x() const { return static_cast<const T*>(X.data()); }
 };
 
 template <class T>
@@ -56,12 +55,22 @@ py::array_t<T, py::array::c_style> check_X(Model<T>& m, const py::handle& obj) {
   return X;  // the NaN/Inf scan runs later, without the GIL
 }
 
+// Class labels in range, with the GIL held: for the calls that must refuse before their first
+// change (train_epoch, validate). The core checks its own copy again where it reads it.
+inline void check_label_range(const int64_t* p, int64_t n, int64_t C) {
+  for (int64_t i = 0; i < n; ++i)
+    if (p[i] < 0 || p[i] >= C)
+      throw ValueError("y: class label " + std::to_string(p[i]) + " at row " + std::to_string(i) +
+                       " is out of range [0, " + std::to_string(C) + ")");
+}
+
 template <class T>
-Checked<T> check_Xy(Model<T>& m, const py::handle& X_obj, const py::handle& y_obj) {
+Checked<T> check_Xy(Model<T>& m, const py::handle& X_obj, const py::handle& y_obj, bool check_range) {
   require_compiled(m);
   Checked<T> c;
-  c.X = check_X(m, X_obj);
-  c.N = c.X.shape(0);
+  auto X = check_X(m, X_obj);
+  c.N = X.shape(0);
+  c.X = X;
   const int64_t D = m.out_width();
   if (m.loss_kind() == LossKind::CrossEntropy) {
     if (!py::isinstance<py::array>(y_obj))
@@ -72,22 +81,17 @@ Checked<T> check_Xy(Model<T>& m, const py::handle& X_obj, const py::handle& y_ob
     if (ya.ndim() != 1 || ya.shape(0) != c.N)
       throw ValueError("y: expected shape (" + std::to_string(c.N) + ",) of class labels, got " + bind::shape_str(ya));
     if (!(ya.flags() & py::array::c_style)) throw ValueError("y: expected a C-contiguous array");
-    c.cls = py::reinterpret_borrow<py::array_t<int64_t, py::array::c_style>>(ya);
-    const int64_t* p = c.cls.data();
-    for (int64_t i = 0; i < c.N; ++i)
-      if (p[i] < 0 || p[i] >= D)
-        throw ValueError("y: class label " + std::to_string(p[i]) + " at row " + std::to_string(i) +
-                         " is out of range [0, " + std::to_string(D) + ")");
+    c.y = ya;
+    c.labels.cls = static_cast<const int64_t*>(ya.data());
+    if (check_range) check_label_range(c.labels.cls, c.N, D);
   } else {
-    c.target = bind::as_exact<T>(y_obj, "y", 2);
-    if (c.target.shape(0) != c.N || c.target.shape(1) != D)
+    auto t = bind::as_exact<T>(y_obj, "y", 2);
+    if (t.shape(0) != c.N || t.shape(1) != D)
       throw ValueError("y: expected targets of shape (" + std::to_string(c.N) + ", " + std::to_string(D) +
-                       "), got " + bind::shape_str(c.target));
-    c.tdata = c.target.data();
-    c.tsize = c.target.size();
+                       "), got " + bind::shape_str(t));
+    c.y = t;
+    c.labels.target = t.data();
   }
-  c.xdata = c.X.data();
-  c.xsize = c.X.size();
   return c;
 }
 
@@ -202,8 +206,12 @@ void bind_one(py::module_& m, const char* name) {
         std::lock_guard<std::mutex> lock(self.mutex());
         self.set_rng_state(seed, draws);
       }, py::arg("seed"), py::arg("draws"))
-      .def("steps", [](M& self) { return self.steps(); })
+      .def("steps", [](M& self) {
+        std::lock_guard<std::mutex> lock(self.mutex());
+        return self.steps();
+      })
       .def("set_steps", [](M& self, const std::vector<int64_t>& s) {
+        std::lock_guard<std::mutex> lock(self.mutex());
         if (s.size() != self.steps().size()) throw ValueError("steps: wrong length");
         self.steps() = s;
       })
@@ -227,58 +235,75 @@ void bind_one(py::module_& m, const char* name) {
          py::arg("weight_decay"), py::arg("nesterov"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
          py::arg("schedule") = 0, py::arg("inner_steps") = 10, py::arg("inner_lr") = 0.0, py::arg("target_lr") = 10.0)
       .def("train_step", [](M& self, const py::handle& X, const py::handle& y) {
-        auto c = check_Xy(self, X, y);
+        auto c = check_Xy(self, X, y, false);
         py::gil_scoped_release nogil;
-        c.finite_or_throw();
+        c.finite_or_throw(self);
         std::lock_guard<std::mutex> lock(self.mutex());
-        return self.train_step(c.X.data(), c.N, c.labels());
-      }, py::arg("X"), py::arg("y"))
+        return self.train_step(c.x(), c.N, c.labels);
+      }, py::arg("X"), py::arg("y"),
+         "One guarded step: raises NonFiniteError, with the model unchanged, on a non-finite loss or gradient.")
       .def("compute_gradients", [](M& self, const py::handle& X, const py::handle& y, bool update_stats) {
-        auto c = check_Xy(self, X, y);
+        auto c = check_Xy(self, X, y, false);
         py::gil_scoped_release nogil;
-        c.finite_or_throw();
+        c.finite_or_throw(self);
         std::lock_guard<std::mutex> lock(self.mutex());
-        return self.compute_gradients(c.X.data(), c.N, c.labels(), update_stats);
+        return self.compute_gradients(c.x(), c.N, c.labels, update_stats);
       }, py::arg("X"), py::arg("y"), py::arg("update_stats") = true)
       .def("apply_gradients", [](M& self) {
         require_compiled(self);
-        if (!self.gradients_ready())
-          throw std::runtime_error("apply_gradients: no gradients to apply; call compute_gradients(X, y) first");
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(self.mutex());
         if (self.schedule().kind != ScheduleKind::Simultaneous)
           throw std::runtime_error("apply_gradients: the compiled schedule updates layers inside train_step; "
                                    "compute_gradients/apply_gradients split the Simultaneous schedule only");
-        py::gil_scoped_release nogil;
-        std::lock_guard<std::mutex> lock(self.mutex());
+        if (self.gradients_fault())
+          throw NonFiniteError(std::string("apply_gradients: the last computed ") +
+                               (self.gradients_fault() == 1 ? "loss is" : "gradients are") +
+                               " not finite; nothing was applied");
+        if (!self.gradients_ready())
+          throw std::runtime_error("apply_gradients: no gradients to apply; call compute_gradients(X, y) first");
         self.apply_gradients();
       })
       .def("loss", [](M& self, const py::handle& X, const py::handle& y) {
-        auto c = check_Xy(self, X, y);
+        auto c = check_Xy(self, X, y, false);
         py::gil_scoped_release nogil;
-        c.finite_or_throw();
+        c.finite_or_throw(self);
         std::lock_guard<std::mutex> lock(self.mutex());
-        return self.loss_only(c.X.data(), c.N, c.labels());
+        return self.loss_only(c.x(), c.N, c.labels);
       }, py::arg("X"), py::arg("y"), "Loss of the batch; no gradients, no update.")
+      .def("validate", [](M& self, const py::handle& X, const py::handle& y) {
+        auto c = check_Xy(self, X, y, true);
+        py::gil_scoped_release nogil;
+        c.finite_or_throw(self);
+      }, py::arg("X"), py::arg("y"),
+         "Every check a training call makes on (X, y), labels and NaN/Inf included; changes nothing.")
       .def("train_epoch", [](M& self, const py::handle& X, const py::handle& y, const py::handle& order_obj,
-                             int64_t batch) {
-        auto c = check_Xy(self, X, y);
+                             int64_t batch, int on_nonfinite) {
+        auto c = check_Xy(self, X, y, true);
         check_batch(batch, "batch_size");
+        if (on_nonfinite < 0 || on_nonfinite > 1) throw ValueError("on_nonfinite: expected 0 (stop) or 1 (skip)");
         auto order = bind::as_exact<int64_t>(order_obj, "order", 1);
         if (order.shape(0) < 1) throw ValueError("order: empty");
         const int64_t* o = order.data();
         const int64_t n = order.shape(0);
-        for (int64_t i = 0; i < n; ++i)
+        for (int64_t i = 0; i < n; ++i)  // checked again by the core where each is read
           if (o[i] < 0 || o[i] >= c.N) throw ValueError("order: row index out of range");
-        const int64_t nb = (n + batch - 1) / batch;
+        const int64_t nb = (n + std::min(batch, n) - 1) / std::min(batch, n);
         py::array_t<double> losses(nb);
         double* lp = losses.mutable_data();
+        std::fill(lp, lp + nb, std::numeric_limits<double>::quiet_NaN());
+        typename M::EpochResult r;
         {
           py::gil_scoped_release nogil;
-          c.finite_or_throw();
+          c.finite_or_throw(self);
           std::lock_guard<std::mutex> lock(self.mutex());
-          self.train_epoch(c.X.data(), c.labels(), o, n, batch, lp);
+          r = self.train_epoch(c.x(), c.N, c.labels, o, n, batch, lp, static_cast<typename M::OnNonFinite>(on_nonfinite));
         }
-        return losses;
-      }, py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"))
+        return py::make_tuple(losses, r.done, r.skipped, r.fault_batch, r.fault);
+      }, py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"), py::arg("on_nonfinite") = 0,
+         "Guarded steps over batches of X[order]: (losses, batches done, batches skipped, batch that "
+         "stopped the epoch or -1, its fault: 1 loss, 2 gradient). on_nonfinite 0 stops at the first "
+         "non-finite step, 1 skips it.")
       .def("predict", [](M& self, const py::handle& X_obj, int64_t batch) {
         auto X = check_X(self, X_obj);
         const int64_t N = X.shape(0);
@@ -287,24 +312,57 @@ void bind_one(py::module_& m, const char* name) {
         T* dst = out.mutable_data();
         {
           py::gil_scoped_release nogil;
-          if (!bind::all_finite(X.data(), N * self.in_width())) throw ValueError("X: contains NaN or Inf");
+          if (!kern::all_finite<T>(X.data(), N * self.in_width())) throw ValueError("X: contains NaN or Inf");
           std::lock_guard<std::mutex> lock(self.mutex());
           self.predict(X.data(), N, dst, batch);
         }
         return out;
       }, py::arg("X"), py::arg("batch_size") = 0)
       .def("evaluate", [](M& self, const py::handle& X, const py::handle& y, int64_t batch) {
-        auto c = check_Xy(self, X, y);
+        auto c = check_Xy(self, X, y, true);
         if (batch <= 0) batch = std::min<int64_t>(c.N, std::max<int64_t>(self.capacity(), kDefaultChunk));
         std::pair<double, int64_t> r;
         {
           py::gil_scoped_release nogil;
-          c.finite_or_throw();
+          c.finite_or_throw(self);
           std::lock_guard<std::mutex> lock(self.mutex());
-          r = self.evaluate(c.X.data(), c.N, c.labels(), batch);
+          r = self.evaluate(c.x(), c.N, c.labels, batch);
         }
         return py::make_tuple(r.first, r.second);
-      }, py::arg("X"), py::arg("y"), py::arg("batch_size") = 0);
+      }, py::arg("X"), py::arg("y"), py::arg("batch_size") = 0)
+      .def("snapshot", [](M& self) {
+        // A consistent copy of everything save() writes, taken under the model mutex (a fit in
+        // another thread holds it for a whole chunk of batches), without holding the GIL.
+        std::vector<T> p, b, s1, s2;
+        std::vector<int64_t> steps;
+        uint64_t seed = 0, draws = 0;
+        {
+          py::gil_scoped_release nogil;
+          std::lock_guard<std::mutex> lock(self.mutex());
+          p.assign(self.params(), self.params() + self.num_params());
+          b.assign(self.buffers(), self.buffers() + self.buffer_size());
+          s1.assign(self.state(0).begin(), self.state(0).end());
+          s2.assign(self.state(1).begin(), self.state(1).end());
+          steps = self.steps();
+          seed = self.rng_seed();
+          draws = self.rng_draws();
+        }
+        auto arr = [](const auto& v) {
+          using E = typename std::decay_t<decltype(v)>::value_type;
+          py::array_t<E> a(static_cast<py::ssize_t>(v.size()));
+          if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), sizeof(E) * v.size());
+          return a;
+        };
+        py::dict d;
+        d["params"] = arr(p);
+        d["buffers"] = arr(b);
+        d["state0"] = arr(s1);
+        d["state1"] = arr(s2);
+        d["steps"] = arr(steps);
+        d["rng"] = py::make_tuple(seed, draws);
+        return d;
+      }, "Copies of the parameters, buffers, optimizer state slots, step counts and dropout generator "
+         "state, all from one moment (save uses it).");
 }
 
 }  // namespace

@@ -42,11 +42,4 @@ py::array_t<T, py::array::c_style> as_exact(const py::handle& obj, const char* n
   return py::reinterpret_borrow<py::array_t<T, py::array::c_style>>(a);
 }
 
-template <class T>
-bool all_finite(const T* p, int64_t n) {
-  bool ok = true;
-  for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(p[i]);
-  return ok;
-}
-
 }  // namespace lp::bind

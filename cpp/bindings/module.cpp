@@ -25,8 +25,11 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(PyExc_TypeError, e.what());
     } catch (const lp::ValueError& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const lp::MemoryError& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
     }
   });
+  py::register_exception<lp::NonFiniteError>(m, "NonFiniteError", PyExc_RuntimeError);
   m.def("build_info", [] {
     py::dict d;
     d["version"] = LAYERPROP_VERSION;
@@ -47,6 +50,8 @@ PYBIND11_MODULE(_core, m) {
     lp::set_num_threads(n);
   }, py::arg("n"));
   m.def("get_num_threads", &lp::get_num_threads);
+  m.def("forked_after_pool", &lp::forked_after_pool,
+        "True in a process forked after its parent started OpenMP's threads: kernels run serially here.");
   bind_model(m);
   bind_kernels(m);
 }

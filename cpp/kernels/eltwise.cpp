@@ -3,8 +3,10 @@
 #include "layerprop/eltwise.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "layerprop/runtime.hpp"
@@ -20,7 +22,8 @@ namespace avx2 {
   void act_bwd_##S(T*, const T*, const T*, const T*, int64_t, Act, T, bool);                    \
   void bias_act_##S(T*, int64_t, int64_t, int64_t, const T*, Act, T, T*, int64_t);              \
   void colsum_##S(T*, const T*, int64_t, int64_t, int64_t, bool);                               \
-  void add_##S(T*, const T*, const T*, int64_t, bool);
+  void add_##S(T*, const T*, const T*, int64_t, bool);                                          \
+  bool finite_##S(const T*, int64_t);
 LP_ELTWISE_DECLARE(float, f32)
 LP_ELTWISE_DECLARE(double, f64)
 #undef LP_ELTWISE_DECLARE
@@ -37,6 +40,7 @@ struct Loops {
   void (*bias_act)(T*, int64_t, int64_t, int64_t, const T*, Act, T, T*, int64_t);
   void (*colsum)(T*, const T*, int64_t, int64_t, int64_t, bool);
   void (*add)(T*, const T*, const T*, int64_t, bool);
+  bool (*finite)(const T*, int64_t);
 };
 
 template <class T>
@@ -46,14 +50,14 @@ const Loops<T>& loops() {
     if (use_avx2()) {
       if constexpr (std::is_same_v<T, float>)
         return Loops<T>{&avx2::act_fwd_f32, &avx2::act_bwd_f32, &avx2::bias_act_f32, &avx2::colsum_f32,
-                        &avx2::add_f32};
+                        &avx2::add_f32, &avx2::finite_f32};
       else
         return Loops<T>{&avx2::act_fwd_f64, &avx2::act_bwd_f64, &avx2::bias_act_f64, &avx2::colsum_f64,
-                        &avx2::add_f64};
+                        &avx2::add_f64, &avx2::finite_f64};
     }
 #endif
     return Loops<T>{&generic::act_fwd_range<T>, &generic::act_bwd_range<T>, &generic::bias_act_range<T>,
-                    &generic::colsum_range<T>, &generic::add_range<T>};
+                    &generic::colsum_range<T>, &generic::add_range<T>, &generic::finite_range<T>};
   }();
   return l;
 }
@@ -103,13 +107,24 @@ void colsum(T* db, const T* dz, int64_t N, int64_t C, bool accumulate) {
   });
 }
 
+template <class T>
+bool all_finite(const T* p, int64_t n) {
+  const auto fn = loops<T>().finite;
+  std::atomic<bool> ok{true};
+  parallel_range(n, n, int64_t(1) << 20, [&](int64_t b, int64_t e) {
+    if (!fn(p + b, e - b)) ok.store(false, std::memory_order_relaxed);
+  });
+  return ok.load();
+}
+
 #define LP_ELTWISE_INSTANTIATE(T)                                                                   \
   template void act_forward<T>(T*, const T*, int64_t, Act, T);                                      \
   template void act_backward<T>(T*, const T*, const T*, const T*, int64_t, Act, T, bool);           \
   template void bias_act<T>(T*, int64_t, int64_t, int64_t, const T*, Act, T, T*, int64_t);          \
   template void add_into<T>(T*, const T*, int64_t, bool);                                           \
   template void mul_into<T>(T*, const T*, const T*, int64_t, bool);                                 \
-  template void colsum<T>(T*, const T*, int64_t, int64_t, bool);
+  template void colsum<T>(T*, const T*, int64_t, int64_t, bool);                                    \
+  template bool all_finite<T>(const T*, int64_t);
 LP_ELTWISE_INSTANTIATE(float)
 LP_ELTWISE_INSTANTIATE(double)
 #undef LP_ELTWISE_INSTANTIATE

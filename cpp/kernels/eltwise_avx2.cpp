@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "layerprop/common.hpp"
 
@@ -19,7 +21,8 @@ namespace lp::kern::avx2 {
   void colsum_##S(T* db, const T* dz, int64_t N, int64_t ldz, int64_t nc, bool acc) {             \
     colsum_range<T>(db, dz, N, ldz, nc, acc);                                                     \
   }                                                                                               \
-  void add_##S(T* y, const T* a, const T* m, int64_t n, bool acc) { add_range<T>(y, a, m, n, acc); }
+  void add_##S(T* y, const T* a, const T* m, int64_t n, bool acc) { add_range<T>(y, a, m, n, acc); } \
+  bool finite_##S(const T* p, int64_t n) { return finite_range<T>(p, n); }
 
 LP_ELTWISE_EXPORT(float, f32)
 LP_ELTWISE_EXPORT(double, f64)

@@ -1,6 +1,6 @@
 // Element-wise loops, compiled twice: portable (eltwise.cpp) and AVX2 (eltwise_avx2.cpp), like
-// the optimizer loops. Included inside a namespace; needs <algorithm>, <cmath>, <cstdint> and
-// layerprop/common.hpp before it. Pointers are __restrict and the activation is resolved before
+// the optimizer loops. Included inside a namespace; needs <algorithm>, <cmath>, <cstdint>, <cstring>,
+// <type_traits> and layerprop/common.hpp before it. Pointers are __restrict and the activation is resolved before
 // each loop, so every loop is one straight vectorizable pass. No FMA contraction in either
 // build: an element's value is the same whichever build, thread or tail computes it.
 
@@ -128,4 +128,19 @@ void add_range(T* __restrict y, const T* __restrict a, const T* __restrict m, in
     else
       for (int64_t i = 0; i < n; ++i) y[i] = a[i];
   }
+}
+
+// True when none of the n values is NaN or +-Inf: a test of the exponent bits, an integer
+// reduction the compiler vectorizes (no floating-point compare, no early exit).
+template <class T>
+bool finite_range(const T* __restrict p, int64_t n) {
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  const U ex = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  U bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    U u;
+    std::memcpy(&u, p + i, sizeof(U));
+    bad |= U((u & ex) == ex);
+  }
+  return bad == 0;
 }

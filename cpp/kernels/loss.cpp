@@ -97,9 +97,12 @@ int64_t count_correct(const T* logits, const int64_t* labels, int64_t N, int64_t
   for (int64_t i = 0; i < N; ++i) {
     const T* z = logits + i * C;
     int64_t best = 0;
-    for (int64_t j = 1; j < C; ++j)
+    bool nan = std::isnan(z[0]);
+    for (int64_t j = 1; j < C; ++j) {
+      nan |= std::isnan(z[j]);
       if (z[j] > z[best]) best = j;
-    correct += best == labels[i];
+    }
+    correct += !nan && best == labels[i];  // a row with a NaN logit predicts nothing
   }
   return correct;
 }

@@ -1,6 +1,7 @@
 #include "layerprop/model.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 
@@ -126,7 +127,9 @@ Model<T>::Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int 
       layer_tensors_[L].push_back(static_cast<int>(tensors_.size()));
       if (l.kind == LayerKind::Linear) tensors_.push_back({li, "weight", off, l.out, l.in});
       else tensors_.push_back({li, "weight", off, l.out, 0});
-      off += l.kind == LayerKind::Linear ? l.out * l.in : l.out;
+      const std::string what = "layer " + std::to_string(L) + " (" + std::to_string(l.in) + " -> " +
+                               std::to_string(l.out) + " features)";
+      off = checked_add(off, l.kind == LayerKind::Linear ? checked_mul(l.out, l.in, what) : l.out, what);
     }
     b_off_.push_back(has_b ? off : -1);
     if (has_b) {
@@ -145,6 +148,21 @@ Model<T>::Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int 
       rm_off_.push_back(-1);
       rv_off_.push_back(-1);
     }
+  }
+  // Parameters and gradients: refused before anything is allocated if this machine cannot hold
+  // them (the message names the largest layer).
+  {
+    int64_t big = -1, big_size = 0;
+    for (size_t L = 0; L < layers_.size(); ++L)
+      if (layers_[L].kind == LayerKind::Linear && layers_[L].out * layers_[L].in > big_size) {
+        big = static_cast<int64_t>(L);
+        big_size = layers_[L].out * layers_[L].in;
+      }
+    std::string what = "model parameters and gradients (" + std::to_string(off) + " parameters";
+    if (big >= 0)
+      what += "; the largest, layer " + std::to_string(big) + ", is " + std::to_string(layers_[big].in) + " -> " +
+              std::to_string(layers_[big].out) + " features";
+    check_allocation(checked_mul(checked_mul(off, 2, what), static_cast<int64_t>(sizeof(T)), what), what + ")");
   }
   params_.assign(static_cast<size_t>(off), T(0));
   grads_.assign(static_cast<size_t>(off), T(0));
@@ -167,9 +185,17 @@ void Model<T>::compile(LossKind loss, const kern::OptConfig& opt, const Schedule
       if (layer_nodes_[L].size() > 1)
         throw ValueError("schedule: LocoProp needs every layer used once; layer " + std::to_string(L) +
                          " is shared by " + std::to_string(layer_nodes_[L].size()) + " nodes");
-    if (sched.inner_steps < 1) throw ValueError("schedule: inner_steps must be >= 1");
+    if (sched.inner_steps < 1 || sched.inner_steps > kMaxInnerSteps)
+      throw ValueError("inner_steps: expected 1 to " + std::to_string(kMaxInnerSteps) + ", got " +
+                       std::to_string(sched.inner_steps));
   }
   const int slots = opt.state_slots();
+  if (slots > 0) {
+    const std::string what = "optimizer state";
+    check_allocation(checked_mul(static_cast<int64_t>(params_.size()) * slots, sizeof(T), what), what);
+  }
+  // assign() never gives back memory a slot once had, so a state view made before this compile
+  // still points into live memory (the views are documented as valid until the next compile).
   state1_.assign(slots >= 1 ? params_.size() : 0, T(0));
   state2_.assign(slots >= 2 ? params_.size() : 0, T(0));
   std::fill(steps_.begin(), steps_.end(), 0);
@@ -178,6 +204,7 @@ void Model<T>::compile(LossKind loss, const kern::OptConfig& opt, const Schedule
   sched_ = sched;
   compiled_ = true;
   grads_ready_ = false;
+  grads_fault_ = 0;
 }
 
 template <class T>
@@ -197,6 +224,14 @@ template <class T>
 void Model<T>::ensure_capacity(int64_t N) {
   if (N <= cap_) return;
   const int n = static_cast<int>(nodes_.size());
+  // The workspace of a batch of N rows, checked before any of it is allocated.
+  const std::string what = "X: a batch of " + std::to_string(N) + " rows";
+  int64_t elems = N;  // row losses
+  for (int i = 1; i < n; ++i) {
+    const int64_t per = 1 + (needs_grad_[i] ? 1 : 0) + (nodes_[i].kind == NodeKind::Dropout ? 1 : 0);
+    elems = checked_add(elems, checked_mul(checked_mul(N, nodes_[i].width, what), per, what), what);
+  }
+  check_allocation(checked_mul(elems, static_cast<int64_t>(sizeof(T)), what), what + " (workspace)");
   for (int i = 1; i < n; ++i) {
     const size_t sz = static_cast<size_t>(N * nodes_[i].width);
     outs_[i].assign(sz, T(0));
@@ -438,17 +473,64 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
 }
 
 template <class T>
+void Model<T>::require_labels(Labels<T> y) const {
+  // The bindings chose the labels for the loss compiled when they checked them; a compile from
+  // another thread may have changed it since. Read under the mutex, like every setting.
+  if (!compiled_)
+    throw std::runtime_error("the model is not compiled: call model.compile(loss=..., optimizer=...) first");
+  if (loss_ == LossKind::CrossEntropy ? !y.cls : !y.target)
+    throw std::runtime_error("y: the model was compiled again with another loss while this call waited for it; "
+                             "the labels given are for the previous loss");
+}
+
+template <class T>
+Labels<T> Model<T>::stage_labels(Labels<T> y, int64_t N, const int64_t* src, int64_t row0) {
+  require_labels(y);
+  Labels<T> out;
+  if (loss_ != LossKind::CrossEntropy) {
+    out.target = y.target + row0 * out_width();
+    return out;
+  }
+  if (static_cast<int64_t>(lbatch_.size()) < N) lbatch_.resize(static_cast<size_t>(N));
+  const int64_t C = out_width();
+  for (int64_t r = 0; r < N; ++r) {
+    const int64_t row = src ? src[r] : row0 + r;
+    const int64_t v = y.cls[row];  // read once: the copy is what the kernels see
+    if (v < 0 || v >= C)
+      throw ValueError("y: class label " + std::to_string(v) + " at row " + std::to_string(row) +
+                       " is out of range [0, " + std::to_string(C) + ")");
+    lbatch_[r] = v;
+  }
+  out.cls = lbatch_.data();
+  return out;
+}
+
+template <class T>
 double Model<T>::compute_gradients(const T* X, int64_t N, Labels<T> y, bool update_stats) {
+  return gradients(X, N, stage_labels(y, N), update_stats);
+}
+
+template <class T>
+double Model<T>::gradients(const T* X, int64_t N, Labels<T> y, bool update_stats) {
   ops_ = {};
+  const bool stats = training_ && update_stats && !buffers_.empty();
+  if (stats) stats_backup_.assign(buffers_.begin(), buffers_.end());
+  const uint64_t draws = draws_;
   forward(X, N, FwdMode{training_, training_ && update_stats, false});
   const double loss = loss_and_seed(N, y, true);
   backward(N);
-  grads_ready_ = true;
+  grads_fault_ = !std::isfinite(loss) ? 1 : !kern::all_finite<T>(grads_.data(), static_cast<int64_t>(grads_.size())) ? 2 : 0;
+  grads_ready_ = grads_fault_ == 0;
+  if (grads_fault_) {  // the forward's side effects are put back; the gradients stay to be seen
+    if (stats) std::copy(stats_backup_.begin(), stats_backup_.end(), buffers_.begin());
+    draws_ = draws;
+  }
   return loss;
 }
 
 template <class T>
 double Model<T>::loss_only(const T* X, int64_t N, Labels<T> y) {
+  y = stage_labels(y, N);
   forward(X, N, FwdMode{training_, false, false});
   return loss_and_seed(N, y, false);
 }
@@ -475,7 +557,7 @@ void Model<T>::apply_gradients() {
 }
 
 template <class T>
-double Model<T>::train_step(const T* X, int64_t N, Labels<T> y) {
+double Model<T>::step(const T* X, int64_t N, Labels<T> y) {
   switch (sched_.kind) {
     case ScheduleKind::LayerwiseTopDown:
     case ScheduleKind::LayerwiseBottomUp: return step_layerwise(X, N, y);
@@ -483,7 +565,7 @@ double Model<T>::train_step(const T* X, int64_t N, Labels<T> y) {
     case ScheduleKind::LocoPropM: return step_locoprop(X, N, y);
     case ScheduleKind::Simultaneous:
     default: {
-      const double loss = compute_gradients(X, N, y);
+      const double loss = gradients(X, N, y, true);
       apply_gradients();
       return loss;
     }
@@ -491,31 +573,101 @@ double Model<T>::train_step(const T* X, int64_t N, Labels<T> y) {
 }
 
 template <class T>
-void Model<T>::train_epoch(const T* X, Labels<T> y, const int64_t* order, int64_t n,
-                           int64_t batch, double* losses) {
+double Model<T>::guarded_step(const T* X, int64_t N, Labels<T> y, int& fault) {
+  fault = 0;
+  if (sched_.kind == ScheduleKind::Simultaneous) {
+    // gradients() checks the loss and every gradient and, on a fault, puts back what the
+    // forward changed; then no update is made.
+    const double loss = gradients(X, N, y, true);
+    fault = grads_fault_;
+    if (!fault) apply_gradients();
+    return loss;
+  }
+  // Layerwise and LocoProp update inside the step: everything they may change is kept aside
+  // (a copy is small next to their several passes) and put back if the step went non-finite.
+  params_backup_.assign(params_.begin(), params_.end());
+  state1_backup_.assign(state1_.begin(), state1_.end());
+  state2_backup_.assign(state2_.begin(), state2_.end());
+  stats_backup_.assign(buffers_.begin(), buffers_.end());
+  steps_backup_ = steps_;
+  const uint64_t draws = draws_;
+  const double loss = step(X, N, y);
+  fault = !std::isfinite(loss) ? 1 : !kern::all_finite<T>(params_.data(), static_cast<int64_t>(params_.size())) ? 2 : 0;
+  grads_fault_ = fault;
+  if (fault) {
+    std::copy(params_backup_.begin(), params_backup_.end(), params_.begin());
+    std::copy(state1_backup_.begin(), state1_backup_.end(), state1_.begin());
+    std::copy(state2_backup_.begin(), state2_backup_.end(), state2_.begin());
+    std::copy(stats_backup_.begin(), stats_backup_.end(), buffers_.begin());
+    steps_ = steps_backup_;
+    draws_ = draws;
+  }
+  return loss;
+}
+
+template <class T>
+double Model<T>::train_step(const T* X, int64_t N, Labels<T> y) {
+  y = stage_labels(y, N);
+  int fault = 0;
+  const double loss = guarded_step(X, N, y, fault);
+  if (fault)
+    throw NonFiniteError(std::string(fault == 1 ? "the loss is not finite (" + std::to_string(loss) + ")"
+                                                : "a gradient is not finite") +
+                         "; the step was not applied: parameters, optimizer state and BatchNorm statistics "
+                         "are as before it (lower the learning rate, or check the data)");
+  return loss;
+}
+
+template <class T>
+typename Model<T>::EpochResult Model<T>::train_epoch(const T* X, int64_t rows, Labels<T> y, const int64_t* order,
+                                                     int64_t n, int64_t batch, double* losses, OnNonFinite policy) {
+  require_labels(y);
   const int64_t in = in_width(), D = out_width();
-  if (static_cast<int64_t>(xbatch_.size()) < batch * in) xbatch_.assign(batch * in, T(0));
-  if (y.cls && static_cast<int64_t>(lbatch_.size()) < batch) lbatch_.assign(batch, 0);
-  if (y.target && static_cast<int64_t>(tbatch_.size()) < batch * D) tbatch_.assign(batch * D, T(0));
+  batch = std::min(batch, n);  // scratch for the rows present, whatever batch_size says
+  const std::string what = "batch_size: a batch of " + std::to_string(batch) + " rows";
+  const int64_t xelems = checked_mul(batch, in, what);
+  if (static_cast<int64_t>(xbatch_.size()) < xelems) {
+    check_allocation(checked_mul(xelems, static_cast<int64_t>(sizeof(T)), what), what);
+    xbatch_.assign(static_cast<size_t>(xelems), T(0));
+  }
+  if (y.target && static_cast<int64_t>(tbatch_.size()) < checked_mul(batch, D, what))
+    tbatch_.assign(static_cast<size_t>(batch * D), T(0));
+  EpochResult res;
   int64_t b = 0;
   for (int64_t s = 0; s < n; s += batch, ++b) {
     const int64_t nb = std::min(batch, n - s);
-    Labels<T> yb;
+    const int64_t* src = order + s;
     for (int64_t r = 0; r < nb; ++r) {
-      const int64_t src = order[s + r];
-      std::memcpy(xbatch_.data() + r * in, X + src * in, sizeof(T) * in);
-      if (y.cls) lbatch_[r] = y.cls[src];
-      if (y.target) std::memcpy(tbatch_.data() + r * D, y.target + src * D, sizeof(T) * D);
+      const int64_t row = src[r];  // read once, checked where it is used
+      if (row < 0 || row >= rows)
+        throw ValueError("order: row index " + std::to_string(row) + " out of range [0, " + std::to_string(rows) + ")");
+      std::memcpy(xbatch_.data() + r * in, X + row * in, sizeof(T) * in);
+      if (y.target) std::memcpy(tbatch_.data() + r * D, y.target + row * D, sizeof(T) * D);
     }
-    if (y.cls) yb.cls = lbatch_.data();
-    if (y.target) yb.target = tbatch_.data();
-    losses[b] = train_step(xbatch_.data(), nb, yb);
+    Labels<T> yb;
+    if (y.cls) yb = stage_labels(y, nb, src);  // the rows were checked above
+    else yb.target = tbatch_.data();
+    int fault = 0;
+    losses[b] = guarded_step(xbatch_.data(), nb, yb, fault);
+    res.done = b + 1;
+    if (fault) {
+      if (policy == OnNonFinite::Skip) {
+        ++res.skipped;
+        continue;
+      }
+      res.done = b;
+      res.fault = fault;
+      res.fault_batch = b;
+      return res;
+    }
   }
+  return res;
 }
 
 template <class T>
 void Model<T>::predict(const T* X, int64_t N, T* dst, int64_t batch) {
   const int64_t D = out_width(), in = in_width();
+  batch = std::min(batch, N);
   for (int64_t s = 0; s < N; s += batch) {
     const int64_t nb = std::min(batch, N - s);
     forward(X + s * in, nb, FwdMode{});
@@ -526,16 +678,15 @@ void Model<T>::predict(const T* X, int64_t N, T* dst, int64_t batch) {
 template <class T>
 std::pair<double, int64_t> Model<T>::evaluate(const T* X, int64_t N, Labels<T> y, int64_t batch) {
   const int64_t D = out_width(), in = in_width();
+  batch = std::min(batch, N);
   double total = 0;
   int64_t correct = 0;
   for (int64_t s = 0; s < N; s += batch) {
     const int64_t nb = std::min(batch, N - s);
-    Labels<T> yb;
-    if (y.cls) yb.cls = y.cls + s;
-    if (y.target) yb.target = y.target + s * D;
+    const Labels<T> yb = stage_labels(y, nb, nullptr, s);
     forward(X + s * in, nb, FwdMode{});
     total += loss_and_seed(nb, yb, false) * static_cast<double>(nb);
-    if (y.cls) correct += kern::count_correct<T>(out(output_), yb.cls, nb, D);
+    if (yb.cls) correct += kern::count_correct<T>(out(output_), yb.cls, nb, D);
   }
   return {total / static_cast<double>(N), correct};
 }

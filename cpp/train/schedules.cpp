@@ -98,6 +98,7 @@ double Model<T>::step_locoprop(const T* X, int64_t N, Labels<T> y) {
   const int nt = std::min<int>(get_num_threads(), static_cast<int>(lin.size()));
   const int64_t nlin = static_cast<int64_t>(lin.size());
   if (nt > 1) {
+    note_parallel_region();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
     for (int64_t u = 0; u < nlin; ++u) locoprop_unit(lin[u], N);
   } else {

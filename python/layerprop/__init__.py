@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import _core
 from . import explain
+from ._core import NonFiniteError
 from .layers import (GELU, BatchNorm1d, Dropout, Identity, Input, Layer, LayerNorm, LeakyReLU,
                      Linear, ReLU, Sigmoid, SymbolicTensor, Tanh, add, concat)
 from .model import Model, Sequential
@@ -24,8 +25,13 @@ __all__ = [
     "BatchNorm1d", "LayerNorm", "Input", "SymbolicTensor", "add", "concat", "Model", "Sequential",
     "Optimizer", "SGD", "Adam", "AdamW", "Schedule", "Simultaneous", "Layerwise", "LocoProp", "Callback", "History",
     "load", "from_torch", "EarlyStopping", "ModelCheckpoint", "LambdaCallback", "MovingTarget",
-    "explain",
+    "explain", "NonFiniteError",
 ]
+
+NonFiniteError.__doc__ = (
+    "A training step met a non-finite loss or gradient (a RuntimeError). The step was not "
+    "applied: parameters, optimizer state, BatchNorm running statistics and the dropout "
+    "generator are as they were before it.")
 
 
 def build_info() -> dict:
@@ -38,6 +44,12 @@ def set_num_threads(n: int) -> None:
     """Threads the core uses from now on (default: all cores, or OMP_NUM_THREADS)."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n: expected an int >= 1, got {n!r}")
+    if n > 1 and _core.forked_after_pool():
+        import warnings
+        warnings.warn("layerprop runs single-threaded in this process: it was forked after its parent "
+                      "started OpenMP threads, which cannot be used after fork (use the 'spawn' or "
+                      "'forkserver' start method of multiprocessing for threaded children)",
+                      RuntimeWarning, stacklevel=2)
     _core.set_num_threads(n)
 
 

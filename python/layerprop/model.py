@@ -290,7 +290,7 @@ class Model:
         # checks shapes, labels and NaN/Inf itself).
         if (type(X) is np.ndarray and type(y) is np.ndarray and X.dtype == self._np_dtype
                 and X.flags.c_contiguous and y.flags.c_contiguous and X.ndim == 2
-                and (y.dtype == np.int64 if self.loss == "cross_entropy"
+                and (y.dtype == np.int64 and y.ndim == 1 if self.loss == "cross_entropy"
                      else y.dtype == self._np_dtype and y.ndim == 2)):
             return X, y
         Xa = self._as_X(X)
@@ -342,14 +342,21 @@ class Model:
     def fit(self, X: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
             shuffle: bool = True, validation_data: Optional[Tuple[np.ndarray, np.ndarray]] = None,
             callbacks: Sequence[object] = (), progress: Optional[bool] = None,
-            initial_epoch: int = 0):
+            initial_epoch: int = 0, on_nonfinite: str = "raise"):
         """Train for `epochs` passes over (X, y) in batches (the last one may be partial);
         returns a History. Shuffling uses the model's seed, so runs are reproducible.
-        initial_epoch: continue a run (Keras' convention: epochs initial_epoch..epochs-1 run)."""
+        initial_epoch: continue a run (Keras' convention: epochs initial_epoch..epochs-1 run).
+
+        Every argument (the data and validation_data included: shapes, labels, NaN/Inf) is
+        checked before the first step, so a refused fit changes nothing. Every step is guarded:
+        a step whose loss or gradient is not finite is not applied. on_nonfinite says what
+        follows: "raise" (lp.NonFiniteError, the model as after the last good step), "stop"
+        (a RuntimeWarning, and fit returns the History so far) or "skip" (the batch is skipped;
+        the epoch's logs count them in "nonfinite_batches")."""
         from .training import run_fit
         return run_fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                        validation_data=validation_data, callbacks=callbacks,  # type: ignore[arg-type]
-                       progress=progress, initial_epoch=initial_epoch)
+                       progress=progress, initial_epoch=initial_epoch, on_nonfinite=on_nonfinite)
 
     def save(self, path: str, include_optimizer: bool = True) -> None:
         """Write the model to a safetensors file (see lp.load and layerprop.io)."""

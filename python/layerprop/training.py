@@ -338,17 +338,49 @@ def _progress_bar(show: bool, total: int, desc: str) -> Optional[_Progress]:
         return None
 
 
+_ON_NONFINITE = ("raise", "stop", "skip")
+
+
+def _check_monitors(callbacks: Sequence[Callback], val: Any, loss: Optional[str]) -> None:
+    """Refuse, before the first step, a callback that would watch a metric this fit never
+    reports (a val_* metric without validation data, val_accuracy without classes)."""
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, _Monitor):
+            continue
+        if isinstance(cb, ModelCheckpoint) and not cb.save_best_only:
+            continue  # writes every `every` epochs; never reads the metric
+        reports = ["loss"] + (["val_loss"] + (["val_accuracy"] if loss == "cross_entropy" else [])
+                              if val is not None else [])
+        if (cb.monitor.startswith("val_") or cb.monitor == "accuracy") and cb.monitor not in reports:
+            raise ValueError(f"monitor: {type(cb).__name__} (callbacks[{i}]) watches {cb.monitor!r}, but this fit "
+                             f"reports only {reports} (pass validation_data for val_* metrics; accuracy is "
+                             "reported for cross_entropy only); nothing was trained")
+
+
+def _validated(model: Any, X: Any, y: Any, name: str) -> Any:
+    """(X, y) converted once and fully checked (labels, NaN/Inf) before anything trains; errors
+    from the validation pair name validation_data."""
+    try:
+        Xa, ya = model._Xy(X, y)
+        if ya.ndim == 0 or ya.shape[0] != Xa.shape[0]:
+            raise ValueError(f"y: expected {Xa.shape[0]} rows to match X, got shape {ya.shape}")
+        if Xa.shape[0] == 0:
+            raise ValueError("X: empty (0 rows); fit needs at least one sample")
+        model._core.validate(Xa, ya)
+    except (TypeError, ValueError) as e:
+        if name == "validation_data":
+            raise type(e)(f"validation_data: {e}") from None
+        raise
+    return Xa, ya
+
+
 def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle: bool,
             validation_data: Any, callbacks: Sequence[Callback], progress: Optional[bool],
-            initial_epoch: int = 0) -> History:
+            initial_epoch: int = 0, on_nonfinite: str = "raise") -> History:
+    from . import NonFiniteError
     from .model import _positive_int
     model._require_compiled()
-    Xa, ya = model._Xy(X, y)  # converted once for the whole fit
-    n = Xa.shape[0]
-    if n == 0:
-        raise ValueError("X: empty (0 rows); fit needs at least one sample")
-    if ya.shape[0] != n:
-        raise ValueError(f"y: expected {n} rows to match X, got {ya.shape[0]}")
+    # Every argument is checked before the first step: a refused fit changes nothing.
     epochs = int(epochs) if isinstance(epochs, (int, np.integer)) and not isinstance(epochs, bool) else -1
     if epochs < 0:
         raise ValueError("epochs: expected an int >= 0")
@@ -357,7 +389,11 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
     initial_epoch = int(initial_epoch)
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress: expected True, False or None, got {progress!r}")
+    if on_nonfinite not in _ON_NONFINITE:
+        raise ValueError(f"on_nonfinite: expected one of {_ON_NONFINITE}, got {on_nonfinite!r}")
     batch_size = _positive_int(batch_size, "batch_size")
+    Xa, ya = _validated(model, X, y, "X")  # converted once for the whole fit
+    n = Xa.shape[0]
     if model.training and n % batch_size == 1 and any(isinstance(l, BatchNorm1d) for l in model.layers):
         raise ValueError(f"batch_size: with {n} samples and batch_size={batch_size} the last batch has "
                          "1 sample, which BatchNorm1d cannot normalize in training mode; choose another "
@@ -366,13 +402,13 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data: expected a tuple (X_val, y_val)")
-        Xv, yv = model._Xy(*validation_data)
-        val = (Xv, yv)
+        val = _validated(model, validation_data[0], validation_data[1], "validation_data")
     if isinstance(callbacks, Callback):
         callbacks = [callbacks]
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks[{i}]: expected an lp Callback, got {type(cb).__name__}")
+    _check_monitors(callbacks, val, model.loss)
     history = History()
     # History last (as in Keras): metrics the other callbacks add to an epoch's logs land in it.
     cbs: List[Callback] = [*callbacks, history]
@@ -385,6 +421,7 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
     sizes = np.full(n_batches, batch_size, dtype=np.float64)
     sizes[-1] = n - batch_size * (n_batches - 1)
     show = _show_progress(progress)
+    policy = 1 if on_nonfinite == "skip" else 0
     # Chunks of whole batches per call into the core: the GIL is free while a chunk trains,
     # and a progress bar, if any, moves between chunks.
     chunk = max(1, min(n_batches, 16)) if show else n_batches
@@ -395,19 +432,46 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         order = model._fit_rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
         order = order.astype(np.int64, copy=False)
         bar = _progress_bar(show, n_batches, f"epoch {epoch + 1}/{epochs}")
-        losses = np.empty(n_batches)
+        losses = np.full(n_batches, np.nan)
+        fault = None
         for b0 in range(0, n_batches, chunk):
             b1 = min(n_batches, b0 + chunk)
-            losses[b0:b1] = model._core.train_epoch(Xa, ya, order[b0 * batch_size: b1 * batch_size], batch_size)
+            out, done, _skipped, fault_batch, kind = model._core.train_epoch(
+                Xa, ya, order[b0 * batch_size: b1 * batch_size], batch_size, policy)
+            losses[b0:b1] = out
+            if fault_batch >= 0:
+                fault = (b0 + fault_batch, kind, float(out[fault_batch]))
+                losses[b0 + fault_batch] = np.nan
+                break
             if bar is not None:
-                bar.update(b1 - b0, float(np.dot(losses[:b1], sizes[:b1]) / sizes[:b1].sum()))
-        logs = {"loss": float(np.dot(losses, sizes) / n)}
+                ok = np.isfinite(losses[:b1])
+                bar.update(b1 - b0, float(np.dot(losses[:b1][ok], sizes[:b1][ok]) / max(sizes[:b1][ok].sum(), 1)))
+        applied = np.isfinite(losses)
+        logs = {"loss": float(np.dot(losses[applied], sizes[applied]) / sizes[applied].sum())
+                if applied.any() else math.nan}
+        if on_nonfinite == "skip":
+            logs["nonfinite_batches"] = float(n_batches - applied.sum())
+        if fault is not None:
+            b, kind, value = fault
+            what = f"the loss is not finite ({value})" if kind == 1 else "a gradient is not finite"
+            msg = (f"fit: epoch {epoch + 1}, batch {b + 1} of {n_batches}: {what}; that step was not applied, so "
+                   "the parameters, optimizer state and BatchNorm statistics are those after the last good step "
+                   "(lower the learning rate, or check the data)")
+            if bar is not None:
+                bar.bar.close()
+            if on_nonfinite == "raise":
+                for cb in cbs:
+                    cb.on_train_end()
+                raise NonFiniteError(msg)
+            import warnings
+            warnings.warn(msg + "; training stopped (on_nonfinite='stop')", RuntimeWarning, stacklevel=3)
+            model.stop_training = True
         if val is not None:
             loss, correct = model._core.evaluate(val[0], val[1], 0)
             logs["val_loss"] = float(loss)
             if model.loss == "cross_entropy":
                 logs["val_accuracy"] = float(correct) / val[0].shape[0]
-        if bar is not None:
+        if bar is not None and fault is None:
             bar.close(logs, n / max(time.perf_counter() - t0, 1e-9))
         for cb in cbs:
             cb.on_epoch_end(epoch, logs)

@@ -42,5 +42,33 @@ struct ValueError : std::invalid_argument {
 struct TypeError : std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
+// A buffer the model would need is larger than this machine can hold, or its size overflows
+// 64 bits: raised (as MemoryError) before anything is allocated or zero-filled.
+struct MemoryError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// A training step met a non-finite loss or gradient; the step was not applied.
+struct NonFiniteError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// a * b for sizes, or MemoryError naming `what` if the product overflows int64.
+inline int64_t checked_mul(int64_t a, int64_t b, const std::string& what) {
+  int64_t r = 0;
+  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r))
+    throw MemoryError(what + ": size " + std::to_string(a) + " x " + std::to_string(b) + " overflows");
+  return r;
+}
+inline int64_t checked_add(int64_t a, int64_t b, const std::string& what) {
+  int64_t r = 0;
+  if (__builtin_add_overflow(a, b, &r)) throw MemoryError(what + ": size overflows");
+  return r;
+}
+// Bytes of physical memory on this machine (0 if unknown).
+int64_t physical_memory_bytes();
+// MemoryError naming `what` and the bytes asked for if `bytes` exceeds physical memory:
+// checked before allocating, so an impossible request never reaches the allocator (which,
+// with overcommit, would hand out pages that the zero-fill then cannot back).
+void check_allocation(int64_t bytes, const std::string& what);
 
 }  // namespace lp

@@ -37,4 +37,8 @@ void mul_into(T* y, const T* a, const T* m, int64_t n, bool accumulate);
 template <class T>
 void colsum(T* db, const T* dz, int64_t N, int64_t C, bool accumulate);
 
+// True when no element of p (n) is NaN or +-Inf: input scans and the training guard.
+template <class T>
+bool all_finite(const T* p, int64_t n);
+
 }  // namespace lp::kern

@@ -50,6 +50,9 @@ struct Labels {
 };
 
 enum class ScheduleKind : int { Simultaneous = 0, LayerwiseTopDown, LayerwiseBottomUp, LocoPropS, LocoPropM };
+// LocoProp's inner steps per training step are bounded: a step runs without the GIL and cannot
+// be interrupted, so a configuration (or a loaded file) must not ask for an endless one.
+constexpr int64_t kMaxInnerSteps = 1000000;
 struct ScheduleConfig {
   ScheduleKind kind = ScheduleKind::Simultaneous;
   int64_t inner_steps = 10;
@@ -77,6 +80,7 @@ class Model {
   T* params() { return params_.data(); }
   T* grads() { return grads_.data(); }
   T* buffers() { return buffers_.data(); }
+  int64_t buffer_size() const { return static_cast<int64_t>(buffers_.size()); }
   int64_t capacity() const { return cap_; }
   std::mutex& mutex() { return mu_; }
 
@@ -89,16 +93,33 @@ class Model {
   // them for the compiled schedule.
   std::vector<int> unit_order() const;
 
-  // Steps; every pointer is already validated by the caller (bindings).
+  // Steps. Shapes and dtypes are validated by the caller (bindings) with the GIL held; what
+  // another Python thread could still change after the GIL is released (class labels, the row
+  // order, the compiled loss) is checked again here, where it is read, under the model mutex:
+  // labels are copied into the model's own buffer and range-checked on the copy.
+  //
+  // Every training step is guarded: a non-finite loss or gradient leaves the parameters,
+  // optimizer state, BatchNorm running statistics and dropout generator as they were before the
+  // step (train_step throws NonFiniteError; train_epoch reports it, see EpochResult).
   double train_step(const T* X, int64_t N, Labels<T> y);
-  // update_stats=false: BatchNorm running statistics stay as they are (loss_and_grads).
+  // update_stats=false: BatchNorm running statistics stay as they are (loss_and_grads). A
+  // non-finite loss or gradient puts the running statistics and dropout generator back and
+  // leaves gradients that apply_gradients refuses (gradients_fault()).
   double compute_gradients(const T* X, int64_t N, Labels<T> y, bool update_stats = true);
   void apply_gradients();
   bool gradients_ready() const { return grads_ready_; }
-  // A whole epoch: batches of rows X[order[b:b+bs]] (order: permutation or arange), one
-  // train_step each; losses (n_batches) receives each batch's loss.
-  void train_epoch(const T* X, Labels<T> y, const int64_t* order, int64_t n, int64_t batch,
-                   double* losses);
+  int gradients_fault() const { return grads_fault_; }
+  // A whole epoch: batches of rows X[order[b:b+bs]] of X (rows, in_width), one guarded step
+  // each; losses (n_batches) receives each batch's loss (NaN-free only for applied batches).
+  enum class OnNonFinite : int { Stop = 0, Skip = 1 };
+  struct EpochResult {
+    int64_t done = 0;         // batches processed (applied or skipped)
+    int64_t skipped = 0;      // batches whose step was not applied (OnNonFinite::Skip)
+    int64_t fault_batch = -1; // OnNonFinite::Stop: the batch that stopped the epoch
+    int fault = 0;            // kind of that fault: 1 non-finite loss, 2 non-finite gradient
+  };
+  EpochResult train_epoch(const T* X, int64_t rows, Labels<T> y, const int64_t* order, int64_t n,
+                          int64_t batch, double* losses, OnNonFinite policy);
   // Forward only (inference mode); out (N, out_width).
   void predict(const T* X, int64_t N, T* out, int64_t batch);
   // Mean loss and (cross-entropy) number of correct argmax predictions, in batches.
@@ -131,6 +152,17 @@ class Model {
     bool reuse_masks = false;  // dropout: same masks as the previous forward of this step
   };
   void ensure_capacity(int64_t N);
+  // Labels the compiled loss reads, copied into lbatch_ (class labels, range-checked) for rows
+  // src[r] (or row0 + r when src is null), r < N; targets are passed through (rows of
+  // out_width values; any value is safe to read).
+  Labels<T> stage_labels(Labels<T> y, int64_t N, const int64_t* src = nullptr, int64_t row0 = 0);
+  void require_labels(Labels<T> y) const;
+  // One training step of the compiled schedule on staged labels; fault: 0, or 1 (non-finite
+  // loss) / 2 (non-finite gradient), in which case nothing the step changed is kept.
+  double guarded_step(const T* X, int64_t N, Labels<T> y, int& fault);
+  double step(const T* X, int64_t N, Labels<T> y);
+  // Forward, loss and backward on staged labels; sets grads_fault_ (see compute_gradients).
+  double gradients(const T* X, int64_t N, Labels<T> y, bool update_stats);
   void forward(const T* X, int64_t N, FwdMode mode, int from = 1);
   double loss_and_seed(int64_t N, Labels<T> y, bool want_grad);
   // Backward over nodes >= down_to; parameter gradients only for `only_layer` (-1: all).
@@ -161,6 +193,10 @@ class Model {
   std::vector<Buffer<T>> aux_;                // per node scratch: dropout masks; norm statistics
   std::vector<Buffer<T>> targets_;            // LocoProp: per layer, cap x out
   Buffer<T> row_loss_, xbatch_, tbatch_;
+  // What a faulty step puts back: BatchNorm running statistics (every schedule) and, for the
+  // schedules that update inside the step, the parameters and optimizer state.
+  Buffer<T> stats_backup_, params_backup_, state1_backup_, state2_backup_;
+  std::vector<int64_t> steps_backup_;
   std::vector<int64_t> lbatch_;
   std::vector<char> written_, pwritten_;
   std::vector<uint64_t> mask_keys_;           // per node: key of the current dropout masks
@@ -169,6 +205,7 @@ class Model {
   OpCounts ops_;
 
   bool compiled_ = false, grads_ready_ = false;
+  int grads_fault_ = 0;
   bool training_ = true;
   uint64_t seed_ = 0, draws_ = 0;
   LossKind loss_ = LossKind::CrossEntropy;

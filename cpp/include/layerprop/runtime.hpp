@@ -21,6 +21,11 @@ bool use_avx2();
 std::string simd_name();
 
 bool have_openmp();
+// Called before entering a parallel region with more than one thread.
+void note_parallel_region();
+// True in a process forked after this one's parent had started OpenMP's worker pool: such a
+// child runs serially (get_num_threads() == 1), since the pool cannot be used there.
+bool forked_after_pool();
 void set_num_threads(int n);
 int get_num_threads();
 // Threads for a loop of `work` units (roughly flops or bytes): 1 below `threshold`.
@@ -29,7 +34,10 @@ inline int threads_for(int64_t work, int64_t threshold) {
 #ifdef LAYERPROP_HAVE_OPENMP
   if (omp_in_parallel()) return 1;
 #endif
-  return work >= threshold ? get_num_threads() : 1;
+  if (work < threshold) return 1;
+  const int nt = get_num_threads();
+  if (nt > 1) note_parallel_region();
+  return nt;
 }
 
 // body(begin, end) over [0, n) split into one contiguous range per thread (multiples of 64
