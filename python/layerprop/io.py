@@ -322,11 +322,15 @@ def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["Ordered
         raise TypeError(f"model: expected an lp.Model, got {type(model).__name__}")
     if not isinstance(include_optimizer, bool):
         raise TypeError(f"include_optimizer: expected True or False, got {include_optimizer!r}")
-    tensors: "OrderedDict[str, np.ndarray]" = OrderedDict(
-        (n, np.ascontiguousarray(p).copy()) for n, p in model.parameters().items())
+    # One consistent copy, taken under the model's lock: a fit running in another thread
+    # cannot interleave its steps with this read (no file mixes two steps' state).
+    snap = model._core.snapshot()
+    tensors: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    for (_l, _pname, off, shape), name in zip(model._core.tensors(), model._param_names):
+        tensors[name] = snap["params"][off: off + int(np.prod(shape))].reshape(shape)
     buffers = _buffers(model)
-    for n, b in buffers.items():
-        tensors[n] = np.ascontiguousarray(b).copy()
+    for (_l, _bname, off, shape), name in zip(model._core.buffer_tensors(), buffers):
+        tensors[name] = snap["buffers"][off: off + int(np.prod(shape))].reshape(shape)
     meta: Dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
                             "layerprop_version": __version__, "model": _architecture(model),
                             "params": list(model.parameters()), "buffers": list(buffers),
@@ -338,18 +342,16 @@ def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["Ordered
         if include_optimizer:
             slots = 0
             for k in (0, 1):
-                flat = model._core.state_view(k)
+                flat = snap[f"state{k}"]
                 if flat.size == 0:
                     continue
                 slots = k + 1
                 for (_l, _pname, off, shape), name in zip(model._core.tensors(), model._param_names):
                     size = int(np.prod(shape))
-                    tensors[f"optimizer.slot{k}.{name}"] = flat[off: off + size].reshape(shape).copy()
-            tensors["optimizer.steps"] = np.asarray(model._core.steps(), dtype=np.int64)
+                    tensors[f"optimizer.slot{k}.{name}"] = flat[off: off + size].reshape(shape)
+            tensors["optimizer.steps"] = snap["steps"]
             meta["optimizer_state"] = {"slots": slots, "steps": "optimizer.steps"}
-    core_rng = None
-    if hasattr(model._core, "rng_state"):  # dropout mask counter (core >= the accessor)
-        core_rng = [int(v) for v in model._core.rng_state()]
+    core_rng = [int(v) for v in snap["rng"]]
     meta["rng"] = {"shuffle": model._fit_rng.bit_generator.state, "core": core_rng}
     return tensors, {META_KEY: json.dumps(meta, separators=(",", ":"))}
 
