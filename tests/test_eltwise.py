@@ -42,7 +42,7 @@ def test_activation_forward_and_backward_match_numpy(name, dtype):
     np.testing.assert_allclose(dx, want, rtol=4 * _tol(dtype), atol=4 * _tol(dtype))
     if name in ("identity", "relu", "leaky_relu"):  # one rounding or none: exact
         s = dtype(SLOPE)
-        f = {"identity": x, "relu": np.where(x > 0, x, dtype(0)), "leaky_relu": np.where(x > 0, x, x * s)}[name]
+        f = {"identity": x, "relu": np.where(x < 0, dtype(0), x), "leaky_relu": np.where(x > 0, x, x * s)}[name]
         d = {"identity": dy, "relu": dy * (x > 0).astype(dtype), "leaky_relu": dy * np.where(x > 0, dtype(1), s)}[name]
         assert np.array_equal(y, f)
         assert np.array_equal(dx, d)

@@ -50,7 +50,7 @@ void bias_act_f32(float* C, int64_t ldc, int64_t mr, int64_t nr, const float* b,
       if (!o) continue;
       const __m256 pos = _mm256_cmp_ps(v, zero, _CMP_GT_OQ);  // x > 0 (false for NaN)
       __m256 r = v;
-      if (a == Act::ReLU) r = _mm256_and_ps(pos, v);
+      if (a == Act::ReLU) r = _mm256_andnot_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ), v);  // x < 0 ? 0 : x
       else if (a == Act::LeakyReLU) r = _mm256_blendv_ps(_mm256_mul_ps(v, slope), v, pos);
       _mm256_storeu_ps(o + j, r);
     }
