@@ -302,13 +302,9 @@ def test_fuzz_harness_load_seeds_and_mutations():
         fuzz_load.load_one_input(fuzz_load.mutate(rnd.choice(seeds), rnd))
 
 
-# Known defects of layerprop train's readers the fuzzer found (cli_train.py): a CSV header
-# shorter than the data rows raises IndexError; an .npz member that is not an .npy array
-# raises AttributeError; numeric class labels of 1e999 warn in a cast.
-@pytest.mark.xfail(raises=(IndexError, AttributeError, RuntimeWarning), strict=False,
-                   reason="cli_train: IndexError on a short CSV header, AttributeError on a non-array .npz member")
-# np.load leaves the file open when the zip archive is corrupt (closed when collected)
-@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+# Defects of layerprop train's readers the fuzzer found (a CSV header shorter than the data rows
+# raised IndexError; an .npz member that is not an .npy array raised AttributeError; numeric class
+# labels of 1e999 warned in a cast; np.load left the file open on a corrupt archive).
 def test_fuzz_harness_cli_seeds_and_mutations():
     seeds = fuzz_load.cli_seeds()
     for s in seeds:

@@ -139,6 +139,8 @@ def _load_csv(path: str, target: Optional[str]) -> Tuple[np.ndarray, np.ndarray,
             raise CliError(f"{path}: line {line} has {len(r)} columns, expected {width}")
     if width < 2:
         raise CliError(f"{path}: needs at least one feature column and a target column")
+    if header is not None and len(header) != width:
+        raise CliError(f"{path}: the header has {len(header)} columns, the data rows {width}")
     names = header if header is not None else [str(i) for i in range(width)]
     if target is None:
         t = width - 1
@@ -171,11 +173,14 @@ def _load_npz(path: str, x_key: str, y_key: str) -> Tuple[np.ndarray, np.ndarray
     if not zipfile.is_zipfile(path):
         raise CliError(f"{path}: not a readable .npz file (not a zip archive)")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # closed even if np.load fails
             for key, opt in ((x_key, "--x-key"), (y_key, "--y-key")):
                 if key not in z.files:
                     raise CliError(f"{opt}: no array {key!r} in {path} (it has {', '.join(z.files) or 'none'})")
             X, y = z[x_key], z[y_key]
+            for key, arr in ((x_key, X), (y_key, y)):
+                if not isinstance(arr, np.ndarray):  # a member that is not an .npy file
+                    raise CliError(f"{path}: {key!r} is not a NumPy array (.npy) member")
     except CliError:
         raise
     except ValueError as e:  # object arrays need pickle: refused
@@ -248,7 +253,7 @@ def _targets(y: np.ndarray, classify: bool) -> Tuple[np.ndarray, Optional[np.nda
         if flat.dtype == object:
             try:  # numeric text ("1", "2.0") is sorted by value
                 num = flat.astype(np.float64)
-                if np.all(num == np.round(num)):
+                if np.isfinite(num).all() and np.all(num == np.round(num)):
                     flat = num.astype(np.int64)
             except ValueError:
                 flat = flat.astype(str)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import tempfile
 from collections import OrderedDict
@@ -880,19 +879,8 @@ def load(path: PathLike) -> Any:
         raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no such file: {path!r}")
+    # Read, not memory-mapped: a mapped file that another process truncates kills the reader
+    # with SIGBUS; a read file can only come back short, which the checks refuse.
     with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size < 8:
-            return _load_bytes(fh.read(8), path)
-        try:
-            buf: Any = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        except (ValueError, OSError):  # a file that cannot be mapped: read it
-            buf = fh.read()
-    try:
-        return _load_bytes(buf, path)
-    finally:
-        if isinstance(buf, mmap.mmap):
-            try:
-                buf.close()
-            except BufferError:  # an array still views it (a traceback): closed when freed
-                pass
+        buf = fh.read()
+    return _load_bytes(buf, path)

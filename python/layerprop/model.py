@@ -91,6 +91,7 @@ class Model:
         index = {id(t): i for i, t in enumerate(order)}
 
         layers: List[Layer] = []        # every layer object, in first-use order
+        layer_ids: set = set()
         core_index: Dict[int, int] = {}  # layer with parameters or statistics -> core layer
         core_layers: List[tuple] = []
         core_nodes: List[tuple] = []
@@ -105,7 +106,8 @@ class Model:
             else:
                 layer = t.layer
                 assert layer is not None  # a "layer" node always has its layer
-                if all(layer is not l for l in layers):
+                if id(layer) not in layer_ids:
+                    layer_ids.add(id(layer))
                     layers.append(layer)
                 if isinstance(layer, (Linear, _Norm)):
                     if id(layer) not in core_index:
@@ -426,8 +428,9 @@ class Sequential(Model):
         for i, l in enumerate(layers):
             if not isinstance(l, Layer):
                 raise TypeError(f"layers[{i}]: expected an lp layer, got {type(l).__name__}")
+        seen: Dict[int, int] = {}
         for i, l in enumerate(layers):
-            if any(l is m for m in layers[:i]):
+            if seen.setdefault(id(l), i) != i:
                 raise ValueError(f"layers[{i}]: the same layer object appears twice; use the functional API to share weights")
         first = next((l for l in layers if isinstance(l, (Linear, _Norm))), None)
         if first is None or not any(isinstance(l, Linear) for l in layers):
