@@ -217,7 +217,8 @@ void bind_one(py::module_& m, const char* name) {
       })
       .def("compile", [](M& self, int loss, int opt, double lr, double momentum, double dampening,
                          double weight_decay, bool nesterov, double beta1, double beta2, double eps,
-                         int schedule, int64_t inner_steps, double inner_lr, double target_lr) {
+                         int schedule, int64_t inner_steps, double inner_lr, double target_lr,
+                         double clip_norm, double clip_value) {
         if (loss < 0 || loss > static_cast<int>(LossKind::BCEWithLogits)) throw ValueError("loss: unknown loss");
         if (opt < 0 || opt > static_cast<int>(kern::OptKind::AdamW)) throw ValueError("optimizer: unknown optimizer");
         kern::OptConfig c;
@@ -230,10 +231,14 @@ void bind_one(py::module_& m, const char* name) {
         sc.inner_steps = inner_steps; sc.inner_lr = inner_lr; sc.target_lr = target_lr;
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(self.mutex());
-        self.compile(static_cast<LossKind>(loss), c, sc);
+        kern::ClipConfig clip;
+        clip.max_norm = clip_norm;
+        clip.max_value = clip_value;
+        self.compile(static_cast<LossKind>(loss), c, sc, clip);
       }, py::arg("loss"), py::arg("optimizer"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
          py::arg("weight_decay"), py::arg("nesterov"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
-         py::arg("schedule") = 0, py::arg("inner_steps") = 10, py::arg("inner_lr") = 0.0, py::arg("target_lr") = 10.0)
+         py::arg("schedule") = 0, py::arg("inner_steps") = 10, py::arg("inner_lr") = 0.0, py::arg("target_lr") = 10.0,
+         py::arg("clip_norm") = 0.0, py::arg("clip_value") = 0.0)
       .def("train_step", [](M& self, const py::handle& X, const py::handle& y) {
         auto c = check_Xy(self, X, y, false);
         py::gil_scoped_release nogil;

@@ -37,6 +37,32 @@ void optimizer_step(const OptConfig& cfg, T* p, const T* g, T* s1, T* s2, int64_
   parallel_range(n, work, int64_t(1) << 17, [&](int64_t lo, int64_t hi) { fn(cfg, p, g, s1, s2, lo, hi, step); });
 }
 
+template <class T>
+double clip_gradients(const ClipConfig& clip, T* g, int64_t n) {
+  if (clip.max_value > 0) {
+    const T hi = static_cast<T>(clip.max_value), lo = -hi;
+    for (int64_t i = 0; i < n; ++i) g[i] = g[i] < lo ? lo : (g[i] > hi ? hi : g[i]);  // NaN stays NaN
+  }
+  // Four running sums, combined in a fixed order: one dependency chain would be latency-bound.
+  double acc[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int k = 0; k < 4; ++k) acc[k] += static_cast<double>(g[i + k]) * static_cast<double>(g[i + k]);
+  for (; i < n; ++i) acc[0] += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+  const double total = std::sqrt((acc[0] + acc[1]) + (acc[2] + acc[3]));
+  if (clip.max_norm > 0 && std::isfinite(total)) {
+    const double coef = clip.max_norm / (total + 1e-6);
+    if (coef < 1) {
+      const T c = static_cast<T>(coef);
+      for (int64_t j = 0; j < n; ++j) g[j] *= c;
+    }
+  }
+  return total;
+}
+
+template double clip_gradients<float>(const ClipConfig&, float*, int64_t);
+template double clip_gradients<double>(const ClipConfig&, double*, int64_t);
+
 template void optimizer_step<float>(const OptConfig&, float*, const float*, float*, float*,
                                     int64_t, int64_t);
 template void optimizer_step<double>(const OptConfig&, double*, const double*, double*, double*,

@@ -179,7 +179,15 @@ Model<T>::Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int 
 }
 
 template <class T>
-void Model<T>::compile(LossKind loss, const kern::OptConfig& opt, const ScheduleConfig& sched) {
+void Model<T>::compile(LossKind loss, const kern::OptConfig& opt, const ScheduleConfig& sched,
+                       const kern::ClipConfig& clip) {
+  if (!(clip.max_norm >= 0 && std::isfinite(clip.max_norm)))
+    throw ValueError("clip_grad_norm: expected a finite number > 0, got " + std::to_string(clip.max_norm));
+  if (!(clip.max_value >= 0 && std::isfinite(clip.max_value)))
+    throw ValueError("clip_grad_value: expected a finite number > 0, got " + std::to_string(clip.max_value));
+  if (clip.active() && sched.kind != ScheduleKind::Simultaneous)
+    throw ValueError("clip_grad_norm / clip_grad_value: gradient clipping applies to the Simultaneous schedule "
+                     "(the other schedules update each layer with its own recomputed gradient)");
   if (sched.kind == ScheduleKind::LocoPropS || sched.kind == ScheduleKind::LocoPropM) {
     for (size_t L = 0; L < layers_.size(); ++L)
       if (layer_nodes_[L].size() > 1)
@@ -202,6 +210,7 @@ void Model<T>::compile(LossKind loss, const kern::OptConfig& opt, const Schedule
   loss_ = loss;
   opt_ = opt;
   sched_ = sched;
+  clip_ = clip;
   compiled_ = true;
   grads_ready_ = false;
   grads_fault_ = 0;
@@ -552,6 +561,7 @@ void Model<T>::apply_layer(int L, double lr) {
 
 template <class T>
 void Model<T>::apply_gradients() {
+  if (clip_.active()) kern::clip_gradients<T>(clip_, grads_.data(), static_cast<int64_t>(grads_.size()));
   for (size_t L = 0; L < layers_.size(); ++L) apply_layer(static_cast<int>(L));
   grads_ready_ = false;
 }

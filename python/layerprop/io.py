@@ -19,7 +19,8 @@ The format (metadata key "layerprop", a JSON object):
                                    {"op": "add" | "concat", "inputs": [1, 2]}, ...]}},
      "params": ["0.weight", "0.bias", ...],
      "compile": null | {"loss": "mse", "optimizer": {"type": "Adam", "config": {...}},
-                        "schedule": {"type": "Simultaneous", "config": {}}},
+                        "schedule": {"type": "Simultaneous", "config": {}},
+                        "clip": {"norm": 1.0, "value": null}  (only when clipping is on)},
      "optimizer_state": null | {"slots": 2, "steps": "optimizer.steps"},
      "rng": {"shuffle": <numpy PCG64 state>, "core": [seed, draws] or null}}
 
@@ -338,6 +339,8 @@ def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["Ordered
         assert model.optimizer is not None
         meta["compile"] = {"loss": model.loss, "optimizer": _optimizer_config(model.optimizer),
                            "schedule": _schedule_config(model.schedule)}
+        if model.clip_grad_norm is not None or model.clip_grad_value is not None:
+            meta["compile"]["clip"] = {"norm": model.clip_grad_norm, "value": model.clip_grad_value}
         if include_optimizer:
             slots = 0
             for k in (0, 1):
@@ -639,7 +642,11 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
     opt_state = meta.get("optimizer_state")
     slots = 0
     if comp is not None:
+        comp = _dict(comp, "compile")
+        clip = _dict(comp.pop("clip", {"norm": None, "value": None}), "compile.clip", ("norm", "value"))
         comp = _dict(comp, "compile", ("loss", "optimizer", "schedule"))
+        clip_args = {f"clip_grad_{k}": None if clip[k] is None else _float(clip[k], f"compile.clip.{k}")
+                     for k in ("norm", "value")}
         from .model import LOSSES
         loss = _str(comp["loss"], "compile.loss")
         if loss not in LOSSES:
@@ -688,7 +695,10 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
             _check_values(name, a, nonneg=name in variances, what="running variances")
         view[...] = a
     if comp is not None:
-        model.compile(loss=loss, optimizer=optimizer, schedule=schedule)
+        try:
+            model.compile(loss=loss, optimizer=optimizer, schedule=schedule, **clip_args)
+        except ValueError as e:
+            raise _Bad(f"compile: {e}") from None
         if opt_state is not None:
             expected_slots = sum(1 for k in (0, 1) if model._core.state_view(k).size)
             if slots != expected_slots:

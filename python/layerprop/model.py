@@ -157,6 +157,8 @@ class Model:
         self.loss: Optional[str] = None
         self.optimizer: Optional[Optimizer] = None
         self.schedule: Schedule = Simultaneous()
+        self.clip_grad_norm: Optional[float] = None
+        self.clip_grad_value: Optional[float] = None
         self.stop_training = False
         self._fit_rng = np.random.default_rng(self.seed)
         self.reset_parameters(self.seed)
@@ -228,9 +230,15 @@ class Model:
 
     # ------------------------------------------------------------------ compile
     def compile(self, loss: str = "cross_entropy", optimizer: Optional[Optimizer] = None,
-                schedule: Optional[Schedule] = None) -> "Model":
+                schedule: Optional[Schedule] = None, *, clip_grad_norm: Optional[float] = None,
+                clip_grad_value: Optional[float] = None) -> "Model":
         """Choose the loss, the optimizer (default SGD(lr=0.01)) and the update schedule.
-        Compiling again resets the optimizer state."""
+        Compiling again resets the optimizer state.
+
+        clip_grad_value / clip_grad_norm: gradient clipping inside the core before every update
+        (Simultaneous schedule), PyTorch's rules: every gradient element clamped to
+        [-clip_grad_value, clip_grad_value] (Tensor.clamp_), then all gradients scaled by
+        min(1, clip_grad_norm / (total 2-norm + 1e-6)) (torch.nn.utils.clip_grad_norm_)."""
         from .optim import SGD
         if loss not in LOSSES:
             raise ValueError(f"loss: expected one of {sorted(LOSSES)}, got {loss!r}")
@@ -244,8 +252,22 @@ class Model:
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule: expected an lp schedule (lp.Simultaneous(), lp.Layerwise(), "
                             f"lp.LocoProp()), got {schedule!r}")
-        self._core.compile(loss=LOSSES[loss], **optimizer.core_args(), **schedule.core_args())
+        clip: Dict[str, Optional[float]] = {}
+        for name, v in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
+            if v is None:
+                clip[name] = None
+                continue
+            ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            if not ok or not (np.isfinite(v) and v > 0):
+                raise ValueError(f"{name}: expected a finite number > 0 or None, got {v!r}")
+            clip[name] = float(v)
+        if (clip["clip_grad_norm"] or clip["clip_grad_value"]) and not isinstance(schedule, Simultaneous):
+            raise ValueError("clip_grad_norm / clip_grad_value: gradient clipping applies to the Simultaneous "
+                             f"schedule, not {schedule!r} (its layers step on their own recomputed gradients)")
+        self._core.compile(loss=LOSSES[loss], **optimizer.core_args(), **schedule.core_args(),
+                           clip_norm=clip["clip_grad_norm"] or 0.0, clip_value=clip["clip_grad_value"] or 0.0)
         self.loss, self.optimizer, self.schedule = loss, optimizer, schedule
+        self.clip_grad_norm, self.clip_grad_value = clip["clip_grad_norm"], clip["clip_grad_value"]
         return self
 
     def _require_compiled(self) -> None:

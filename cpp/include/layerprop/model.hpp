@@ -84,11 +84,13 @@ class Model {
   int64_t capacity() const { return cap_; }
   std::mutex& mutex() { return mu_; }
 
-  void compile(LossKind loss, const kern::OptConfig& opt, const ScheduleConfig& sched);
+  void compile(LossKind loss, const kern::OptConfig& opt, const ScheduleConfig& sched,
+               const kern::ClipConfig& clip = {});
   bool compiled() const { return compiled_; }
   LossKind loss_kind() const { return loss_; }
   const kern::OptConfig& optimizer() const { return opt_; }
   const ScheduleConfig& schedule() const { return sched_; }
+  const kern::ClipConfig& clipping() const { return clip_; }
   // Units of the update schedules: layers with parameters, in the order the schedule visits
   // them for the compiled schedule.
   std::vector<int> unit_order() const;
@@ -106,6 +108,7 @@ class Model {
   // non-finite loss or gradient puts the running statistics and dropout generator back and
   // leaves gradients that apply_gradients refuses (gradients_fault()).
   double compute_gradients(const T* X, int64_t N, Labels<T> y, bool update_stats = true);
+  // Clips the gradients (if compiled with clipping), then one optimizer step per tensor.
   void apply_gradients();
   bool gradients_ready() const { return grads_ready_; }
   int gradients_fault() const { return grads_fault_; }
@@ -211,6 +214,7 @@ class Model {
   LossKind loss_ = LossKind::CrossEntropy;
   kern::OptConfig opt_;
   ScheduleConfig sched_;
+  kern::ClipConfig clip_;
   std::mutex mu_;
 };
 

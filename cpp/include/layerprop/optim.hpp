@@ -21,6 +21,20 @@ struct OptConfig {
   }
 };
 
+// Gradient clipping before the update (PyTorch's rules): by value, every element clamped to
+// [-max_value, max_value] (clamp_); then by global norm, every element scaled by
+// min(1, max_norm / (total + 1e-6)) where total is the 2-norm of all n gradients
+// (clip_grad_norm_). 0 turns either off.
+struct ClipConfig {
+  double max_norm = 0, max_value = 0;
+  bool active() const { return max_norm > 0 || max_value > 0; }
+};
+
+// Clips g (n) in place; returns the 2-norm of g after value clipping and before norm clipping
+// (summed in double, in a fixed order: the same for any thread count).
+template <class T>
+double clip_gradients(const ClipConfig& clip, T* g, int64_t n);
+
 // One step on n elements. `step` is this tensor's step number, starting at 1.
 // s1/s2: optimizer state (momentum buffer; Adam's exp_avg and exp_avg_sq).
 template <class T>
