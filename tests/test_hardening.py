@@ -482,3 +482,17 @@ def test_set_num_threads_in_a_forked_child_warns():
     if out.stdout.strip() == "skip":
         pytest.skip("OpenMP limited to 1 thread here")
     assert out.stdout.split()[-1] == "0"
+
+
+def test_sklearn_estimator_on_a_diverging_solver_raises_like_scikit_learn():
+    pytest.importorskip("sklearn")
+    from layerprop.sklearn import MLPRegressor
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 5))
+    y = X @ rng.standard_normal(5)
+    m = MLPRegressor(hidden_layer_sizes=(16,), solver="sgd", learning_rate_init=1e6, max_iter=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning is not what this test is about
+        with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
+            m.fit(X, y)
+    assert all(np.isfinite(w).all() for w in m.coefs_)  # the last good parameters

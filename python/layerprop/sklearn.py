@@ -22,10 +22,11 @@ layers are updated inside the core, so the L2 penalty becomes the optimizer's we
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 import sys
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -37,6 +38,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
+from . import _core
 from . import layers as L
 from .io import model_from_state, model_to_state
 from .model import Sequential
@@ -56,6 +58,18 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
+
+
+
+@contextlib.contextmanager
+def _nonfinite_as_sklearn() -> Iterator[None]:
+    """A step the core refused as non-finite (the model is as before it) raises scikit-learn's
+    ValueError for a diverged solver."""
+    try:
+        yield
+    except _core.NonFiniteError as e:
+        raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
+                         f"values and need to be preprocessed. ({e})") from None
 
 
 class _BaseMLP(BaseEstimator):
@@ -241,7 +255,8 @@ class _BaseMLP(BaseEstimator):
                     grads[name] += k * w
                     pen += float(np.vdot(w, w))
             loss += 0.5 * self.alpha * pen / nb
-        core.apply_gradients()
+        with _nonfinite_as_sklearn():
+            core.apply_gradients()
         return loss
 
     def _step_scheduled(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float]) -> float:
@@ -250,7 +265,8 @@ class _BaseMLP(BaseEstimator):
         pen = 0.0
         if self.alpha:
             pen = sum(float(np.vdot(w, w)) for w in self._weights())
-        loss = float(self.model_._core.train_step(Xb, yb)) * scale[0]
+        with _nonfinite_as_sklearn():
+            loss = float(self.model_._core.train_step(Xb, yb)) * scale[0]
         return loss + 0.5 * self.alpha * pen / Xb.shape[0]
 
     def _fit(self, X: np.ndarray, y: Any, incremental: bool) -> "_BaseMLP":
