@@ -21,6 +21,11 @@ The property of every call:
   whole of layerprop.io.model_to_state (optimizer slots and step counts, metadata), the
   dropout stream (model._core.rng_state()) and fit's shuffling generator.
 
+A step refused because its loss or gradient is not finite (lp.NonFiniteError: valid but
+badly scaled data can diverge) counts as a refusal of valid data that is allowed, with the
+state still unchanged (lp.sklearn: scikit-learn's own "non-finite parameter weights" error,
+after training up to that step, as scikit-learn's MLP does).
+
 Data that are certainly invalid (NaN/Inf, wrong shapes, bad labels, ...) must be refused;
 valid data in any layout must be accepted. Any other exception type, an unexpected warning,
 or a crash of the interpreter is a failure.
@@ -190,7 +195,7 @@ def check_call(call: str, fn: Callable[[], Any], *, args: Iterable[str], must: I
                check: Optional[Callable[[Any], List[str]]] = None,
                success_keeps: Optional[Iterable[str]] = None, must_type: Optional[type] = None,
                allowed_warnings: Callable[[warnings.WarningMessage], bool] = lambda w: False,
-               ) -> Tuple[bool, Any]:
+               divergence_keeps_state: bool = True) -> Tuple[bool, Any]:
     """Run fn() and judge it. `must`: argument names that are invalid (the call has to refuse,
     naming one of them); `maybe`: names it may refuse; neither: the call has to work. With
     `model`, a refusal must leave snapshot(model) bitwise unchanged, and a success the parts
@@ -219,9 +224,13 @@ def check_call(call: str, fn: Callable[[], Any], *, args: Iterable[str], must: I
     if exc is not None:
         msg = str(exc)
         allowed = must | maybe if (must or maybe) else set(args)
-        if not (must or maybe):
+        # Divergence excuses a refusal only when nothing had to be refused up front.
+        diverged = _diverged(exc) and not must
+        if diverged and not divergence_keeps_state:
+            return False, exc
+        if not (must or maybe) and not diverged:
             violation(call, "refused valid input", f"{type(exc).__name__}: {msg}", ctx)
-        elif not _names(msg, allowed):
+        elif not diverged and not _names(msg, allowed):
             violation(call, "message does not name the argument",
                       f"expected one of {sorted(allowed)} in {type(exc).__name__}: {msg}", ctx)
         # must_type: the type documented for a call-order refusal (RuntimeError), required
@@ -252,6 +261,15 @@ def check_call(call: str, fn: Callable[[], Any], *, args: Iterable[str], must: I
 
 ALL_PARTS = ("parameters", "gradients", "buffers", "optimizer_state", "model_to_state", "dropout_rng",
              "fit_rng", "mode", "compiled")
+
+
+def _diverged(exc: BaseException) -> bool:
+    """The documented refusal of a step whose loss or gradient is not finite (valid but badly
+    scaled data can diverge: int8 X reaches +-100): lp.NonFiniteError, which keeps the model's
+    state, or, in lp.sklearn, scikit-learn's own "Solver produced non-finite parameter weights"."""
+    nonfinite = getattr(lp, "NonFiniteError", None)
+    return ((nonfinite is not None and isinstance(exc, nonfinite))
+            or "non-finite parameter weights" in str(exc))
 
 
 def _float_result(r: Any) -> List[str]:
@@ -853,7 +871,8 @@ def _sklearn_test(classifier: bool, data: st.DataObject) -> None:
     ctx = "\n".join([code, f"X={X.desc}; y={y.desc}", "est.fit(X, y)"])
     ok, _ = check_call(f"{name}.fit", lambda: est.fit(X.value, y.value), args=("X", "y"), must=must,
                        maybe=X.maybe | y.maybe, ctx=ctx, state=lambda: _estimator_state(est),
-                       diff=_estimator_diff, allowed_warnings=_sklearn_warning_ok)
+                       diff=_estimator_diff, allowed_warnings=_sklearn_warning_ok,
+                       divergence_keeps_state=False)  # like scikit-learn's MLP: it trained until then
     if not ok:
         return
     m = data.draw(st.integers(1, 6))
