@@ -472,8 +472,8 @@ def test_fit(cfg: ModelConfig, data: st.DataObject, epochs: Arg, initial_epoch: 
     maybe = set(case.maybe | val.maybe)
     b = bs.value
     if (cfg.batchnorm and cfg.training and case.n and not bs.must and int(b) >= 1
-            and case.n % int(b) == 1):
-        maybe |= {"batch_size", "X"}  # a last batch of one row: BatchNorm1d cannot normalize it
+            and (int(b) == 1 or case.n % int(b) == 1)):
+        maybe |= {"batch_size", "X"}  # a batch of one row: BatchNorm1d cannot normalize it
     must = case.must | epochs.must | initial_epoch.must | bs.must | val.must | comp
     must |= _empty(case.n)
 
