@@ -149,18 +149,26 @@ def project_location(report, root):
             continue
         where = m.group("where")
         if where.startswith(root + "/") and "/cpp/" in where:
-            return os.path.relpath(where, root) + f" ({m.group('fn')})"
+            return os.path.relpath(where, root), short(m.group("fn"))
         mo = MODULE_OFFSET.match(where)
         if mo and "/layerprop/_core" in mo.group("so"):
             loc = addr2line(mo.group("so"), mo.group("off"))
             if loc and loc.startswith(root + "/"):
-                return os.path.relpath(loc, root) + f" ({m.group('fn')})"
-            core_frame = core_frame or loc
-    return core_frame or "(no frame in the project's code)"
+                return os.path.relpath(loc, root), short(m.group("fn"))
+            core_frame = core_frame or (loc, short(m.group("fn")))
+    return core_frame or ("(no frame in the project's code)", "")
 
 
 def short(fn):
-    return re.sub(r"\(.*", "", fn)[:120]
+    """The function's name without its parameter list."""
+    depth, out = 0, []
+    for ch in fn:
+        if ch == "(" and depth == 0 and out and not "".join(out).endswith("operator"):
+            break
+        depth += ch == "<"
+        depth -= ch == ">"
+        out.append(ch)
+    return "".join(out)[:120]
 
 
 def test_for(pid, mtime, started):
@@ -177,18 +185,24 @@ def test_for(pid, mtime, started):
 
 def summarize(args, crashes, journal):
     started, outcomes, _ = journal
-    findings = collections.OrderedDict()  # (kind, location) -> [tests]
+    findings = collections.OrderedDict()  # (kind, file:line) -> {"tests": [...], "detail": set()}
+
+    def add(kind, loc, detail, test):
+        f = findings.setdefault((kind, loc), {"tests": [], "detail": set()})
+        f["tests"].append(test)
+        if detail:
+            f["detail"].add(detail)
+
     for path in sorted(glob.glob(os.path.join(args.reports, "*"))):
         with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read()
         m = re.search(r"ERROR: (\w+Sanitizer): (\S+)", text)
         kind = f"{m.group(1)}: {m.group(2)}" if m else "sanitizer report"
         acc = re.search(r"^(READ|WRITE) of size \d+", text, re.M)
-        if acc:
-            kind += f" ({acc.group(0)})"
         pid = int(path.rsplit(".", 1)[-1]) if path.rsplit(".", 1)[-1].isdigit() else -1
         test = test_for(pid, os.path.getmtime(path), started)
-        findings.setdefault((kind, project_location(text, args.root)), []).append(test)
+        loc, fn = project_location(text, args.root)
+        add(kind, loc, " ".join(x for x in (fn, acc.group(0) if acc else "") if x), test)
     crash_by_log = {log: nodeid for _, nodeid, _, log in crashes}
     for log in sorted(glob.glob(os.path.join(args.work, "pytest.*.out"))):
         with open(log, encoding="utf-8", errors="replace") as f:
@@ -198,8 +212,8 @@ def summarize(args, crashes, journal):
                     loc = m.group("loc")
                     if loc.startswith(args.root + "/"):
                         loc = os.path.relpath(loc, args.root)
-                    kind = "UndefinedBehaviorSanitizer: " + re.sub(r"0x[0-9a-f]+|-?\d+", "N", m.group("msg"))
-                    findings.setdefault((kind, loc), []).append(crash_by_log.get(log) or "(test output)")
+                    add("UndefinedBehaviorSanitizer: runtime error", loc, m.group("msg")[:160],
+                        crash_by_log.get(log) or "(test output)")
     return findings
 
 
@@ -217,10 +231,13 @@ def main():
     lines = []
     if findings:
         lines.append(f"sanitize: {len(findings)} distinct finding(s) "
-                     f"({sum(len(t) for t in findings.values())} report(s)):")
-        for n, ((kind, loc), tests) in enumerate(findings.items(), 1):
+                     f"({sum(len(f['tests']) for f in findings.values())} report(s)):")
+        for n, ((kind, loc), f) in enumerate(findings.items(), 1):
+            tests = f["tests"]
             uniq = list(dict.fromkeys(tests))
             lines.append(f"  {n}. {kind} at {loc}")
+            for d in sorted(f["detail"])[:6]:
+                lines.append(f"     in {d}")
             lines.append(f"     {len(tests)} report(s); triggered by {len(uniq)} test(s), e.g.:")
             for t in uniq[:5]:
                 lines.append(f"       {t}")
