@@ -89,7 +89,9 @@ def run_tests(args, files):
     while remaining:
         run += 1
         log = os.path.join(args.work, f"pytest.{run}.out")
-        cmd = [args.python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "sanitize_plugin",
+        # no faulthandler: its SIGSEGV handler would run first and re-raise the signal, and ASan
+        # would then report the re-raise instead of the faulting access.
+        cmd = [args.python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:faulthandler", "-p", "sanitize_plugin",
                "-q", "-ra", "--capture=sys"]
         for nodeid in args.deselect:
             cmd += ["--deselect", nodeid]
