@@ -646,16 +646,19 @@ typename Model<T>::EpochResult Model<T>::train_epoch(const T* X, int64_t rows, L
   int64_t b = 0;
   for (int64_t s = 0; s < n; s += batch, ++b) {
     const int64_t nb = std::min(batch, n - s);
-    const int64_t* src = order + s;
+    // The caller's order array may change under us (another thread): each index is read once,
+    // into the model's own buffer, checked there, and only the copy is used.
+    if (static_cast<int64_t>(rows_.size()) < nb) rows_.resize(static_cast<size_t>(nb));
     for (int64_t r = 0; r < nb; ++r) {
-      const int64_t row = src[r];  // read once, checked where it is used
+      const int64_t row = order[s + r];
       if (row < 0 || row >= rows)
         throw ValueError("order: row index " + std::to_string(row) + " out of range [0, " + std::to_string(rows) + ")");
+      rows_[r] = row;
       std::memcpy(xbatch_.data() + r * in, X + row * in, sizeof(T) * in);
       if (y.target) std::memcpy(tbatch_.data() + r * D, y.target + row * D, sizeof(T) * D);
     }
     Labels<T> yb;
-    if (y.cls) yb = stage_labels(y, nb, src);  // the rows were checked above
+    if (y.cls) yb = stage_labels(y, nb, rows_.data());  // rows_ holds checked indices
     else yb.target = tbatch_.data();
     int fault = 0;
     losses[b] = guarded_step(xbatch_.data(), nb, yb, fault);

@@ -156,8 +156,9 @@ class Model {
   };
   void ensure_capacity(int64_t N);
   // Labels the compiled loss reads, copied into lbatch_ (class labels, range-checked) for rows
-  // src[r] (or row0 + r when src is null), r < N; targets are passed through (rows of
-  // out_width values; any value is safe to read).
+  // src[r] (or row0 + r when src is null), r < N; src must be the model's own, already checked
+  // indices (rows_), never a caller's array. Targets are passed through (rows of out_width
+  // values; any value is safe to read).
   Labels<T> stage_labels(Labels<T> y, int64_t N, const int64_t* src = nullptr, int64_t row0 = 0);
   void require_labels(Labels<T> y) const;
   // One training step of the compiled schedule on staged labels; fault: 0, or 1 (non-finite
@@ -200,7 +201,7 @@ class Model {
   // schedules that update inside the step, the parameters and optimizer state.
   Buffer<T> stats_backup_, params_backup_, state1_backup_, state2_backup_;
   std::vector<int64_t> steps_backup_;
-  std::vector<int64_t> lbatch_;
+  std::vector<int64_t> lbatch_, rows_;          // staged class labels; checked row indices
   std::vector<char> written_, pwritten_;
   std::vector<uint64_t> mask_keys_;           // per node: key of the current dropout masks
   const T* x_ = nullptr;
