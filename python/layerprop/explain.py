@@ -31,7 +31,7 @@ import numpy as np
 
 from .layers import (GELU, BatchNorm1d, Dropout, Identity, LayerNorm, LeakyReLU, Linear, ReLU,
                      Sigmoid, SymbolicTensor, Tanh, _Norm)
-from .model import Model
+from .model import Model, _positive_float
 
 __all__ = [
     "gradcheck", "path_gradients", "taylor_check", "moving_target",
@@ -191,12 +191,8 @@ def gradcheck(model: Model, X: np.ndarray, y: np.ndarray, eps: float = 1e-6, *, 
     either among them, or by 1e-3 if that is smaller (so a vanishing gradient is judged by its
     absolute error); it passes when that is <= `tol`.
     """
-    eps = float(eps)
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps: expected a positive number, got {eps!r}")
-    tol = float(tol)
-    if not (math.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol: expected a positive number, got {tol!r}")
+    eps = _positive_float(eps, "eps")
+    tol = _positive_float(tol, "tol")
     if not isinstance(max_entries, (int, np.integer)) or isinstance(max_entries, bool) or max_entries < 1:
         raise ValueError(f"max_entries: expected a positive int, got {max_entries!r}")
     twin = _Twin(model, X, y)
@@ -738,12 +734,7 @@ def moving_target(model: Model, X: np.ndarray, y: np.ndarray, *,
     if lr is None:
         step = float(model.optimizer.lr)  # type: ignore[union-attr]
     else:
-        try:
-            step = float(lr)
-        except (TypeError, ValueError):
-            raise ValueError(f"lr: expected a positive number or None, got {lr!r}") from None
-        if not (math.isfinite(step) and step > 0):
-            raise ValueError(f"lr: expected a positive number or None, got {lr!r}")
+        step = _positive_float(lr, "lr", "a positive number or None")
     base = twin.snapshot()
     loss, grads = twin.loss_and_grads()
     input_nodes = _layer_input_nodes(twin.model)

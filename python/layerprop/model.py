@@ -2,6 +2,7 @@
 evaluated and inspected through it."""
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -430,6 +431,17 @@ def _core_layer_spec(layer: Layer) -> tuple:
         return (LAYER_BATCHNORM, layer.num_features, layer.num_features, layer.affine, layer.eps, layer.momentum)
     assert isinstance(layer, LayerNorm)
     return (LAYER_LAYERNORM, layer.num_features, layer.num_features, True, layer.eps, 0.0)
+
+
+def _positive_float(v: object, name: str, what: str = "a positive number") -> float:
+    """A finite number > 0 (bools refused), or ValueError naming the argument."""
+    try:
+        f = float(v) if not isinstance(v, bool) else math.nan  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        f = math.nan
+    if not (math.isfinite(f) and f > 0):
+        raise ValueError(f"{name}: expected {what}, got {v!r}")
+    return f
 
 
 def _positive_int(v: object, name: str) -> int:
