@@ -50,12 +50,10 @@ class _Twin:
         if not isinstance(model, Model):
             raise TypeError(f"model: expected an lp.Model or lp.Sequential, got {type(model).__name__}")
         model._require_compiled()
-        # Validate (and convert) the data exactly as the model itself would, then widen it.
-        Xm, ym = model._Xy(X, y)
-        if Xm.shape[0] < 1:
-            raise ValueError("X: empty (0 rows); the explain tools need at least one sample")
-        if ym.shape[0] != Xm.shape[0]:
-            raise ValueError(f"y: expected {Xm.shape[0]} rows to match X, got {ym.shape[0]}")
+        # Validate (and convert) the data exactly as fit does (shapes, labels, NaN/Inf, through
+        # the core) before any NumPy arithmetic touches it, then widen it.
+        from .training import validated_data
+        Xm, ym = validated_data(model, X, y)
         self.X = np.ascontiguousarray(Xm, dtype=np.float64)
         self.y = ym if ym.dtype == np.int64 else np.ascontiguousarray(ym, dtype=np.float64)
         order = model._order

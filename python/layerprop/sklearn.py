@@ -36,7 +36,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import (check_array, check_consistent_length, check_is_fitted, column_or_1d,
+                                      validate_data)
 
 from . import _core
 from . import layers as L
@@ -59,6 +60,16 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
 
+
+
+@contextlib.contextmanager
+def _names(arg: str) -> Iterator[None]:
+    """scikit-learn's own refusal (TypeError / ValueError, its message kept) with the argument it
+    is about in front: "X: Found array with 0 sample(s) ..."."""
+    try:
+        yield
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{arg}: {e}") from None
 
 
 @contextlib.contextmanager
@@ -275,22 +286,47 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("early_stopping: partial_fit does not support early_stopping=True "
                              "(set_params(early_stopping=False) first)")
         first = "model_" not in self.__dict__ or (not self.warm_start and not incremental)
-        X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True,
-                             y_numeric=not self._is_classifier)
-        if first:
-            self._rng = check_random_state(self.random_state)
-        target, loss = self._encode_y(y, first, incremental)
-        if first:
-            dtype = "float32" if X.dtype == np.float32 else "float64"
-            n_out = target.shape[1] if target.ndim == 2 else len(self.classes_)
-            self._build(X.shape[1], n_out, dtype, loss)
-        X = np.ascontiguousarray(X, dtype=self.model_._np_dtype)
-        if target.dtype != np.int64:
-            target = np.ascontiguousarray(target, dtype=self.model_._np_dtype)
-        self._fit_stochastic(X, target, incremental, fresh=first)
+        # A refused fit leaves the estimator as it was: everything up to the first training step
+        # (validation, classes_, n_features_in_, a new model) is undone if it raises.
+        saved = dict(self.__dict__)
+        started: List[bool] = []
+        try:
+            X, y = self._validate_Xy(X, y, first)
+            if first:
+                self._rng = check_random_state(self.random_state)
+            target, loss = self._encode_y(y, first, incremental)
+            if first:
+                dtype = "float32" if X.dtype == np.float32 else "float64"
+                n_out = target.shape[1] if target.ndim == 2 else len(self.classes_)
+                self._build(X.shape[1], n_out, dtype, loss)
+            X = np.ascontiguousarray(X, dtype=self.model_._np_dtype)
+            if target.dtype != np.int64:
+                target = np.ascontiguousarray(target, dtype=self.model_._np_dtype)
+            self._fit_stochastic(X, target, incremental, fresh=first, started=started)
+        except BaseException:
+            if not started:
+                self.__dict__.clear()
+                self.__dict__.update(saved)
+            raise
         return self
 
-    def _fit_stochastic(self, X: np.ndarray, y: np.ndarray, incremental: bool, fresh: bool) -> None:
+    def _validate_Xy(self, X: Any, y: Any, first: bool) -> Tuple[np.ndarray, np.ndarray]:
+        """scikit-learn's checks of (X, y) (validate_data), with the argument each refusal is
+        about in front of scikit-learn's own message."""
+        with _names("X"):
+            X = validate_data(self, X, reset=first, dtype=(np.float64, np.float32))
+        if y is None:
+            raise ValueError(f"y: {type(self).__name__} requires y to be passed, but the target y is None")
+        with _names("y"):
+            y = check_array(y, accept_sparse=False, ensure_all_finite=True, ensure_2d=False, dtype=None,
+                            input_name="y")
+            if not self._is_classifier and y.dtype.kind == "O":
+                y = y.astype(np.float64)
+            check_consistent_length(X, y)
+        return X, y
+
+    def _fit_stochastic(self, X: np.ndarray, y: np.ndarray, incremental: bool, fresh: bool,
+                        started: Optional[List[bool]] = None) -> None:
         rs = self._rng
         early = self.early_stopping and not incremental
         Xv = yv = None
@@ -326,6 +362,8 @@ class _BaseMLP(BaseEstimator):
                 self.model_.compile(loss=self.model_.loss, optimizer=opt, schedule=self.schedule)
         best_params = None
         stopped = False
+        if started is not None:
+            started.append(True)  # from here on, a failure leaves the steps taken (see _fit)
         for _ in range(self.max_iter):
             idx = rs.permutation(n) if self.shuffle else np.arange(n)
             total = 0.0
@@ -383,7 +421,8 @@ class _BaseMLP(BaseEstimator):
 
     def _forward(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        with _names("X"):
+            X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         X = np.ascontiguousarray(X, dtype=self.model_._np_dtype)
         return np.asarray(self.model_.predict(X), dtype=np.float64)
 

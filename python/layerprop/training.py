@@ -12,7 +12,7 @@ import numpy as np
 from .layers import BatchNorm1d
 
 __all__ = ["History", "Callback", "LambdaCallback", "EarlyStopping", "ModelCheckpoint", "MovingTarget",
-           "run_fit"]
+           "run_fit", "validated_data"]
 
 
 class Callback:
@@ -357,15 +357,16 @@ def _check_monitors(callbacks: Sequence[Callback], val: Any, loss: Optional[str]
                              "reported for cross_entropy only); nothing was trained")
 
 
-def _validated(model: Any, X: Any, y: Any, name: str) -> Any:
-    """(X, y) converted once and fully checked (labels, NaN/Inf) before anything trains; errors
-    from the validation pair name validation_data."""
+def validated_data(model: Any, X: Any, y: Any, name: str = "X") -> Any:
+    """(X, y) converted once (model._Xy) and fully checked by the core (shapes, class labels,
+    NaN/Inf) without changing anything: what fit and the explain tools run before their first
+    step. With name="validation_data", errors name validation_data."""
     try:
         Xa, ya = model._Xy(X, y)
         if ya.ndim == 0 or ya.shape[0] != Xa.shape[0]:
             raise ValueError(f"y: expected {Xa.shape[0]} rows to match X, got shape {ya.shape}")
         if Xa.shape[0] == 0:
-            raise ValueError("X: empty (0 rows); fit needs at least one sample")
+            raise ValueError("X: empty (0 rows); needs at least one sample")
         model._core.validate(Xa, ya)
     except (TypeError, ValueError) as e:
         if name == "validation_data":
@@ -392,17 +393,18 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
     if on_nonfinite not in _ON_NONFINITE:
         raise ValueError(f"on_nonfinite: expected one of {_ON_NONFINITE}, got {on_nonfinite!r}")
     batch_size = _positive_int(batch_size, "batch_size")
-    Xa, ya = _validated(model, X, y, "X")  # converted once for the whole fit
+    Xa, ya = validated_data(model, X, y)  # converted once for the whole fit
     n = Xa.shape[0]
-    if model.training and n % batch_size == 1 and any(isinstance(l, BatchNorm1d) for l in model.layers):
-        raise ValueError(f"batch_size: with {n} samples and batch_size={batch_size} the last batch has "
+    if (model.training and (min(batch_size, n) == 1 or n % batch_size == 1)
+            and any(isinstance(l, BatchNorm1d) for l in model.layers)):
+        raise ValueError(f"batch_size: with {n} samples and batch_size={batch_size} a batch has "
                          "1 sample, which BatchNorm1d cannot normalize in training mode; choose another "
                          "batch_size or drop a sample")
     val = None
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data: expected a tuple (X_val, y_val)")
-        val = _validated(model, validation_data[0], validation_data[1], "validation_data")
+        val = validated_data(model, validation_data[0], validation_data[1], "validation_data")
     if isinstance(callbacks, Callback):
         callbacks = [callbacks]
     for i, cb in enumerate(callbacks):
