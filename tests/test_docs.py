@@ -16,6 +16,7 @@ PAGES = {  # page -> modules its examples need
     "sklearn.md": ["sklearn"],
     "callbacks.md": ["safetensors", "matplotlib"],
     "cli.md": ["safetensors", "sklearn"],
+    "reliability.md": [],
 }
 BLOCK = re.compile(r"^```(python|console)\n(.*?)^```", re.S | re.M)
 
@@ -90,6 +91,6 @@ def test_page_examples_run(page, tmp_path, monkeypatch, capsys):
 
 
 def test_every_user_guide_page_is_tested():
-    mine = {"saving.md", "interop.md", "sklearn.md", "callbacks.md", "cli.md"}
+    mine = {"saving.md", "interop.md", "sklearn.md", "callbacks.md", "cli.md", "reliability.md"}
     assert mine <= set(os.listdir(DOCS))
     assert mine == set(PAGES)
