@@ -622,7 +622,7 @@ double Model<T>::train_step(const T* X, int64_t N, Labels<T> y) {
   const double loss = guarded_step(X, N, y, fault);
   if (fault)
     throw NonFiniteError(std::string(fault == 1 ? "the loss is not finite (" + std::to_string(loss) + ")"
-                                                : "a gradient is not finite") +
+                                                : "a gradient (or a parameter after the update) is not finite") +
                          "; the step was not applied: parameters, optimizer state and BatchNorm statistics "
                          "are as before it (lower the learning rate, or check the data)");
   return loss;

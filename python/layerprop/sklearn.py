@@ -467,7 +467,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         from sklearn.utils.multiclass import check_classification_targets
-        check_classification_targets(y)
+        with _names("y"):
+            check_classification_targets(y)
         if first and not (incremental and hasattr(self, "_label_binarizer")):
             self._label_binarizer = LabelBinarizer()
             self._label_binarizer.fit(y)

@@ -455,7 +455,8 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
             logs["nonfinite_batches"] = float(n_batches - applied.sum())
         if fault is not None:
             b, kind, value = fault
-            what = f"the loss is not finite ({value})" if kind == 1 else "a gradient is not finite"
+            what = (f"the loss is not finite ({value})" if kind == 1
+                    else "a gradient (or a parameter after the update) is not finite")
             msg = (f"fit: epoch {epoch + 1}, batch {b + 1} of {n_batches}: {what}; that step was not applied, so "
                    "the parameters, optimizer state and BatchNorm statistics are those after the last good step "
                    "(lower the learning rate, or check the data)")
