@@ -58,10 +58,7 @@ py::array_t<T, py::array::c_style> check_X(Model<T>& m, const py::handle& obj) {
 // Class labels in range, with the GIL held: for the calls that must refuse before their first
 // change (train_epoch, validate). The core checks its own copy again where it reads it.
 inline void check_label_range(const int64_t* p, int64_t n, int64_t C) {
-  for (int64_t i = 0; i < n; ++i)
-    if (p[i] < 0 || p[i] >= C)
-      throw ValueError("y: class label " + std::to_string(p[i]) + " at row " + std::to_string(i) +
-                       " is out of range [0, " + std::to_string(C) + ")");
+  for (int64_t i = 0; i < n; ++i) check_class_label(p[i], i, C);
 }
 
 template <class T>

@@ -505,9 +505,7 @@ Labels<T> Model<T>::stage_labels(Labels<T> y, int64_t N, const int64_t* src, int
   for (int64_t r = 0; r < N; ++r) {
     const int64_t row = src ? src[r] : row0 + r;
     const int64_t v = y.cls[row];  // read once: the copy is what the kernels see
-    if (v < 0 || v >= C)
-      throw ValueError("y: class label " + std::to_string(v) + " at row " + std::to_string(row) +
-                       " is out of range [0, " + std::to_string(C) + ")");
+    check_class_label(v, row, C);
     lbatch_[r] = v;
   }
   out.cls = lbatch_.data();

@@ -42,6 +42,13 @@ struct ParamTensor {
   int64_t size() const { return rows * (cols ? cols : 1); }
 };
 
+// A class label v at `row` must lie in [0, C): ValueError naming y otherwise.
+inline void check_class_label(int64_t v, int64_t row, int64_t C) {
+  if (v < 0 || v >= C)
+    throw ValueError("y: class label " + std::to_string(v) + " at row " + std::to_string(row) +
+                     " is out of range [0, " + std::to_string(C) + ")");
+}
+
 // Labels of one batch: class indices for cross-entropy, float targets otherwise.
 template <class T>
 struct Labels {
