@@ -331,13 +331,19 @@ class _BaseMLP(BaseEstimator):
         early = self.early_stopping and not incremental
         Xv = yv = None
         if early:
-            stratify = y if (self._is_classifier and y.ndim == 1) else None
-            X, Xv, y, yv = train_test_split(X, y, random_state=rs, test_size=self.validation_fraction,
-                                            stratify=stratify)
+            # scikit-learn's split: stratified when the network has one output (a binary
+            # classifier), not for multiclass or multilabel targets, and never for regression.
+            stratify = y if (self._is_classifier and y.ndim == 2 and y.shape[1] == 1) else None
+            with _names("y"):  # a class with one member cannot be stratified
+                X, Xv, y, yv = train_test_split(X, y, random_state=rs, test_size=self.validation_fraction,
+                                                stratify=stratify)
             X, y = np.ascontiguousarray(X), np.ascontiguousarray(y)
             Xv = np.ascontiguousarray(Xv)
-            if len(X) == 0 or len(Xv) == 0:
-                raise ValueError("validation_fraction: leaves no training or no validation samples")
+            if Xv.shape[0] < 2:
+                raise ValueError("validation_fraction: The validation set is too small. Increase "
+                                 "'validation_fraction' or the size of your dataset.")
+            if len(X) == 0:
+                raise ValueError("validation_fraction: leaves no training samples")
         n = X.shape[0]
         if self.batch_size == "auto":
             bs = min(200, n)
@@ -364,6 +370,7 @@ class _BaseMLP(BaseEstimator):
         stopped = False
         if started is not None:
             started.append(True)  # from here on, a failure leaves the steps taken (see _fit)
+        self.n_iter_ = 0  # scikit-learn counts the epochs of this call (t_ keeps counting samples)
         for _ in range(self.max_iter):
             idx = rs.permutation(n) if self.shuffle else np.arange(n)
             total = 0.0
@@ -415,6 +422,17 @@ class _BaseMLP(BaseEstimator):
         if self.verbose:
             sys.stdout.flush()
 
+    def _validation_score(self, Xv: Any, yv: Any) -> float:
+        """Accuracy or R^2 on the held-out split; NaN when an output is not finite (as in
+        scikit-learn, whose stopping rule then goes on)."""
+        z = np.asarray(self.model_.predict(Xv), dtype=np.float64)
+        if not np.isfinite(z).all():
+            return float("nan")
+        return self._score_outputs(z, yv)
+
+    def _score_outputs(self, z: np.ndarray, yv: np.ndarray) -> float:
+        raise NotImplementedError
+
     def fit(self, X: Any, y: Any) -> "_BaseMLP":
         """Train on (X, y) for up to max_iter epochs (see the class docstring)."""
         return self._fit(X, y, incremental=False)
@@ -423,8 +441,11 @@ class _BaseMLP(BaseEstimator):
         check_is_fitted(self)
         with _names("X"):
             X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        # The output dtype is scikit-learn's: float32 for a float32 model given float32 data,
+        # float64 otherwise.
+        out_dtype = np.result_type(X.dtype, self.model_._np_dtype)
         X = np.ascontiguousarray(X, dtype=self.model_._np_dtype)
-        return np.asarray(self.model_.predict(X), dtype=np.float64)
+        return np.asarray(self.model_.predict(X), dtype=out_dtype)
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> Dict[str, Any]:
@@ -478,6 +499,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             if self._label_binarizer.y_type_.startswith("multilabel"):
                 if type_of_target(y) != self._label_binarizer.y_type_ or y.shape[1] != len(self.classes_):
                     raise ValueError("y: the multilabel format or width differs from the first fit")
+            elif self.warm_start and not incremental and set(classes) != set(self.classes_):
+                raise ValueError("y: warm_start can only be used where `y` has the same classes as in the "
+                                 f"previous call to fit. Previously got {self.classes_}, `y` has {classes}")
             elif not set(classes) <= set(self.classes_):
                 raise ValueError(f"y: has classes not in `self.classes_`. `self.classes_` has {self.classes_}. "
                                  f"'y' has {classes}.")
@@ -494,8 +518,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.out_activation_ = "softmax"
         return np.ascontiguousarray(Y.argmax(axis=1), dtype=np.int64), "cross_entropy"
 
-    def _validation_score(self, Xv: np.ndarray, yv: np.ndarray) -> float:
-        z = np.asarray(self.model_.predict(Xv), dtype=np.float64)
+    def _score_outputs(self, z: np.ndarray, yv: np.ndarray) -> float:
         if self._multilabel:
             return float(accuracy_score(yv, (z > 0).astype(int)))
         if yv.ndim == 2:  # binary: (n, 1) targets
@@ -576,8 +599,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             raise ValueError(f"y: expected {self.n_outputs_} target columns as in the first fit, got {y.shape[1]}")
         return y, "mse"
 
-    def _validation_score(self, Xv: np.ndarray, yv: np.ndarray) -> float:
-        return float(r2_score(yv, np.asarray(self.model_.predict(Xv), dtype=np.float64)))
+    def _score_outputs(self, z: np.ndarray, yv: np.ndarray) -> float:
+        return float(r2_score(yv, z))
 
     def partial_fit(self, X: Any, y: Any) -> "MLPRegressor":
         """One epoch over (X, y), continuing from the current weights and optimizer state."""

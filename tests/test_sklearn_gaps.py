@@ -1,0 +1,128 @@
+"""lp.sklearn against scikit-learn's own MLP on the behaviours a scikit-learn user relies on:
+n_iter_ per fit, output dtypes, the early-stopping split (stratification, its size), warm
+starts with another class set, and a validation score that is NaN rather than an error."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.neural_network import MLPClassifier as SkC  # noqa: E402
+from sklearn.neural_network import MLPRegressor as SkR  # noqa: E402
+
+from layerprop.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+
+def quiet(fn, *a, **k):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fn(*a, **k)
+
+
+def blobs(n=120, d=4, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    return rng.standard_normal((n, d)) + y[:, None], y
+
+
+@pytest.mark.parametrize("cls,sk", [(MLPClassifier, SkC), (MLPRegressor, SkR)])
+def test_n_iter_counts_the_epochs_of_each_call_like_sklearn(cls, sk):
+    X, y = blobs()
+    kw = dict(hidden_layer_sizes=(5,), max_iter=3, warm_start=True, random_state=0)
+    ours, theirs = cls(**kw), sk(**kw)
+    for _ in range(2):
+        quiet(ours.fit, X, y)
+        quiet(theirs.fit, X, y)
+    assert ours.n_iter_ == theirs.n_iter_ == 3
+    assert len(ours.loss_curve_) == len(theirs.loss_curve_) == 6
+    assert ours.t_ == theirs.t_
+    p, q = cls(hidden_layer_sizes=(5,), random_state=0), sk(hidden_layer_sizes=(5,), random_state=0)
+    extra = {"classes": [0, 1, 2]} if cls is MLPClassifier else {}
+    for _ in range(2):
+        p.partial_fit(X, y, **extra)
+        q.partial_fit(X, y, **extra)
+        extra = {}
+    assert p.n_iter_ == q.n_iter_ == 1 and p.t_ == q.t_ == 2 * len(X)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outputs_keep_the_input_dtype_like_sklearn(dtype):
+    X, y = blobs()
+    X = X.astype(dtype)
+    kw = dict(hidden_layer_sizes=(5,), max_iter=5, random_state=0)
+    for cls, sk, method in ((MLPClassifier, SkC, "predict_proba"), (MLPRegressor, SkR, "predict")):
+        ours, theirs = quiet(cls(**kw).fit, X, y), quiet(sk(**kw).fit, X, y)
+        assert getattr(ours, method)(X).dtype == getattr(theirs, method)(X).dtype == dtype
+        # float64 data given to a float32 model gives float64, as in scikit-learn
+        assert getattr(ours, method)(X.astype(np.float64)).dtype == getattr(theirs, method)(
+            X.astype(np.float64)).dtype
+
+
+def test_early_stopping_split_is_sklearns(monkeypatch):
+    # scikit-learn stratifies the held-out split when the network has one output (binary), not
+    # for multiclass targets; the same random state gives the same rows.
+    import layerprop.sklearn as lps
+    from sklearn.model_selection import train_test_split
+    from sklearn.utils import check_random_state
+    calls = []
+    real = lps.train_test_split
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        calls.append((k.get("stratify"), out[3]))
+        return out
+
+    monkeypatch.setattr(lps, "train_test_split", spy)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 3))
+    y = (np.arange(200) % 10 == 0).astype(int)  # 10% positives
+    kw = dict(hidden_layer_sizes=(4,), early_stopping=True, validation_fraction=0.1, max_iter=2,
+              random_state=0)
+    quiet(MLPClassifier(**kw).fit, X, y)
+    stratify, yv = calls[-1]
+    assert stratify is not None and int(yv.sum()) == 2 and len(yv) == 20  # exactly 10% held out
+    expect = train_test_split(X, y.reshape(-1, 1).astype(float), random_state=check_random_state(0),
+                              test_size=0.1, stratify=y.reshape(-1, 1))[3]
+    assert np.array_equal(yv, expect)
+    Xm, ym = blobs(n=200)
+    quiet(MLPClassifier(**kw).fit, Xm, ym)
+    assert calls[-1][0] is None  # multiclass: not stratified, as in scikit-learn
+    with pytest.raises(ValueError, match="y: .*least populated class"):
+        MLPClassifier(**kw).fit(X[:21], np.r_[np.zeros(20, int), 1])
+
+
+def test_a_validation_split_of_one_sample_is_refused_like_sklearn():
+    X, y = blobs(n=12)
+    kw = dict(hidden_layer_sizes=(4,), early_stopping=True, validation_fraction=0.05, random_state=0)
+    with pytest.raises(ValueError, match="The validation set is too small"):
+        SkR(**kw).fit(X, y.astype(float))
+    est = MLPRegressor(**kw)
+    with pytest.raises(ValueError, match="validation_fraction: The validation set is too small"):
+        est.fit(X, y.astype(float))
+    assert not hasattr(est, "model_")  # refused: nothing was set
+
+
+def test_warm_start_with_another_class_set_is_refused_like_sklearn():
+    X, y = blobs()
+    kw = dict(hidden_layer_sizes=(4,), max_iter=2, warm_start=True, random_state=0)
+    ours, theirs = quiet(MLPClassifier(**kw).fit, X, y), quiet(SkC(**kw).fit, X, y)
+    sub = y < 2
+    with pytest.raises(ValueError, match="warm_start can only be used where `y` has the same classes"):
+        theirs.fit(X[sub], y[sub])
+    before = [c.copy() for c in ours.coefs_]
+    with pytest.raises(ValueError, match="y: warm_start can only be used where `y` has the same classes"):
+        ours.fit(X[sub], y[sub])
+    assert list(ours.classes_) == [0, 1, 2]
+    assert all(np.array_equal(a, b) for a, b in zip(before, ours.coefs_))
+    quiet(ours.fit, X, y)  # the same classes: a warm start
+
+
+def test_a_non_finite_validation_output_scores_nan_like_sklearn():
+    X, y = blobs()
+    est = quiet(MLPRegressor(hidden_layer_sizes=(4,), early_stopping=True, max_iter=3,
+                             random_state=0).fit, X, y.astype(float))
+    est.model_.parameters()["0.weight"][...] = np.inf  # outputs are no longer finite
+    assert np.isnan(est._validation_score(X[:5], np.zeros((5, 1))))
