@@ -126,3 +126,26 @@ def test_a_non_finite_validation_output_scores_nan_like_sklearn():
                              random_state=0).fit, X, y.astype(float))
     est.model_.parameters()["0.weight"][...] = np.inf  # outputs are no longer finite
     assert np.isnan(est._validation_score(X[:5], np.zeros((5, 1))))
+
+
+def test_setting_coefs_and_intercepts_writes_into_the_model():
+    X, y = blobs()
+    est = quiet(MLPRegressor(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit, X, y.astype(float))
+    W = np.arange(4 * 4, dtype=float).reshape(4, 4) / 10
+    est.coefs_[0] = W
+    assert np.array_equal(est.coefs_[0], W)
+    est.intercepts_[1] = np.array([2.5])
+    assert est.intercepts_[1][0] == 2.5
+    # the model predicts with them: a twin scikit-learn forward pass
+    h = np.maximum(X @ est.coefs_[0] + est.intercepts_[0], 0)
+    assert np.allclose(est.predict(X), (h @ est.coefs_[1] + est.intercepts_[1]).ravel())
+    est.coefs_ = [np.zeros((4, 4)), np.ones((4, 1))]
+    assert np.array_equal(est.coefs_[1], np.ones((4, 1)))
+    before = [c.copy() for c in est.coefs_]
+    with pytest.raises(ValueError, match=r"coefs_\[0\]: expected shape \(4, 4\)"):
+        est.coefs_[0] = np.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"coefs_\[1\]: expected shape"):
+        est.coefs_ = [np.ones((4, 4)), np.ones((5, 1))]  # all or nothing: the first is not written
+    with pytest.raises(ValueError, match=r"intercepts_\[0\]: contains NaN"):
+        est.intercepts_[0] = np.full(4, np.nan)
+    assert all(np.array_equal(a, b) for a, b in zip(before, est.coefs_))

@@ -83,6 +83,36 @@ def _nonfinite_as_sklearn() -> Iterator[None]:
                          f"values and need to be preprocessed. ({e})") from None
 
 
+class _WriteThrough(list):
+    """A list of views into the model's parameters: assigning an item writes into the model
+    (scikit-learn users set weights with `mlp.coefs_[i] = W`), after a shape check."""
+
+    def __init__(self, name: str, views: List[np.ndarray]) -> None:
+        super().__init__(views)
+        self._name = name
+
+    def __setitem__(self, i: Any, v: Any) -> None:
+        if isinstance(i, slice):
+            raise TypeError(f"{self._name}: assign one array at a time, or the whole list")
+        target = self[i]
+        a = np.asarray(v)
+        if a.shape != target.shape:
+            raise ValueError(f"{self._name}[{i}]: expected shape {target.shape}, got {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{self._name}[{i}]: contains NaN or Inf")
+        target[...] = a
+
+    def assign(self, values: Any) -> None:
+        values = list(values)
+        for i, (t, v) in enumerate(zip(self, values)):  # every check first: all or nothing
+            if np.shape(v) != t.shape:
+                raise ValueError(f"{self._name}[{i}]: expected shape {t.shape}, got {np.shape(v)}")
+        if len(values) != len(self):
+            raise ValueError(f"{self._name}: expected {len(self)} arrays, got {len(values)}")
+        for i, v in enumerate(values):
+            self[i] = v
+
+
 class _BaseMLP(BaseEstimator):
     _is_classifier = False
 
@@ -214,33 +244,27 @@ class _BaseMLP(BaseEstimator):
 
     @property
     def coefs_(self) -> List[np.ndarray]:
-        """Weights in scikit-learn's (in, out) layout: transposed zero-copy views of the model's."""
+        """Weights in scikit-learn's (in, out) layout: transposed zero-copy views of the model's.
+        Writes go through: `coefs_[i][...] = W`, `coefs_[i] = W` and `coefs_ = [...]` all set
+        the model's weights (shapes checked)."""
         if "model_" not in self.__dict__:
             raise AttributeError("coefs_: the estimator is not fitted")
-        return [w.T for w in self._weights()]
+        return _WriteThrough("coefs_", [w.T for w in self._weights()])
 
     @coefs_.setter
     def coefs_(self, value: List[np.ndarray]) -> None:
-        for i, (w, v) in enumerate(zip(self._weights(), value)):
-            v = np.asarray(v)
-            if v.shape != w.T.shape:
-                raise ValueError(f"coefs_[{i}]: expected shape {w.T.shape}, got {v.shape}")
-            w.T[...] = v
+        _WriteThrough("coefs_", [w.T for w in self._weights()]).assign(value)
 
     @property
     def intercepts_(self) -> List[np.ndarray]:
-        """Biases: zero-copy views of the model's."""
+        """Biases: zero-copy views of the model's; writes go through as for coefs_."""
         if "model_" not in self.__dict__:
             raise AttributeError("intercepts_: the estimator is not fitted")
-        return list(self._biases())
+        return _WriteThrough("intercepts_", self._biases())
 
     @intercepts_.setter
     def intercepts_(self, value: List[np.ndarray]) -> None:
-        for i, (b, v) in enumerate(zip(self._biases(), value)):
-            v = np.asarray(v)
-            if v.shape != b.shape:
-                raise ValueError(f"intercepts_[{i}]: expected shape {b.shape}, got {v.shape}")
-            b[...] = v
+        _WriteThrough("intercepts_", self._biases()).assign(value)
 
     def __sklearn_is_fitted__(self) -> bool:
         return "model_" in self.__dict__
