@@ -149,3 +149,48 @@ def test_setting_coefs_and_intercepts_writes_into_the_model():
     with pytest.raises(ValueError, match=r"intercepts_\[0\]: contains NaN"):
         est.intercepts_[0] = np.full(4, np.nan)
     assert all(np.array_equal(a, b) for a, b in zip(before, est.coefs_))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "invscaling", "adaptive"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_learning_rate_schedules_follow_sklearns_rules(schedule, nesterov):
+    # Both estimators start from the same weights (set through coefs_/intercepts_ after a first
+    # fit of one epoch at a negligible rate), then a warm-started fit, in which scikit-learn
+    # makes a new optimizer, runs the same batches (no shuffling) by the same rules.
+    X, y = blobs(n=60)
+    y = y.astype(float) + 0.1 * X[:, 0]
+    kw = dict(hidden_layer_sizes=(5,), solver="sgd", learning_rate=schedule, power_t=0.3, momentum=0.8,
+              nesterovs_momentum=nesterov, learning_rate_init=0.05, batch_size=20, shuffle=False,
+              max_iter=12, n_iter_no_change=1, tol=0.1, alpha=1e-3, random_state=0)
+    first = {**kw, "max_iter": 1, "learning_rate_init": 1e-12}
+    ours, theirs = MLPRegressor(**first), SkR(**first)
+    quiet(ours.fit, X, y)
+    quiet(theirs.fit, X, y)
+    for i in range(2):
+        theirs.coefs_[i][...] = ours.coefs_[i]
+        theirs.intercepts_[i][...] = ours.intercepts_[i]
+    # the stopping rule's memory of the first fit, too (its loss came from other weights)
+    theirs.best_loss_, theirs.loss_curve_ = ours.best_loss_, list(ours.loss_curve_)
+    for est in (ours, theirs):
+        est.set_params(**kw, warm_start=True)
+        quiet(est.fit, X, y)
+    assert ours.n_iter_ == theirs.n_iter_ > 2
+    assert np.allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+    lr = kw["learning_rate_init"] * ours._lr_factor  # the rate the schedule has reached
+    assert lr == pytest.approx(theirs._optimizer.learning_rate, rel=1e-12)
+    if schedule != "constant":
+        assert lr < kw["learning_rate_init"]
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        assert np.allclose(a, b, rtol=1e-8, atol=1e-11)
+
+
+def test_n_iter_no_change_may_be_infinite_like_sklearn():
+    X, y = blobs()
+    kw = dict(hidden_layer_sizes=(4,), max_iter=6, n_iter_no_change=np.inf, tol=100.0, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        ours = MLPClassifier(**kw).fit(X, y)
+    with pytest.warns(ConvergenceWarning):
+        theirs = SkC(**kw).fit(X, y)
+    assert ours.n_iter_ == theirs.n_iter_ == 6  # never stops for lack of improvement
+    with pytest.raises(ValueError, match="learning_rate: expected"):
+        MLPClassifier(learning_rate="optimal").fit(X, y)

@@ -14,9 +14,10 @@ multilabel targets, multi-output regression.
 Differences, by design: weights start from PyTorch's default initialization (layerprop's)
 rather than Glorot's; the optimizers are PyTorch's update rules (Adam's epsilon is added
 after the bias correction of the second moment, sklearn adds it before; SGD momentum is the
-same update written differently); solver="lbfgs" and the sgd learning-rate schedules
-(learning_rate, power_t) are not offered; the float32/float64 choice follows X (float32 X
-trains a float32 model). With a schedule other than Simultaneous (Layerwise, LocoProp) the
+same update written differently; with solver="sgd", learning_rate="constant", "invscaling"
+(power_t) and "adaptive" follow scikit-learn's rules exactly, by scaling the gradient the
+core steps with); solver="lbfgs" is not offered; the float32/float64 choice follows X
+(float32 X trains a float32 model, and predictions on float32 X are float32). With a schedule other than Simultaneous (Layerwise, LocoProp) the
 layers are updated inside the core, so the L2 penalty becomes the optimizer's weight_decay
 (alpha / batch_size, which also decays the biases). `model_` is the fitted lp.Sequential.
 """
@@ -122,7 +123,8 @@ class _BaseMLP(BaseEstimator):
                  verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
                  nesterovs_momentum: bool = True, early_stopping: bool = False,
                  validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-8, n_iter_no_change: int = 10, schedule: Optional[Schedule] = None) -> None:
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, learning_rate: str = "constant",
+                 power_t: float = 0.5, schedule: Optional[Schedule] = None) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -143,6 +145,8 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.learning_rate = learning_rate
+        self.power_t = power_t
         self.schedule = schedule
 
     # ------------------------------------------------------------------ parameters
@@ -185,10 +189,20 @@ class _BaseMLP(BaseEstimator):
         number("epsilon", 0.0, lo_open=True)
         if self.early_stopping:
             number("validation_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
+        number("power_t", 0.0)
+        if self.learning_rate not in ("constant", "invscaling", "adaptive"):
+            raise ValueError("learning_rate: expected 'constant', 'invscaling' or 'adaptive', got "
+                             f"{self.learning_rate!r}")
+        if self.learning_rate != "constant" and self.solver == "sgd" and self._scheduled():
+            raise ValueError(f"learning_rate: {self.learning_rate!r} needs the Simultaneous schedule (schedule="
+                             f"{self.schedule!r} updates layers inside the core, at the optimizer's fixed rate)")
         for name in ("max_iter", "n_iter_no_change"):
             v = getattr(self, name)
+            if name == "n_iter_no_change" and isinstance(v, numbers.Real) and v == np.inf:
+                continue  # scikit-learn allows np.inf: never stop for lack of improvement
             if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+                raise ValueError(f"{name}: expected an int >= 1" + (" or np.inf" if name == "n_iter_no_change" else "")
+                                 + f", got {v!r}")
         b: Any = self.batch_size
         if not (b == "auto" if isinstance(b, str) else
                 isinstance(b, numbers.Integral) and not isinstance(b, bool) and int(b) >= 1):
@@ -290,6 +304,13 @@ class _BaseMLP(BaseEstimator):
                     grads[name] += k * w
                     pen += float(np.vdot(w, w))
             loss += 0.5 * self.alpha * pen / nb
+        f = self._lr_factor
+        if f != 1.0:
+            # SGD's learning-rate schedule: the core steps at learning_rate_init, so the gradient
+            # is scaled by lr / learning_rate_init. Its momentum buffer then accumulates exactly
+            # scikit-learn's velocities (v = momentum * v - lr * g), nesterov included.
+            for g in grads.values():
+                g *= f
         with _nonfinite_as_sklearn():
             core.apply_gradients()
         return loss
@@ -377,10 +398,12 @@ class _BaseMLP(BaseEstimator):
                               "be clipped", UserWarning, stacklevel=3)
             bs = int(np.clip(self.batch_size, 1, n))
         scale = self._loss_scale()
-        step = self._step
-        if self._scheduled():
-            step = self._step_scheduled
-            if fresh:
+        step = self._step_scheduled if self._scheduled() else self._step
+        if not incremental or fresh:
+            # scikit-learn makes a new optimizer at every fit() (warm starts too): the current
+            # settings, fresh momentum / moments, learning rate back at learning_rate_init.
+            opt = self._optimizer()
+            if self._scheduled():
                 # The schedule updates layers inside the core: the L2 penalty becomes the
                 # optimizer's weight_decay (it also decays biases, and uses the full batch size
                 # for a last partial batch) and the gradient scale goes into SGD's step size
@@ -388,8 +411,10 @@ class _BaseMLP(BaseEstimator):
                 s = scale[1]
                 opt = self._optimizer(weight_decay=self.alpha / (bs * s),
                                       lr_scale=s if self.solver == "sgd" else 1.0)
-                assert self.model_.loss is not None
-                self.model_.compile(loss=self.model_.loss, optimizer=opt, schedule=self.schedule)
+            assert self.model_.loss is not None
+            self.model_.compile(loss=self.model_.loss, optimizer=opt, schedule=self.schedule)
+            self._lr_factor = 1.0
+        sgd_schedule = self.solver == "sgd" and self.learning_rate
         best_params = None
         stopped = False
         if started is not None:
@@ -428,13 +453,22 @@ class _BaseMLP(BaseEstimator):
                     self._no_improvement_count = 0
                 if self.loss_curve_[-1] < self.best_loss_:  # type: ignore[operator]
                     self.best_loss_ = self.loss_curve_[-1]
+            if sgd_schedule == "invscaling":  # scikit-learn's iteration_ends(t_)
+                self._lr_factor = 1.0 / (self.t_ + 1) ** self.power_t
             if incremental:
                 break
             if self._no_improvement_count > self.n_iter_no_change:
                 what = "Validation score" if early else "Training loss"
+                msg = f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
+                lr = self.learning_rate_init * self._lr_factor
+                if sgd_schedule == "adaptive" and lr > 1e-6:  # scikit-learn's trigger_stopping
+                    self._lr_factor /= 5.0
+                    self._no_improvement_count = 0
+                    if self.verbose:
+                        print(f"{msg} Setting learning rate to {self.learning_rate_init * self._lr_factor:f}")
+                    continue
                 if self.verbose:
-                    print(f"{what} did not improve more than tol={self.tol:f} for "
-                          f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+                    print(msg + (" Learning rate too small. Stopping." if sgd_schedule == "adaptive" else " Stopping."))
                 stopped = True
                 break
         if not incremental and not stopped and self.n_iter_ >= self.max_iter:
