@@ -388,6 +388,12 @@ class Model:
         from .io import save
         save(self, path, include_optimizer=include_optimizer)
 
+    def to_onnx(self, path: str) -> None:
+        """Write the model as an ONNX file for inference (the `onnx` extra): onnxruntime runs
+        it with the same outputs as predict, to float32 rounding (see layerprop.export)."""
+        from .export import to_onnx
+        to_onnx(self, path)
+
     def to_torch(self):
         """A torch.nn.Sequential copy of this Sequential model (see layerprop.interop)."""
         from .interop import to_torch

@@ -280,6 +280,17 @@ class _BaseMLP(BaseEstimator):
     def intercepts_(self, value: List[np.ndarray]) -> None:
         _WriteThrough("intercepts_", self._biases()).assign(value)
 
+    def to_onnx(self, path: Any) -> None:
+        """Write the fitted network as an ONNX file (the `onnx` extra): input "X" (float32 for
+        a float32 network), output what predict_proba (classifier) or predict (regressor, as
+        an (n, n_outputs) matrix) returns."""
+        check_is_fitted(self)
+        from .export import to_onnx
+        to_onnx(self.model_, path, probabilities=self._onnx_probabilities())
+
+    def _onnx_probabilities(self) -> Optional[str]:
+        return None
+
     def __sklearn_is_fitted__(self) -> bool:
         return "model_" in self.__dict__
 
@@ -575,6 +586,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return Y.astype(np.float64).reshape(-1, 1), "bce_with_logits"
         self.out_activation_ = "softmax"
         return np.ascontiguousarray(Y.argmax(axis=1), dtype=np.int64), "cross_entropy"
+
+    def _onnx_probabilities(self) -> Optional[str]:
+        if self._multilabel:
+            return "sigmoid"
+        return "binary" if len(self.classes_) == 2 else "softmax"
 
     def _score_outputs(self, z: np.ndarray, yv: np.ndarray) -> float:
         if self._multilabel:
