@@ -1,6 +1,7 @@
-"""Batch-1 inference of T (16-64-64-1) and M (784-512-512-10): layerprop's predict against the
-same nn.Sequential under torch.no_grad(), at 1 and 2 threads. Each checks its output against a
-float64 NumPy forward with the same parameters."""
+"""Inference of T (16-64-64-1) and M (784-512-512-10): layerprop's predict against the same
+nn.Sequential under torch.no_grad() and against onnxruntime on the exported graph
+(model.to_onnx), at batch 1 (and 256 for onnxruntime), 1 and 2 threads. Each checks its output
+against a float64 NumPy forward with the same parameters."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from benchutil import THREADS, at_threads, rel_err, run
 from layerprop import bench
 
-IMPLS = ["layerprop", "pytorch"]
+IMPLS = ["layerprop", "pytorch", "onnxruntime"]
 
 
 def numpy_forward(model, x):
@@ -29,10 +30,29 @@ def test_infer_batch1(benchmark, key, n_threads, impl):
     benchmark.group = f"infer {key}-b1 {n_threads}t"
     if impl == "pytorch":
         pytest.importorskip("torch")
+    if impl == "onnxruntime":
+        pytest.importorskip("onnxruntime")
     case = bench.infer_case(key, with_peer=impl == "pytorch")
-    fn = case.ours if impl == "layerprop" else case.peer
+    fn = {"layerprop": case.ours, "pytorch": case.peer,
+          "onnxruntime": bench.onnx_peer(case.model, case.x, n_threads) if impl == "onnxruntime" else None}[impl]
     with at_threads(n_threads):
         got = run(benchmark, fn)
     assert isinstance(got, np.ndarray) and got.shape == (1, case.sizes[-1])
     err = rel_err(got, numpy_forward(case.model, case.x))
+    assert err <= 1e-5, f"{impl} {key}: rel_err {err:.2e}"
+
+
+@pytest.mark.parametrize("impl", ["layerprop", "onnxruntime"])
+@pytest.mark.parametrize("key", bench.INFER_MODELS)
+def test_infer_batch256(benchmark, key, impl):
+    benchmark.group = f"infer {key}-b256 1t"
+    if impl == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    case = bench.infer_case(key, with_peer=False)
+    x = np.random.default_rng(1).standard_normal((256, case.sizes[0]), dtype=np.float32)
+    fn = (lambda: case.model.predict(x)) if impl == "layerprop" else bench.onnx_peer(case.model, x, 1)
+    with at_threads(1):
+        got = run(benchmark, fn)
+    assert got.shape == (256, case.sizes[-1])
+    err = rel_err(got, numpy_forward(case.model, x))
     assert err <= 1e-5, f"{impl} {key}: rel_err {err:.2e}"

@@ -543,6 +543,25 @@ def _train_rows(key: str, n: int, peak: float, st: Settings) -> List[Row]:
     return [Row(f"train {case.spec.name}", n, "PyTorch eager", t_ours, t_peer, case.flops, peak, note)]
 
 
+def onnx_peer(model: object, x: np.ndarray, threads: int) -> Optional[Callable[[], np.ndarray]]:
+    """onnxruntime running `model.to_onnx`'s graph on x with `threads` intra-op threads (None
+    without the onnx extra): what deployers run for inference."""
+    try:
+        import onnxruntime as ort
+        from .export import model_proto
+    except ImportError:
+        return None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Its workers would otherwise spin between runs and take the cores from the case timed
+    # next (A/B interleaving): both sides are then measured on idle cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(model_proto(model).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed = {"X": x}
+    return lambda: sess.run(None, feed)[0]
+
+
 def _infer_rows(n: int, peak: float, st: Settings) -> List[Row]:
     rows = []
     for key in INFER_MODELS:
@@ -551,10 +570,21 @@ def _infer_rows(n: int, peak: float, st: Settings) -> List[Row]:
         if case.peer is None:
             (t,) = _measure([case.ours], st)
             rows.append(Row(name, n, "PyTorch no_grad", t, None, case.flops, peak))
-            continue
-        note = "" if np.allclose(case.ours(), case.peer(), rtol=1e-4, atol=1e-5) else "outputs differ"
-        t_ours, t_peer = _measure([case.ours, case.peer], st)
-        rows.append(Row(name, n, "PyTorch no_grad", t_ours, t_peer, case.flops, peak, note))
+        else:
+            note = "" if np.allclose(case.ours(), case.peer(), rtol=1e-4, atol=1e-5) else "outputs differ"
+            t_ours, t_peer = _measure([case.ours, case.peer], st)
+            rows.append(Row(name, n, "PyTorch no_grad", t_ours, t_peer, case.flops, peak, note))
+        # onnxruntime on the exported graph, at batch 1 and 256
+        model = case.model
+        xb = np.random.default_rng(1).standard_normal((256, case.sizes[0]), dtype=np.float32)
+        for b, x in ((1, case.x), (256, xb)):
+            ort_call = onnx_peer(model, x, n)
+            if ort_call is None:
+                break
+            ours = (lambda x=x: model.predict(x))  # type: ignore[attr-defined]
+            note = "" if np.allclose(ours(), ort_call(), rtol=1e-4, atol=1e-5) else "outputs differ"
+            t_ours, t_peer = _measure([ours, ort_call], st)
+            rows.append(Row(f"infer {key} b{b}", n, "onnxruntime", t_ours, t_peer, case.flops * b, peak, note))
     return rows
 
 
