@@ -12,7 +12,7 @@ import pytest
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")
 PAGES = {  # page -> modules its examples need
     "saving.md": ["safetensors"],
-    "interop.md": ["torch"],
+    "interop.md": ["torch", "onnxruntime", "onnx"],
     "sklearn.md": ["sklearn"],
     "callbacks.md": ["safetensors", "matplotlib"],
     "cli.md": ["safetensors", "sklearn"],
