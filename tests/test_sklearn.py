@@ -290,7 +290,7 @@ def test_other_schedules_run_inside_the_core(schedule):
 
 @pytest.mark.parametrize("param, value", [
 
-    ("solver", "lbfgs"), ("activation", "softmax"), ("hidden_layer_sizes", (0,)),
+    ("solver", "newton"), ("activation", "softmax"), ("hidden_layer_sizes", (0,)),
     ("hidden_layer_sizes", "big"), ("batch_size", 0), ("batch_size", "all"), ("alpha", -1.0),
     ("learning_rate_init", 0.0), ("max_iter", 0), ("n_iter_no_change", 0), ("momentum", 1.5),
     ("beta_1", 1.0), ("epsilon", 0.0), ("tol", -1.0), ("schedule", "simultaneous"),

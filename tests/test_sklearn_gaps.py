@@ -194,3 +194,37 @@ def test_n_iter_no_change_may_be_infinite_like_sklearn():
     assert ours.n_iter_ == theirs.n_iter_ == 6  # never stops for lack of improvement
     with pytest.raises(ValueError, match="learning_rate: expected"):
         MLPClassifier(learning_rate="optimal").fit(X, y)
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "binary", "regression"])
+def test_lbfgs_matches_sklearn_from_the_same_weights(kind):
+    X, y = blobs(n=80)
+    cls, sk = (MLPRegressor, SkR) if kind == "regression" else (MLPClassifier, SkC)
+    if kind == "binary":
+        y = y % 2
+    if kind == "regression":
+        y = y.astype(float) + 0.3 * X[:, 1]
+    kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="lbfgs", alpha=1e-3, max_iter=30,
+              tol=1e-9, random_state=0)
+    ours, theirs = cls(**{**kw, "max_iter": 1}), sk(**{**kw, "max_iter": 1})
+    quiet(ours.fit, X, y)
+    quiet(theirs.fit, X, y)
+    for i in range(2):  # the same start for both
+        theirs.coefs_[i][...] = ours.coefs_[i]
+        theirs.intercepts_[i][...] = ours.intercepts_[i]
+    for est in (ours, theirs):
+        est.set_params(max_iter=30, warm_start=True)
+        quiet(est.fit, X, y)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-6)
+    pred = "predict_proba" if kind != "regression" else "predict"
+    np.testing.assert_allclose(getattr(ours, pred)(X), getattr(theirs, pred)(X), rtol=1e-4, atol=1e-6)
+    assert hasattr(ours, "partial_fit") == hasattr(theirs, "partial_fit") == (kind == "regression")
+
+
+def test_lbfgs_warns_when_it_stops_at_max_iter_like_sklearn():
+    X, y = blobs()
+    with pytest.warns(ConvergenceWarning, match="lbfgs failed to converge"):
+        MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=2, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="max_fun"):
+        MLPClassifier(solver="lbfgs", max_fun=0).fit(X, y)

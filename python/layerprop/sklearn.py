@@ -16,7 +16,8 @@ rather than Glorot's; the optimizers are PyTorch's update rules (Adam's epsilon 
 after the bias correction of the second moment, sklearn adds it before; SGD momentum is the
 same update written differently; with solver="sgd", learning_rate="constant", "invscaling"
 (power_t) and "adaptive" follow scikit-learn's rules exactly, by scaling the gradient the
-core steps with); solver="lbfgs" is not offered; the float32/float64 choice follows X
+core steps with); solver="lbfgs" is scipy's L-BFGS-B on the core's loss and gradient, as in
+scikit-learn; the float32/float64 choice follows X
 (float32 X trains a float32 model, and predictions on float32 X are float32). With a schedule other than Simultaneous (Layerwise, LocoProp) the
 layers are updated inside the core, so the L2 penalty becomes the optimizer's weight_decay
 (alpha / batch_size, which also decays the biases). `model_` is the fitted lp.Sequential.
@@ -36,6 +37,7 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import (check_array, check_consistent_length, check_is_fitted, column_or_1d,
                                       validate_data)
@@ -61,6 +63,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
 
+
+
+def _stochastic_solver(est: Any) -> bool:
+    """A classifier's partial_fit exists for the stochastic solvers only (scikit-learn's rule;
+    its regressor's partial_fit with lbfgs runs a whole lbfgs fit, and so does ours)."""
+    if est.solver == "lbfgs":
+        raise AttributeError("partial_fit is only available for stochastic optimizers. lbfgs is not stochastic.")
+    return True
 
 
 @contextlib.contextmanager
@@ -124,7 +134,7 @@ class _BaseMLP(BaseEstimator):
                  nesterovs_momentum: bool = True, early_stopping: bool = False,
                  validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-8, n_iter_no_change: int = 10, learning_rate: str = "constant",
-                 power_t: float = 0.5, schedule: Optional[Schedule] = None) -> None:
+                 power_t: float = 0.5, max_fun: int = 15000, schedule: Optional[Schedule] = None) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -147,6 +157,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.learning_rate = learning_rate
         self.power_t = power_t
+        self.max_fun = max_fun
         self.schedule = schedule
 
     # ------------------------------------------------------------------ parameters
@@ -167,9 +178,11 @@ class _BaseMLP(BaseEstimator):
         self._hidden_sizes()
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation: expected one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
-        if self.solver not in ("adam", "sgd"):
-            extra = " (lbfgs is not offered by layerprop)" if self.solver == "lbfgs" else ""
-            raise ValueError(f"solver: expected 'adam' or 'sgd', got {self.solver!r}{extra}")
+        if self.solver not in ("adam", "sgd", "lbfgs"):
+            raise ValueError(f"solver: expected 'lbfgs', 'sgd' or 'adam', got {self.solver!r}")
+        if self.solver == "lbfgs" and self._scheduled():
+            raise ValueError(f"schedule: solver='lbfgs' minimizes the whole objective with its gradient; "
+                             f"schedule must be None or lp.Simultaneous(), got {self.schedule!r}")
 
         def number(name: str, lo: float, hi: float = np.inf, lo_open: bool = False, hi_open: bool = False) -> None:
             v: Any = getattr(self, name)
@@ -196,7 +209,7 @@ class _BaseMLP(BaseEstimator):
         if self.learning_rate != "constant" and self.solver == "sgd" and self._scheduled():
             raise ValueError(f"learning_rate: {self.learning_rate!r} needs the Simultaneous schedule (schedule="
                              f"{self.schedule!r} updates layers inside the core, at the optimizer's fixed rate)")
-        for name in ("max_iter", "n_iter_no_change"):
+        for name in ("max_iter", "n_iter_no_change", "max_fun"):
             v = getattr(self, name)
             if name == "n_iter_no_change" and isinstance(v, numbers.Real) and v == np.inf:
                 continue  # scikit-learn allows np.inf: never stop for lack of improvement
@@ -299,6 +312,51 @@ class _BaseMLP(BaseEstimator):
         """Factors from layerprop's loss to scikit-learn's: (reported loss, gradient)."""
         raise NotImplementedError
 
+    def _fit_lbfgs(self, X: np.ndarray, y: np.ndarray) -> None:
+        """solver="lbfgs": scipy's L-BFGS-B over every parameter, on the whole data set, with
+        scikit-learn's objective and options (maxiter=max_iter, maxfun=max_fun, gtol=tol); the
+        core gives the loss and the exact gradient of each evaluation."""
+        from scipy.optimize import minimize
+        from sklearn.utils.optimize import _check_optimize_result
+        params = list(self.model_.parameters().values())
+        grads = list(self.model_.gradients().values())
+        sizes = [p.size for p in params]
+        core = self.model_._core
+        scale = self._loss_scale()
+        n = X.shape[0]
+        k = self.alpha / n
+        weights = [name.endswith(".weight") for name in self.model_.parameters()]
+
+        def unpack(theta: np.ndarray) -> None:
+            o = 0
+            for p, m in zip(params, sizes):
+                p.reshape(-1)[...] = theta[o: o + m]
+                o += m
+
+        def fun(theta: np.ndarray) -> Tuple[float, np.ndarray]:
+            unpack(theta)
+            loss = float(core.compute_gradients(X, y)) * scale[0]
+            g = np.empty_like(theta)
+            o = 0
+            for p, gr, m, is_w in zip(params, grads, sizes, weights):
+                gv = gr.reshape(-1).astype(np.float64) * scale[1]
+                if is_w and self.alpha:
+                    gv += k * p.reshape(-1)
+                    loss += 0.5 * k * float(np.vdot(p, p))
+                g[o: o + m] = gv
+                o += m
+            return loss, g
+
+        theta0 = np.concatenate([p.reshape(-1).astype(np.float64) for p in params])
+        res = minimize(fun, theta0, method="L-BFGS-B", jac=True,
+                       options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
+        if not np.isfinite(res.x).all():
+            raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
+                             "values and need to be preprocessed.")
+        unpack(res.x)
+        self.n_iter_ = _check_optimize_result("lbfgs", res, self.max_iter)
+        self.loss_ = float(res.fun)
+
     def _step(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float]) -> float:
         core = self.model_._core
         loss = float(core.compute_gradients(Xb, yb)) * scale[0]
@@ -358,7 +416,11 @@ class _BaseMLP(BaseEstimator):
             X = np.ascontiguousarray(X, dtype=self.model_._np_dtype)
             if target.dtype != np.int64:
                 target = np.ascontiguousarray(target, dtype=self.model_._np_dtype)
-            self._fit_stochastic(X, target, incremental, fresh=first, started=started)
+            if self.solver == "lbfgs":
+                started.append(True)
+                self._fit_lbfgs(X, target)
+            else:
+                self._fit_stochastic(X, target, incremental, fresh=first, started=started)
         except BaseException:
             if not started:
                 self.__dict__.clear()
@@ -599,6 +661,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return float(accuracy_score(yv.ravel(), (z.ravel() > 0).astype(float)))
         return float(accuracy_score(yv, z.argmax(axis=1)))
 
+    @available_if(_stochastic_solver)
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> "MLPClassifier":
         """One epoch over (X, y). `classes` (all labels) is required on the first call unless y
         is a multilabel indicator matrix."""
