@@ -26,7 +26,7 @@ constexpr int64_t kDefaultChunk = 1024;
 // Python thread could change after the GIL is released (the labels' values, the compiled loss).
 template <class T>
 struct Checked {
-  py::array X, y;       // held for the call: their buffers stay alive and keep their size
+  py::array X, y, w;    // held for the call: their buffers stay alive and keep their size
   int64_t N = 0;
   Labels<T> labels;     // exactly one of cls / target is set, for the loss compiled at check time
   // Scanned for NaN/Inf by finite_or_throw, inside the call's one GIL release.
@@ -61,8 +61,23 @@ inline void check_label_range(const int64_t* p, int64_t n, int64_t C) {
   for (int64_t i = 0; i < n; ++i) check_class_label(p[i], i, C);
 }
 
+// sample_weight (N,) of the model's dtype, or None. Values are checked by the core on its copy
+// (and here too when check_values, for calls that must refuse before their first change).
 template <class T>
-Checked<T> check_Xy(Model<T>& m, const py::handle& X_obj, const py::handle& y_obj, bool check_range) {
+void check_weights(Checked<T>& c, const py::handle& w_obj, bool check_values) {
+  if (w_obj.is_none()) return;
+  auto w = bind::as_exact<T>(w_obj, "sample_weight", 1);
+  if (w.shape(0) != c.N)
+    throw ValueError("sample_weight: expected shape (" + std::to_string(c.N) + ",), got " + bind::shape_str(w));
+  c.w = w;
+  c.labels.weight = w.data();
+  if (check_values)
+    for (int64_t i = 0; i < c.N; ++i) check_sample_weight(c.labels.weight[i], i);
+}
+
+template <class T>
+Checked<T> check_Xy(Model<T>& m, const py::handle& X_obj, const py::handle& y_obj, bool check_range,
+                    const py::handle& w_obj = py::none()) {
   require_compiled(m);
   Checked<T> c;
   auto X = check_X(m, X_obj);
@@ -89,6 +104,7 @@ Checked<T> check_Xy(Model<T>& m, const py::handle& X_obj, const py::handle& y_ob
     c.y = t;
     c.labels.target = t.data();
   }
+  check_weights(c, w_obj, check_range);
   return c;
 }
 
@@ -236,21 +252,22 @@ void bind_one(py::module_& m, const char* name) {
          py::arg("weight_decay"), py::arg("nesterov"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
          py::arg("schedule") = 0, py::arg("inner_steps") = 10, py::arg("inner_lr") = 0.0, py::arg("target_lr") = 10.0,
          py::arg("clip_norm") = 0.0, py::arg("clip_value") = 0.0)
-      .def("train_step", [](M& self, const py::handle& X, const py::handle& y) {
-        auto c = check_Xy(self, X, y, false);
+      .def("train_step", [](M& self, const py::handle& X, const py::handle& y, const py::handle& w) {
+        auto c = check_Xy(self, X, y, false, w);
         py::gil_scoped_release nogil;
         c.finite_or_throw(self);
         std::lock_guard<std::mutex> lock(self.mutex());
         return self.train_step(c.x(), c.N, c.labels);
-      }, py::arg("X"), py::arg("y"),
+      }, py::arg("X"), py::arg("y"), py::arg("sample_weight") = py::none(),
          "One guarded step: raises NonFiniteError, with the model unchanged, on a non-finite loss or gradient.")
-      .def("compute_gradients", [](M& self, const py::handle& X, const py::handle& y, bool update_stats) {
-        auto c = check_Xy(self, X, y, false);
+      .def("compute_gradients", [](M& self, const py::handle& X, const py::handle& y, bool update_stats,
+                                   const py::handle& w) {
+        auto c = check_Xy(self, X, y, false, w);
         py::gil_scoped_release nogil;
         c.finite_or_throw(self);
         std::lock_guard<std::mutex> lock(self.mutex());
         return self.compute_gradients(c.x(), c.N, c.labels, update_stats);
-      }, py::arg("X"), py::arg("y"), py::arg("update_stats") = true)
+      }, py::arg("X"), py::arg("y"), py::arg("update_stats") = true, py::arg("sample_weight") = py::none())
       .def("apply_gradients", [](M& self) {
         require_compiled(self);
         py::gil_scoped_release nogil;
@@ -266,22 +283,23 @@ void bind_one(py::module_& m, const char* name) {
           throw std::runtime_error("apply_gradients: no gradients to apply; call compute_gradients(X, y) first");
         self.apply_gradients();
       })
-      .def("loss", [](M& self, const py::handle& X, const py::handle& y) {
-        auto c = check_Xy(self, X, y, false);
+      .def("loss", [](M& self, const py::handle& X, const py::handle& y, const py::handle& w) {
+        auto c = check_Xy(self, X, y, false, w);
         py::gil_scoped_release nogil;
         c.finite_or_throw(self);
         std::lock_guard<std::mutex> lock(self.mutex());
         return self.loss_only(c.x(), c.N, c.labels);
-      }, py::arg("X"), py::arg("y"), "Loss of the batch; no gradients, no update.")
-      .def("validate", [](M& self, const py::handle& X, const py::handle& y) {
-        auto c = check_Xy(self, X, y, true);
+      }, py::arg("X"), py::arg("y"), py::arg("sample_weight") = py::none(),
+         "Loss of the batch; no gradients, no update.")
+      .def("validate", [](M& self, const py::handle& X, const py::handle& y, const py::handle& w) {
+        auto c = check_Xy(self, X, y, true, w);
         py::gil_scoped_release nogil;
         c.finite_or_throw(self);
-      }, py::arg("X"), py::arg("y"),
+      }, py::arg("X"), py::arg("y"), py::arg("sample_weight") = py::none(),
          "Every check a training call makes on (X, y), labels and NaN/Inf included; changes nothing.")
       .def("train_epoch", [](M& self, const py::handle& X, const py::handle& y, const py::handle& order_obj,
-                             int64_t batch, int on_nonfinite) {
-        auto c = check_Xy(self, X, y, true);
+                             int64_t batch, int on_nonfinite, const py::handle& w) {
+        auto c = check_Xy(self, X, y, true, w);
         check_batch(batch, "batch_size");
         if (on_nonfinite < 0 || on_nonfinite > 1) throw ValueError("on_nonfinite: expected 0 (stop) or 1 (skip)");
         auto order = bind::as_exact<int64_t>(order_obj, "order", 1);
@@ -290,6 +308,14 @@ void bind_one(py::module_& m, const char* name) {
         const int64_t n = order.shape(0);
         for (int64_t i = 0; i < n; ++i)  // checked again by the core where each is read
           if (o[i] < 0 || o[i] >= c.N) throw ValueError("order: row index out of range");
+        if (c.labels.weight)  // every batch's weights must have a positive sum, before any step
+          for (int64_t s0 = 0; s0 < n; s0 += batch) {
+            double sum = 0;
+            for (int64_t i = s0; i < std::min(n, s0 + batch); ++i) sum += static_cast<double>(c.labels.weight[o[i]]);
+            if (!(sum > 0))
+              throw ValueError("sample_weight: the rows of batch " + std::to_string(s0 / batch) +
+                               " all have weight 0 (a batch needs a positive total weight)");
+          }
         const int64_t nb = (n + std::min(batch, n) - 1) / std::min(batch, n);
         py::array_t<double> losses(nb);
         double* lp = losses.mutable_data();
@@ -303,6 +329,7 @@ void bind_one(py::module_& m, const char* name) {
         }
         return py::make_tuple(losses, r.done, r.skipped, r.fault_batch, r.fault);
       }, py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"), py::arg("on_nonfinite") = 0,
+         py::arg("sample_weight") = py::none(),
          "Guarded steps over batches of X[order]: (losses, batches done, batches skipped, batch that "
          "stopped the epoch or -1, its fault: 1 loss, 2 gradient). on_nonfinite 0 stops at the first "
          "non-finite step, 1 skips it.")
@@ -320,18 +347,19 @@ void bind_one(py::module_& m, const char* name) {
         }
         return out;
       }, py::arg("X"), py::arg("batch_size") = 0)
-      .def("evaluate", [](M& self, const py::handle& X, const py::handle& y, int64_t batch) {
-        auto c = check_Xy(self, X, y, true);
+      .def("evaluate", [](M& self, const py::handle& X, const py::handle& y, int64_t batch, const py::handle& w) {
+        auto c = check_Xy(self, X, y, true, w);
         if (batch <= 0) batch = std::min<int64_t>(c.N, std::max<int64_t>(self.capacity(), kDefaultChunk));
-        std::pair<double, int64_t> r;
+        typename M::Evaluation r;
         {
           py::gil_scoped_release nogil;
           c.finite_or_throw(self);
           std::lock_guard<std::mutex> lock(self.mutex());
           r = self.evaluate(c.x(), c.N, c.labels, batch);
         }
-        return py::make_tuple(r.first, r.second);
-      }, py::arg("X"), py::arg("y"), py::arg("batch_size") = 0)
+        return py::make_tuple(r.loss, r.correct, r.total);
+      }, py::arg("X"), py::arg("y"), py::arg("batch_size") = 0, py::arg("sample_weight") = py::none(),
+         "(mean loss, correct predictions (their weight), total weight)")
       .def("snapshot", [](M& self) {
         // A consistent copy of everything save() writes, taken under the model mutex (a fit in
         // another thread holds it for a whole chunk of batches), without holding the GIL.

@@ -21,10 +21,17 @@ double sum_rows(const T* v, int64_t n) {
 }
 }  // namespace
 
+// Sum of the row weights in double, in row order (null: N).
 template <class T>
-double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* labels, int64_t N,
-                     int64_t C) {
+double weight_total(const T* w, int64_t N) {
+  return w ? sum_rows(w, N) : static_cast<double>(N);
+}
+
+template <class T>
+double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* labels, const T* w,
+                     int64_t N, int64_t C) {
   const T inv_n = T(1) / static_cast<T>(N);
+  const double W = weight_total(w, N);
   parallel_range(N, N * C * 8, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
   for (int64_t i = lo; i < hi; ++i) {
     const T* z = logits + i * C;
@@ -41,59 +48,64 @@ double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* label
       for (int64_t j = 0; j < C; ++j) s += std::exp(z[j] - m);
     }
     const T lse = m + std::log(s);
-    row_loss[i] = lse - z[labels[i]];
+    row_loss[i] = w ? (lse - z[labels[i]]) * w[i] : lse - z[labels[i]];
     if (g) {
+      const T f = w ? static_cast<T>(static_cast<double>(w[i]) / W) : inv_n;
       const T inv_s = T(1) / s;
-      for (int64_t j = 0; j < C; ++j) g[j] = g[j] * inv_s * inv_n;
-      g[labels[i]] -= inv_n;
+      for (int64_t j = 0; j < C; ++j) g[j] = g[j] * inv_s * f;
+      g[labels[i]] -= f;
     }
   }
   });
-  return sum_rows(row_loss, N) / static_cast<double>(N);
+  return sum_rows(row_loss, N) / W;
 }
 
 template <class T>
-double mse(T* grad, T* row_loss, const T* pred, const T* target, int64_t N, int64_t D) {
-  const T scale = T(2) / static_cast<T>(N * D);
+double mse(T* grad, T* row_loss, const T* pred, const T* target, const T* w, int64_t N, int64_t D) {
+  const T scale0 = T(2) / static_cast<T>(N * D);
+  const double W = weight_total(w, N);
   parallel_range(N, N * D, int64_t(1) << 17, [&](int64_t lo, int64_t hi) {
   for (int64_t i = lo; i < hi; ++i) {
     const T* p = pred + i * D;
     const T* t = target + i * D;
+    const T scale = w ? static_cast<T>(2.0 * static_cast<double>(w[i]) / (W * static_cast<double>(D))) : scale0;
     T s = 0;
     for (int64_t j = 0; j < D; ++j) {
       const T d = p[j] - t[j];
       s += d * d;
       if (grad) grad[i * D + j] = scale * d;
     }
-    row_loss[i] = s;
+    row_loss[i] = w ? s * w[i] : s;
   }
   });
-  return sum_rows(row_loss, N) / static_cast<double>(N * D);
+  return sum_rows(row_loss, N) / (W * static_cast<double>(D));
 }
 
 template <class T>
-double bce_with_logits(T* grad, T* row_loss, const T* logits, const T* target, int64_t N,
+double bce_with_logits(T* grad, T* row_loss, const T* logits, const T* target, const T* w, int64_t N,
                        int64_t D) {
-  const T scale = T(1) / static_cast<T>(N * D);
+  const T scale0 = T(1) / static_cast<T>(N * D);
+  const double W = weight_total(w, N);
   parallel_range(N, N * D * 8, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
   for (int64_t i = lo; i < hi; ++i) {
     const T* x = logits + i * D;
     const T* t = target + i * D;
+    const T scale = w ? static_cast<T>(static_cast<double>(w[i]) / (W * static_cast<double>(D))) : scale0;
     T s = 0;
     for (int64_t j = 0; j < D; ++j) {
       // (1-t) x + log(1 + exp(-|x|)) + max(-x, 0): stable for any x
       s += (T(1) - t[j]) * x[j] + std::log1p(std::exp(-std::fabs(x[j]))) + std::max(-x[j], T(0));
       if (grad) grad[i * D + j] = (T(1) / (T(1) + std::exp(-x[j])) - t[j]) * scale;
     }
-    row_loss[i] = s;
+    row_loss[i] = w ? s * w[i] : s;
   }
   });
-  return sum_rows(row_loss, N) / static_cast<double>(N * D);
+  return sum_rows(row_loss, N) / (W * static_cast<double>(D));
 }
 
 template <class T>
-int64_t count_correct(const T* logits, const int64_t* labels, int64_t N, int64_t C) {
-  int64_t correct = 0;
+double count_correct(const T* logits, const int64_t* labels, const T* w, int64_t N, int64_t C) {
+  double correct = 0;
   for (int64_t i = 0; i < N; ++i) {
     const T* z = logits + i * C;
     int64_t best = 0;
@@ -102,16 +114,16 @@ int64_t count_correct(const T* logits, const int64_t* labels, int64_t N, int64_t
       nan |= std::isnan(z[j]);
       if (z[j] > z[best]) best = j;
     }
-    correct += !nan && best == labels[i];  // a row with a NaN logit predicts nothing
+    if (!nan && best == labels[i]) correct += w ? static_cast<double>(w[i]) : 1.0;  // NaN logits: wrong
   }
   return correct;
 }
 
-#define LP_INST(T)                                                                          \
-  template double cross_entropy<T>(T*, T*, const T*, const int64_t*, int64_t, int64_t);   \
-  template double mse<T>(T*, T*, const T*, const T*, int64_t, int64_t);                  \
-  template double bce_with_logits<T>(T*, T*, const T*, const T*, int64_t, int64_t);      \
-  template int64_t count_correct<T>(const T*, const int64_t*, int64_t, int64_t);
+#define LP_INST(T)                                                                              \
+  template double cross_entropy<T>(T*, T*, const T*, const int64_t*, const T*, int64_t, int64_t); \
+  template double mse<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t);                \
+  template double bce_with_logits<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t);    \
+  template double count_correct<T>(const T*, const int64_t*, const T*, int64_t, int64_t);
 LP_INST(float)
 LP_INST(double)
 #undef LP_INST

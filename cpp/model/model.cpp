@@ -353,10 +353,10 @@ double Model<T>::loss_and_seed(int64_t N, Labels<T> y, bool want_grad) {
   T* g = want_grad ? gouts_[output_].data() : nullptr;
   const int64_t D = out_width();
   switch (loss_) {
-    case LossKind::CrossEntropy: return kern::cross_entropy<T>(g, row_loss_.data(), z, y.cls, N, D);
-    case LossKind::MSE: return kern::mse<T>(g, row_loss_.data(), z, y.target, N, D);
+    case LossKind::CrossEntropy: return kern::cross_entropy<T>(g, row_loss_.data(), z, y.cls, y.weight, N, D);
+    case LossKind::MSE: return kern::mse<T>(g, row_loss_.data(), z, y.target, y.weight, N, D);
     case LossKind::BCEWithLogits:
-    default: return kern::bce_with_logits<T>(g, row_loss_.data(), z, y.target, N, D);
+    default: return kern::bce_with_logits<T>(g, row_loss_.data(), z, y.target, y.weight, N, D);
   }
 }
 
@@ -493,9 +493,28 @@ void Model<T>::require_labels(Labels<T> y) const {
 }
 
 template <class T>
-Labels<T> Model<T>::stage_labels(Labels<T> y, int64_t N, const int64_t* src, int64_t row0) {
+const T* Model<T>::stage_weights(const T* w, int64_t N, const int64_t* src, int64_t row0, bool positive_sum) {
+  if (!w) return nullptr;
+  if (static_cast<int64_t>(wbatch_.size()) < N) wbatch_.resize(static_cast<size_t>(N));
+  double sum = 0;
+  for (int64_t r = 0; r < N; ++r) {
+    const int64_t row = src ? src[r] : row0 + r;
+    const T v = w[row];  // read once: the copy is what the kernels see
+    check_sample_weight(v, row);
+    wbatch_[r] = v;
+    sum += static_cast<double>(v);
+  }
+  if (!std::isfinite(sum) || (positive_sum && !(sum > 0)))
+    throw ValueError("sample_weight: the weights of a batch must have a positive, finite sum, got " +
+                     std::to_string(sum));
+  return wbatch_.data();
+}
+
+template <class T>
+Labels<T> Model<T>::stage_labels(Labels<T> y, int64_t N, const int64_t* src, int64_t row0, bool positive_sum) {
   require_labels(y);
   Labels<T> out;
+  out.weight = stage_weights(y.weight, N, src, row0, positive_sum);
   if (loss_ != LossKind::CrossEntropy) {
     out.target = y.target + row0 * out_width();
     return out;
@@ -656,8 +675,12 @@ typename Model<T>::EpochResult Model<T>::train_epoch(const T* X, int64_t rows, L
       if (y.target) std::memcpy(tbatch_.data() + r * D, y.target + row * D, sizeof(T) * D);
     }
     Labels<T> yb;
-    if (y.cls) yb = stage_labels(y, nb, rows_.data());  // rows_ holds checked indices
-    else yb.target = tbatch_.data();
+    if (y.cls) {
+      yb = stage_labels(y, nb, rows_.data());  // rows_ holds checked indices
+    } else {
+      yb.target = tbatch_.data();
+      yb.weight = stage_weights(y.weight, nb, rows_.data(), 0);
+    }
     int fault = 0;
     losses[b] = guarded_step(xbatch_.data(), nb, yb, fault);
     res.done = b + 1;
@@ -687,19 +710,27 @@ void Model<T>::predict(const T* X, int64_t N, T* dst, int64_t batch) {
 }
 
 template <class T>
-std::pair<double, int64_t> Model<T>::evaluate(const T* X, int64_t N, Labels<T> y, int64_t batch) {
+typename Model<T>::Evaluation Model<T>::evaluate(const T* X, int64_t N, Labels<T> y, int64_t batch) {
   const int64_t D = out_width(), in = in_width();
   batch = std::min(batch, N);
-  double total = 0;
-  int64_t correct = 0;
+  Evaluation e;
   for (int64_t s = 0; s < N; s += batch) {
     const int64_t nb = std::min(batch, N - s);
-    const Labels<T> yb = stage_labels(y, nb, nullptr, s);
+    const Labels<T> yb = stage_labels(y, nb, nullptr, s, false);
+    double w = static_cast<double>(nb);
+    if (yb.weight) {
+      w = 0;
+      for (int64_t r = 0; r < nb; ++r) w += static_cast<double>(yb.weight[r]);
+      if (w == 0) continue;  // rows of weight 0 count for nothing
+    }
     forward(X + s * in, nb, FwdMode{});
-    total += loss_and_seed(nb, yb, false) * static_cast<double>(nb);
-    if (yb.cls) correct += kern::count_correct<T>(out(output_), yb.cls, nb, D);
+    e.loss += loss_and_seed(nb, yb, false) * w;
+    e.total += w;
+    if (yb.cls) e.correct += kern::count_correct<T>(out(output_), yb.cls, yb.weight, nb, D);
   }
-  return {total / static_cast<double>(N), correct};
+  if (!(e.total > 0)) throw ValueError("sample_weight: the weights sum to 0");
+  e.loss /= e.total;
+  return e;
 }
 
 template class Model<float>;

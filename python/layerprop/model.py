@@ -322,30 +322,47 @@ class Model:
         return Xa, self._as_y(y, Xa.shape[0])
 
     # ------------------------------------------------------------------ steps
-    def train_step(self, X: np.ndarray, y: np.ndarray) -> float:
-        """One fused forward + backward + update; returns the loss before the update."""
-        try:  # arrays the core accepts as they are go straight in (it validates everything)
-            return self._core.train_step(X, y)  # type: ignore[no-any-return]
-        except (TypeError, ValueError):
-            pass  # convert what Python converts (documented), or raise the precise error
-        Xa, ya = self._Xy(X, y)
-        return float(self._core.train_step(Xa, ya))
+    def _as_weights(self, w: object, n: int) -> Optional[np.ndarray]:
+        """sample_weight as the model's dtype, (n,), C-contiguous (a copy when it must be
+        converted: weights are only read). Values (finite, >= 0, a positive sum per batch)
+        are checked by the core."""
+        if w is None:
+            return None
+        a = w if isinstance(w, np.ndarray) else np.asarray(w)
+        if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise TypeError(f"sample_weight: expected real numbers, got dtype {a.dtype}")
+        if a.shape != (n,):
+            raise ValueError(f"sample_weight: expected shape ({n},), got {a.shape}")
+        return np.ascontiguousarray(a, dtype=self._np_dtype)
 
-    def compute_gradients(self, X: np.ndarray, y: np.ndarray) -> float:
+    def train_step(self, X: np.ndarray, y: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> float:
+        """One fused forward + backward + update; returns the loss before the update.
+        sample_weight (n,): the loss is the weighted mean sum(w_i l_i) / sum(w_i)."""
+        if sample_weight is None:
+            try:  # arrays the core accepts as they are go straight in (it validates everything)
+                return self._core.train_step(X, y)  # type: ignore[no-any-return]
+            except (TypeError, ValueError):
+                pass  # convert what Python converts (documented), or raise the precise error
+        Xa, ya = self._Xy(X, y)
+        return float(self._core.train_step(Xa, ya, self._as_weights(sample_weight, Xa.shape[0])))
+
+    def compute_gradients(self, X: np.ndarray, y: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> float:
         """Forward and backward only: fills gradients(); returns the loss."""
         Xa, ya = self._Xy(X, y)
-        return float(self._core.compute_gradients(Xa, ya))
+        return float(self._core.compute_gradients(Xa, ya, sample_weight=self._as_weights(sample_weight, Xa.shape[0])))
 
     def apply_gradients(self) -> None:
         """Update the parameters with the gradients of the last compute_gradients."""
         self._require_compiled()
         self._core.apply_gradients()
 
-    def loss_and_grads(self, X: np.ndarray, y: np.ndarray) -> Tuple[float, Dict[str, np.ndarray]]:
+    def loss_and_grads(self, X: np.ndarray, y: np.ndarray,
+                       sample_weight: Optional[np.ndarray] = None) -> Tuple[float, Dict[str, np.ndarray]]:
         """Loss and a copy of every gradient; no update (parameters, optimizer state and
         BatchNorm running statistics stay as they are)."""
         Xa, ya = self._Xy(X, y)
-        loss = float(self._core.compute_gradients(Xa, ya, update_stats=False))
+        loss = float(self._core.compute_gradients(Xa, ya, update_stats=False,
+                                                  sample_weight=self._as_weights(sample_weight, Xa.shape[0])))
         return loss, OrderedDict((n, g.copy()) for n, g in self._grads.items())
 
     def predict(self, X: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
@@ -354,20 +371,22 @@ class Model:
         bs = 0 if batch_size is None else _positive_int(batch_size, "batch_size")
         return self._core.predict(Xa, bs)
 
-    def evaluate(self, X: np.ndarray, y: np.ndarray, batch_size: Optional[int] = None) -> Dict[str, float]:
-        """{"loss": mean loss} and, for cross_entropy, "accuracy"."""
+    def evaluate(self, X: np.ndarray, y: np.ndarray, batch_size: Optional[int] = None,
+                 sample_weight: Optional[np.ndarray] = None) -> Dict[str, float]:
+        """{"loss": mean loss} and, for cross_entropy, "accuracy" (both weighted by
+        sample_weight when given)."""
         Xa, ya = self._Xy(X, y)
         bs = 0 if batch_size is None else _positive_int(batch_size, "batch_size")
-        loss, correct = self._core.evaluate(Xa, ya, bs)
+        loss, correct, total = self._core.evaluate(Xa, ya, bs, self._as_weights(sample_weight, Xa.shape[0]))
         out = {"loss": float(loss)}
         if self.loss == "cross_entropy":
-            out["accuracy"] = float(correct) / Xa.shape[0]
+            out["accuracy"] = float(correct) / float(total)
         return out
 
     def fit(self, X: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
             shuffle: bool = True, validation_data: Optional[Tuple[np.ndarray, np.ndarray]] = None,
             callbacks: Sequence[object] = (), progress: Optional[bool] = None,
-            initial_epoch: int = 0, on_nonfinite: str = "raise"):
+            initial_epoch: int = 0, on_nonfinite: str = "raise", sample_weight: Optional[np.ndarray] = None):
         """Train for `epochs` passes over (X, y) in batches (the last one may be partial);
         returns a History. Shuffling uses the model's seed, so runs are reproducible.
         initial_epoch: continue a run (Keras' convention: epochs initial_epoch..epochs-1 run).
@@ -377,11 +396,15 @@ class Model:
         a step whose loss or gradient is not finite is not applied. on_nonfinite says what
         follows: "raise" (lp.NonFiniteError, the model as after the last good step), "stop"
         (a RuntimeWarning, and fit returns the History so far) or "skip" (the batch is skipped;
-        the epoch's logs count them in "nonfinite_batches")."""
+        the epoch's logs count them in "nonfinite_batches").
+
+        sample_weight (n,): each batch's loss is its weighted mean (scikit-learn's and
+        PyTorch's reduction: sum(w_i l_i) / sum(w_i)); every batch needs a positive total."""
         from .training import run_fit
         return run_fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                        validation_data=validation_data, callbacks=callbacks,  # type: ignore[arg-type]
-                       progress=progress, initial_epoch=initial_epoch, on_nonfinite=on_nonfinite)
+                       progress=progress, initial_epoch=initial_epoch, on_nonfinite=on_nonfinite,
+                       sample_weight=sample_weight)
 
     def save(self, path: str, include_optimizer: bool = True) -> None:
         """Write the model to a safetensors file (see lp.load and layerprop.io)."""

@@ -357,7 +357,7 @@ def _check_monitors(callbacks: Sequence[Callback], val: Any, loss: Optional[str]
                              "reported for cross_entropy only); nothing was trained")
 
 
-def validated_data(model: Any, X: Any, y: Any, name: str = "X") -> Any:
+def validated_data(model: Any, X: Any, y: Any, name: str = "X", sample_weight: Any = None) -> Any:
     """(X, y) converted once (model._Xy) and fully checked by the core (shapes, class labels,
     NaN/Inf) without changing anything: what fit and the explain tools run before their first
     step. With name="validation_data", errors name validation_data."""
@@ -367,17 +367,18 @@ def validated_data(model: Any, X: Any, y: Any, name: str = "X") -> Any:
             raise ValueError(f"y: expected {Xa.shape[0]} rows to match X, got shape {ya.shape}")
         if Xa.shape[0] == 0:
             raise ValueError("X: empty (0 rows); needs at least one sample")
-        model._core.validate(Xa, ya)
+        w = model._as_weights(sample_weight, Xa.shape[0])
+        model._core.validate(Xa, ya, w)
     except (TypeError, ValueError) as e:
         if name == "validation_data":
             raise type(e)(f"validation_data: {e}") from None
         raise
-    return Xa, ya
+    return (Xa, ya) if sample_weight is None else (Xa, ya, w)
 
 
 def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle: bool,
             validation_data: Any, callbacks: Sequence[Callback], progress: Optional[bool],
-            initial_epoch: int = 0, on_nonfinite: str = "raise") -> History:
+            initial_epoch: int = 0, on_nonfinite: str = "raise", sample_weight: Any = None) -> History:
     from . import NonFiniteError
     from .model import _positive_int
     model._require_compiled()
@@ -393,7 +394,11 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
     if on_nonfinite not in _ON_NONFINITE:
         raise ValueError(f"on_nonfinite: expected one of {_ON_NONFINITE}, got {on_nonfinite!r}")
     batch_size = _positive_int(batch_size, "batch_size")
-    Xa, ya = validated_data(model, X, y)  # converted once for the whole fit
+    w = None
+    if sample_weight is None:
+        Xa, ya = validated_data(model, X, y)  # converted once for the whole fit
+    else:
+        Xa, ya, w = validated_data(model, X, y, sample_weight=sample_weight)
     n = Xa.shape[0]
     if (model.training and (min(batch_size, n) == 1 or n % batch_size == 1)
             and any(isinstance(l, BatchNorm1d) for l in model.layers)):
@@ -433,13 +438,15 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         t0 = time.perf_counter()
         order = model._fit_rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
         order = order.astype(np.int64, copy=False)
+        if w is not None:  # the epoch's loss weighs each batch by its total sample weight
+            sizes = np.add.reduceat(w[order].astype(np.float64), np.arange(0, n, batch_size))
         bar = _progress_bar(show, n_batches, f"epoch {epoch + 1}/{epochs}")
         losses = np.full(n_batches, np.nan)
         fault = None
         for b0 in range(0, n_batches, chunk):
             b1 = min(n_batches, b0 + chunk)
             out, done, _skipped, fault_batch, kind = model._core.train_epoch(
-                Xa, ya, order[b0 * batch_size: b1 * batch_size], batch_size, policy)
+                Xa, ya, order[b0 * batch_size: b1 * batch_size], batch_size, policy, w)
             losses[b0:b1] = out
             if fault_batch >= 0:
                 fault = (b0 + fault_batch, kind, float(out[fault_batch]))
@@ -470,10 +477,10 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
             warnings.warn(msg + "; training stopped (on_nonfinite='stop')", RuntimeWarning, stacklevel=3)
             model.stop_training = True
         if val is not None:
-            loss, correct = model._core.evaluate(val[0], val[1], 0)
+            loss, correct, total = model._core.evaluate(val[0], val[1], 0)
             logs["val_loss"] = float(loss)
             if model.loss == "cross_entropy":
-                logs["val_accuracy"] = float(correct) / val[0].shape[0]
+                logs["val_accuracy"] = float(correct) / float(total)
         if bar is not None and fault is None:
             bar.close(logs, n / max(time.perf_counter() - t0, 1e-9))
         for cb in cbs:

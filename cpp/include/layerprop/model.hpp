@@ -4,6 +4,7 @@
 // same graph.
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -54,7 +55,16 @@ template <class T>
 struct Labels {
   const int64_t* cls = nullptr;
   const T* target = nullptr;
+  const T* weight = nullptr;  // per-row sample weights (>= 0, finite), or null
 };
+
+// A sample weight v at `row` must be finite and >= 0: ValueError naming sample_weight otherwise.
+template <class T>
+inline void check_sample_weight(T v, int64_t row) {
+  if (!(v >= T(0)) || !(v <= std::numeric_limits<T>::max()))
+    throw ValueError("sample_weight: expected finite weights >= 0, got " + std::to_string(static_cast<double>(v)) +
+                     " at row " + std::to_string(row));
+}
 
 enum class ScheduleKind : int { Simultaneous = 0, LayerwiseTopDown, LayerwiseBottomUp, LocoPropS, LocoPropM };
 // LocoProp's inner steps per training step are bounded: a step runs without the GIL and cannot
@@ -132,8 +142,12 @@ class Model {
                           int64_t batch, double* losses, OnNonFinite policy);
   // Forward only (inference mode); out (N, out_width).
   void predict(const T* X, int64_t N, T* out, int64_t batch);
-  // Mean loss and (cross-entropy) number of correct argmax predictions, in batches.
-  std::pair<double, int64_t> evaluate(const T* X, int64_t N, Labels<T> y, int64_t batch);
+  // Mean (weighted) loss, (cross-entropy) the number or weight of correct argmax predictions,
+  // and the total weight (N without weights), in batches.
+  struct Evaluation {
+    double loss = 0, correct = 0, total = 0;
+  };
+  Evaluation evaluate(const T* X, int64_t N, Labels<T> y, int64_t batch);
   // Loss of the batch in the current mode, no gradients, no update.
   double loss_only(const T* X, int64_t N, Labels<T> y);
   // Update only the tensors of layer L with the current gradients (one optimizer step each),
@@ -166,7 +180,11 @@ class Model {
   // src[r] (or row0 + r when src is null), r < N; src must be the model's own, already checked
   // indices (rows_), never a caller's array. Targets are passed through (rows of out_width
   // values; any value is safe to read).
-  Labels<T> stage_labels(Labels<T> y, int64_t N, const int64_t* src = nullptr, int64_t row0 = 0);
+  Labels<T> stage_labels(Labels<T> y, int64_t N, const int64_t* src = nullptr, int64_t row0 = 0,
+                         bool positive_sum = true);
+  // Sample weights of the same rows, copied into wbatch_ and checked there (finite, >= 0, and
+  // for a training batch a positive sum); null when w is null.
+  const T* stage_weights(const T* w, int64_t N, const int64_t* src, int64_t row0, bool positive_sum = true);
   void require_labels(Labels<T> y) const;
   // One training step of the compiled schedule on staged labels; fault: 0, or 1 (non-finite
   // loss) / 2 (non-finite gradient), in which case nothing the step changed is kept.
@@ -203,7 +221,7 @@ class Model {
   std::vector<Buffer<T>> outs_, gouts_;       // per node, cap x width
   std::vector<Buffer<T>> aux_;                // per node scratch: dropout masks; norm statistics
   std::vector<Buffer<T>> targets_;            // LocoProp: per layer, cap x out
-  Buffer<T> row_loss_, xbatch_, tbatch_;
+  Buffer<T> row_loss_, xbatch_, tbatch_, wbatch_;
   // What a faulty step puts back: BatchNorm running statistics (every schedule) and, for the
   // schedules that update inside the step, the parameters and optimizer state.
   Buffer<T> stats_backup_, params_backup_, state1_backup_, state2_backup_;
