@@ -189,7 +189,7 @@ def test_early_stopping_keeps_the_best_validation_epoch(monkeypatch):
     seen = []
     real = MLPClassifier._validation_score
     monkeypatch.setattr(MLPClassifier, "_validation_score",
-                        lambda self, Xv, yv: seen.append((Xv, yv)) or real(self, Xv, yv))
+                        lambda self, Xv, yv, *rest: seen.append((Xv, yv)) or real(self, Xv, yv, *rest))
     clf = MLPClassifier(**kw).fit(X, y)
     assert clf.n_iter_ == 6 == SkMLPClassifier(**kw).fit(X, y).n_iter_
     assert len(clf.validation_scores_) == 6 and len(seen) == 6 and len(seen[0][0]) == 50

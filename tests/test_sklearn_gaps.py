@@ -228,3 +228,32 @@ def test_lbfgs_warns_when_it_stops_at_max_iter_like_sklearn():
         MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=2, random_state=0).fit(X, y)
     with pytest.raises(ValueError, match="max_fun"):
         MLPClassifier(solver="lbfgs", max_fun=0).fit(X, y)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_sample_weight_matches_sklearn_from_the_same_weights(solver, kind):
+    X, y = blobs(n=60)
+    cls, sk = (MLPClassifier, SkC) if kind == "classifier" else (MLPRegressor, SkR)
+    if kind == "regressor":
+        y = y.astype(float) + 0.2 * X[:, 0]
+    sw = np.random.default_rng(3).random(60) * 2
+    kw = dict(hidden_layer_sizes=(5,), solver=solver, learning_rate_init=0.05, batch_size=20, shuffle=False,
+              momentum=0.0, alpha=1e-2, max_iter=4, tol=1e-9, n_iter_no_change=100, random_state=0)
+    first = {**kw, "max_iter": 1, "learning_rate_init": 1e-12}
+    ours, theirs = cls(**first), sk(**first)
+    quiet(ours.fit, X, y)
+    quiet(theirs.fit, X, y)
+    for i in range(2):
+        theirs.coefs_[i][...] = ours.coefs_[i]
+        theirs.intercepts_[i][...] = ours.intercepts_[i]
+    theirs.best_loss_, theirs.loss_curve_ = ours.best_loss_, list(ours.loss_curve_)
+    for est in (ours, theirs):
+        est.set_params(**kw, warm_start=True)
+        quiet(est.fit, X, y, sample_weight=sw)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7)
+    for a, b in zip(ours.coefs_, theirs.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="sample_weight"):
+        ours.fit(X, y, sample_weight=np.ones(3))

@@ -39,8 +39,8 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
-from sklearn.utils.validation import (check_array, check_consistent_length, check_is_fitted, column_or_1d,
-                                      validate_data)
+from sklearn.utils.validation import (_check_sample_weight, check_array, check_consistent_length,
+                                      check_is_fitted, column_or_1d, validate_data)
 
 from . import _core
 from . import layers as L
@@ -312,7 +312,7 @@ class _BaseMLP(BaseEstimator):
         """Factors from layerprop's loss to scikit-learn's: (reported loss, gradient)."""
         raise NotImplementedError
 
-    def _fit_lbfgs(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit_lbfgs(self, X: np.ndarray, y: np.ndarray, sw: Optional[np.ndarray] = None) -> None:
         """solver="lbfgs": scipy's L-BFGS-B over every parameter, on the whole data set, with
         scikit-learn's objective and options (maxiter=max_iter, maxfun=max_fun, gtol=tol); the
         core gives the loss and the exact gradient of each evaluation."""
@@ -324,7 +324,8 @@ class _BaseMLP(BaseEstimator):
         core = self.model_._core
         scale = self._loss_scale()
         n = X.shape[0]
-        k = self.alpha / n
+        k = self.alpha / (n if sw is None else float(sw.sum()))  # scikit-learn's sw_sum
+        w = None if sw is None else self.model_._as_weights(sw, n)
         weights = [name.endswith(".weight") for name in self.model_.parameters()]
 
         def unpack(theta: np.ndarray) -> None:
@@ -335,7 +336,7 @@ class _BaseMLP(BaseEstimator):
 
         def fun(theta: np.ndarray) -> Tuple[float, np.ndarray]:
             unpack(theta)
-            loss = float(core.compute_gradients(X, y)) * scale[0]
+            loss = float(core.compute_gradients(X, y, sample_weight=w)) * scale[0]
             g = np.empty_like(theta)
             o = 0
             for p, gr, m, is_w in zip(params, grads, sizes, weights):
@@ -357,10 +358,11 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_ = _check_optimize_result("lbfgs", res, self.max_iter)
         self.loss_ = float(res.fun)
 
-    def _step(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float]) -> float:
+    def _step(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float],
+              wb: Optional[np.ndarray] = None) -> float:
         core = self.model_._core
-        loss = float(core.compute_gradients(Xb, yb)) * scale[0]
-        nb = Xb.shape[0]
+        loss = float(core.compute_gradients(Xb, yb, sample_weight=wb)) * scale[0]
+        nb = Xb.shape[0] if wb is None else float(wb.sum())  # scikit-learn's sw_sum
         grads = self.model_.gradients()
         if scale[1] != 1.0:
             for g in grads.values():
@@ -384,17 +386,18 @@ class _BaseMLP(BaseEstimator):
             core.apply_gradients()
         return loss
 
-    def _step_scheduled(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float]) -> float:
+    def _step_scheduled(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float],
+                        wb: Optional[np.ndarray] = None) -> float:
         """One core train_step (the schedule runs inside it). The penalty is the optimizer's
         weight_decay, set once to alpha / (batch_size * gradient scale) (see _fit_stochastic)."""
         pen = 0.0
         if self.alpha:
             pen = sum(float(np.vdot(w, w)) for w in self._weights())
         with _nonfinite_as_sklearn():
-            loss = float(self.model_._core.train_step(Xb, yb)) * scale[0]
+            loss = float(self.model_._core.train_step(Xb, yb, wb)) * scale[0]
         return loss + 0.5 * self.alpha * pen / Xb.shape[0]
 
-    def _fit(self, X: np.ndarray, y: Any, incremental: bool) -> "_BaseMLP":
+    def _fit(self, X: np.ndarray, y: Any, incremental: bool, sample_weight: Any = None) -> "_BaseMLP":
         self._check_params()
         if incremental and self.early_stopping:
             raise ValueError("early_stopping: partial_fit does not support early_stopping=True "
@@ -406,6 +409,10 @@ class _BaseMLP(BaseEstimator):
         started: List[bool] = []
         try:
             X, y = self._validate_Xy(X, y, first)
+            sw = None
+            if sample_weight is not None:
+                with _names("sample_weight"):
+                    sw = _check_sample_weight(sample_weight, X, dtype=np.float64)
             if first:
                 self._rng = check_random_state(self.random_state)
             target, loss = self._encode_y(y, first, incremental)
@@ -418,9 +425,9 @@ class _BaseMLP(BaseEstimator):
                 target = np.ascontiguousarray(target, dtype=self.model_._np_dtype)
             if self.solver == "lbfgs":
                 started.append(True)
-                self._fit_lbfgs(X, target)
+                self._fit_lbfgs(X, target, sw)
             else:
-                self._fit_stochastic(X, target, incremental, fresh=first, started=started)
+                self._fit_stochastic(X, target, incremental, fresh=first, started=started, sample_weight=sw)
         except BaseException:
             if not started:
                 self.__dict__.clear()
@@ -444,17 +451,22 @@ class _BaseMLP(BaseEstimator):
         return X, y
 
     def _fit_stochastic(self, X: np.ndarray, y: np.ndarray, incremental: bool, fresh: bool,
-                        started: Optional[List[bool]] = None) -> None:
+                        started: Optional[List[bool]] = None, sample_weight: Optional[np.ndarray] = None) -> None:
         rs = self._rng
         early = self.early_stopping and not incremental
-        Xv = yv = None
+        Xv = yv = swv = None
+        sw = sample_weight
         if early:
             # scikit-learn's split: stratified when the network has one output (a binary
             # classifier), not for multiclass or multilabel targets, and never for regression.
             stratify = y if (self._is_classifier and y.ndim == 2 and y.shape[1] == 1) else None
             with _names("y"):  # a class with one member cannot be stratified
-                X, Xv, y, yv = train_test_split(X, y, random_state=rs, test_size=self.validation_fraction,
-                                                stratify=stratify)
+                if sw is None:
+                    X, Xv, y, yv = train_test_split(X, y, random_state=rs, test_size=self.validation_fraction,
+                                                    stratify=stratify)
+                else:
+                    X, Xv, y, yv, sw, swv = train_test_split(X, y, sw, random_state=rs,
+                                                             test_size=self.validation_fraction, stratify=stratify)
             X, y = np.ascontiguousarray(X), np.ascontiguousarray(y)
             Xv = np.ascontiguousarray(Xv)
             if Xv.shape[0] < 2:
@@ -498,7 +510,8 @@ class _BaseMLP(BaseEstimator):
             total = 0.0
             for b0 in range(0, n, bs):
                 sel = idx[b0: b0 + bs]
-                total += step(X[sel], y[sel], scale) * len(sel)
+                wb = None if sw is None else self.model_._as_weights(sw[sel], len(sel))
+                total += step(X[sel], y[sel], scale, wb) * len(sel)
             self.n_iter_ += 1
             self.loss_ = total / n
             self.t_ += n
@@ -506,7 +519,7 @@ class _BaseMLP(BaseEstimator):
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
             if early:
-                score = self._validation_score(Xv, yv)
+                score = self._validation_score(Xv, yv, swv)
                 self.validation_scores_.append(score)  # type: ignore[union-attr]
                 if self.verbose:
                     print(f"Validation score: {score:f}")
@@ -553,20 +566,21 @@ class _BaseMLP(BaseEstimator):
         if self.verbose:
             sys.stdout.flush()
 
-    def _validation_score(self, Xv: Any, yv: Any) -> float:
+    def _validation_score(self, Xv: Any, yv: Any, swv: Any = None) -> float:
         """Accuracy or R^2 on the held-out split; NaN when an output is not finite (as in
         scikit-learn, whose stopping rule then goes on)."""
         z = np.asarray(self.model_.predict(Xv), dtype=np.float64)
         if not np.isfinite(z).all():
             return float("nan")
-        return self._score_outputs(z, yv)
+        return self._score_outputs(z, yv, swv)
 
-    def _score_outputs(self, z: np.ndarray, yv: np.ndarray) -> float:
+    def _score_outputs(self, z: np.ndarray, yv: np.ndarray, sw: Any = None) -> float:
         raise NotImplementedError
 
-    def fit(self, X: Any, y: Any) -> "_BaseMLP":
-        """Train on (X, y) for up to max_iter epochs (see the class docstring)."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "_BaseMLP":
+        """Train on (X, y) for up to max_iter epochs (see the class docstring). sample_weight:
+        each batch's loss is its weighted mean, as in scikit-learn (weights must be >= 0)."""
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     def _forward(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
@@ -654,15 +668,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return "sigmoid"
         return "binary" if len(self.classes_) == 2 else "softmax"
 
-    def _score_outputs(self, z: np.ndarray, yv: np.ndarray) -> float:
+    def _score_outputs(self, z: np.ndarray, yv: np.ndarray, sw: Any = None) -> float:
         if self._multilabel:
-            return float(accuracy_score(yv, (z > 0).astype(int)))
+            return float(accuracy_score(yv, (z > 0).astype(int), sample_weight=sw))
         if yv.ndim == 2:  # binary: (n, 1) targets
-            return float(accuracy_score(yv.ravel(), (z.ravel() > 0).astype(float)))
-        return float(accuracy_score(yv, z.argmax(axis=1)))
+            return float(accuracy_score(yv.ravel(), (z.ravel() > 0).astype(float), sample_weight=sw))
+        return float(accuracy_score(yv, z.argmax(axis=1), sample_weight=sw))
 
     @available_if(_stochastic_solver)
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> "MLPClassifier":
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> "MLPClassifier":
         """One epoch over (X, y). `classes` (all labels) is required on the first call unless y
         is a multilabel indicator matrix."""
         self._check_params()
@@ -682,7 +696,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         elif classes is not None:
             if not np.array_equal(self.classes_, unique_labels(classes)):
                 raise ValueError(f"classes: {classes!r} is not the same as on the first call ({self.classes_!r})")
-        return self._fit(X, y, incremental=True)  # type: ignore[return-value]
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)  # type: ignore[return-value]
 
     def decision_values(self, X: Any) -> np.ndarray:
         """Raw outputs of the network (logits)."""
@@ -736,12 +750,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             raise ValueError(f"y: expected {self.n_outputs_} target columns as in the first fit, got {y.shape[1]}")
         return y, "mse"
 
-    def _score_outputs(self, z: np.ndarray, yv: np.ndarray) -> float:
-        return float(r2_score(yv, z))
+    def _score_outputs(self, z: np.ndarray, yv: np.ndarray, sw: Any = None) -> float:
+        return float(r2_score(yv, z, sample_weight=sw))
 
-    def partial_fit(self, X: Any, y: Any) -> "MLPRegressor":
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> "MLPRegressor":
         """One epoch over (X, y), continuing from the current weights and optimizer state."""
-        return self._fit(X, y, incremental=True)  # type: ignore[return-value]
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)  # type: ignore[return-value]
 
     def predict(self, X: Any) -> np.ndarray:
         z = self._forward(X)
