@@ -100,3 +100,16 @@ def test_refusals():
     with pytest.raises(TypeError, match="model: expected an lp.Model"):
         from layerprop.export import model_proto
         model_proto(object())
+
+
+def test_poisson_regressor_exports_its_rates(tmp_path):
+    pytest.importorskip("sklearn")
+    from layerprop.sklearn import MLPRegressor
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 3)).astype(np.float32)
+    y = rng.poisson(np.exp(0.3 * X[:, 0])).astype(np.float32)
+    reg = MLPRegressor(loss="poisson", hidden_layer_sizes=(6,), max_iter=20, random_state=0)
+    with pytest.warns(Warning):
+        reg.fit(X, y)
+    reg.to_onnx(tmp_path / "p.onnx")
+    np.testing.assert_allclose(run(tmp_path / "p.onnx", X)[:, 0], reg.predict(X), rtol=1e-5)

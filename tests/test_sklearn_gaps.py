@@ -257,3 +257,31 @@ def test_sample_weight_matches_sklearn_from_the_same_weights(solver, kind):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="sample_weight"):
         ours.fit(X, y, sample_weight=np.ones(3))
+
+
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+def test_poisson_regression_matches_sklearn_from_the_same_weights(solver):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 3))
+    y = rng.poisson(np.exp(0.4 * X[:, 0] + 0.2)).astype(float)
+    kw = dict(loss="poisson", hidden_layer_sizes=(5,), solver=solver, learning_rate_init=0.02, batch_size=20,
+              shuffle=False, momentum=0.0, alpha=1e-3, max_iter=5, tol=1e-9, n_iter_no_change=100, random_state=0)
+    first = {**kw, "max_iter": 1, "learning_rate_init": 1e-12}
+    ours, theirs = MLPRegressor(**first), SkR(**first)
+    quiet(ours.fit, X, y)
+    quiet(theirs.fit, X, y)
+    for i in range(2):
+        theirs.coefs_[i][...] = ours.coefs_[i]
+        theirs.intercepts_[i][...] = ours.intercepts_[i]
+    theirs.best_loss_, theirs.loss_curve_ = ours.best_loss_, list(ours.loss_curve_)
+    for est in (ours, theirs):
+        est.set_params(**kw, warm_start=True)
+        quiet(est.fit, X, y)
+    assert ours.out_activation_ == theirs.out_activation_ == "exp"
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7)
+    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-6)
+    with pytest.raises(ValueError, match="not allowed for Poisson regression"):
+        MLPRegressor(loss="poisson").fit(X, -y - 1)
+    with pytest.raises(ValueError, match="loss: expected 'squared_error' or 'poisson'"):
+        MLPRegressor(loss="huber").fit(X, y)

@@ -103,6 +103,13 @@ Checked<T> check_Xy(Model<T>& m, const py::handle& X_obj, const py::handle& y_ob
                        "), got " + bind::shape_str(t));
     c.y = t;
     c.labels.target = t.data();
+    if (m.loss_kind() == LossKind::Poisson) {  // counts or rates: never negative
+      const T* p = t.data();
+      for (int64_t i = 0; i < c.N * D; ++i)
+        if (p[i] < T(0))
+          throw ValueError("y: poisson targets must be >= 0, got " + std::to_string(static_cast<double>(p[i])) +
+                           " at row " + std::to_string(i / D));
+    }
   }
   check_weights(c, w_obj, check_range);
   return c;
@@ -232,7 +239,7 @@ void bind_one(py::module_& m, const char* name) {
                          double weight_decay, bool nesterov, double beta1, double beta2, double eps,
                          int schedule, int64_t inner_steps, double inner_lr, double target_lr,
                          double clip_norm, double clip_value) {
-        if (loss < 0 || loss > static_cast<int>(LossKind::BCEWithLogits)) throw ValueError("loss: unknown loss");
+        if (loss < 0 || loss > static_cast<int>(LossKind::Poisson)) throw ValueError("loss: unknown loss");
         if (opt < 0 || opt > static_cast<int>(kern::OptKind::AdamW)) throw ValueError("optimizer: unknown optimizer");
         kern::OptConfig c;
         c.kind = static_cast<kern::OptKind>(opt);

@@ -104,6 +104,28 @@ double bce_with_logits(T* grad, T* row_loss, const T* logits, const T* target, c
 }
 
 template <class T>
+double poisson_nll(T* grad, T* row_loss, const T* logits, const T* target, const T* w, int64_t N,
+                   int64_t D) {
+  const T scale0 = T(1) / static_cast<T>(N * D);
+  const double W = weight_total(w, N);
+  parallel_range(N, N * D * 8, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; ++i) {
+    const T* z = logits + i * D;
+    const T* t = target + i * D;
+    const T scale = w ? static_cast<T>(static_cast<double>(w[i]) / (W * static_cast<double>(D))) : scale0;
+    T s = 0;
+    for (int64_t j = 0; j < D; ++j) {
+      const T mu = std::exp(z[j]);
+      s += mu - t[j] * z[j];
+      if (grad) grad[i * D + j] = (mu - t[j]) * scale;
+    }
+    row_loss[i] = w ? s * w[i] : s;
+  }
+  });
+  return sum_rows(row_loss, N) / (W * static_cast<double>(D));
+}
+
+template <class T>
 double count_correct(const T* logits, const int64_t* labels, const T* w, int64_t N, int64_t C) {
   double correct = 0;
   for (int64_t i = 0; i < N; ++i) {
@@ -123,6 +145,7 @@ double count_correct(const T* logits, const int64_t* labels, const T* w, int64_t
   template double cross_entropy<T>(T*, T*, const T*, const int64_t*, const T*, int64_t, int64_t); \
   template double mse<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t);                \
   template double bce_with_logits<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t);    \
+  template double poisson_nll<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t);        \
   template double count_correct<T>(const T*, const int64_t*, const T*, int64_t, int64_t);
 LP_INST(float)
 LP_INST(double)

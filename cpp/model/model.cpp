@@ -355,6 +355,7 @@ double Model<T>::loss_and_seed(int64_t N, Labels<T> y, bool want_grad) {
   switch (loss_) {
     case LossKind::CrossEntropy: return kern::cross_entropy<T>(g, row_loss_.data(), z, y.cls, y.weight, N, D);
     case LossKind::MSE: return kern::mse<T>(g, row_loss_.data(), z, y.target, y.weight, N, D);
+    case LossKind::Poisson: return kern::poisson_nll<T>(g, row_loss_.data(), z, y.target, y.weight, N, D);
     case LossKind::BCEWithLogits:
     default: return kern::bce_with_logits<T>(g, row_loss_.data(), z, y.target, y.weight, N, D);
   }

@@ -81,6 +81,8 @@ double Model<T>::step_locoprop(const T* X, int64_t N, Labels<T> y) {
         T* tr = t + r * D;
         if (loss_ == LossKind::BCEWithLogits) {
           for (int64_t c = 0; c < D; ++c) tr[c] = T(1) / (T(1) + std::exp(-ar[c]));
+        } else if (loss_ == LossKind::Poisson) {
+          for (int64_t c = 0; c < D; ++c) tr[c] = std::exp(ar[c]);
         } else {
           const T m = *std::max_element(ar, ar + D);
           T s = 0;
@@ -119,13 +121,14 @@ void Model<T>::locoprop_unit(int L, int64_t N) {
   // Transfer function of the matching loss.
   Act act = Act::Identity;
   T slope = 0;
-  int link = 0;  // 1 softmax, 2 sigmoid (output layer of cross-entropy / bce)
+  int link = 0;  // 1 softmax, 2 sigmoid, 3 exp (output layer of cross-entropy / bce / poisson)
   if (M) {
     if (consumers_[i].size() == 1 && nodes_[consumers_[i][0]].kind == NodeKind::Activation) {
       act = nodes_[consumers_[i][0]].act;
       slope = T(nodes_[consumers_[i][0]].slope);
     } else if (i == output_) {
-      link = loss_ == LossKind::CrossEntropy ? 1 : loss_ == LossKind::BCEWithLogits ? 2 : 0;
+      link = loss_ == LossKind::CrossEntropy ? 1 : loss_ == LossKind::BCEWithLogits ? 2
+             : loss_ == LossKind::Poisson ? 3 : 0;
     }
   }
   const T* x = out(s.inputs[0]);
@@ -156,6 +159,8 @@ void Model<T>::locoprop_unit(int L, int64_t N) {
       }
     } else if (link == 2) {
       for (int64_t q = 0; q < n; ++q) d[q] = T(1) / (T(1) + std::exp(-a[q])) - t[q];
+    } else if (link == 3) {
+      for (int64_t q = 0; q < n; ++q) d[q] = std::exp(a[q]) - t[q];
     } else if (ep.act_out) {
       for (int64_t q = 0; q < n; ++q) d[q] -= t[q];
     } else {

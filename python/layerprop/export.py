@@ -32,15 +32,16 @@ def _onnx() -> Any:
 
 def model_proto(model: Any, output: Optional[str] = None, probabilities: Optional[str] = None) -> Any:
     """The ModelProto of `model` (an lp.Model) in inference mode. probabilities: None (raw
-    outputs, as predict), "softmax" or "sigmoid" appended (class probabilities), or
-    "binary" (one logit -> [1 - p, p], scikit-learn's predict_proba of a binary classifier)."""
+    outputs, as predict), "softmax" or "sigmoid" appended (class probabilities), "binary" (one
+    logit -> [1 - p, p], scikit-learn's predict_proba of a binary classifier) or "exp" (a
+    log-link output: Poisson rates)."""
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
     from .model import Model
     if not isinstance(model, Model):
         raise TypeError(f"model: expected an lp.Model, got {type(model).__name__}")
-    if probabilities not in (None, "softmax", "sigmoid", "binary"):
-        raise ValueError(f"probabilities: expected None, 'softmax', 'sigmoid' or 'binary', got {probabilities!r}")
+    if probabilities not in (None, "softmax", "sigmoid", "binary", "exp"):
+        raise ValueError(f"probabilities: expected None, 'softmax', 'sigmoid', 'binary' or 'exp', got {probabilities!r}")
     np_dtype = np.dtype(model._np_dtype)
     elem = TensorProto.FLOAT if np_dtype == np.float32 else TensorProto.DOUBLE
     params = model.parameters()
@@ -112,6 +113,8 @@ def model_proto(model: Any, output: Optional[str] = None, probabilities: Optiona
         nodes.append(helper.make_node("Softmax", [last], [y], axis=1))
     elif probabilities == "sigmoid":
         nodes.append(helper.make_node("Sigmoid", [last], [y]))
+    elif probabilities == "exp":  # a log-link output (poisson): the predicted rate
+        nodes.append(helper.make_node("Exp", [last], [y]))
     elif probabilities == "binary":
         nodes.append(helper.make_node("Sigmoid", [last], ["p1"]))
         nodes.append(helper.make_node("Sub", [init("one", np.ones(1)), "p1"], ["p0"]))

@@ -18,7 +18,7 @@ from .schedules import Schedule, Simultaneous
 
 __all__ = ["Model", "Sequential"]
 
-LOSSES = {"cross_entropy": 0, "mse": 1, "bce_with_logits": 2}
+LOSSES = {"cross_entropy": 0, "mse": 1, "bce_with_logits": 2, "poisson": 3}
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -234,7 +234,10 @@ class Model:
                 schedule: Optional[Schedule] = None, *, clip_grad_norm: Optional[float] = None,
                 clip_grad_value: Optional[float] = None) -> "Model":
         """Choose the loss, the optimizer (default SGD(lr=0.01)) and the update schedule.
-        Compiling again resets the optimizer state.
+        Compiling again resets the optimizer state. Losses: "cross_entropy" (integer labels),
+        "mse", "bce_with_logits", "poisson" (outputs are log rates; targets >= 0; PyTorch's
+        PoissonNLLLoss(log_input=True)); each the mean over the batch (weighted with
+        sample_weight).
 
         clip_grad_value / clip_grad_norm: gradient clipping inside the core before every update
         (Simultaneous schedule), PyTorch's rules: every gradient element clamped to

@@ -327,6 +327,7 @@ class _BaseMLP(BaseEstimator):
         k = self.alpha / (n if sw is None else float(sw.sum()))  # scikit-learn's sw_sum
         w = None if sw is None else self.model_._as_weights(sw, n)
         weights = [name.endswith(".weight") for name in self.model_.parameters()]
+        offset = self._loss_offset(y, sw)
 
         def unpack(theta: np.ndarray) -> None:
             o = 0
@@ -336,7 +337,7 @@ class _BaseMLP(BaseEstimator):
 
         def fun(theta: np.ndarray) -> Tuple[float, np.ndarray]:
             unpack(theta)
-            loss = float(core.compute_gradients(X, y, sample_weight=w)) * scale[0]
+            loss = float(core.compute_gradients(X, y, sample_weight=w)) * scale[0] + offset
             g = np.empty_like(theta)
             o = 0
             for p, gr, m, is_w in zip(params, grads, sizes, weights):
@@ -358,10 +359,14 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_ = _check_optimize_result("lbfgs", res, self.max_iter)
         self.loss_ = float(res.fun)
 
+    def _loss_offset(self, y: np.ndarray, w: Optional[np.ndarray]) -> float:
+        """The part of scikit-learn's reported loss that the core's loss leaves out."""
+        return 0.0
+
     def _step(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float],
               wb: Optional[np.ndarray] = None) -> float:
         core = self.model_._core
-        loss = float(core.compute_gradients(Xb, yb, sample_weight=wb)) * scale[0]
+        loss = float(core.compute_gradients(Xb, yb, sample_weight=wb)) * scale[0] + self._loss_offset(yb, wb)
         nb = Xb.shape[0] if wb is None else float(wb.sum())  # scikit-learn's sw_sum
         grads = self.model_.gradients()
         if scale[1] != 1.0:
@@ -394,7 +399,7 @@ class _BaseMLP(BaseEstimator):
         if self.alpha:
             pen = sum(float(np.vdot(w, w)) for w in self._weights())
         with _nonfinite_as_sklearn():
-            loss = float(self.model_._core.train_step(Xb, yb, wb)) * scale[0]
+            loss = float(self.model_._core.train_step(Xb, yb, wb)) * scale[0] + self._loss_offset(yb, wb)
         return loss + 0.5 * self.alpha * pen / Xb.shape[0]
 
     def _fit(self, X: np.ndarray, y: Any, incremental: bool, sample_weight: Any = None) -> "_BaseMLP":
@@ -732,15 +737,56 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor trained by layerprop's core, with scikit-learn's
-    MLPRegressor arguments: half the mean squared error plus the L2 penalty; y may have
-    several columns (multi-output)."""
+    MLPRegressor arguments: loss="squared_error" (half the mean squared error) or "poisson"
+    (half the Poisson deviance, exp output), plus the L2 penalty; y may have several columns
+    (multi-output)."""
 
-    out_activation_ = "identity"
+    def __init__(self, loss: str = "squared_error", hidden_layer_sizes: Any = (100,), activation: str = "relu", *,
+                 solver: str = "adam", alpha: float = 0.0001, batch_size: Any = "auto",
+                 learning_rate_init: float = 0.001, max_iter: int = 200, shuffle: bool = True,
+                 random_state: Any = None, tol: float = 1e-4, verbose: bool = False, warm_start: bool = False,
+                 momentum: float = 0.9, nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, learning_rate: str = "constant",
+                 power_t: float = 0.5, max_fun: int = 15000, schedule: Optional[Schedule] = None) -> None:
+        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+                         learning_rate_init=learning_rate_init, max_iter=max_iter, shuffle=shuffle,
+                         random_state=random_state, tol=tol, verbose=verbose, warm_start=warm_start,
+                         momentum=momentum, nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         n_iter_no_change=n_iter_no_change, learning_rate=learning_rate, power_t=power_t,
+                         max_fun=max_fun, schedule=schedule)
+        self.loss = loss
+
+    @property
+    def out_activation_(self) -> str:
+        return "exp" if self.loss == "poisson" else "identity"
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.loss not in ("squared_error", "poisson"):
+            raise ValueError(f"loss: expected 'squared_error' or 'poisson', got {self.loss!r}")
 
     def _loss_scale(self) -> Tuple[float, float]:
+        if self.loss == "poisson":
+            # sklearn: half the Poisson deviance summed over the outputs (mean over samples),
+            # gradient (mu - y) summed over the outputs; the core's is the mean over all elements.
+            return float(self.n_outputs_), float(self.n_outputs_)
         # sklearn reports half the mean squared error (mean over samples and outputs), but its
         # gradient is that of half the squared error summed over the outputs: k times larger.
         return 0.5, 0.5 * self.n_outputs_
+
+    def _loss_offset(self, y: np.ndarray, w: Optional[np.ndarray]) -> float:
+        if self.loss != "poisson":
+            return 0.0
+        # The deviance's terms without parameters: sum over outputs of the (weighted) mean over
+        # samples of y log y - y (the core's loss leaves them out, as PyTorch's does).
+        from scipy.special import xlogy
+        y64 = np.asarray(y, dtype=np.float64)
+        return float(np.average(xlogy(y64, y64) - y64, weights=w, axis=0).sum())
+
+    def _onnx_probabilities(self) -> Optional[str]:
+        return "exp" if self.loss == "poisson" else None
 
     def _encode_y(self, y: Any, first: bool, incremental: bool) -> Any:
         y = np.asarray(y, dtype=np.float64)
@@ -748,10 +794,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             y = y.reshape(-1, 1)
         if not first and y.shape[1] != self.n_outputs_:
             raise ValueError(f"y: expected {self.n_outputs_} target columns as in the first fit, got {y.shape[1]}")
-        return y, "mse"
+        if self.loss == "poisson" and (y < 0).any():
+            raise ValueError("y: Some value(s) of y are negative which is not allowed for Poisson regression.")
+        return y, ("poisson" if self.loss == "poisson" else "mse")
 
     def _score_outputs(self, z: np.ndarray, yv: np.ndarray, sw: Any = None) -> float:
-        return float(r2_score(yv, z, sample_weight=sw))
+        return float(r2_score(yv, np.exp(z) if self.loss == "poisson" else z, sample_weight=sw))
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> "MLPRegressor":
         """One epoch over (X, y), continuing from the current weights and optimizer state."""
@@ -759,6 +807,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def predict(self, X: Any) -> np.ndarray:
         z = self._forward(X)
+        if self.loss == "poisson":
+            z = np.exp(z)
         return z.ravel() if z.shape[1] == 1 else z
 
     def __sklearn_tags__(self) -> Any:

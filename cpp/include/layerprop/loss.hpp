@@ -22,6 +22,12 @@ template <class T>
 double bce_with_logits(T* grad, T* row_loss, const T* logits, const T* target, const T* w, int64_t N,
                        int64_t D);
 
+// logits (N,D) = log of the predicted rates, target (N,D) >= 0 -> mean over all N*D elements
+// of exp(z) - t z (PyTorch's PoissonNLLLoss(log_input=True)); grad (exp(z) - t) / (N D).
+template <class T>
+double poisson_nll(T* grad, T* row_loss, const T* logits, const T* target, const T* w, int64_t N,
+                   int64_t D);
+
 // Number (w: total weight) of rows whose argmax (first maximum) equals the label.
 template <class T>
 double count_correct(const T* logits, const int64_t* labels, const T* w, int64_t N, int64_t C);
