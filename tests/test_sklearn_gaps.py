@@ -28,6 +28,19 @@ def blobs(n=120, d=4, k=3, seed=0):
     return rng.standard_normal((n, d)) + y[:, None], y
 
 
+def same_start(cls, sk, X, y, **first):
+    """Ours and scikit-learn's estimator, each fitted once with `first` (to build the network),
+    then given our weights and our stopping rule's memory: both continue from the same state."""
+    ours, theirs = cls(**first), sk(**first)
+    quiet(ours.fit, X, y)
+    quiet(theirs.fit, X, y)
+    for i in range(len(ours.coefs_)):
+        theirs.coefs_[i][...] = ours.coefs_[i]
+        theirs.intercepts_[i][...] = ours.intercepts_[i]
+    theirs.best_loss_, theirs.loss_curve_ = ours.best_loss_, list(ours.loss_curve_)
+    return ours, theirs
+
+
 @pytest.mark.parametrize("cls,sk", [(MLPClassifier, SkC), (MLPRegressor, SkR)])
 def test_n_iter_counts_the_epochs_of_each_call_like_sklearn(cls, sk):
     X, y = blobs()
@@ -162,15 +175,7 @@ def test_sgd_learning_rate_schedules_follow_sklearns_rules(schedule, nesterov):
     kw = dict(hidden_layer_sizes=(5,), solver="sgd", learning_rate=schedule, power_t=0.3, momentum=0.8,
               nesterovs_momentum=nesterov, learning_rate_init=0.05, batch_size=20, shuffle=False,
               max_iter=12, n_iter_no_change=1, tol=0.1, alpha=1e-3, random_state=0)
-    first = {**kw, "max_iter": 1, "learning_rate_init": 1e-12}
-    ours, theirs = MLPRegressor(**first), SkR(**first)
-    quiet(ours.fit, X, y)
-    quiet(theirs.fit, X, y)
-    for i in range(2):
-        theirs.coefs_[i][...] = ours.coefs_[i]
-        theirs.intercepts_[i][...] = ours.intercepts_[i]
-    # the stopping rule's memory of the first fit, too (its loss came from other weights)
-    theirs.best_loss_, theirs.loss_curve_ = ours.best_loss_, list(ours.loss_curve_)
+    ours, theirs = same_start(MLPRegressor, SkR, X, y, **{**kw, "max_iter": 1, "learning_rate_init": 1e-12})
     for est in (ours, theirs):
         est.set_params(**kw, warm_start=True)
         quiet(est.fit, X, y)
@@ -206,12 +211,7 @@ def test_lbfgs_matches_sklearn_from_the_same_weights(kind):
         y = y.astype(float) + 0.3 * X[:, 1]
     kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="lbfgs", alpha=1e-3, max_iter=30,
               tol=1e-9, random_state=0)
-    ours, theirs = cls(**{**kw, "max_iter": 1}), sk(**{**kw, "max_iter": 1})
-    quiet(ours.fit, X, y)
-    quiet(theirs.fit, X, y)
-    for i in range(2):  # the same start for both
-        theirs.coefs_[i][...] = ours.coefs_[i]
-        theirs.intercepts_[i][...] = ours.intercepts_[i]
+    ours, theirs = same_start(cls, sk, X, y, **{**kw, "max_iter": 1})
     for est in (ours, theirs):
         est.set_params(max_iter=30, warm_start=True)
         quiet(est.fit, X, y)
@@ -240,14 +240,7 @@ def test_sample_weight_matches_sklearn_from_the_same_weights(solver, kind):
     sw = np.random.default_rng(3).random(60) * 2
     kw = dict(hidden_layer_sizes=(5,), solver=solver, learning_rate_init=0.05, batch_size=20, shuffle=False,
               momentum=0.0, alpha=1e-2, max_iter=4, tol=1e-9, n_iter_no_change=100, random_state=0)
-    first = {**kw, "max_iter": 1, "learning_rate_init": 1e-12}
-    ours, theirs = cls(**first), sk(**first)
-    quiet(ours.fit, X, y)
-    quiet(theirs.fit, X, y)
-    for i in range(2):
-        theirs.coefs_[i][...] = ours.coefs_[i]
-        theirs.intercepts_[i][...] = ours.intercepts_[i]
-    theirs.best_loss_, theirs.loss_curve_ = ours.best_loss_, list(ours.loss_curve_)
+    ours, theirs = same_start(cls, sk, X, y, **{**kw, "max_iter": 1, "learning_rate_init": 1e-12})
     for est in (ours, theirs):
         est.set_params(**kw, warm_start=True)
         quiet(est.fit, X, y, sample_weight=sw)
@@ -266,14 +259,7 @@ def test_poisson_regression_matches_sklearn_from_the_same_weights(solver):
     y = rng.poisson(np.exp(0.4 * X[:, 0] + 0.2)).astype(float)
     kw = dict(loss="poisson", hidden_layer_sizes=(5,), solver=solver, learning_rate_init=0.02, batch_size=20,
               shuffle=False, momentum=0.0, alpha=1e-3, max_iter=5, tol=1e-9, n_iter_no_change=100, random_state=0)
-    first = {**kw, "max_iter": 1, "learning_rate_init": 1e-12}
-    ours, theirs = MLPRegressor(**first), SkR(**first)
-    quiet(ours.fit, X, y)
-    quiet(theirs.fit, X, y)
-    for i in range(2):
-        theirs.coefs_[i][...] = ours.coefs_[i]
-        theirs.intercepts_[i][...] = ours.intercepts_[i]
-    theirs.best_loss_, theirs.loss_curve_ = ours.best_loss_, list(ours.loss_curve_)
+    ours, theirs = same_start(MLPRegressor, SkR, X, y, **{**kw, "max_iter": 1, "learning_rate_init": 1e-12})
     for est in (ours, theirs):
         est.set_params(**kw, warm_start=True)
         quiet(est.fit, X, y)
