@@ -60,69 +60,62 @@ double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* label
   return sum_rows(row_loss, N) / W;
 }
 
-template <class T>
-double mse(T* grad, T* row_loss, const T* pred, const T* target, const T* w, int64_t N, int64_t D) {
-  const T scale0 = T(2) / static_cast<T>(N * D);
+// The element-wise losses: the (row-weighted) mean over all N*D elements of F::loss(z, t), and
+// its gradient k * F::grad(z, t) / (N * D) (k * w_i / (sum(w) * D) with weights). `cost`: work
+// per element, for the threading threshold.
+template <class T, class F>
+double elementwise_loss(T* grad, T* row_loss, const T* z, const T* target, const T* w, int64_t N,
+                        int64_t D, double k, int64_t cost, int64_t threshold, F f) {
+  const T scale0 = T(k) / static_cast<T>(N * D);
   const double W = weight_total(w, N);
-  parallel_range(N, N * D, int64_t(1) << 17, [&](int64_t lo, int64_t hi) {
+  parallel_range(N, N * D * cost, threshold, [&](int64_t lo, int64_t hi) {
   for (int64_t i = lo; i < hi; ++i) {
-    const T* p = pred + i * D;
+    const T* x = z + i * D;
     const T* t = target + i * D;
-    const T scale = w ? static_cast<T>(2.0 * static_cast<double>(w[i]) / (W * static_cast<double>(D))) : scale0;
+    const T scale = w ? static_cast<T>(k * static_cast<double>(w[i]) / (W * static_cast<double>(D))) : scale0;
     T s = 0;
     for (int64_t j = 0; j < D; ++j) {
-      const T d = p[j] - t[j];
-      s += d * d;
-      if (grad) grad[i * D + j] = scale * d;
+      s += f.loss(x[j], t[j]);
+      if (grad) grad[i * D + j] = f.grad(x[j], t[j]) * scale;
     }
     row_loss[i] = w ? s * w[i] : s;
   }
   });
   return sum_rows(row_loss, N) / (W * static_cast<double>(D));
+}
+
+template <class T>
+struct SquaredError {  // (p - t)^2; gradient 2 (p - t)
+  T loss(T p, T t) const { return (p - t) * (p - t); }
+  T grad(T p, T t) const { return p - t; }
+};
+template <class T>
+struct LogisticLoss {  // binary cross-entropy of sigmoid(x); gradient sigmoid(x) - t
+  // (1-t) x + log(1 + exp(-|x|)) + max(-x, 0): stable for any x
+  T loss(T x, T t) const { return (T(1) - t) * x + std::log1p(std::exp(-std::fabs(x))) + std::max(-x, T(0)); }
+  T grad(T x, T t) const { return T(1) / (T(1) + std::exp(-x)) - t; }
+};
+template <class T>
+struct PoissonLogLoss {  // exp(z) - t z; gradient exp(z) - t
+  T loss(T z, T t) const { return std::exp(z) - t * z; }
+  T grad(T z, T t) const { return std::exp(z) - t; }
+};
+
+template <class T>
+double mse(T* grad, T* row_loss, const T* pred, const T* target, const T* w, int64_t N, int64_t D) {
+  return elementwise_loss(grad, row_loss, pred, target, w, N, D, 2.0, 1, int64_t(1) << 17, SquaredError<T>{});
 }
 
 template <class T>
 double bce_with_logits(T* grad, T* row_loss, const T* logits, const T* target, const T* w, int64_t N,
                        int64_t D) {
-  const T scale0 = T(1) / static_cast<T>(N * D);
-  const double W = weight_total(w, N);
-  parallel_range(N, N * D * 8, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
-  for (int64_t i = lo; i < hi; ++i) {
-    const T* x = logits + i * D;
-    const T* t = target + i * D;
-    const T scale = w ? static_cast<T>(static_cast<double>(w[i]) / (W * static_cast<double>(D))) : scale0;
-    T s = 0;
-    for (int64_t j = 0; j < D; ++j) {
-      // (1-t) x + log(1 + exp(-|x|)) + max(-x, 0): stable for any x
-      s += (T(1) - t[j]) * x[j] + std::log1p(std::exp(-std::fabs(x[j]))) + std::max(-x[j], T(0));
-      if (grad) grad[i * D + j] = (T(1) / (T(1) + std::exp(-x[j])) - t[j]) * scale;
-    }
-    row_loss[i] = w ? s * w[i] : s;
-  }
-  });
-  return sum_rows(row_loss, N) / (W * static_cast<double>(D));
+  return elementwise_loss(grad, row_loss, logits, target, w, N, D, 1.0, 8, int64_t(1) << 16, LogisticLoss<T>{});
 }
 
 template <class T>
 double poisson_nll(T* grad, T* row_loss, const T* logits, const T* target, const T* w, int64_t N,
                    int64_t D) {
-  const T scale0 = T(1) / static_cast<T>(N * D);
-  const double W = weight_total(w, N);
-  parallel_range(N, N * D * 8, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
-  for (int64_t i = lo; i < hi; ++i) {
-    const T* z = logits + i * D;
-    const T* t = target + i * D;
-    const T scale = w ? static_cast<T>(static_cast<double>(w[i]) / (W * static_cast<double>(D))) : scale0;
-    T s = 0;
-    for (int64_t j = 0; j < D; ++j) {
-      const T mu = std::exp(z[j]);
-      s += mu - t[j] * z[j];
-      if (grad) grad[i * D + j] = (mu - t[j]) * scale;
-    }
-    row_loss[i] = w ? s * w[i] : s;
-  }
-  });
-  return sum_rows(row_loss, N) / (W * static_cast<double>(D));
+  return elementwise_loss(grad, row_loss, logits, target, w, N, D, 1.0, 8, int64_t(1) << 16, PoissonLogLoss<T>{});
 }
 
 template <class T>
