@@ -83,9 +83,9 @@ def test_early_stopping_split_is_sklearns(monkeypatch):
     calls = []
     real = lps.train_test_split
 
-    def spy(*a, **k):
+    def spy(*a, **k):  # the estimator splits row indices: (train rows, validation rows)
         out = real(*a, **k)
-        calls.append((k.get("stratify"), out[3]))
+        calls.append((k.get("stratify"), out[1]))
         return out
 
     monkeypatch.setattr(lps, "train_test_split", spy)
@@ -95,7 +95,8 @@ def test_early_stopping_split_is_sklearns(monkeypatch):
     kw = dict(hidden_layer_sizes=(4,), early_stopping=True, validation_fraction=0.1, max_iter=2,
               random_state=0)
     quiet(MLPClassifier(**kw).fit, X, y)
-    stratify, yv = calls[-1]
+    stratify, va = calls[-1]
+    yv = y.reshape(-1, 1).astype(float)[va]
     assert stratify is not None and int(yv.sum()) == 2 and len(yv) == 20  # exactly 10% held out
     expect = train_test_split(X, y.reshape(-1, 1).astype(float), random_state=check_random_state(0),
                               test_size=0.1, stratify=y.reshape(-1, 1))[3]

@@ -27,15 +27,27 @@ constexpr int64_t kDefaultChunk = 1024;
 template <class T>
 struct Checked {
   py::array X, y, w;    // held for the call: their buffers stay alive and keep their size
-  int64_t N = 0;
+  py::array Xptr, Xidx; // sparse X: X holds the values, these the CSR index arrays
+  int64_t N = 0, nnz = 0;
+  bool sparse = false;
   Labels<T> labels;     // exactly one of cls / target is set, for the loss compiled at check time
   // Scanned for NaN/Inf by finite_or_throw, inside the call's one GIL release.
   void finite_or_throw(const Model<T>& m) const {
-    if (!kern::all_finite<T>(x(), N * m.in_width())) throw ValueError("X: contains NaN or Inf");
+    if (!kern::all_finite<T>(x(), sparse ? nnz : N * m.in_width())) throw ValueError("X: contains NaN or Inf");
     if (labels.target && !kern::all_finite<T>(labels.target, N * m.out_width()))
       throw ValueError("y: contains NaN or Inf");
   }
   const T* x() const { return static_cast<const T*>(X.data()); }
+  Input<T> input() const {
+    if (!sparse) return Input<T>(x());
+    CsrRows<T> c;
+    c.indptr = static_cast<const int64_t*>(Xptr.data());
+    c.indices = static_cast<const int64_t*>(Xidx.data());
+    c.values = x();
+    c.rows = N;
+    c.nnz = nnz;
+    return Input<T>(c);
+  }
 };
 
 template <class T>
@@ -53,6 +65,50 @@ py::array_t<T, py::array::c_style> check_X(Model<T>& m, const py::handle& obj) {
     throw ValueError("X: expected " + std::to_string(m.in_width()) + " features per row, got shape " +
                      bind::shape_str(X));
   return X;  // the NaN/Inf scan runs later, without the GIL
+}
+
+// X as CSR rows: the tuple (indptr int64 (N+1,), indices int64 (nnz,), values (nnz,), n_cols)
+// that layerprop's Python layer makes of a scipy.sparse matrix. Everything is checked here,
+// with the GIL held (before anything changes); the core checks its copy of each batch again.
+template <class T>
+void check_sparse_X(Model<T>& m, const py::tuple& t, Checked<T>& c) {
+  if (t.size() != 4) throw TypeError("X: a sparse input is (indptr, indices, data, n_columns)");
+  auto ptr = bind::as_exact<int64_t>(t[0], "X.indptr", 1);
+  auto idx = bind::as_exact<int64_t>(t[1], "X.indices", 1);
+  auto val = bind::as_exact<T>(t[2], "X.data", 1);
+  const int64_t cols = t[3].cast<int64_t>();
+  if (cols != m.in_width())
+    throw ValueError("X: expected " + std::to_string(m.in_width()) + " features per row, got a sparse matrix with " +
+                     std::to_string(cols) + " columns");
+  const int64_t N = ptr.shape(0) - 1, nnz = idx.shape(0);
+  if (N < 1) throw ValueError("X: empty batch (0 rows)");
+  if (val.shape(0) != nnz) throw ValueError("X: sparse data and indices differ in length");
+  const int64_t* p = ptr.data();
+  const int64_t* ix = idx.data();
+  if (p[0] != 0 || p[N] != nnz) throw ValueError("X: indptr of a sparse matrix must run from 0 to nnz");
+  for (int64_t r = 0; r < N; ++r)
+    if (p[r + 1] < p[r]) throw ValueError("X: indptr of a sparse matrix must be non-decreasing (row " + std::to_string(r) + ")");
+  for (int64_t q = 0; q < nnz; ++q)
+    if (ix[q] < 0 || ix[q] >= cols)
+      throw ValueError("X: column index " + std::to_string(ix[q]) + " out of range [0, " + std::to_string(cols) + ")");
+  c.sparse = true;
+  c.N = N;
+  c.nnz = nnz;
+  c.X = val;
+  c.Xptr = ptr;
+  c.Xidx = idx;
+}
+
+// X dense (N, in_width) or sparse (see check_sparse_X).
+template <class T>
+void check_input(Model<T>& m, const py::handle& obj, Checked<T>& c) {
+  if (py::isinstance<py::tuple>(obj)) {
+    check_sparse_X(m, py::reinterpret_borrow<py::tuple>(obj), c);
+    return;
+  }
+  auto X = check_X(m, obj);
+  c.N = X.shape(0);
+  c.X = X;
 }
 
 // Class labels in range, with the GIL held: for the calls that must refuse before their first
@@ -80,9 +136,7 @@ Checked<T> check_Xy(Model<T>& m, const py::handle& X_obj, const py::handle& y_ob
                     const py::handle& w_obj = py::none()) {
   require_compiled(m);
   Checked<T> c;
-  auto X = check_X(m, X_obj);
-  c.N = X.shape(0);
-  c.X = X;
+  check_input(m, X_obj, c);
   const int64_t D = m.out_width();
   if (m.loss_kind() == LossKind::CrossEntropy) {
     if (!py::isinstance<py::array>(y_obj))
@@ -264,7 +318,7 @@ void bind_one(py::module_& m, const char* name) {
         py::gil_scoped_release nogil;
         c.finite_or_throw(self);
         std::lock_guard<std::mutex> lock(self.mutex());
-        return self.train_step(c.x(), c.N, c.labels);
+        return self.train_step(c.input(), c.N, c.labels);
       }, py::arg("X"), py::arg("y"), py::arg("sample_weight") = py::none(),
          "One guarded step: raises NonFiniteError, with the model unchanged, on a non-finite loss or gradient.")
       .def("compute_gradients", [](M& self, const py::handle& X, const py::handle& y, bool update_stats,
@@ -273,7 +327,7 @@ void bind_one(py::module_& m, const char* name) {
         py::gil_scoped_release nogil;
         c.finite_or_throw(self);
         std::lock_guard<std::mutex> lock(self.mutex());
-        return self.compute_gradients(c.x(), c.N, c.labels, update_stats);
+        return self.compute_gradients(c.input(), c.N, c.labels, update_stats);
       }, py::arg("X"), py::arg("y"), py::arg("update_stats") = true, py::arg("sample_weight") = py::none())
       .def("apply_gradients", [](M& self) {
         require_compiled(self);
@@ -295,7 +349,7 @@ void bind_one(py::module_& m, const char* name) {
         py::gil_scoped_release nogil;
         c.finite_or_throw(self);
         std::lock_guard<std::mutex> lock(self.mutex());
-        return self.loss_only(c.x(), c.N, c.labels);
+        return self.loss_only(c.input(), c.N, c.labels);
       }, py::arg("X"), py::arg("y"), py::arg("sample_weight") = py::none(),
          "Loss of the batch; no gradients, no update.")
       .def("validate", [](M& self, const py::handle& X, const py::handle& y, const py::handle& w) {
@@ -332,7 +386,7 @@ void bind_one(py::module_& m, const char* name) {
           py::gil_scoped_release nogil;
           c.finite_or_throw(self);
           std::lock_guard<std::mutex> lock(self.mutex());
-          r = self.train_epoch(c.x(), c.N, c.labels, o, n, batch, lp, static_cast<typename M::OnNonFinite>(on_nonfinite));
+          r = self.train_epoch(c.input(), c.N, c.labels, o, n, batch, lp, static_cast<typename M::OnNonFinite>(on_nonfinite));
         }
         return py::make_tuple(losses, r.done, r.skipped, r.fault_batch, r.fault);
       }, py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"), py::arg("on_nonfinite") = 0,
@@ -341,16 +395,17 @@ void bind_one(py::module_& m, const char* name) {
          "stopped the epoch or -1, its fault: 1 loss, 2 gradient). on_nonfinite 0 stops at the first "
          "non-finite step, 1 skips it.")
       .def("predict", [](M& self, const py::handle& X_obj, int64_t batch) {
-        auto X = check_X(self, X_obj);
-        const int64_t N = X.shape(0);
+        Checked<T> c;
+        check_input(self, X_obj, c);
+        const int64_t N = c.N;
         if (batch <= 0) batch = std::min<int64_t>(N, std::max<int64_t>(self.capacity(), kDefaultChunk));
         py::array_t<T> out({N, self.out_width()});
         T* dst = out.mutable_data();
         {
           py::gil_scoped_release nogil;
-          if (!kern::all_finite<T>(X.data(), N * self.in_width())) throw ValueError("X: contains NaN or Inf");
+          c.finite_or_throw(self);
           std::lock_guard<std::mutex> lock(self.mutex());
-          self.predict(X.data(), N, dst, batch);
+          self.predict(c.input(), N, dst, batch);
         }
         return out;
       }, py::arg("X"), py::arg("batch_size") = 0)
@@ -362,7 +417,7 @@ void bind_one(py::module_& m, const char* name) {
           py::gil_scoped_release nogil;
           c.finite_or_throw(self);
           std::lock_guard<std::mutex> lock(self.mutex());
-          r = self.evaluate(c.x(), c.N, c.labels, batch);
+          r = self.evaluate(c.input(), c.N, c.labels, batch);
         }
         return py::make_tuple(r.loss, r.correct, r.total);
       }, py::arg("X"), py::arg("y"), py::arg("batch_size") = 0, py::arg("sample_weight") = py::none(),

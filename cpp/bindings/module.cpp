@@ -8,6 +8,7 @@ namespace py = pybind11;
 
 void bind_model(py::module_& m);
 void bind_kernels(py::module_& m);
+void bind_sparse(py::module_& m);
 
 #ifndef LAYERPROP_VERSION
 #define LAYERPROP_VERSION "0.0.0"
@@ -54,4 +55,5 @@ PYBIND11_MODULE(_core, m) {
         "True in a process forked after its parent started OpenMP's threads: kernels run serially here.");
   bind_model(m);
   bind_kernels(m);
+  bind_sparse(m);
 }

@@ -106,6 +106,8 @@ Model<T>::Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int 
       default: break;
     }
   }
+  input_linear_only_ = true;
+  for (int c : consumers_[0]) input_linear_only_ = input_linear_only_ && nodes_[c].kind == NodeKind::Linear;
   // Linear -> activation pairs where the activation is the Linear's only consumer: the
   // forward GEMM applies bias and activation in its store.
   for (int i = 1; i < n; ++i)
@@ -306,8 +308,8 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
           ep.act_out = outs_[fused_into_[i]].data();
           ep.ld_act = w;
         }
-        kern::gemm<T>(false, true, N, l.out, l.in, out(s.inputs[0]), l.in,
-                      params_.data() + w_off_[s.layer], l.in, outs_[i].data(), w, false, &ep);
+        (void)l;
+        linear_forward(s.layer, out(s.inputs[0]), N, outs_[i].data(), &ep);
         break;
       }
       case NodeKind::BatchNorm:
@@ -405,8 +407,7 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
         if (only_layer < 0 || only_layer == L) {
           const bool acc = pwritten_[L];
           // dw (OUT,IN) = dz^T (OUT,N) . x (N,IN); db = column sums of dz
-          kern::gemm<T>(true, false, l.out, l.in, N, dy, l.out, out(j), l.in,
-                        grads_.data() + w_off_[L], l.in, acc);
+          linear_weight_grad(L, out(j), N, dy, acc);
           if (b_off_[L] >= 0) kern::colsum<T>(grads_.data() + b_off_[L], dy, N, l.out, acc);
           pwritten_[L] = 1;
         }
@@ -533,8 +534,9 @@ Labels<T> Model<T>::stage_labels(Labels<T> y, int64_t N, const int64_t* src, int
 }
 
 template <class T>
-double Model<T>::compute_gradients(const T* X, int64_t N, Labels<T> y, bool update_stats) {
-  return gradients(X, N, stage_labels(y, N), update_stats);
+double Model<T>::compute_gradients(const Input<T>& X, int64_t N, Labels<T> y, bool update_stats) {
+  y = stage_labels(y, N);
+  return gradients(stage_input(X, N, nullptr, 0), N, y, update_stats);
 }
 
 template <class T>
@@ -556,9 +558,9 @@ double Model<T>::gradients(const T* X, int64_t N, Labels<T> y, bool update_stats
 }
 
 template <class T>
-double Model<T>::loss_only(const T* X, int64_t N, Labels<T> y) {
+double Model<T>::loss_only(const Input<T>& X, int64_t N, Labels<T> y) {
   y = stage_labels(y, N);
-  forward(X, N, FwdMode{training_, false, false});
+  forward(stage_input(X, N, nullptr, 0), N, FwdMode{training_, false, false});
   return loss_and_seed(N, y, false);
 }
 
@@ -634,10 +636,10 @@ double Model<T>::guarded_step(const T* X, int64_t N, Labels<T> y, int& fault) {
 }
 
 template <class T>
-double Model<T>::train_step(const T* X, int64_t N, Labels<T> y) {
+double Model<T>::train_step(const Input<T>& X, int64_t N, Labels<T> y) {
   y = stage_labels(y, N);
   int fault = 0;
-  const double loss = guarded_step(X, N, y, fault);
+  const double loss = guarded_step(stage_input(X, N, nullptr, 0), N, y, fault);
   if (fault)
     throw NonFiniteError(std::string(fault == 1 ? "the loss is not finite (" + std::to_string(loss) + ")"
                                                 : "a gradient (or a parameter after the update) is not finite") +
@@ -647,17 +649,12 @@ double Model<T>::train_step(const T* X, int64_t N, Labels<T> y) {
 }
 
 template <class T>
-typename Model<T>::EpochResult Model<T>::train_epoch(const T* X, int64_t rows, Labels<T> y, const int64_t* order,
+typename Model<T>::EpochResult Model<T>::train_epoch(const Input<T>& X, int64_t rows, Labels<T> y, const int64_t* order,
                                                      int64_t n, int64_t batch, double* losses, OnNonFinite policy) {
   require_labels(y);
-  const int64_t in = in_width(), D = out_width();
+  const int64_t D = out_width();
   batch = std::min(batch, n);  // scratch for the rows present, whatever batch_size says
   const std::string what = "batch_size: a batch of " + std::to_string(batch) + " rows";
-  const int64_t xelems = checked_mul(batch, in, what);
-  if (static_cast<int64_t>(xbatch_.size()) < xelems) {
-    check_allocation(checked_mul(xelems, static_cast<int64_t>(sizeof(T)), what), what);
-    xbatch_.assign(static_cast<size_t>(xelems), T(0));
-  }
   if (y.target && static_cast<int64_t>(tbatch_.size()) < checked_mul(batch, D, what))
     tbatch_.assign(static_cast<size_t>(batch * D), T(0));
   EpochResult res;
@@ -672,7 +669,6 @@ typename Model<T>::EpochResult Model<T>::train_epoch(const T* X, int64_t rows, L
       if (row < 0 || row >= rows)
         throw ValueError("order: row index " + std::to_string(row) + " out of range [0, " + std::to_string(rows) + ")");
       rows_[r] = row;
-      std::memcpy(xbatch_.data() + r * in, X + row * in, sizeof(T) * in);
       if (y.target) std::memcpy(tbatch_.data() + r * D, y.target + row * D, sizeof(T) * D);
     }
     Labels<T> yb;
@@ -682,8 +678,9 @@ typename Model<T>::EpochResult Model<T>::train_epoch(const T* X, int64_t rows, L
       yb.target = tbatch_.data();
       yb.weight = stage_weights(y.weight, nb, rows_.data(), 0);
     }
+    const T* xb = stage_input(X, nb, rows_.data(), 0);
     int fault = 0;
-    losses[b] = guarded_step(xbatch_.data(), nb, yb, fault);
+    losses[b] = guarded_step(xb, nb, yb, fault);
     res.done = b + 1;
     if (fault) {
       if (policy == OnNonFinite::Skip) {
@@ -700,19 +697,19 @@ typename Model<T>::EpochResult Model<T>::train_epoch(const T* X, int64_t rows, L
 }
 
 template <class T>
-void Model<T>::predict(const T* X, int64_t N, T* dst, int64_t batch) {
-  const int64_t D = out_width(), in = in_width();
+void Model<T>::predict(const Input<T>& X, int64_t N, T* dst, int64_t batch) {
+  const int64_t D = out_width();
   batch = std::min(batch, N);
   for (int64_t s = 0; s < N; s += batch) {
     const int64_t nb = std::min(batch, N - s);
-    forward(X + s * in, nb, FwdMode{});
+    forward(stage_input(X, nb, nullptr, s), nb, FwdMode{});
     std::memcpy(dst + s * D, out(output_), sizeof(T) * nb * D);
   }
 }
 
 template <class T>
-typename Model<T>::Evaluation Model<T>::evaluate(const T* X, int64_t N, Labels<T> y, int64_t batch) {
-  const int64_t D = out_width(), in = in_width();
+typename Model<T>::Evaluation Model<T>::evaluate(const Input<T>& X, int64_t N, Labels<T> y, int64_t batch) {
+  const int64_t D = out_width();
   batch = std::min(batch, N);
   Evaluation e;
   for (int64_t s = 0; s < N; s += batch) {
@@ -724,7 +721,7 @@ typename Model<T>::Evaluation Model<T>::evaluate(const T* X, int64_t N, Labels<T
       for (int64_t r = 0; r < nb; ++r) w += static_cast<double>(yb.weight[r]);
       if (w == 0) continue;  // rows of weight 0 count for nothing
     }
-    forward(X + s * in, nb, FwdMode{});
+    forward(stage_input(X, nb, nullptr, s), nb, FwdMode{});
     e.loss += loss_and_seed(nb, yb, false) * w;
     e.total += w;
     if (yb.cls) e.correct += kern::count_correct<T>(out(output_), yb.cls, yb.weight, nb, D);
@@ -732,6 +729,88 @@ typename Model<T>::Evaluation Model<T>::evaluate(const T* X, int64_t N, Labels<T
   if (!(e.total > 0)) throw ValueError("sample_weight: the weights sum to 0");
   e.loss /= e.total;
   return e;
+}
+
+template <class T>
+const T* Model<T>::stage_input(const Input<T>& X, int64_t N, const int64_t* src, int64_t row0) {
+  const int64_t in = in_width();
+  auto dense_scratch = [&] {
+    const std::string what = "batch_size: a batch of " + std::to_string(N) + " rows";
+    const int64_t xelems = checked_mul(N, in, what);
+    if (static_cast<int64_t>(xbatch_.size()) < xelems) {
+      check_allocation(checked_mul(xelems, static_cast<int64_t>(sizeof(T)), what), what);
+      xbatch_.assign(static_cast<size_t>(xelems), T(0));
+    }
+    return xbatch_.data();
+  };
+  if (!X.sparse()) {
+    if (!src) return X.dense + row0 * in;
+    T* xb = dense_scratch();
+    for (int64_t r = 0; r < N; ++r) std::memcpy(xb + r * in, X.dense + src[r] * in, sizeof(T) * in);
+    return xb;
+  }
+  // CSR rows: each row's extent is read once from the caller's indptr and checked against the
+  // arrays' lengths; indices and values are copied, and checked on the copy.
+  const CsrRows<T>& c = X.csr;
+  if (static_cast<int64_t>(sp_ptr_.size()) < N + 1) sp_ptr_.resize(static_cast<size_t>(N + 1));
+  int64_t nnz = 0;
+  for (int64_t r = 0; r < N; ++r) {
+    const int64_t row = src ? src[r] : row0 + r;
+    if (row < 0 || row >= c.rows) throw ValueError("X: row " + std::to_string(row) + " out of range");
+    const int64_t a = c.indptr[row], b = c.indptr[row + 1];
+    if (a < 0 || b < a || b > c.nnz)
+      throw ValueError("X: indptr of a sparse matrix is not a valid index array at row " + std::to_string(row));
+    sp_ptr_[r] = nnz;
+    nnz = checked_add(nnz, b - a, "X: sparse batch");
+  }
+  sp_ptr_[N] = nnz;
+  if (static_cast<int64_t>(sp_idx_.size()) < nnz) {
+    check_allocation(checked_mul(nnz, static_cast<int64_t>(sizeof(int64_t) + sizeof(T)), "X: sparse batch"),
+                     "X: sparse batch");
+    sp_idx_.resize(static_cast<size_t>(nnz));
+    sp_val_.resize(static_cast<size_t>(nnz));
+  }
+  for (int64_t r = 0; r < N; ++r) {
+    const int64_t row = src ? src[r] : row0 + r;
+    const int64_t a = c.indptr[row], len = sp_ptr_[r + 1] - sp_ptr_[r];
+    // indptr may have changed since it was read above: only the checked extent is copied.
+    std::memcpy(sp_idx_.data() + sp_ptr_[r], c.indices + a, sizeof(int64_t) * len);
+    std::memcpy(sp_val_.data() + sp_ptr_[r], c.values + a, sizeof(T) * len);
+    for (int64_t p = sp_ptr_[r]; p < sp_ptr_[r + 1]; ++p)
+      if (sp_idx_[p] < 0 || sp_idx_[p] >= in)
+        throw ValueError("X: column index " + std::to_string(sp_idx_[p]) + " at row " + std::to_string(row) +
+                         " is out of range [0, " + std::to_string(in) + ")");
+  }
+  if (!kern::all_finite<T>(sp_val_.data(), nnz)) throw ValueError("X: contains NaN or Inf");
+  if (input_linear_only_) return sparse_marker();
+  // Another consumer reads the input densely: this batch (only) is densified.
+  T* xb = dense_scratch();
+  std::fill(xb, xb + N * in, T(0));
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t p = sp_ptr_[r]; p < sp_ptr_[r + 1]; ++p) xb[r * in + sp_idx_[p]] += sp_val_[p];
+  return xb;
+}
+
+template <class T>
+void Model<T>::linear_forward(int L, const T* x, int64_t N, T* y, const kern::Epilogue<T>* ep) {
+  const LayerSpec& l = layers_[L];
+  const T* W = params_.data() + w_off_[L];
+  if (x == sparse_marker())
+    kern::csr_linear_forward<T>(y, l.out, sp_ptr_.data(), sp_idx_.data(), sp_val_.data(), N, W, l.out, l.in, ep,
+                                sp_scratch_);
+  else
+    kern::gemm<T>(false, true, N, l.out, l.in, x, l.in, W, l.in, y, l.out, false, ep);
+}
+
+template <class T>
+void Model<T>::linear_weight_grad(int L, const T* x, int64_t N, const T* dz, bool accumulate) {
+  const LayerSpec& l = layers_[L];
+  T* dW = grads_.data() + w_off_[L];
+  if (x == sparse_marker())
+    kern::csr_weight_grad<T>(dW, dz, l.out, sp_ptr_.data(), sp_idx_.data(), sp_val_.data(), N, l.out, l.in,
+                             accumulate, sp_scratch_);
+  else
+    kern::gemm<T>(true, false, l.out, l.in, N, dz, l.out, x, l.in, dW, l.in, accumulate);
 }
 
 template class Model<float>;

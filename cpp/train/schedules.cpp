@@ -148,7 +148,7 @@ void Model<T>::locoprop_unit(int L, int64_t N) {
       ep.act_out = d;
       ep.ld_act = D;
     }
-    kern::gemm<T>(false, true, N, l.out, l.in, x, l.in, params_.data() + w_off_[L], l.in, a, D, false, &ep);
+    linear_forward(L, x, N, a, &ep);
     if (link == 1) {
       for (int64_t r = 0; r < N; ++r) {
         const T* ar = a + r * D;
@@ -166,7 +166,7 @@ void Model<T>::locoprop_unit(int L, int64_t N) {
     } else {
       for (int64_t q = 0; q < n; ++q) d[q] = a[q] - t[q];
     }
-    kern::gemm<T>(true, false, l.out, l.in, N, d, D, x, l.in, grads_.data() + w_off_[L], l.in, false);
+    linear_weight_grad(L, x, N, d, false);
     if (b_off_[L] >= 0) kern::colsum<T>(grads_.data() + b_off_[L], d, N, D, false);
     apply_layer(L, base * std::max(1.0 - double(k) / double(sched_.inner_steps), 0.25));
   }

@@ -15,6 +15,7 @@ from .layers import (LAYER_BATCHNORM, LAYER_LAYERNORM, LAYER_LINEAR, NODE_ACT, N
                      SymbolicTensor, _Activation, _Norm)
 from .optim import Optimizer
 from .schedules import Schedule, Simultaneous
+from .sparse import CsrRows, as_csr_rows, is_sparse
 
 __all__ = ["Model", "Sequential"]
 
@@ -281,7 +282,10 @@ class Model:
     # ------------------------------------------------------------------ data
     def _as_X(self, X: object, name: str = "X") -> np.ndarray:
         """The model's dtype, C-contiguous. float64 data for a float32 model is converted here,
-        once per call (documented); any other dtype is refused with a TypeError."""
+        once per call (documented); any other dtype is refused with a TypeError. A scipy.sparse
+        X becomes CSR rows the core reads without densifying (layerprop.sparse)."""
+        if isinstance(X, CsrRows) or is_sparse(X):
+            return as_csr_rows(X, self._np_dtype, name)  # type: ignore[return-value]
         arr = X if isinstance(X, np.ndarray) else np.asarray(X)
         if arr.dtype != self._np_dtype:
             if self._np_dtype is np.float32 and arr.dtype == np.float64:

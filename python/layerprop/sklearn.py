@@ -48,6 +48,7 @@ from .io import model_from_state, model_to_state
 from .model import Sequential
 from .optim import SGD, Adam
 from .schedules import Schedule, Simultaneous
+from .sparse import prepare, take_rows
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -425,7 +426,7 @@ class _BaseMLP(BaseEstimator):
                 dtype = "float32" if X.dtype == np.float32 else "float64"
                 n_out = target.shape[1] if target.ndim == 2 else len(self.classes_)
                 self._build(X.shape[1], n_out, dtype, loss)
-            X = np.ascontiguousarray(X, dtype=self.model_._np_dtype)
+            X = prepare(X, self.model_._np_dtype)  # sparse X stays sparse (CSR rows)
             if target.dtype != np.int64:
                 target = np.ascontiguousarray(target, dtype=self.model_._np_dtype)
             if self.solver == "lbfgs":
@@ -444,7 +445,7 @@ class _BaseMLP(BaseEstimator):
         """scikit-learn's checks of (X, y) (validate_data), with the argument each refusal is
         about in front of scikit-learn's own message."""
         with _names("X"):
-            X = validate_data(self, X, reset=first, dtype=(np.float64, np.float32))
+            X = validate_data(self, X, reset=first, accept_sparse=["csr", "csc"], dtype=(np.float64, np.float32))
         if y is None:
             raise ValueError(f"y: {type(self).__name__} requires y to be passed, but the target y is None")
         with _names("y"):
@@ -466,14 +467,13 @@ class _BaseMLP(BaseEstimator):
             # classifier), not for multiclass or multilabel targets, and never for regression.
             stratify = y if (self._is_classifier and y.ndim == 2 and y.shape[1] == 1) else None
             with _names("y"):  # a class with one member cannot be stratified
-                if sw is None:
-                    X, Xv, y, yv = train_test_split(X, y, random_state=rs, test_size=self.validation_fraction,
-                                                    stratify=stratify)
-                else:
-                    X, Xv, y, yv, sw, swv = train_test_split(X, y, sw, random_state=rs,
-                                                             test_size=self.validation_fraction, stratify=stratify)
-            X, y = np.ascontiguousarray(X), np.ascontiguousarray(y)
-            Xv = np.ascontiguousarray(Xv)
+                # The split of the row indices is the split scikit-learn makes of X itself.
+                tr, va = train_test_split(np.arange(X.shape[0]), random_state=rs,
+                                          test_size=self.validation_fraction, stratify=stratify)
+            X, Xv = take_rows(X, tr), take_rows(X, va)
+            y, yv = np.ascontiguousarray(y[tr]), y[va]
+            if sw is not None:
+                sw, swv = sw[tr], sw[va]
             if Xv.shape[0] < 2:
                 raise ValueError("validation_fraction: The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
@@ -516,7 +516,7 @@ class _BaseMLP(BaseEstimator):
             for b0 in range(0, n, bs):
                 sel = idx[b0: b0 + bs]
                 wb = None if sw is None else self.model_._as_weights(sw[sel], len(sel))
-                total += step(X[sel], y[sel], scale, wb) * len(sel)
+                total += step(take_rows(X, sel), y[sel], scale, wb) * len(sel)
             self.n_iter_ += 1
             self.loss_ = total / n
             self.t_ += n
@@ -590,11 +590,11 @@ class _BaseMLP(BaseEstimator):
     def _forward(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         with _names("X"):
-            X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+            X = validate_data(self, X, reset=False, accept_sparse=["csr", "csc"], dtype=(np.float64, np.float32))
         # The output dtype is scikit-learn's: float32 for a float32 model given float32 data,
         # float64 otherwise.
         out_dtype = np.result_type(X.dtype, self.model_._np_dtype)
-        X = np.ascontiguousarray(X, dtype=self.model_._np_dtype)
+        X = prepare(X, self.model_._np_dtype)
         return np.asarray(self.model_.predict(X), dtype=out_dtype)
 
     # ------------------------------------------------------------------ pickling
@@ -617,6 +617,7 @@ class _BaseMLP(BaseEstimator):
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
+        tags.input_tags.sparse = True  # CSR/CSC (other formats are converted to CSR)
         return tags
 
 

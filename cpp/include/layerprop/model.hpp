@@ -11,6 +11,7 @@
 
 #include "layerprop/common.hpp"
 #include "layerprop/optim.hpp"
+#include "layerprop/sparse.hpp"
 
 namespace lp {
 
@@ -66,6 +67,27 @@ inline void check_sample_weight(T v, int64_t row) {
                      " at row " + std::to_string(row));
 }
 
+// Input rows in CSR form (scipy.sparse.csr_matrix's three arrays), owned by the caller and
+// not trusted: a batch is copied into the model's own buffers and every index checked there,
+// where the kernels read it. `nnz` is the length of indices and values.
+template <class T>
+struct CsrRows {
+  const int64_t* indptr = nullptr;  // rows + 1
+  const int64_t* indices = nullptr; // nnz
+  const T* values = nullptr;        // nnz
+  int64_t rows = 0, nnz = 0;
+};
+
+// The input of a call: dense rows (N, in_width) or CSR rows.
+template <class T>
+struct Input {
+  const T* dense = nullptr;
+  CsrRows<T> csr;
+  Input(const T* x) : dense(x) {}  // NOLINT: a dense pointer is an input
+  Input(const CsrRows<T>& c) : csr(c) {}  // NOLINT
+  bool sparse() const { return dense == nullptr; }
+};
+
 enum class ScheduleKind : int { Simultaneous = 0, LayerwiseTopDown, LayerwiseBottomUp, LocoPropS, LocoPropM };
 // LocoProp's inner steps per training step are bounded: a step runs without the GIL and cannot
 // be interrupted, so a configuration (or a loaded file) must not ask for an endless one.
@@ -120,11 +142,11 @@ class Model {
   // Every training step is guarded: a non-finite loss or gradient leaves the parameters,
   // optimizer state, BatchNorm running statistics and dropout generator as they were before the
   // step (train_step throws NonFiniteError; train_epoch reports it, see EpochResult).
-  double train_step(const T* X, int64_t N, Labels<T> y);
+  double train_step(const Input<T>& X, int64_t N, Labels<T> y);
   // update_stats=false: BatchNorm running statistics stay as they are (loss_and_grads). A
   // non-finite loss or gradient puts the running statistics and dropout generator back and
   // leaves gradients that apply_gradients refuses (gradients_fault()).
-  double compute_gradients(const T* X, int64_t N, Labels<T> y, bool update_stats = true);
+  double compute_gradients(const Input<T>& X, int64_t N, Labels<T> y, bool update_stats = true);
   // Clips the gradients (if compiled with clipping), then one optimizer step per tensor.
   void apply_gradients();
   bool gradients_ready() const { return grads_ready_; }
@@ -138,18 +160,18 @@ class Model {
     int64_t fault_batch = -1; // OnNonFinite::Stop: the batch that stopped the epoch
     int fault = 0;            // kind of that fault: 1 non-finite loss, 2 non-finite gradient
   };
-  EpochResult train_epoch(const T* X, int64_t rows, Labels<T> y, const int64_t* order, int64_t n,
+  EpochResult train_epoch(const Input<T>& X, int64_t rows, Labels<T> y, const int64_t* order, int64_t n,
                           int64_t batch, double* losses, OnNonFinite policy);
   // Forward only (inference mode); out (N, out_width).
-  void predict(const T* X, int64_t N, T* out, int64_t batch);
+  void predict(const Input<T>& X, int64_t N, T* out, int64_t batch);
   // Mean (weighted) loss, (cross-entropy) the number or weight of correct argmax predictions,
   // and the total weight (N without weights), in batches.
   struct Evaluation {
     double loss = 0, correct = 0, total = 0;
   };
-  Evaluation evaluate(const T* X, int64_t N, Labels<T> y, int64_t batch);
+  Evaluation evaluate(const Input<T>& X, int64_t N, Labels<T> y, int64_t batch);
   // Loss of the batch in the current mode, no gradients, no update.
-  double loss_only(const T* X, int64_t N, Labels<T> y);
+  double loss_only(const Input<T>& X, int64_t N, Labels<T> y);
   // Update only the tensors of layer L with the current gradients (one optimizer step each),
   // at learning rate lr (negative: the optimizer's).
   void apply_layer(int L, double lr = -1.0);
@@ -176,6 +198,18 @@ class Model {
     bool reuse_masks = false;  // dropout: same masks as the previous forward of this step
   };
   void ensure_capacity(int64_t N);
+  // The rows of one call or batch, ready for forward(): rows src[r] (or row0 + r when src is
+  // null), r < N, of X. Dense rows are used in place (or gathered into xbatch_ when src is
+  // set); CSR rows are copied into the model's sparse batch and checked there (indices in
+  // range, values finite). The result is the sparse marker when every consumer of the input
+  // is a Linear layer (the sparse kernels read the staged batch), else the batch densified
+  // into xbatch_.
+  const T* stage_input(const Input<T>& X, int64_t N, const int64_t* src, int64_t row0);
+  const T* sparse_marker() const { return &sp_marker_; }
+  // A Linear layer L on input rows x (a node output, or the sparse marker): forward into y
+  // (N, out) with the epilogue, and the weight gradient from dz (N, out).
+  void linear_forward(int L, const T* x, int64_t N, T* y, const kern::Epilogue<T>* ep);
+  void linear_weight_grad(int L, const T* x, int64_t N, const T* dz, bool accumulate);
   // Labels the compiled loss reads, copied into lbatch_ (class labels, range-checked) for rows
   // src[r] (or row0 + r when src is null), r < N; src must be the model's own, already checked
   // indices (rows_), never a caller's array. Targets are passed through (rows of out_width
@@ -222,6 +256,12 @@ class Model {
   std::vector<Buffer<T>> aux_;                // per node scratch: dropout masks; norm statistics
   std::vector<Buffer<T>> targets_;            // LocoProp: per layer, cap x out
   Buffer<T> row_loss_, xbatch_, tbatch_, wbatch_;
+  // The staged sparse batch (CSR of the batch's rows) and the sparse kernels' scratch.
+  std::vector<int64_t> sp_ptr_, sp_idx_;
+  Buffer<T> sp_val_;
+  kern::SparseScratch<T> sp_scratch_;
+  T sp_marker_ = T(0);
+  bool input_linear_only_ = false;            // every consumer of the input node is a Linear
   // What a faulty step puts back: BatchNorm running statistics (every schedule) and, for the
   // schedules that update inside the step, the parameters and optimizer state.
   Buffer<T> stats_backup_, params_backup_, state1_backup_, state2_backup_;
