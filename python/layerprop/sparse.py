@@ -27,6 +27,12 @@ class CsrRows(tuple):
     """(indptr, indices, data, n_columns) of a CSR matrix, as the core reads it; .shape is the
     matrix's (rows, columns), so code that only needs the row count treats it like an array."""
 
+    def __new__(cls, parts: Any) -> "CsrRows":
+        parts = tuple(parts)
+        if len(parts) != 4:
+            raise TypeError("X: a sparse input is (indptr, indices, data, n_columns)")
+        return super().__new__(cls, parts)
+
     @property
     def shape(self) -> Tuple[int, int]:
         return (len(self[0]) - 1, int(self[3]))
