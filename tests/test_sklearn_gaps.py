@@ -272,3 +272,33 @@ def test_poisson_regression_matches_sklearn_from_the_same_weights(solver):
         MLPRegressor(loss="poisson").fit(X, -y - 1)
     with pytest.raises(ValueError, match="loss: expected 'squared_error' or 'poisson'"):
         MLPRegressor(loss="huber").fit(X, y)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_core_apply_gradients_l2_on_weights_equals_adding_it_by_hand(opt):
+    # The estimators' alpha penalty, fused into the optimizer's pass, gives the same bits as
+    # g * scale + l2 * W written into the gradients first (biases get no penalty).
+    import layerprop as lp
+    X, y = blobs(n=64, d=5)
+
+    def make():
+        m = lp.Sequential(lp.Linear(5, 7), lp.ReLU(), lp.Linear(7, 3), dtype="float64", seed=2)
+        m.compile(loss="cross_entropy",
+                  optimizer=lp.SGD(0.1, momentum=0.9) if opt == "sgd" else lp.Adam(0.01))
+        return m
+    a, b = make(), make()
+    for _ in range(3):
+        a.compute_gradients(X, y)
+        b.compute_gradients(X, y)
+        for name, g in b.gradients().items():
+            g *= 0.75
+            if name.endswith(".weight"):
+                g += 0.3 * b.parameters()[name]
+        a._core.apply_gradients(l2_weights=0.3, grad_scale=0.75)
+        b.apply_gradients()
+    for name, p in a.parameters().items():
+        assert np.array_equal(p, b.parameters()[name]), name
+    with pytest.raises(ValueError, match="l2_weights"):
+        a._core.apply_gradients(l2_weights=-1.0)
+    with pytest.raises(ValueError, match="grad_scale"):
+        a._core.apply_gradients(grad_scale=float("nan"))

@@ -329,8 +329,12 @@ void bind_one(py::module_& m, const char* name) {
         std::lock_guard<std::mutex> lock(self.mutex());
         return self.compute_gradients(c.input(), c.N, c.labels, update_stats);
       }, py::arg("X"), py::arg("y"), py::arg("update_stats") = true, py::arg("sample_weight") = py::none())
-      .def("apply_gradients", [](M& self) {
+      .def("apply_gradients", [](M& self, double l2_weights, double grad_scale) {
         require_compiled(self);
+        if (!(l2_weights >= 0) || !std::isfinite(l2_weights))
+          throw ValueError("l2_weights: expected a finite number >= 0, got " + std::to_string(l2_weights));
+        if (!(grad_scale > 0) || !std::isfinite(grad_scale))
+          throw ValueError("grad_scale: expected a finite number > 0, got " + std::to_string(grad_scale));
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(self.mutex());
         if (self.schedule().kind != ScheduleKind::Simultaneous)
@@ -342,8 +346,10 @@ void bind_one(py::module_& m, const char* name) {
                                " not finite; nothing was applied");
         if (!self.gradients_ready())
           throw std::runtime_error("apply_gradients: no gradients to apply; call compute_gradients(X, y) first");
-        self.apply_gradients();
-      })
+        self.apply_gradients(l2_weights, grad_scale);
+      }, py::arg("l2_weights") = 0.0, py::arg("grad_scale") = 1.0,
+         "One optimizer step with the last computed gradients; l2_weights adds l2 * W to every Linear "
+         "weight's gradient (in the optimizer's pass), grad_scale multiplies every gradient first.")
       .def("loss", [](M& self, const py::handle& X, const py::handle& y, const py::handle& w) {
         auto c = check_Xy(self, X, y, false, w);
         py::gil_scoped_release nogil;

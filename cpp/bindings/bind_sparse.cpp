@@ -37,9 +37,8 @@ py::array_t<T> forward(const py::handle& p, const py::handle& i, const py::handl
   const int64_t OUT = W.shape(0), IN = W.shape(1);
   Csr c = check_csr(p, i, val.shape(0), IN);
   py::array_t<T> y({c.N, OUT});
-  kern::SparseScratch<T> s;
   if (naive) kern::csr_linear_forward_naive<T>(y.mutable_data(), c.ptr.data(), c.idx.data(), val.data(), c.N, W.data(), OUT, IN);
-  else kern::csr_linear_forward<T>(y.mutable_data(), OUT, c.ptr.data(), c.idx.data(), val.data(), c.N, W.data(), OUT, IN, nullptr, s);
+  else kern::csr_linear_forward<T>(y.mutable_data(), OUT, c.ptr.data(), c.idx.data(), val.data(), c.N, W.data(), OUT, IN, nullptr);
   return y;
 }
 
@@ -59,9 +58,8 @@ py::array_t<T> weight_grad(const py::handle& p, const py::handle& i, const py::h
     if (a.shape(0) != OUT || a.shape(1) != cols) throw ValueError("accumulate: expected shape (out, n_cols)");
     std::copy(a.data(), a.data() + OUT * cols, dW.mutable_data());
   }
-  kern::SparseScratch<T> s;
   if (naive) kern::csr_weight_grad_naive<T>(dW.mutable_data(), dz.data(), c.ptr.data(), c.idx.data(), val.data(), c.N, OUT, cols, acc);
-  else kern::csr_weight_grad<T>(dW.mutable_data(), dz.data(), OUT, c.ptr.data(), c.idx.data(), val.data(), c.N, OUT, cols, acc, s);
+  else kern::csr_weight_grad<T>(dW.mutable_data(), dz.data(), OUT, c.ptr.data(), c.idx.data(), val.data(), c.N, OUT, cols, acc);
   return dW;
 }
 

@@ -565,7 +565,7 @@ double Model<T>::loss_only(const Input<T>& X, int64_t N, Labels<T> y) {
 }
 
 template <class T>
-void Model<T>::apply_layer(int L, double lr) {
+void Model<T>::apply_layer(int L, double lr, double l2_weights) {
   const int slots = opt_.state_slots();
   kern::OptConfig cfg = opt_;
   if (lr >= 0) cfg.lr = lr;
@@ -573,6 +573,8 @@ void Model<T>::apply_layer(int L, double lr) {
     const ParamTensor& pt = tensors_[t];
     const int64_t o = pt.offset;
     steps_[t] += 1;
+    const bool weight = layers_[L].kind == LayerKind::Linear && pt.name == "weight";
+    cfg.weight_decay = opt_.weight_decay + (weight ? l2_weights : 0.0);
     kern::optimizer_step<T>(cfg, params_.data() + o, grads_.data() + o,
                             slots >= 1 ? state1_.data() + o : nullptr,
                             slots >= 2 ? state2_.data() + o : nullptr, pt.size(), steps_[t]);
@@ -580,9 +582,13 @@ void Model<T>::apply_layer(int L, double lr) {
 }
 
 template <class T>
-void Model<T>::apply_gradients() {
+void Model<T>::apply_gradients(double l2_weights, double grad_scale) {
+  if (grad_scale != 1.0) {
+    const T c = static_cast<T>(grad_scale);
+    for (T& g : grads_) g *= c;
+  }
   if (clip_.active()) kern::clip_gradients<T>(clip_, grads_.data(), static_cast<int64_t>(grads_.size()));
-  for (size_t L = 0; L < layers_.size(); ++L) apply_layer(static_cast<int>(L));
+  for (size_t L = 0; L < layers_.size(); ++L) apply_layer(static_cast<int>(L), -1.0, l2_weights);
   grads_ready_ = false;
 }
 
@@ -796,8 +802,7 @@ void Model<T>::linear_forward(int L, const T* x, int64_t N, T* y, const kern::Ep
   const LayerSpec& l = layers_[L];
   const T* W = params_.data() + w_off_[L];
   if (x == sparse_marker())
-    kern::csr_linear_forward<T>(y, l.out, sp_ptr_.data(), sp_idx_.data(), sp_val_.data(), N, W, l.out, l.in, ep,
-                                sp_scratch_);
+    kern::csr_linear_forward<T>(y, l.out, sp_ptr_.data(), sp_idx_.data(), sp_val_.data(), N, W, l.out, l.in, ep);
   else
     kern::gemm<T>(false, true, N, l.out, l.in, x, l.in, W, l.in, y, l.out, false, ep);
 }
@@ -808,7 +813,7 @@ void Model<T>::linear_weight_grad(int L, const T* x, int64_t N, const T* dz, boo
   T* dW = grads_.data() + w_off_[L];
   if (x == sparse_marker())
     kern::csr_weight_grad<T>(dW, dz, l.out, sp_ptr_.data(), sp_idx_.data(), sp_val_.data(), N, l.out, l.in,
-                             accumulate, sp_scratch_);
+                             accumulate);
   else
     kern::gemm<T>(true, false, l.out, l.in, N, dz, l.out, x, l.in, dW, l.in, accumulate);
 }

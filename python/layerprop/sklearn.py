@@ -369,27 +369,17 @@ class _BaseMLP(BaseEstimator):
         core = self.model_._core
         loss = float(core.compute_gradients(Xb, yb, sample_weight=wb)) * scale[0] + self._loss_offset(yb, wb)
         nb = Xb.shape[0] if wb is None else float(wb.sum())  # scikit-learn's sw_sum
-        grads = self.model_.gradients()
-        if scale[1] != 1.0:
-            for g in grads.values():
-                g *= scale[1]
+        k = self.alpha / nb if self.alpha else 0.0
         if self.alpha:
-            k = self.alpha / nb
-            pen = 0.0
-            for name, w in self.model_.parameters().items():
-                if name.endswith(".weight"):
-                    grads[name] += k * w
-                    pen += float(np.vdot(w, w))
-            loss += 0.5 * self.alpha * pen / nb
+            loss += 0.5 * k * sum(float(np.vdot(w, w)) for w in self._weights())
+        # scikit-learn's gradient (scale * g + k * W on the weights, k * 0 on the biases), times
+        # SGD's learning-rate schedule factor f (the core steps at learning_rate_init, so the
+        # gradient is scaled by lr / learning_rate_init; its momentum buffer then accumulates
+        # exactly scikit-learn's velocities, nesterov included). The core applies it in the
+        # optimizer's own pass: g * (f * scale) + (f * k) * W.
         f = self._lr_factor
-        if f != 1.0:
-            # SGD's learning-rate schedule: the core steps at learning_rate_init, so the gradient
-            # is scaled by lr / learning_rate_init. Its momentum buffer then accumulates exactly
-            # scikit-learn's velocities (v = momentum * v - lr * g), nesterov included.
-            for g in grads.values():
-                g *= f
         with _nonfinite_as_sklearn():
-            core.apply_gradients()
+            core.apply_gradients(l2_weights=f * k, grad_scale=f * scale[1])
         return loss
 
     def _step_scheduled(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float],

@@ -148,7 +148,10 @@ class Model {
   // leaves gradients that apply_gradients refuses (gradients_fault()).
   double compute_gradients(const Input<T>& X, int64_t N, Labels<T> y, bool update_stats = true);
   // Clips the gradients (if compiled with clipping), then one optimizer step per tensor.
-  void apply_gradients();
+  // l2_weights adds l2 * W to the gradient of every Linear weight (not biases or norm
+  // parameters: scikit-learn's alpha penalty), inside the optimizer's pass (as its L2 weight
+  // decay), after clipping; grad_scale first multiplies every gradient.
+  void apply_gradients(double l2_weights = 0, double grad_scale = 1);
   bool gradients_ready() const { return grads_ready_; }
   int gradients_fault() const { return grads_fault_; }
   // A whole epoch: batches of rows X[order[b:b+bs]] of X (rows, in_width), one guarded step
@@ -174,7 +177,7 @@ class Model {
   double loss_only(const Input<T>& X, int64_t N, Labels<T> y);
   // Update only the tensors of layer L with the current gradients (one optimizer step each),
   // at learning rate lr (negative: the optimizer's).
-  void apply_layer(int L, double lr = -1.0);
+  void apply_layer(int L, double lr = -1.0, double l2_weights = 0);
   const OpCounts& last_ops() const { return ops_; }
 
   // Training mode: dropout masks are drawn and batch norm uses (and updates) batch statistics
@@ -256,10 +259,9 @@ class Model {
   std::vector<Buffer<T>> aux_;                // per node scratch: dropout masks; norm statistics
   std::vector<Buffer<T>> targets_;            // LocoProp: per layer, cap x out
   Buffer<T> row_loss_, xbatch_, tbatch_, wbatch_;
-  // The staged sparse batch (CSR of the batch's rows) and the sparse kernels' scratch.
+  // The staged sparse batch: CSR of the batch's rows.
   std::vector<int64_t> sp_ptr_, sp_idx_;
   Buffer<T> sp_val_;
-  kern::SparseScratch<T> sp_scratch_;
   T sp_marker_ = T(0);
   bool input_linear_only_ = false;            // every consumer of the input node is a Linear
   // What a faulty step puts back: BatchNorm running statistics (every schedule) and, for the
