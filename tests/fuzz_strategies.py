@@ -228,7 +228,8 @@ def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
 
 X_KINDS = ("ok",) * 6 + ("float64", "bool", "int8", "int32", "int64", "float16", "float32",
                          "object", "complex64", "complex128", "nan", "inf", "-inf", "1d", "3d",
-                         "features", "0d", "scalar")
+                         "features", "0d", "scalar", "sparse", "sparse", "sparse_nan", "sparse_int",
+                         "sparse_features")
 
 
 @st.composite
@@ -241,6 +242,22 @@ def x_args(draw: Callable, cfg: ModelConfig, n: int, name: str = "X",
     kind = draw(st.sampled_from(kinds))
     must: set = set()
     maybe: set = set()
+    if kind.startswith("sparse"):  # scipy.sparse X in any format
+        import scipy.sparse as sp
+        fmt = draw(st.sampled_from(("csr", "csc", "coo", "lil", "dok", "bsr")))
+        dense = np.where(rng.random(base.shape) < 0.5, base, 0.0).astype(cfg.dtype)
+        if kind == "sparse_features":
+            k = draw(st.integers(1, cfg.n_in + 3).filter(lambda k: k != cfg.n_in))
+            dense = np.ones((n, k), dtype=cfg.dtype)
+            must.add(name)
+        elif kind == "sparse_nan" and n:
+            dense[draw(st.integers(0, n - 1)), draw(st.integers(0, cfg.n_in - 1))] = np.nan
+            must.add(name)
+        elif kind == "sparse_int":
+            dense = (dense * 3).astype(np.int64)
+            maybe.add(name)
+        value = sp.csr_matrix(dense).asformat(fmt)
+        return Arg(value, f"{kind} {fmt} {dense.dtype} {dense.shape}", frozenset(must), frozenset(maybe))
     if kind == "ok":
         arr = base.astype(cfg.dtype)
     elif kind in ("float64", "float32", "float16", "bool", "int8", "int32", "int64", "object"):

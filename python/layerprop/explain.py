@@ -32,6 +32,7 @@ import numpy as np
 from .layers import (GELU, BatchNorm1d, Dropout, Identity, LayerNorm, LeakyReLU, Linear, ReLU,
                      Sigmoid, SymbolicTensor, Tanh, _Norm)
 from .model import Model, _positive_float
+from .sparse import dense
 
 __all__ = [
     "gradcheck", "path_gradients", "taylor_check", "moving_target",
@@ -54,7 +55,7 @@ class _Twin:
         # the core) before any NumPy arithmetic touches it, then widen it.
         from .training import validated_data
         Xm, ym = validated_data(model, X, y)
-        self.X = np.ascontiguousarray(Xm, dtype=np.float64)
+        self.X = np.ascontiguousarray(dense(Xm), dtype=np.float64)  # a sparse X is densified here
         self.y = ym if ym.dtype == np.int64 else np.ascontiguousarray(ym, dtype=np.float64)
         order = model._order
         twin = Model.__new__(Model)

@@ -71,6 +71,11 @@ def _scipy_csr(X: CsrRows) -> Any:
     return csr_matrix((X[2], X[1], X[0]), shape=X.shape)
 
 
+def dense(X: Any) -> Any:
+    """A dense array of CsrRows (small data only: the float64 twins of lp.explain); other X as is."""
+    return _scipy_csr(X).toarray() if isinstance(X, CsrRows) else X
+
+
 def prepare(X: Any, dtype: Any, name: str = "X") -> Any:
     """X as the core reads it: CsrRows for sparse input, else a C-contiguous array of dtype."""
     if isinstance(X, CsrRows) or is_sparse(X):
