@@ -759,6 +759,7 @@ const T* Model<T>::stage_input(const Input<T>& X, int64_t N, const int64_t* src,
   // arrays' lengths; indices and values are copied, and checked on the copy.
   const CsrRows<T>& c = X.csr;
   if (static_cast<int64_t>(sp_ptr_.size()) < N + 1) sp_ptr_.resize(static_cast<size_t>(N + 1));
+  if (static_cast<int64_t>(sp_start_.size()) < N) sp_start_.resize(static_cast<size_t>(N));
   int64_t nnz = 0;
   for (int64_t r = 0; r < N; ++r) {
     const int64_t row = src ? src[r] : row0 + r;
@@ -767,6 +768,7 @@ const T* Model<T>::stage_input(const Input<T>& X, int64_t N, const int64_t* src,
     if (a < 0 || b < a || b > c.nnz)
       throw ValueError("X: indptr of a sparse matrix is not a valid index array at row " + std::to_string(row));
     sp_ptr_[r] = nnz;
+    sp_start_[r] = a;  // the checked extent: indptr is not read again
     nnz = checked_add(nnz, b - a, "X: sparse batch");
   }
   sp_ptr_[N] = nnz;
@@ -778,8 +780,8 @@ const T* Model<T>::stage_input(const Input<T>& X, int64_t N, const int64_t* src,
   }
   for (int64_t r = 0; r < N; ++r) {
     const int64_t row = src ? src[r] : row0 + r;
-    const int64_t a = c.indptr[row], len = sp_ptr_[r + 1] - sp_ptr_[r];
-    // indptr may have changed since it was read above: only the checked extent is copied.
+    // indptr may have changed since it was read above: only the extent checked there is copied.
+    const int64_t a = sp_start_[r], len = sp_ptr_[r + 1] - sp_ptr_[r];
     std::memcpy(sp_idx_.data() + sp_ptr_[r], c.indices + a, sizeof(int64_t) * len);
     std::memcpy(sp_val_.data() + sp_ptr_[r], c.values + a, sizeof(T) * len);
     for (int64_t p = sp_ptr_[r]; p < sp_ptr_[r + 1]; ++p)
