@@ -13,6 +13,8 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
+from . import validation as V
+
 BUILTIN = ("digits",)
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu", "identity")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -35,38 +37,10 @@ def _hidden(text: str) -> List[int]:
     return sizes
 
 
-def float_arg(strict: bool, message: str) -> Callable[[str], float]:
-    """An argparse type: a finite number > 0 (strict) or >= 0; otherwise `message`, got text."""
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            v = math.nan
-        if not (math.isfinite(v) and (v > 0 if strict else v >= 0)):
-            raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
-        return v
-    return parse
-
-
-_positive_float = float_arg(True, "expected a number > 0")
-_nonneg_float = float_arg(False, "expected a number >= 0")
-
-
-def _fraction(text: str) -> float:
-    v = _nonneg_float(text)
-    if v >= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    return v
+_positive_float = V.text_arg(V.positive_float, "a number > 0")
+_nonneg_float = V.text_arg(V.nonneg_float, "a number >= 0")
+_fraction = V.text_arg(lambda v, n: V.real(v, n, 0.0, 1.0, hi_open=True), "a fraction in [0, 1)")
+_positive_int = V.text_arg(V.positive_int, "a positive int", int)
 
 
 def add_parser(subparsers: Any) -> None:

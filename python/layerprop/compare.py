@@ -32,7 +32,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .cli_train import float_arg
+from . import validation as V
+
 
 __all__ = ["TASKS", "SCHEDULES", "Task", "Result", "Report", "load_data", "run", "format_table", "plot",
            "add_parser"]
@@ -314,7 +315,7 @@ def _choice_list(choices: Sequence[str], what: str) -> Callable[[str], List[str]
     return parse
 
 
-_positive_float = float_arg(True, "expected a positive number")
+_positive_float = V.text_arg(V.positive_float, "a positive number")
 
 
 class _DefaultEpochs(int):

@@ -31,7 +31,8 @@ import numpy as np
 
 from .layers import (GELU, BatchNorm1d, Dropout, Identity, LayerNorm, LeakyReLU, Linear, ReLU,
                      Sigmoid, SymbolicTensor, Tanh, _Norm)
-from .model import Model, _positive_float
+from . import validation as V
+from .model import Model
 
 __all__ = [
     "gradcheck", "path_gradients", "taylor_check", "moving_target",
@@ -189,10 +190,9 @@ def gradcheck(model: Model, X: np.ndarray, y: np.ndarray, eps: float = 1e-6, *, 
     either among them, or by 1e-3 if that is smaller (so a vanishing gradient is judged by its
     absolute error); it passes when that is <= `tol`.
     """
-    eps = _positive_float(eps, "eps")
-    tol = _positive_float(tol, "tol")
-    if not isinstance(max_entries, (int, np.integer)) or isinstance(max_entries, bool) or max_entries < 1:
-        raise ValueError(f"max_entries: expected a positive int, got {max_entries!r}")
+    eps = V.positive_float(eps, "eps")
+    tol = V.positive_float(tol, "tol")
+    max_entries = V.positive_int(max_entries, "max_entries")
     twin = _Twin(model, X, y)
     loss, grads = twin.loss_and_grads()
     rng = np.random.default_rng(seed)
@@ -417,7 +417,7 @@ def _parse_index(param: str, index: object, shape: Tuple[int, ...]) -> Tuple[int
     raw = index if isinstance(index, (tuple, list)) else (index,)
     try:
         idx = tuple(int(i) for i in raw)
-        ok = all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in raw)
+        ok = all(V.is_int(i) for i in raw)
     except (TypeError, ValueError):
         ok = False
     if not ok or len(idx) != len(shape) or any(not 0 <= i < s for i, s in zip(idx, shape)):
@@ -442,8 +442,7 @@ def path_gradients(model: Model, X: np.ndarray, y: np.ndarray, param: str, index
     and `backprop` the core's gradient entry (float64 twin, dropout off): they agree to rounding.
     Refuses, with the count, when there are more than `max_paths` paths.
     """
-    if not isinstance(max_paths, (int, np.integer)) or isinstance(max_paths, bool) or max_paths < 1:
-        raise ValueError(f"max_paths: expected a positive int, got {max_paths!r}")
+    max_paths = V.positive_int(max_paths, "max_paths")
     norms = [t.layer for t in model._order if t.op == "layer" and isinstance(t.layer, _Norm)]
     if norms:
         raise TypeError(f"path_gradients: the model has {norms[0].describe()}, which it does not "
@@ -606,11 +605,14 @@ def taylor_check(model: Model, X: np.ndarray, y: np.ndarray,
     first-order prediction -s * ||grad||^2; also move along a random direction r with
     ||r|| = ||grad|| (drawn from `seed`), predicted s * <grad, r>. Float64 twin of the model."""
     try:
-        steps = [float(s) for s in steps]
-    except (TypeError, ValueError):
+        given = list(steps)
+    except TypeError:
         raise ValueError(f"steps: expected a sequence of positive numbers, got {steps!r}") from None
-    if not steps or any(not (math.isfinite(s) and s > 0) for s in steps):
+    if not given:
         raise ValueError(f"steps: expected a non-empty sequence of positive numbers, got {steps!r}")
+    if not all(V.is_real(s) and math.isfinite(s) and s > 0 for s in given):
+        raise ValueError(f"steps: expected a sequence of positive numbers, got {steps!r}")
+    steps = [float(s) for s in given]
     twin = _Twin(model, X, y)
     base = twin.snapshot()
     loss, grads = twin.loss_and_grads()
@@ -732,7 +734,7 @@ def moving_target(model: Model, X: np.ndarray, y: np.ndarray, *,
     if lr is None:
         step = float(model.optimizer.lr)  # type: ignore[union-attr]
     else:
-        step = _positive_float(lr, "lr", "a positive number or None")
+        step = V.positive_float(lr, "lr", "a positive number or None")
     base = twin.snapshot()
     loss, grads = twin.loss_and_grads()
     input_nodes = _layer_input_nodes(twin.model)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Sequence
 
+from . import validation as V
+
 __all__ = [
     "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
     "BatchNorm1d", "LayerNorm",
@@ -54,22 +56,10 @@ class SymbolicTensor:
 
 def Input(features: int, *, name: Optional[str] = None) -> SymbolicTensor:
     """A model input of `features` columns."""
-    if not isinstance(features, (int,)) or isinstance(features, bool) or features < 1:
-        raise ValueError(f"features: expected a positive int, got {features!r}")
+    features = V.positive_int(features, "features")
     t = SymbolicTensor(features, "input")
     t.name = _check_name(name)  # type: ignore[attr-defined]
     return t
-
-
-def _unit_interval(name: str, v: object, what: str) -> float:
-    """v as a float in [0, 1], or a ValueError naming the argument."""
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected {what} in [0, 1], got {v!r}") from None
-    if not 0.0 <= f <= 1.0:
-        raise ValueError(f"{name}: expected {what} in [0, 1], got {v!r}")
-    return f
 
 
 def _check_symbolic(x: object, what: str) -> SymbolicTensor:
@@ -133,11 +123,8 @@ class Linear(Layer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        for arg, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{arg}: expected a positive int, got {v!r}")
-        self.in_features = in_features
-        self.out_features = out_features
+        self.in_features = V.positive_int(in_features, "in_features")
+        self.out_features = V.positive_int(out_features, "out_features")
         self.bias = bool(bias)
 
     def out_width(self, in_width: int) -> int:
@@ -182,9 +169,7 @@ class LeakyReLU(_Activation):
 
     def __init__(self, negative_slope: float = 0.01, *, name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        s = float(negative_slope)
-        if not math.isfinite(s):
-            raise ValueError(f"negative_slope: expected a finite number, got {negative_slope!r}")
+        s = V.finite_float(negative_slope, "negative_slope")
         self.negative_slope = s
         self.slope = s
 
@@ -214,26 +199,10 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, *, name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        self.p = _unit_interval("p", p, "a probability")
+        self.p = V.probability(p, "p")
 
     def describe(self) -> str:
         return f"Dropout(p={self.p})"
-
-
-def _check_features(v: object) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"num_features: expected a positive int, got {v!r}")
-    return v
-
-
-def _check_eps(v: object) -> float:
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"eps: expected a number > 0, got {v!r}") from None
-    if not (f > 0 and math.isfinite(f)):
-        raise ValueError(f"eps: expected a number > 0, got {v!r}")
-    return f
 
 
 class _Norm(Layer):
@@ -259,9 +228,9 @@ class BatchNorm1d(_Norm):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = True, *, name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        self.num_features = _check_features(num_features)
-        self.eps = _check_eps(eps)
-        self.momentum = _unit_interval("momentum", momentum, "a number")
+        self.num_features = V.positive_int(num_features, "num_features")
+        self.eps = V.positive_float(eps, "eps", "a number > 0")
+        self.momentum = V.probability(momentum, "momentum", "a number")
         self.affine = bool(affine)
         self.has_params = self.affine
 
@@ -279,8 +248,8 @@ class LayerNorm(_Norm):
 
     def __init__(self, num_features: int, eps: float = 1e-5, *, name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        self.num_features = _check_features(num_features)
-        self.eps = _check_eps(eps)
+        self.num_features = V.positive_int(num_features, "num_features")
+        self.eps = V.positive_float(eps, "eps", "a number > 0")
 
     def describe(self) -> str:
         nm = f", name={self.name!r}" if self.name else ""

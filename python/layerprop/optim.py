@@ -2,22 +2,13 @@
 one fused in-place pass over parameters, gradients and state."""
 from __future__ import annotations
 
-import math
 from typing import Tuple
+
+from . import validation as V
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
 OPT_SGD, OPT_ADAM, OPT_ADAMW = 1, 2, 3
-
-
-def _nonneg(name: str, v: float) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number, got {v!r}") from None
-    if not math.isfinite(f) or f < 0:
-        raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
-    return f
 
 
 class Optimizer:
@@ -36,13 +27,11 @@ class SGD(Optimizer):
 
     def __init__(self, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0) -> None:
-        self.lr = _nonneg("lr", lr)
-        self.momentum = _nonneg("momentum", momentum)
-        self.dampening = float(dampening)
-        if not math.isfinite(self.dampening):
-            raise ValueError(f"dampening: expected a finite number, got {dampening!r}")
+        self.lr = V.nonneg_float(lr, "lr")
+        self.momentum = V.nonneg_float(momentum, "momentum")
+        self.dampening = V.finite_float(dampening, "dampening")
         self.nesterov = bool(nesterov)
-        self.weight_decay = _nonneg("weight_decay", weight_decay)
+        self.weight_decay = V.nonneg_float(weight_decay, "weight_decay")
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov: requires momentum > 0 and dampening == 0")
 
@@ -63,17 +52,15 @@ class Adam(Optimizer):
 
     def __init__(self, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-        self.lr = _nonneg("lr", lr)
+        self.lr = V.nonneg_float(lr, "lr")
         try:
-            b1, b2 = (float(b) for b in betas)
+            b1, b2 = betas
         except (TypeError, ValueError):
             raise ValueError(f"betas: expected two numbers, got {betas!r}") from None
-        for i, b in enumerate((b1, b2)):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"betas: betas[{i}] must be in [0, 1), got {b}")
-        self.betas = (b1, b2)
-        self.eps = _nonneg("eps", eps)
-        self.weight_decay = _nonneg("weight_decay", weight_decay)
+        self.betas = (V.real(b1, "betas[0]", 0.0, 1.0, hi_open=True),
+                      V.real(b2, "betas[1]", 0.0, 1.0, hi_open=True))
+        self.eps = V.nonneg_float(eps, "eps")
+        self.weight_decay = V.nonneg_float(weight_decay, "weight_decay")
 
     def core_args(self) -> dict:
         return dict(optimizer=self.kind, lr=self.lr, momentum=0.0, dampening=0.0,

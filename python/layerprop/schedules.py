@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from . import validation as V
+
 __all__ = ["Schedule", "Simultaneous", "Layerwise", "LocoProp"]
 
 MAX_INNER_STEPS = 10 ** 6  # LocoProp's inner loop runs in the core, where Ctrl-C cannot stop it
@@ -38,8 +40,7 @@ class Layerwise(Schedule):
     order: "top_down" (from the loss backwards) or "bottom_up"."""
 
     def __init__(self, order: str = "top_down") -> None:
-        if order not in ("top_down", "bottom_up"):
-            raise ValueError(f"order: expected 'top_down' or 'bottom_up', got {order!r}")
+        V.choice(order, "order", ("top_down", "bottom_up"))
         self.order = order
         self.code = 1 if order == "top_down" else 2
 
@@ -69,22 +70,13 @@ class LocoProp(Schedule):
 
     def __init__(self, variant: str = "M", inner_steps: int = 10, inner_lr: Optional[float] = None,
                  target_lr: float = 10.0) -> None:
-        if variant not in ("S", "M"):
-            raise ValueError(f"variant: expected 'S' or 'M', got {variant!r}")
-        if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
-            raise ValueError(f"inner_steps: expected a positive int, got {inner_steps!r}")
+        V.choice(variant, "variant", ("S", "M"))
+        inner_steps = V.positive_int(inner_steps, "inner_steps")
         if inner_steps > MAX_INNER_STEPS:
             raise ValueError(f"inner_steps: expected at most {MAX_INNER_STEPS}, got {inner_steps!r}")
         if inner_lr is not None:
-            inner_lr = float(inner_lr)
-            if not inner_lr > 0:
-                raise ValueError(f"inner_lr: expected a number > 0 or None, got {inner_lr!r}")
-        try:
-            tl = float(target_lr)
-        except (TypeError, ValueError):
-            raise ValueError(f"target_lr: expected a number > 0, got {target_lr!r}") from None
-        if not tl > 0:
-            raise ValueError(f"target_lr: expected a number > 0, got {target_lr!r}")
+            inner_lr = V.positive_float(inner_lr, "inner_lr", "a number > 0 or None")
+        tl = V.positive_float(target_lr, "target_lr", "a number > 0")
         self.variant = variant
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr

@@ -25,7 +25,6 @@ layers are updated inside the core, so the L2 penalty becomes the optimizer's we
 from __future__ import annotations
 
 import contextlib
-import numbers
 import sys
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -43,6 +42,7 @@ from sklearn.utils.validation import (_check_sample_weight, check_array, check_c
                                       check_is_fitted, column_or_1d, validate_data)
 
 from . import _core
+from . import validation as V
 from . import layers as L
 from .io import model_from_state, model_to_state
 from .model import Sequential
@@ -163,14 +163,14 @@ class _BaseMLP(BaseEstimator):
     # ------------------------------------------------------------------ parameters
     def _hidden_sizes(self) -> List[int]:
         h = self.hidden_layer_sizes
-        if isinstance(h, numbers.Integral) and not isinstance(h, bool):
+        if V.is_int(h):
             h = [h]
         try:
             sizes = list(h)
         except TypeError:
             raise ValueError(f"hidden_layer_sizes: expected an int or a sequence of ints, got {h!r}") from None
         for s in sizes:
-            if not isinstance(s, numbers.Integral) or isinstance(s, bool) or s < 1:
+            if not V.is_int(s) or s < 1:
                 raise ValueError(f"hidden_layer_sizes: must be positive ints, got {self.hidden_layer_sizes!r}")
         return [int(s) for s in sizes]
 
@@ -185,14 +185,10 @@ class _BaseMLP(BaseEstimator):
                              f"schedule must be None or lp.Simultaneous(), got {self.schedule!r}")
 
         def number(name: str, lo: float, hi: float = np.inf, lo_open: bool = False, hi_open: bool = False) -> None:
-            v: Any = getattr(self, name)
-            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and bool(np.isfinite(float(v))) or (
-                isinstance(v, numbers.Real) and v == np.inf and hi == np.inf and not isinstance(v, bool))
-            if ok:
-                ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-            if not ok:
-                raise ValueError(f"{name}: expected a number in {'(' if lo_open else '['}{lo}, {hi}"
-                                 f"{')' if hi_open else ']'}, got {v!r}")
+            # an upper bound of inf admits inf itself (scikit-learn's intervals)
+            V.real(getattr(self, name), name, lo, None if hi == np.inf else hi, lo_open=lo_open,
+                   hi_open=hi_open, finite=hi != np.inf,
+                   what=f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
         number("alpha", 0.0)
         number("learning_rate_init", 0.0, lo_open=True)
         number("tol", 0.0)
@@ -211,14 +207,11 @@ class _BaseMLP(BaseEstimator):
                              f"{self.schedule!r} updates layers inside the core, at the optimizer's fixed rate)")
         for name in ("max_iter", "n_iter_no_change", "max_fun"):
             v = getattr(self, name)
-            if name == "n_iter_no_change" and isinstance(v, numbers.Real) and v == np.inf:
+            if name == "n_iter_no_change" and V.is_real(v) and v == np.inf:
                 continue  # scikit-learn allows np.inf: never stop for lack of improvement
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1" + (" or np.inf" if name == "n_iter_no_change" else "")
-                                 + f", got {v!r}")
+            V.integer(v, name, 1, what="an int >= 1" + (" or np.inf" if name == "n_iter_no_change" else ""))
         b: Any = self.batch_size
-        if not (b == "auto" if isinstance(b, str) else
-                isinstance(b, numbers.Integral) and not isinstance(b, bool) and int(b) >= 1):
+        if not (b == "auto" if isinstance(b, str) else V.is_int(b) and int(b) >= 1):
             raise ValueError(f"batch_size: expected 'auto' or an int >= 1, got {b!r}")
         if self.schedule is not None and not isinstance(self.schedule, Schedule):
             raise ValueError(f"schedule: expected an lp schedule (e.g. lp.Simultaneous()) or None, got {self.schedule!r}")

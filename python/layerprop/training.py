@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import validation as V
 from .layers import BatchNorm1d
 
 __all__ = ["History", "Callback", "LambdaCallback", "EarlyStopping", "ModelCheckpoint", "MovingTarget",
@@ -121,8 +122,7 @@ class LambdaCallback(Callback):
 
 
 def _mode(mode: str, monitor: str) -> str:
-    if mode not in ("auto", "min", "max"):
-        raise ValueError(f"mode: expected 'auto', 'min' or 'max', got {mode!r}")
+    V.choice(mode, "mode", ("auto", "min", "max"))
     if mode == "auto":
         return "max" if "acc" in monitor else "min"
     return mode
@@ -134,13 +134,7 @@ class _Monitor(Callback):
             raise ValueError(f"monitor: expected a metric name such as 'val_loss', got {monitor!r}")
         self.monitor = monitor
         self.mode = _mode(mode, monitor)
-        try:
-            md = float(min_delta)
-        except (TypeError, ValueError):
-            raise ValueError(f"min_delta: expected a number >= 0, got {min_delta!r}") from None
-        if not math.isfinite(md) or md < 0:
-            raise ValueError(f"min_delta: expected a number >= 0, got {min_delta!r}")
-        self.min_delta = md
+        self.min_delta = V.nonneg_float(min_delta, "min_delta", "a number >= 0")
         self.best = math.inf if self.mode == "min" else -math.inf
 
     def _value(self, logs: Optional[dict]) -> float:
@@ -165,9 +159,7 @@ class EarlyStopping(_Monitor):
     def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0,
                  mode: str = "auto", restore_best_weights: bool = False) -> None:
         super().__init__(monitor, mode, min_delta)
-        if not isinstance(patience, (int, np.integer)) or isinstance(patience, bool) or patience < 0:
-            raise ValueError(f"patience: expected an int >= 0, got {patience!r}")
-        self.patience = int(patience)
+        self.patience = V.integer(patience, "patience", 0)
         self.restore_best_weights = bool(restore_best_weights)
         self.wait = 0
         self.best_epoch: Optional[int] = None
@@ -212,10 +204,8 @@ class ModelCheckpoint(_Monitor):
         path = os.fspath(path)
         if not isinstance(path, str) or not path:
             raise ValueError(f"path: expected a file path (pattern), got {path!r}")
-        if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"every: expected an int >= 1, got {every!r}")
         self.path = path
-        self.every = int(every)
+        self.every = V.integer(every, "every", 1)
         self.save_best_only = bool(save_best_only)
         self.include_optimizer = bool(include_optimizer)
         self.saved: List[str] = []
@@ -257,15 +247,9 @@ class MovingTarget(Callback):
             "mt_var_drift_max")
 
     def __init__(self, X_probe: Any, y_probe: Any, every: int = 1, lr: Optional[float] = None) -> None:
-        if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"every: expected an int >= 1, got {every!r}")
+        every = V.integer(every, "every", 1)
         if lr is not None:
-            try:
-                lr = float(lr)
-            except (TypeError, ValueError):
-                raise ValueError(f"lr: expected a positive number or None, got {lr!r}") from None
-            if not (math.isfinite(lr) and lr > 0):
-                raise ValueError(f"lr: expected a positive number or None, got {lr!r}")
+            lr = V.positive_float(lr, "lr", "a positive number or None")
         X = np.asarray(X_probe)
         if X.ndim != 2 or X.shape[0] < 1:
             raise ValueError(f"X_probe: expected a 2-D array with at least one row, got shape {X.shape}")
@@ -380,20 +364,14 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
             validation_data: Any, callbacks: Sequence[Callback], progress: Optional[bool],
             initial_epoch: int = 0, on_nonfinite: str = "raise", sample_weight: Any = None) -> History:
     from . import NonFiniteError
-    from .model import _positive_int
     model._require_compiled()
     # Every argument is checked before the first step: a refused fit changes nothing.
-    epochs = int(epochs) if isinstance(epochs, (int, np.integer)) and not isinstance(epochs, bool) else -1
-    if epochs < 0:
-        raise ValueError("epochs: expected an int >= 0")
-    if not isinstance(initial_epoch, (int, np.integer)) or isinstance(initial_epoch, bool) or initial_epoch < 0:
-        raise ValueError(f"initial_epoch: expected an int >= 0, got {initial_epoch!r}")
-    initial_epoch = int(initial_epoch)
+    epochs = V.integer(epochs, "epochs", 0)
+    initial_epoch = V.integer(initial_epoch, "initial_epoch", 0)
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress: expected True, False or None, got {progress!r}")
-    if on_nonfinite not in _ON_NONFINITE:
-        raise ValueError(f"on_nonfinite: expected one of {_ON_NONFINITE}, got {on_nonfinite!r}")
-    batch_size = _positive_int(batch_size, "batch_size")
+    V.choice(on_nonfinite, "on_nonfinite", _ON_NONFINITE)
+    batch_size = V.positive_int(batch_size, "batch_size")
     w = None
     if sample_weight is None:
         Xa, ya = validated_data(model, X, y)  # converted once for the whole fit
