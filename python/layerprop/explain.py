@@ -57,19 +57,8 @@ class _Twin:
         Xm, ym = validated_data(model, X, y)
         self.X = np.ascontiguousarray(Xm, dtype=np.float64)
         self.y = ym if ym.dtype == np.int64 else np.ascontiguousarray(ym, dtype=np.float64)
-        order = model._order
-        twin = Model.__new__(Model)
-        twin._init_graph(order[0], order[-1], "float64", model.seed, names=dict(model._layer_prefix))
-        if twin._param_names != model._param_names:  # same graph, same names: a broken invariant
-            raise RuntimeError(f"explain: the float64 twin's parameters {twin._param_names} differ "
-                               f"from the model's {model._param_names}")
-        for name, p in model.parameters().items():
-            twin._params[name][...] = p
-        if twin._buffer_names != model._buffer_names:
-            raise RuntimeError(f"explain: the float64 twin's buffers {twin._buffer_names} differ "
-                               f"from the model's {model._buffer_names}")
-        for name, b in model.buffers().items():  # BatchNorm1d running statistics (eval mode)
-            twin._buffers[name][...] = b
+        # same graph, same names; parameters and BatchNorm1d running statistics copied
+        twin = model.clone(dtype="float64")
         assert model.loss is not None  # checked by the caller (_require_compiled)
         twin.compile(loss=model.loss, optimizer=model.optimizer)
         if training is None:
@@ -77,14 +66,14 @@ class _Twin:
         twin.train() if training else twin.eval()
         self.model = twin
         self.source = model
-        self.params = twin._params  # zero-copy views into the twin
+        self.params = twin.parameters()  # zero-copy views into the twin
 
     def loss(self) -> float:
-        self.model._core.set_seed(_MASK_SEED)
-        return float(self.model._core.loss(self.X, self.y))
+        self.model._reseed_dropout(_MASK_SEED)
+        return self.model._loss(self.X, self.y)
 
     def loss_and_grads(self) -> Tuple[float, Dict[str, np.ndarray]]:
-        self.model._core.set_seed(_MASK_SEED)
+        self.model._reseed_dropout(_MASK_SEED)
         return self.model.loss_and_grads(self.X, self.y)
 
     def snapshot(self) -> Dict[str, np.ndarray]:
@@ -97,16 +86,26 @@ class _Twin:
     def layer_groups(self) -> "OrderedDict[str, List[str]]":
         """Parameterized layer prefix -> its parameter names, in the model's order."""
         groups: "OrderedDict[str, List[str]]" = OrderedDict()
-        for name in self.model._param_names:
+        for name in self.model.parameters():
             groups.setdefault(name.rsplit(".", 1)[0], []).append(name)
         return groups
 
 
+def _prefixes(model: Model) -> Dict[int, str]:
+    """id(layer) -> the name prefix of its parameters, for the layers the core stores."""
+    out: Dict[int, str] = {}
+    for t in model.nodes:
+        name = model.layer_name(t.layer) if t.layer is not None else None
+        if name is not None:
+            out[id(t.layer)] = name
+    return out
+
+
 def _mode_note(twin: _Twin) -> str:
     note = " twin of a float32 model" if twin.source.dtype == "float32" else ""
-    if any(t.op == "layer" and isinstance(t.layer, Dropout) for t in twin.model._order):
+    if any(t.op == "layer" and isinstance(t.layer, Dropout) for t in twin.model.nodes):
         note += ", dropout on (one fixed mask)" if twin.model.training else ", dropout off"
-    if any(t.op == "layer" and isinstance(t.layer, BatchNorm1d) for t in twin.model._order):
+    if any(t.op == "layer" and isinstance(t.layer, BatchNorm1d) for t in twin.model.nodes):
         note += ", batch norm on batch statistics" if twin.model.training else ", batch norm on running statistics"
     return note
 
@@ -366,11 +365,11 @@ def _norm_forward(layer: Union[BatchNorm1d, LayerNorm], x: np.ndarray, prefix: s
 
 def _graph_forward(model: Model, X: np.ndarray) -> Tuple[List[np.ndarray], Dict[int, np.ndarray]]:
     """Float64 NumPy forward of a twin's graph at its current parameters: every node's value
-    (in `model._order`), and f'(z) of every activation node by its index. Norm layers follow
+    (in `model.nodes`), and f'(z) of every activation node by its index. Norm layers follow
     the twin's mode; dropout is the identity (its mask lives in the core)."""
-    order = model._order
+    order = model.nodes
     pos = {id(t): i for i, t in enumerate(order)}
-    params, buffers, prefix = model._params, model._buffers, model._layer_prefix
+    params, buffers, prefix = model.parameters(), model.buffers(), _prefixes(model)
     vals: List[np.ndarray] = []
     dact: Dict[int, np.ndarray] = {}
     for i, t in enumerate(order):
@@ -443,7 +442,7 @@ def path_gradients(model: Model, X: np.ndarray, y: np.ndarray, param: str, index
     Refuses, with the count, when there are more than `max_paths` paths.
     """
     max_paths = V.positive_int(max_paths, "max_paths")
-    norms = [t.layer for t in model._order if t.op == "layer" and isinstance(t.layer, _Norm)]
+    norms = [t.layer for t in model.nodes if t.op == "layer" and isinstance(t.layer, _Norm)]
     if norms:
         raise TypeError(f"path_gradients: the model has {norms[0].describe()}, which it does not "
                         f"support: a normalization layer couples every unit of its input "
@@ -456,9 +455,9 @@ def path_gradients(model: Model, X: np.ndarray, y: np.ndarray, param: str, index
         raise ValueError(f"param: expected one of the model's parameters {list(params)}, got {param!r}")
     idx = _parse_index(param, index, tuple(params[param].shape))
     prefix, kind = param.rsplit(".", 1)
-    order = twin.model._order
+    order = twin.model.nodes
     pos = {id(t): i for i, t in enumerate(order)}
-    layer_prefix = twin.model._layer_prefix
+    layer_prefix = _prefixes(twin.model)
     labels = _node_labels(order, layer_prefix)
     out_idx = len(order) - 1
 
@@ -696,11 +695,13 @@ class MovingTargetReport:
 
 def _layer_input_nodes(model: Model) -> "OrderedDict[str, List[int]]":
     """Parameterized layer prefix -> the graph node indices its uses read (one per use)."""
-    pos = {id(t): i for i, t in enumerate(model._order)}
+    order = model.nodes
+    pos = {id(t): i for i, t in enumerate(order)}
     uses: "OrderedDict[str, List[int]]" = OrderedDict()
-    for t in model._order:
-        if t.op == "layer" and id(t.layer) in model._layer_prefix:
-            uses.setdefault(model._layer_prefix[id(t.layer)], []).append(pos[id(t.inputs[0])])
+    prefix = _prefixes(model)
+    for t in order:
+        if t.op == "layer" and id(t.layer) in prefix:
+            uses.setdefault(prefix[id(t.layer)], []).append(pos[id(t.inputs[0])])
     return uses
 
 

@@ -42,7 +42,7 @@ def model_proto(model: Any, output: Optional[str] = None, probabilities: Optiona
         raise TypeError(f"model: expected an lp.Model, got {type(model).__name__}")
     if probabilities not in (None, "softmax", "sigmoid", "binary", "exp"):
         raise ValueError(f"probabilities: expected None, 'softmax', 'sigmoid', 'binary' or 'exp', got {probabilities!r}")
-    np_dtype = np.dtype(model._np_dtype)
+    np_dtype = np.dtype(model.dtype)
     elem = TensorProto.FLOAT if np_dtype == np.float32 else TensorProto.DOUBLE
     params = model.parameters()
     buffers = model.buffers()
@@ -53,7 +53,7 @@ def model_proto(model: Any, output: Optional[str] = None, probabilities: Optiona
             inits[name] = numpy_helper.from_array(np.ascontiguousarray(array, dtype=np_dtype), name)
         return name
 
-    order = model._order
+    order = model.nodes
     names: Dict[int, str] = {}
     nodes: List[Any] = []
     for i, t in enumerate(order):
@@ -75,12 +75,12 @@ def model_proto(model: Any, output: Optional[str] = None, probabilities: Optiona
             continue
         assert layer is not None
         if isinstance(layer, L.Linear):
-            p = model._layer_prefix[id(layer)]
+            p = model.layer_name(layer)
             w = init(f"{p}.weight", params[f"{p}.weight"])
             gemm_in = [ins[0], w] + ([init(f"{p}.bias", params[f"{p}.bias"])] if layer.bias else [])
             nodes.append(helper.make_node("Gemm", gemm_in, [out], transB=1))
         elif isinstance(layer, L.BatchNorm1d):
-            p = model._layer_prefix[id(layer)]
+            p = model.layer_name(layer)
             n = layer.num_features
             scale = params[f"{p}.weight"] if layer.affine else np.ones(n)
             bias = params[f"{p}.bias"] if layer.affine else np.zeros(n)
@@ -91,7 +91,7 @@ def model_proto(model: Any, output: Optional[str] = None, probabilities: Optiona
                  init(f"{p}.running_var", buffers[f"{p}.running_var"])],
                 [out], epsilon=float(layer.eps)))
         elif isinstance(layer, L.LayerNorm):
-            p = model._layer_prefix[id(layer)]
+            p = model.layer_name(layer)
             nodes.append(helper.make_node(
                 "LayerNormalization", [ins[0], init(f"{p}.weight", params[f"{p}.weight"]),
                                        init(f"{p}.bias", params[f"{p}.bias"])],

@@ -35,14 +35,14 @@ def to_torch(model: Any) -> Any:
                         "(a graph model has no torch.nn.Sequential twin)")
     dtype = torch.float32 if model.dtype == "float32" else torch.float64
     params = model.parameters()
-    buffers = model.buffers() if hasattr(model, "buffers") else {}
+    buffers = model.buffers()
 
     def copy_into(t: Any, key: str, src: Any) -> None:
         with torch.no_grad():
             t.copy_(torch.from_numpy(np.array(src[key])))
     mods: "OrderedDict[str, Any]" = OrderedDict()
     layer: Any
-    for i, layer in enumerate(model._seq_layers):
+    for i, layer in enumerate(model.layers):
         name = layer.name or str(i)
         if name in mods:
             raise ValueError(f"model: layer name {name!r} is used twice; torch.nn.Sequential needs unique names")

@@ -282,22 +282,24 @@ def _schedule_from(d: Any) -> Schedule:
 # ---------------------------------------------------------------------------- model <-> state
 def _architecture(model: Any) -> Dict[str, Any]:
     from .model import Sequential
-    layers: List[L.Layer] = list(model._seq_layers) if isinstance(model, Sequential) else list(model._layers)
+    layers: List[L.Layer] = model.layers
     specs = []
     for i, layer in enumerate(layers):
         t = _layer_type(layer)
         spec = {"type": t, "name": layer.name, "config": LAYER_SPECS[t].get_config(layer)}
-        if not isinstance(model, Sequential) and id(layer) in model._layer_prefix:
-            spec["prefix"] = model._layer_prefix[id(layer)]  # its parameters' names
+        prefix = model.layer_name(layer)
+        if not isinstance(model, Sequential) and prefix is not None:
+            spec["prefix"] = prefix  # its parameters' names
         specs.append(spec)
     arch: Dict[str, Any] = {"class": "Sequential" if isinstance(model, Sequential) else "Model",
                             "dtype": model.dtype, "seed": model.seed, "training": bool(model.training),
                             "layers": specs}
     if not isinstance(model, Sequential):
-        index = {id(t): i for i, t in enumerate(model._order)}
+        order = model.nodes
+        index = {id(t): i for i, t in enumerate(order)}
         lidx = {id(l): i for i, l in enumerate(layers)}
         nodes = []
-        for t in model._order:
+        for t in order:
             if t.op == "input":
                 nodes.append({"op": "input", "width": t.width, "name": getattr(t, "name", None)})
             elif t.op in ("add", "concat"):
@@ -307,10 +309,6 @@ def _architecture(model: Any) -> Dict[str, Any]:
                               "inputs": [index[id(u)] for u in t.inputs]})
         arch["graph"] = {"nodes": nodes}
     return arch
-
-
-def _buffers(model: Any) -> "OrderedDict[str, np.ndarray]":
-    return model.buffers() if hasattr(model, "buffers") else OrderedDict()
 
 
 def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["OrderedDict[str, np.ndarray]", Dict[str, str]]:
@@ -324,13 +322,10 @@ def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["Ordered
         raise TypeError(f"include_optimizer: expected True or False, got {include_optimizer!r}")
     # One consistent copy, taken under the model's lock: a fit running in another thread
     # cannot interleave its steps with this read (no file mixes two steps' state).
-    snap = model._core.snapshot()
-    tensors: "OrderedDict[str, np.ndarray]" = OrderedDict()
-    for (_l, _pname, off, shape), name in zip(model._core.tensors(), model._param_names):
-        tensors[name] = snap["params"][off: off + int(np.prod(shape))].reshape(shape)
-    buffers = _buffers(model)
-    for (_l, _bname, off, shape), name in zip(model._core.buffer_tensors(), buffers):
-        tensors[name] = snap["buffers"][off: off + int(np.prod(shape))].reshape(shape)
+    snap = model._snapshot()
+    tensors: "OrderedDict[str, np.ndarray]" = OrderedDict(snap["params"])
+    buffers = snap["buffers"]
+    tensors.update(buffers)
     meta: Dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
                             "layerprop_version": __version__, "model": _architecture(model),
                             "params": list(model.parameters()), "buffers": list(buffers),
@@ -342,19 +337,15 @@ def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["Ordered
         if model.clip_grad_norm is not None or model.clip_grad_value is not None:
             meta["compile"]["clip"] = {"norm": model.clip_grad_norm, "value": model.clip_grad_value}
         if include_optimizer:
-            slots = 0
-            for k in (0, 1):
-                flat = snap[f"state{k}"]
-                if flat.size == 0:
-                    continue
-                slots = k + 1
-                for (_l, _pname, off, shape), name in zip(model._core.tensors(), model._param_names):
-                    size = int(np.prod(shape))
-                    tensors[f"optimizer.slot{k}.{name}"] = flat[off: off + size].reshape(shape)
-            tensors["optimizer.steps"] = snap["steps"]
-            meta["optimizer_state"] = {"slots": slots, "steps": "optimizer.steps"}
-    core_rng = [int(v) for v in snap["rng"]]
-    meta["rng"] = {"shuffle": model._fit_rng.bit_generator.state, "core": core_rng}
+            # slot k of the file is the optimizer's k-th named state tensor (exp_avg, exp_avg_sq)
+            state = snap["optimizer"]
+            slot_names = model._optimizer_state_names()
+            for k, sname in enumerate(slot_names):
+                for name, entry in state.items():
+                    tensors[f"optimizer.slot{k}.{name}"] = entry[sname]
+            tensors["optimizer.steps"] = np.array([entry["step"] for entry in state.values()], dtype=np.int64)
+            meta["optimizer_state"] = {"slots": len(slot_names), "steps": "optimizer.steps"}
+    meta["rng"] = {"shuffle": snap["rng"]["shuffle"], "core": list(snap["rng"]["core"])}
     return tensors, {META_KEY: json.dumps(meta, separators=(",", ":"))}
 
 
@@ -401,15 +392,6 @@ def _build_layers(arch: Dict[str, Any], graph: bool) -> List[Tuple[L.Layer, Opti
     if not out:
         raise _Bad("model.layers: empty")
     return out
-
-
-_CORE_LAYERS = tuple(getattr(L, n) for n in ("Linear", "_Norm") if hasattr(L, n))
-
-
-def _buffer_shapes(layer: L.Layer) -> List[Tuple[str, Tuple[int, ...]]]:
-    if hasattr(L, "BatchNorm1d") and isinstance(layer, L.BatchNorm1d):
-        return [("running_mean", (layer.num_features,)), ("running_var", (layer.num_features,))]
-    return []
 
 
 def _row_limit(row_bytes: int, itemsize: int) -> None:
@@ -525,18 +507,18 @@ def _plan(arch: Any) -> _Plan:
             raise _Bad("model.graph.nodes: expected an input and at least one more node")
     layers = _build_layers(arch, graph=cls == "Model")
     p.layers = [layer for layer, _prefix in layers]
-    total = sum(math.prod(shape) for l in p.layers if isinstance(l, _CORE_LAYERS)
-                for _n, shape in l.param_shapes() + _buffer_shapes(l))
+    total = sum(math.prod(shape) for l in p.layers if l.stored
+                for _n, shape in l.param_shapes() + l.buffer_shapes())
     if total * itemsize > MAX_PARAM_BYTES:
         raise _Bad(f"model.layers: the architecture declares {total * itemsize} bytes of parameters and "
                    f"buffers, more than the limit of {MAX_PARAM_BYTES} bytes")
     p.names = {}
     p.ts = []
     if cls == "Sequential":
-        first = next((l for l in p.layers if isinstance(l, _CORE_LAYERS)), None)
+        first = next((l.input_width for l in p.layers if l.input_width is not None), None)
         if first is None or not any(isinstance(l, L.Linear) for l in p.layers):
             raise _Bad("model.layers: a Sequential needs at least one Linear")
-        width = first.in_features if isinstance(first, L.Linear) else first.num_features
+        width = first
         row = width
         for i, l in enumerate(p.layers):
             try:
@@ -545,14 +527,14 @@ def _plan(arch: Any) -> _Plan:
                 raise _Bad(f"model.layers[{i}]: {e}") from None
             row += width
         _row_limit(row * itemsize, itemsize)
-        core = [(i, l, l.name or str(i)) for i, l in enumerate(p.layers) if isinstance(l, _CORE_LAYERS)]
+        core = [(i, l, l.name or str(i)) for i, l in enumerate(p.layers) if l.stored]
     else:
         p.ts, uses = _plan_graph(nodes, layers, itemsize)
         if not all(uses):
             raise _Bad("model.layers: some layers are not used by the graph")
         core = []
         for i, (l, prefix) in enumerate(layers):
-            if l.has_params or isinstance(l, _CORE_LAYERS):
+            if l.has_params or l.stored:
                 if prefix is None:
                     raise _Bad(f"model.layers[{i}].prefix: a {type(l).__name__} of a graph model needs "
                                "its parameters' name prefix")
@@ -567,7 +549,7 @@ def _plan(arch: Any) -> _Plan:
         p.names[id(l)] = prefix
         for pname, shape in l.param_shapes():
             p.params[f"{prefix}.{pname}"] = tuple(shape)
-        for bname, shape in _buffer_shapes(l):
+        for bname, shape in l.buffer_shapes():
             p.buffers[f"{prefix}.{bname}"] = shape
             if bname == "running_var":
                 p.variances.append(f"{prefix}.{bname}")
@@ -582,11 +564,10 @@ def _build(p: _Plan) -> Any:
         if p.cls == "Sequential":
             model = Sequential(*p.layers, dtype=p.dtype, seed=p.seed)
         else:
-            model = Model.__new__(Model)
-            model._init_graph(p.ts[0], p.ts[-1], p.dtype, p.seed, names=p.names)
+            model = Model._from_graph(p.ts[0], p.ts[-1], p.dtype, p.seed, names=p.names)
     except (TypeError, ValueError) as e:
         raise _Bad(f"model: {e}") from None
-    if p.cls == "Model" and len(model._order) != len(p.ts):
+    if p.cls == "Model" and len(model.nodes) != len(p.ts):
         raise _Bad("model.graph.nodes: some nodes do not lead to the output (the last node)")
     model.train() if p.training else model.eval()
     return model
@@ -674,17 +655,18 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
     # Every header check passed: build the model (the core allocates the declared, checked
     # parameters), then read the data.
     model = _build(plan)
-    if list(model._params) != params:
-        raise _Bad(f"params: expected {list(model._params)[:8]}, the file lists {params[:8]}")
-    model_buffers = _buffers(model)
+    model_params = model.parameters()
+    if list(model_params) != params:
+        raise _Bad(f"params: expected {list(model_params)[:8]}, the file lists {params[:8]}")
+    model_buffers = model.buffers()
     if list(model_buffers) != buffers:
         raise _Bad(f"buffers: expected {list(model_buffers)[:8]}, the file lists {buffers[:8]}")
-    for name, view in model._params.items():  # the core's shapes agree with the plan's
+    for name, view in model_params.items():  # the core's shapes agree with the plan's
         _check_tensor(keys, name, view.shape, view.dtype, get_shape)
     for name, view in model_buffers.items():
         _check_tensor(keys, name, view.shape, view.dtype, get_shape)
     variances = set(plan.variances)
-    for name, view in model._params.items():
+    for name, view in model_params.items():
         a = get(name)
         if check_values:
             _check_values(name, a)
@@ -700,40 +682,40 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
         except ValueError as e:
             raise _Bad(f"compile: {e}") from None
         if opt_state is not None:
-            expected_slots = sum(1 for k in (0, 1) if model._core.state_view(k).size)
-            if slots != expected_slots:
-                raise _Bad(f"optimizer_state.slots: {type(optimizer).__name__} keeps {expected_slots} "
+            slot_names = model._optimizer_state_names()
+            if slots != len(slot_names):
+                raise _Bad(f"optimizer_state.slots: {type(optimizer).__name__} keeps {len(slot_names)} "
                            f"state slots, the file has {slots}")
-            offsets = {name: (off, int(np.prod(shape)))
-                       for (_l, _pname, off, shape), name in zip(model._core.tensors(), model._param_names)}
-            for k in range(slots):
-                flat = model._core.state_view(k)
+            steps = get("optimizer.steps")
+            if (steps < 0).any() or (steps > _MAX_INT).any():
+                raise _Bad("tensor 'optimizer.steps': step counts must be in [0, 2**40]")
+            state: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+            for i, name in enumerate(model_params):
+                state[name] = {"step": int(steps[i])}
+            for k, sname in enumerate(slot_names):
                 second_moment = k == 1 and isinstance(optimizer, Adam)
-                for name in model._param_names:
+                for name in model_params:
                     key = f"optimizer.slot{k}.{name}"
                     a = get(key)
                     if check_values:
                         _check_values(key, a, nonneg=second_moment, what="Adam's second moments")
-                    off, size = offsets[name]
-                    flat[off: off + size] = a.reshape(-1)
-            steps = get("optimizer.steps")
-            if (steps < 0).any() or (steps > _MAX_INT).any():
-                raise _Bad("tensor 'optimizer.steps': step counts must be in [0, 2**40]")
-            model._core.set_steps([int(s) for s in steps])
+                    state[name][sname] = a
+            model.load_optimizer_state(state)
     if rng["shuffle"] is not None:
         st = _dict(rng["shuffle"], "rng.shuffle")
-        if st.get("bit_generator") != type(model._fit_rng.bit_generator).__name__:
-            raise _Bad(f"rng.shuffle.bit_generator: expected {type(model._fit_rng.bit_generator).__name__!r}")
+        expected = model.rng_state["shuffle"].get("bit_generator")
+        if st.get("bit_generator") != expected:
+            raise _Bad(f"rng.shuffle.bit_generator: expected {expected!r}")
         try:
-            model._fit_rng.bit_generator.state = st
-        except (TypeError, ValueError, KeyError, OverflowError) as e:
-            raise _Bad(f"rng.shuffle: {e}") from None
-    if rng["core"] is not None and hasattr(model._core, "set_rng_state"):
+            model.rng_state = {"shuffle": st}
+        except ValueError as e:
+            raise _Bad(f"rng.shuffle: {str(e).split(': ', 1)[-1]}") from None
+    if rng["core"] is not None:
         core = _list(rng["core"], "rng.core", 2)
         if len(core) != 2:
             raise _Bad("rng.core: expected [seed, draws]")
-        model._core.set_rng_state(_int(core[0], "rng.core[0]", 0, 2 ** 64 - 1),
-                                  _int(core[1], "rng.core[1]", 0, 2 ** 64 - 1))
+        model.rng_state = {"core": (_int(core[0], "rng.core[0]", 0, 2 ** 64 - 1),
+                                    _int(core[1], "rng.core[1]", 0, 2 ** 64 - 1))}
     return model
 
 

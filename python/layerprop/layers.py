@@ -3,9 +3,12 @@ C++ core does all the numeric work once the graph is handed to it by a Model."""
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from . import validation as V
+from ._codes import ACT, LAYER, NODE
 
 __all__ = [
     "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
@@ -13,10 +16,10 @@ __all__ = [
     "Input", "SymbolicTensor", "add", "concat",
 ]
 
-# Node kinds and activation codes shared with the core (cpp/include/layerprop/model.hpp).
-NODE_INPUT, NODE_LINEAR, NODE_ACT, NODE_ADD, NODE_CONCAT, NODE_DROPOUT, NODE_BATCHNORM, NODE_LAYERNORM = range(8)
-LAYER_LINEAR, LAYER_BATCHNORM, LAYER_LAYERNORM = 0, 1, 2
-ACT_CODES = {"Identity": 0, "ReLU": 1, "LeakyReLU": 2, "Tanh": 3, "Sigmoid": 4, "GELU": 5}
+# A graph node as the core takes it: (kind, inputs, width, stored layer or -1, act, slope).
+NodeSpec = Tuple[int, List[int], int, int, int, float]
+# A layer the core stores: (kind, in, out, bias/affine, eps, momentum).
+LayerSpec = Tuple[int, int, int, bool, float, float]
 
 
 def _check_name(name: Optional[str]) -> Optional[str]:
@@ -87,9 +90,16 @@ def concat(tensors: Sequence[SymbolicTensor]) -> SymbolicTensor:
 
 
 class Layer:
-    """Base class of every layer: a specification the core turns into a graph node."""
+    """Base class of every layer: a specification the core turns into a graph node.
+
+    A layer knows what the rest of the package needs of it: its node for the core
+    (`core_node`), its stored parameters or statistics (`stored`, `core_layer`,
+    `param_shapes`, `buffer_shapes`, `init_tensor`, `init_buffer`) and the width of input it
+    requires (`input_width`)."""
 
     has_params = False
+    stored = False  # the core stores parameters or running statistics for it
+    input_width: Optional[int] = None  # the input width it requires (None: any, kept)
 
     def __init__(self, *, name: Optional[str] = None) -> None:
         self.name = _check_name(name)
@@ -111,8 +121,28 @@ class Layer:
             raise ValueError(f"{e} (its input comes from {x.origin()})") from None
         return SymbolicTensor(width, "layer", [x], self)
 
-    def param_shapes(self) -> List[tuple]:
+    def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
+        """This layer's node for the core, given its input nodes, its output width and its
+        index among the stored layers (-1 when not stored)."""
+        raise TypeError(f"{self.describe()}: layer type not supported by the core")
+
+    def core_layer(self) -> LayerSpec:
+        """The stored layer for the core (only for `stored` layers)."""
+        raise TypeError(f"{self.describe()}: stores nothing in the core")
+
+    def param_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
+        """(name, shape) of its parameters, in the core's order."""
         return []
+
+    def buffer_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
+        """(name, shape) of its buffers (state not trained by gradients)."""
+        return []
+
+    def init_tensor(self, name: str, view: np.ndarray, rng: np.random.Generator) -> None:
+        """PyTorch's default initialization of parameter `name`, in place."""
+
+    def init_buffer(self, name: str, view: np.ndarray) -> None:
+        """The initial value of buffer `name`, in place."""
 
 
 class Linear(Layer):
@@ -126,6 +156,22 @@ class Linear(Layer):
         self.in_features = V.positive_int(in_features, "in_features")
         self.out_features = V.positive_int(out_features, "out_features")
         self.bias = bool(bias)
+
+    @property
+    def input_width(self) -> int:  # type: ignore[override]
+        return self.in_features
+
+    stored = True
+
+    def core_layer(self) -> LayerSpec:
+        return (LAYER["Linear"], self.in_features, self.out_features, self.bias, 0.0, 0.0)
+
+    def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
+        return (NODE["Linear"], inputs, width, stored_index, 0, 0.0)
+
+    def init_tensor(self, name: str, view: np.ndarray, rng: np.random.Generator) -> None:
+        bound = self.init_bound()
+        view[...] = rng.uniform(-bound, bound, size=view.shape).astype(view.dtype)
 
     def out_width(self, in_width: int) -> int:
         if in_width != self.in_features:
@@ -142,8 +188,8 @@ class Linear(Layer):
         # kaiming_uniform(a=sqrt(5)) on (out, in) gives bound 1/sqrt(fan_in); the bias too.
         return 1.0 / math.sqrt(self.in_features)
 
-    def param_shapes(self) -> List[tuple]:
-        shapes: List[tuple] = [("weight", (self.out_features, self.in_features))]
+    def param_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
+        shapes: List[Tuple[str, Tuple[int, ...]]] = [("weight", (self.out_features, self.in_features))]
         if self.bias:
             shapes.append(("bias", (self.out_features,)))
         return shapes
@@ -155,9 +201,12 @@ class _Activation(Layer):
     @property
     def act_code(self) -> int:
         for cls in type(self).__mro__:  # a subclass of lp.ReLU is a ReLU
-            if cls.__name__ in ACT_CODES and cls.__module__ == __name__:
-                return ACT_CODES[cls.__name__]
+            if cls.__name__ in ACT and cls.__module__ == __name__:
+                return ACT[cls.__name__]
         raise TypeError(f"{type(self).__name__}: not an activation the core knows")
+
+    def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
+        return (NODE["Activation"], inputs, width, -1, self.act_code, float(self.slope))
 
 
 class ReLU(_Activation):
@@ -201,6 +250,9 @@ class Dropout(Layer):
         super().__init__(name=name)
         self.p = V.probability(p, "p")
 
+    def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
+        return (NODE["Dropout"], inputs, width, -1, 0, self.p)
+
     def describe(self) -> str:
         return f"Dropout(p={self.p})"
 
@@ -209,14 +261,26 @@ class _Norm(Layer):
     """Normalization over the features of each sample (LayerNorm) or over the batch (BatchNorm1d)."""
 
     has_params = True
+    stored = True
     num_features: int
+    node_kind = "LayerNorm"
+
+    @property
+    def input_width(self) -> int:  # type: ignore[override]
+        return self.num_features
+
+    def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
+        return (NODE[self.node_kind], inputs, width, stored_index, 0, 0.0)
+
+    def init_tensor(self, name: str, view: np.ndarray, rng: np.random.Generator) -> None:
+        view[...] = 1.0 if name == "weight" else 0.0
 
     def out_width(self, in_width: int) -> int:
         if in_width != self.num_features:
             raise ValueError(f"{self.describe()}: expects {self.num_features} input features, gets {in_width}")
         return in_width
 
-    def param_shapes(self) -> List[tuple]:
+    def param_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
         return [("weight", (self.num_features,)), ("bias", (self.num_features,))]
 
 
@@ -234,8 +298,19 @@ class BatchNorm1d(_Norm):
         self.affine = bool(affine)
         self.has_params = self.affine
 
-    def param_shapes(self) -> List[tuple]:
+    node_kind = "BatchNorm"
+
+    def core_layer(self) -> LayerSpec:
+        return (LAYER["BatchNorm"], self.num_features, self.num_features, self.affine, self.eps, self.momentum)
+
+    def param_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
         return super().param_shapes() if self.affine else []
+
+    def buffer_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
+        return [("running_mean", (self.num_features,)), ("running_var", (self.num_features,))]
+
+    def init_buffer(self, name: str, view: np.ndarray) -> None:
+        view[...] = 1.0 if name == "running_var" else 0.0
 
     def describe(self) -> str:
         nm = f", name={self.name!r}" if self.name else ""
@@ -250,6 +325,9 @@ class LayerNorm(_Norm):
         super().__init__(name=name)
         self.num_features = V.positive_int(num_features, "num_features")
         self.eps = V.positive_float(eps, "eps", "a number > 0")
+
+    def core_layer(self) -> LayerSpec:
+        return (LAYER["LayerNorm"], self.num_features, self.num_features, True, self.eps, 0.0)
 
     def describe(self) -> str:
         nm = f", name={self.name!r}" if self.name else ""

@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Tuple
 
 from . import validation as V
+from ._codes import OPT
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
-OPT_SGD, OPT_ADAM, OPT_ADAMW = 1, 2, 3
 
 
 class Optimizer:
-    kind = 0
+    kind = OPT["None"]
     lr: float
+    # the state it keeps per parameter, PyTorch's names, in the core's slot order
+    state_names: Tuple[str, ...] = ()
 
     def core_args(self) -> dict:
         raise NotImplementedError
@@ -23,7 +25,8 @@ class SGD(Optimizer):
     """Stochastic gradient descent with PyTorch's momentum, dampening, nesterov and
     weight_decay semantics."""
 
-    kind = OPT_SGD
+    kind = OPT["SGD"]
+    state_names = ("momentum_buffer",)
 
     def __init__(self, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0) -> None:
@@ -48,7 +51,8 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with PyTorch's bias corrections; weight_decay adds wd*p to the gradient."""
 
-    kind = OPT_ADAM
+    kind = OPT["Adam"]
+    state_names = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
@@ -75,7 +79,7 @@ class Adam(Optimizer):
 class AdamW(Adam):
     """Adam with decoupled weight decay: p *= 1 - lr*weight_decay before the Adam step."""
 
-    kind = OPT_ADAMW
+    kind = OPT["AdamW"]
 
     def __init__(self, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 from . import validation as V
+from ._codes import SCHEDULE
 
 __all__ = ["Schedule", "Simultaneous", "Layerwise", "LocoProp"]
 
@@ -16,7 +17,7 @@ MAX_INNER_STEPS = 10 ** 6  # LocoProp's inner loop runs in the core, where Ctrl-
 class Schedule:
     """Base class of update schedules."""
 
-    code = 0
+    code = SCHEDULE["Simultaneous"]
 
     def core_args(self) -> dict:
         return dict(schedule=self.code, inner_steps=1, inner_lr=0.0, target_lr=0.0)
@@ -25,7 +26,7 @@ class Schedule:
 class Simultaneous(Schedule):
     """Standard backprop: one backward pass, then every parameter is updated."""
 
-    code = 0
+    code = SCHEDULE["Simultaneous"]
 
     def __repr__(self) -> str:
         return "Simultaneous()"
@@ -42,7 +43,7 @@ class Layerwise(Schedule):
     def __init__(self, order: str = "top_down") -> None:
         V.choice(order, "order", ("top_down", "bottom_up"))
         self.order = order
-        self.code = 1 if order == "top_down" else 2
+        self.code = SCHEDULE["LayerwiseTopDown" if order == "top_down" else "LayerwiseBottomUp"]
 
     def __repr__(self) -> str:
         return f"Layerwise(order={self.order!r})"
@@ -81,7 +82,7 @@ class LocoProp(Schedule):
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr
         self.target_lr = tl
-        self.code = 3 if variant == "S" else 4
+        self.code = SCHEDULE["LocoPropS" if variant == "S" else "LocoPropM"]
 
     def core_args(self) -> dict:
         return dict(schedule=self.code, inner_steps=self.inner_steps,

@@ -314,11 +314,11 @@ class _BaseMLP(BaseEstimator):
         params = list(self.model_.parameters().values())
         grads = list(self.model_.gradients().values())
         sizes = [p.size for p in params]
-        core = self.model_._core
+        model = self.model_
         scale = self._loss_scale()
         n = X.shape[0]
         k = self.alpha / (n if sw is None else float(sw.sum()))  # scikit-learn's sw_sum
-        w = None if sw is None else self.model_._as_weights(sw, n)
+        w = None if sw is None else self.model_._prepare_weights(sw, n)
         weights = [name.endswith(".weight") for name in self.model_.parameters()]
         offset = self._loss_offset(y, sw)
 
@@ -330,7 +330,7 @@ class _BaseMLP(BaseEstimator):
 
         def fun(theta: np.ndarray) -> Tuple[float, np.ndarray]:
             unpack(theta)
-            loss = float(core.compute_gradients(X, y, sample_weight=w)) * scale[0] + offset
+            loss = float(model.compute_gradients(X, y, sample_weight=w)) * scale[0] + offset
             g = np.empty_like(theta)
             o = 0
             for p, gr, m, is_w in zip(params, grads, sizes, weights):
@@ -358,8 +358,7 @@ class _BaseMLP(BaseEstimator):
 
     def _step(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float],
               wb: Optional[np.ndarray] = None) -> float:
-        core = self.model_._core
-        loss = float(core.compute_gradients(Xb, yb, sample_weight=wb)) * scale[0] + self._loss_offset(yb, wb)
+        loss = float(self.model_.compute_gradients(Xb, yb, sample_weight=wb)) * scale[0] + self._loss_offset(yb, wb)
         nb = Xb.shape[0] if wb is None else float(wb.sum())  # scikit-learn's sw_sum
         grads = self.model_.gradients()
         if scale[1] != 1.0:
@@ -381,7 +380,7 @@ class _BaseMLP(BaseEstimator):
             for g in grads.values():
                 g *= f
         with _nonfinite_as_sklearn():
-            core.apply_gradients()
+            self.model_.apply_gradients()
         return loss
 
     def _step_scheduled(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float],
@@ -392,7 +391,7 @@ class _BaseMLP(BaseEstimator):
         if self.alpha:
             pen = sum(float(np.vdot(w, w)) for w in self._weights())
         with _nonfinite_as_sklearn():
-            loss = float(self.model_._core.train_step(Xb, yb, wb)) * scale[0] + self._loss_offset(yb, wb)
+            loss = float(self.model_.train_step(Xb, yb, wb)) * scale[0] + self._loss_offset(yb, wb)
         return loss + 0.5 * self.alpha * pen / Xb.shape[0]
 
     def _fit(self, X: np.ndarray, y: Any, incremental: bool, sample_weight: Any = None) -> "_BaseMLP":
@@ -418,9 +417,9 @@ class _BaseMLP(BaseEstimator):
                 dtype = "float32" if X.dtype == np.float32 else "float64"
                 n_out = target.shape[1] if target.ndim == 2 else len(self.classes_)
                 self._build(X.shape[1], n_out, dtype, loss)
-            X = np.ascontiguousarray(X, dtype=self.model_._np_dtype)
+            X = np.ascontiguousarray(X, dtype=np.dtype(self.model_.dtype))
             if target.dtype != np.int64:
-                target = np.ascontiguousarray(target, dtype=self.model_._np_dtype)
+                target = np.ascontiguousarray(target, dtype=np.dtype(self.model_.dtype))
             if self.solver == "lbfgs":
                 started.append(True)
                 self._fit_lbfgs(X, target, sw)
@@ -508,7 +507,7 @@ class _BaseMLP(BaseEstimator):
             total = 0.0
             for b0 in range(0, n, bs):
                 sel = idx[b0: b0 + bs]
-                wb = None if sw is None else self.model_._as_weights(sw[sel], len(sel))
+                wb = None if sw is None else self.model_._prepare_weights(sw[sel], len(sel))
                 total += step(X[sel], y[sel], scale, wb) * len(sel)
             self.n_iter_ += 1
             self.loss_ = total / n
@@ -586,8 +585,8 @@ class _BaseMLP(BaseEstimator):
             X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         # The output dtype is scikit-learn's: float32 for a float32 model given float32 data,
         # float64 otherwise.
-        out_dtype = np.result_type(X.dtype, self.model_._np_dtype)
-        X = np.ascontiguousarray(X, dtype=self.model_._np_dtype)
+        out_dtype = np.result_type(X.dtype, np.dtype(self.model_.dtype))
+        X = np.ascontiguousarray(X, dtype=np.dtype(self.model_.dtype))
         return np.asarray(self.model_.predict(X), dtype=out_dtype)
 
     # ------------------------------------------------------------------ pickling

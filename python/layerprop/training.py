@@ -342,17 +342,17 @@ def _check_monitors(callbacks: Sequence[Callback], val: Any, loss: Optional[str]
 
 
 def validated_data(model: Any, X: Any, y: Any, name: str = "X", sample_weight: Any = None) -> Any:
-    """(X, y) converted once (model._Xy) and fully checked by the core (shapes, class labels,
+    """(X, y) converted once (model._prepare) and fully checked by the core (shapes, class labels,
     NaN/Inf) without changing anything: what fit and the explain tools run before their first
     step. With name="validation_data", errors name validation_data."""
     try:
-        Xa, ya = model._Xy(X, y)
+        Xa, ya = model._prepare(X, y)
         if ya.ndim == 0 or ya.shape[0] != Xa.shape[0]:
             raise ValueError(f"y: expected {Xa.shape[0]} rows to match X, got shape {ya.shape}")
         if Xa.shape[0] == 0:
             raise ValueError("X: empty (0 rows); needs at least one sample")
-        w = model._as_weights(sample_weight, Xa.shape[0])
-        model._core.validate(Xa, ya, w)
+        w = model._prepare_weights(sample_weight, Xa.shape[0])
+        model._validate(Xa, ya, w)
     except (TypeError, ValueError) as e:
         if name == "validation_data":
             raise type(e)(f"validation_data: {e}") from None
@@ -414,7 +414,7 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         for cb in cbs:
             cb.on_epoch_begin(epoch)
         t0 = time.perf_counter()
-        order = model._fit_rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
+        order = model._shuffled_order(n) if shuffle else np.arange(n, dtype=np.int64)
         order = order.astype(np.int64, copy=False)
         if w is not None:  # the epoch's loss weighs each batch by its total sample weight
             sizes = np.add.reduceat(w[order].astype(np.float64), np.arange(0, n, batch_size))
@@ -423,7 +423,7 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         fault = None
         for b0 in range(0, n_batches, chunk):
             b1 = min(n_batches, b0 + chunk)
-            out, done, _skipped, fault_batch, kind = model._core.train_epoch(
+            out, done, _skipped, fault_batch, kind = model._train_batches(
                 Xa, ya, order[b0 * batch_size: b1 * batch_size], batch_size, policy, w)
             losses[b0:b1] = out
             if fault_batch >= 0:
@@ -455,7 +455,7 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
             warnings.warn(msg + "; training stopped (on_nonfinite='stop')", RuntimeWarning, stacklevel=3)
             model.stop_training = True
         if val is not None:
-            loss, correct, total = model._core.evaluate(val[0], val[1], 0)
+            loss, correct, total = model._evaluate_prepared(val[0], val[1], 0)
             logs["val_loss"] = float(loss)
             if model.loss == "cross_entropy":
                 logs["val_accuracy"] = float(correct) / float(total)
