@@ -305,12 +305,8 @@ def gemm_calls(a: np.ndarray, b: np.ndarray, trans_a: bool, trans_b: bool):
 
 def digits_data():
     """scikit-learn's 8x8 digits (1797 images, pixels / 16, float32) or None without it."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        return None
-    d = load_digits()
-    return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
+    from .datasets import load_digits
+    return load_digits(np.float32)
 
 
 DIGITS_SIZES = (64, 128, 10)

@@ -14,9 +14,10 @@ from typing import Any, Callable, List, Optional, Tuple
 import numpy as np
 
 from . import validation as V
+from .layers import ACTIVATION_LAYERS
 
 BUILTIN = ("digits",)
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu", "identity")
+ACTIVATIONS = tuple(ACTIVATION_LAYERS)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -176,12 +177,11 @@ def _load_npz(path: str, x_key: str, y_key: str) -> Tuple[np.ndarray, np.ndarray
 def _load(args: argparse.Namespace) -> Tuple[np.ndarray, np.ndarray]:
     data = args.data
     if data in BUILTIN and not os.path.exists(data):
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError:
-            raise CliError("digits: the built-in dataset needs scikit-learn: pip install 'layerprop[sklearn]'") from None
-        d = load_digits()
-        return d.data / 16.0, d.target
+        from .datasets import load_digits
+        digits = load_digits()
+        if digits is None:
+            raise CliError("digits: the built-in dataset needs scikit-learn: pip install 'layerprop[sklearn]'")
+        return digits
     if not os.path.exists(data):
         raise CliError(f"{data}: no such file (and not a built-in dataset: {', '.join(BUILTIN)})")
     if os.path.isdir(data):
@@ -296,8 +296,7 @@ def _train(args: argparse.Namespace) -> int:
     val = (X[val_idx], target[val_idx]) if n_val else None
 
     n_out = len(classes) if classes is not None else target.shape[1]
-    acts = {"relu": lp.ReLU, "leaky_relu": lp.LeakyReLU, "tanh": lp.Tanh, "sigmoid": lp.Sigmoid,
-            "gelu": lp.GELU, "identity": lp.Identity}
+    acts = ACTIVATION_LAYERS
     sizes = [X.shape[1], *args.hidden, n_out]
     layers: List[Any] = []
     for i in range(len(sizes) - 1):

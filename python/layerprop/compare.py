@@ -161,8 +161,8 @@ def _epoch_timer():
 def load_data(quick: bool = False):
     """(X_train, X_test, y_train, y_test) of digits, pixels / 16, stratified 75/25 split with
     random_state=0; None without scikit-learn. --quick keeps the first QUICK_ROWS training rows."""
-    from .cli import _load_digits_split
-    split = _load_digits_split(0)
+    from .datasets import digits_split
+    split = digits_split(0)
     if split is None:
         return None
     Xtr, Xte, ytr, yte = split

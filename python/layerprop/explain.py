@@ -25,12 +25,12 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .layers import (GELU, BatchNorm1d, Dropout, Identity, LayerNorm, LeakyReLU, Linear, ReLU,
-                     Sigmoid, SymbolicTensor, Tanh, _Norm)
+from .layers import BatchNorm1d, Dropout, Linear, SymbolicTensor, _Norm
+from . import reference as R
 from . import validation as V
 from .model import Model
 
@@ -323,53 +323,14 @@ def _node_labels(order: List[SymbolicTensor], prefix: Dict[int, str]) -> List[st
     return labels
 
 
-def _act_forward_and_grad(layer, z: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    if isinstance(layer, ReLU):
-        return np.maximum(z, 0.0), (z > 0).astype(np.float64)
-    if isinstance(layer, LeakyReLU):
-        s = layer.negative_slope
-        return np.where(z > 0, z, s * z), np.where(z > 0, 1.0, s)
-    if isinstance(layer, Tanh):
-        f = np.tanh(z)
-        return f, 1.0 - f * f
-    if isinstance(layer, Sigmoid):
-        e = np.exp(-np.abs(z))
-        f = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        return f, f * (1.0 - f)
-    if isinstance(layer, GELU):
-        erf = np.vectorize(math.erf, otypes=[np.float64])
-        cdf = 0.5 * (1.0 + erf(z / math.sqrt(2.0)))
-        pdf = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-        return z * cdf, cdf + z * pdf
-    if isinstance(layer, (Identity, Dropout)):  # dropout off: the identity
-        return z.copy(), np.ones_like(z)
-    raise TypeError(f"{layer.describe()}: not supported by path_gradients")
-
-
-def _norm_forward(layer: Union[BatchNorm1d, LayerNorm], x: np.ndarray, prefix: str, params: Dict[str, np.ndarray],
-                  buffers: Dict[str, np.ndarray], training: bool) -> np.ndarray:
-    """BatchNorm1d (training: batch mean and biased variance; eval: running statistics) or
-    LayerNorm (per example, biased variance), then weight * x + bias when affine."""
-    if isinstance(layer, BatchNorm1d):
-        if training:
-            mean, var = x.mean(axis=0), x.var(axis=0)
-        else:
-            mean, var = buffers[f"{prefix}.running_mean"], buffers[f"{prefix}.running_var"]
-    else:
-        mean, var = x.mean(axis=1, keepdims=True), x.var(axis=1, keepdims=True)
-    out = (x - mean) / np.sqrt(var + layer.eps)
-    if f"{prefix}.weight" in params:
-        out = out * params[f"{prefix}.weight"] + params[f"{prefix}.bias"]
-    return out
-
-
 def _graph_forward(model: Model, X: np.ndarray) -> Tuple[List[np.ndarray], Dict[int, np.ndarray]]:
     """Float64 NumPy forward of a twin's graph at its current parameters: every node's value
     (in `model.nodes`), and f'(z) of every activation node by its index. Norm layers follow
     the twin's mode; dropout is the identity (its mask lives in the core)."""
     order = model.nodes
     pos = {id(t): i for i, t in enumerate(order)}
-    params, buffers, prefix = model.parameters(), model.buffers(), _prefixes(model)
+    tensors, prefix = dict(model.parameters()), _prefixes(model)
+    tensors.update(model.buffers())
     vals: List[np.ndarray] = []
     dact: Dict[int, np.ndarray] = {}
     for i, t in enumerate(order):
@@ -380,36 +341,20 @@ def _graph_forward(model: Model, X: np.ndarray) -> Tuple[List[np.ndarray], Dict[
             vals.append(np.sum(ins, axis=0))
         elif t.op == "concat":
             vals.append(np.concatenate(ins, axis=1))
-        elif isinstance(t.layer, Linear):
-            p = prefix[id(t.layer)]
-            v = ins[0] @ params[f"{p}.weight"].T
-            if t.layer.bias:
-                v = v + params[f"{p}.bias"]
-            vals.append(v)
-        elif isinstance(t.layer, (BatchNorm1d, LayerNorm)):
-            vals.append(_norm_forward(t.layer, ins[0], prefix[id(t.layer)], params, buffers,
-                                      model.training))
         else:
-            v, d = _act_forward_and_grad(t.layer, ins[0])
-            vals.append(v)
-            dact[i] = d
+            layer = t.layer
+            assert layer is not None
+            p = prefix.get(id(layer))
+            own = {} if p is None else {k[len(p) + 1:]: v for k, v in tensors.items() if k.startswith(f"{p}.")}
+            vals.append(layer.reference_forward(ins[0], own, model.training))
+            if not layer.stored:  # an element-wise layer: its local derivative per unit
+                dact[i] = layer.reference_grad(ins[0])
     return vals, dact
 
 
 def _loss_grad(loss: str, z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """d(mean loss)/dz, per example and output unit, shape (N, D)."""
-    if loss == "cross_entropy":
-        s = z - z.max(axis=1, keepdims=True)
-        p = np.exp(s)
-        p /= p.sum(axis=1, keepdims=True)
-        p[np.arange(len(y)), y] -= 1.0
-        return p / z.shape[0]
-    t = y.reshape(z.shape)
-    if loss == "mse":
-        return 2.0 * (z - t) / z.size
-    e = np.exp(-np.abs(z))
-    sig = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return (sig - t) / z.size
+    """d(mean loss)/dz, per example and output unit, shape (N, D) (the float64 twin's)."""
+    return R.loss(loss, z, y)[1]
 
 
 def _parse_index(param: str, index: object, shape: Tuple[int, ...]) -> Tuple[int, ...]:

@@ -146,63 +146,23 @@ def register_layer(type_name: str, cls: Type[L.Layer], get_config: Callable[[Any
     LAYER_SPECS[type_name] = LayerSpec(cls, get_config, from_config)
 
 
-def _linear_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
-    c = _dict(c, "Linear config", ("in_features", "out_features", "bias"))
-    return L.Linear(_int(c["in_features"], "Linear in_features", 1),
-                    _int(c["out_features"], "Linear out_features", 1),
-                    bias=_bool(c["bias"], "Linear bias"), name=name)
+_KIND_CHECKS: Dict[str, Callable[[Any, str], Any]] = {
+    "int": lambda v, what: _int(v, what, 1), "float": _float, "bool": _bool}
 
 
-def _simple(cls: Type[L.Layer]) -> Callable[[Dict[str, Any], Optional[str]], L.Layer]:
+def _from_config(cls: Type[L.Layer]) -> Callable[[Dict[str, Any], Optional[str]], L.Layer]:
+    """A layer class's `from_config` behind the file checks: exactly its config_fields, each
+    of its JSON kind (ints >= 1 and at most 2**40, finite numbers, true/false); the
+    constructor checks the values."""
     def build(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
-        _dict(c, f"{cls.__name__} config", ())
-        return cls(name=name)
+        fields = cls.config_fields
+        c = _dict(c, f"{cls.__name__} config", tuple(k for k, _kind in fields))
+        return cls.from_config({k: _KIND_CHECKS[kind](c[k], f"{cls.__name__} {k}") for k, kind in fields}, name)
     return build
 
 
-def _leaky_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
-    c = _dict(c, "LeakyReLU config", ("negative_slope",))
-    return L.LeakyReLU(_float(c["negative_slope"], "LeakyReLU negative_slope"), name=name)
-
-
-def _dropout_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
-    c = _dict(c, "Dropout config", ("p",))
-    p = _float(c["p"], "Dropout p")
-    if not 0.0 <= p <= 1.0:
-        raise _Bad(f"Dropout p: expected a probability in [0, 1], got {p}")
-    return L.Dropout(p, name=name)
-
-
-register_layer("Linear", L.Linear,
-               lambda l: {"in_features": l.in_features, "out_features": l.out_features, "bias": l.bias},
-               _linear_from)
-for _cls in (L.ReLU, L.Tanh, L.Sigmoid, L.GELU, L.Identity):
-    register_layer(_cls.__name__, _cls, lambda l: {}, _simple(_cls))
-register_layer("LeakyReLU", L.LeakyReLU, lambda l: {"negative_slope": l.negative_slope}, _leaky_from)
-register_layer("Dropout", L.Dropout, lambda l: {"p": l.p}, _dropout_from)
-
-
-def _batchnorm_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
-    c = _dict(c, "BatchNorm1d config", ("num_features", "eps", "momentum", "affine"))
-    return L.BatchNorm1d(_int(c["num_features"], "BatchNorm1d num_features", 1),
-                         eps=_float(c["eps"], "BatchNorm1d eps"),
-                         momentum=_float(c["momentum"], "BatchNorm1d momentum"),
-                         affine=_bool(c["affine"], "BatchNorm1d affine"), name=name)
-
-
-def _layernorm_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
-    c = _dict(c, "LayerNorm config", ("num_features", "eps"))
-    return L.LayerNorm(_int(c["num_features"], "LayerNorm num_features", 1),
-                       eps=_float(c["eps"], "LayerNorm eps"), name=name)
-
-
-if hasattr(L, "BatchNorm1d"):
-    register_layer("BatchNorm1d", L.BatchNorm1d,
-                   lambda l: {"num_features": l.num_features, "eps": l.eps, "momentum": l.momentum,
-                              "affine": l.affine}, _batchnorm_from)
-if hasattr(L, "LayerNorm"):
-    register_layer("LayerNorm", L.LayerNorm, lambda l: {"num_features": l.num_features, "eps": l.eps},
-                   _layernorm_from)
+for _cls in L.LAYER_TYPES:  # every layer of the package carries its own configuration
+    register_layer(_cls.__name__, _cls, _cls.get_config, _from_config(_cls))
 
 
 def _layer_type(layer: L.Layer) -> str:

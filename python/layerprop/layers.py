@@ -3,17 +3,18 @@ C++ core does all the numeric work once the graph is handed to it by a Model."""
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
+from . import reference as R
 from . import validation as V
 from ._codes import ACT, LAYER, NODE
 
 __all__ = [
     "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
     "BatchNorm1d", "LayerNorm",
-    "Input", "SymbolicTensor", "add", "concat",
+    "Input", "SymbolicTensor", "add", "concat", "LAYER_TYPES",
 ]
 
 # A graph node as the core takes it: (kind, inputs, width, stored layer or -1, act, slope).
@@ -94,8 +95,12 @@ class Layer:
 
     A layer knows what the rest of the package needs of it: its node for the core
     (`core_node`), its stored parameters or statistics (`stored`, `core_layer`,
-    `param_shapes`, `buffer_shapes`, `init_tensor`, `init_buffer`) and the width of input it
-    requires (`input_width`)."""
+    `param_shapes`, `buffer_shapes`, `init_tensor`, `init_buffer`), the width of input it
+    requires (`input_width`), its configuration for saving (`config_fields`, `get_config`,
+    `from_config`), its PyTorch twin (`torch_name`, `to_torch`, `from_torch`), its ONNX
+    node (`to_onnx`) and its float64 NumPy reference (`reference_forward`,
+    `reference_grad`). `tensors` arguments map the layer's own tensor names ("weight",
+    "running_mean") to arrays."""
 
     has_params = False
     stored = False  # the core stores parameters or running statistics for it
@@ -144,6 +149,45 @@ class Layer:
     def init_buffer(self, name: str, view: np.ndarray) -> None:
         """The initial value of buffer `name`, in place."""
 
+    # ---- saving (layerprop.io): the constructor's arguments, each with its JSON kind
+    config_fields: Tuple[Tuple[str, str], ...] = ()  # (argument, "int" | "float" | "bool")
+
+    def get_config(self) -> Dict[str, Any]:
+        return {k: getattr(self, k) for k, _kind in self.config_fields}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], name: Optional[str]) -> "Layer":
+        return cls(**config, name=name)  # type: ignore[call-arg]
+
+    # ---- PyTorch (layerprop.interop)
+    torch_name: Optional[str] = None  # the class name of its torch.nn twin
+
+    def to_torch(self, torch: Any, dtype: Any, tensors: Mapping[str, np.ndarray]) -> Any:
+        return getattr(torch.nn, str(self.torch_name))(**self.get_config())
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        return cls(name=name)
+
+    # ---- ONNX (layerprop.export)
+    onnx_op: Optional[str] = None
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        """Its ONNX nodes; `init(name, array)` adds an initializer named after the layer."""
+        if self.onnx_op is None:
+            raise TypeError(f"to_onnx: no ONNX mapping for {self.describe()}")
+        return [helper.make_node(self.onnx_op, inputs, [output])]
+
+    # ---- float64 reference (layerprop.reference; lp.explain)
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        """Its output on x in float64 NumPy (dropout: the identity)."""
+        raise TypeError(f"{self.describe()}: no float64 reference")
+
+    def reference_grad(self, x: np.ndarray) -> np.ndarray:
+        """d output / d input, element-wise (the layers that act on each unit alone)."""
+        raise TypeError(f"{self.describe()}: not supported by path_gradients")
+
 
 class Linear(Layer):
     """y = x W^T + b with W of shape (out_features, in_features), PyTorch's default init."""
@@ -184,6 +228,28 @@ class Linear(Layer):
         b = "" if self.bias else ", bias=False"
         return f"Linear({self.in_features}, {self.out_features}{b}{nm})"
 
+    config_fields = (("in_features", "int"), ("out_features", "int"), ("bias", "bool"))
+    torch_name = "Linear"
+
+    def to_torch(self, torch: Any, dtype: Any, tensors: Mapping[str, np.ndarray]) -> Any:
+        m = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias, dtype=dtype)
+        _copy_to_torch(torch, m, tensors, ("weight", "bias") if self.bias else ("weight",))
+        return m
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        return cls(module.in_features, module.out_features, bias=module.bias is not None, name=name)
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        gemm_in = [inputs[0], init("weight", tensors["weight"])]
+        if self.bias:
+            gemm_in.append(init("bias", tensors["bias"]))
+        return [helper.make_node("Gemm", gemm_in, [output], transB=1)]
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        return R.linear_forward(x, tensors["weight"], tensors["bias"] if self.bias else None)
+
     def init_bound(self) -> float:
         # kaiming_uniform(a=sqrt(5)) on (out, in) gives bound 1/sqrt(fan_in); the bias too.
         return 1.0 / math.sqrt(self.in_features)
@@ -197,6 +263,14 @@ class Linear(Layer):
 
 class _Activation(Layer):
     slope = 0.0
+    # its float64 twin: f(x) and f'(x) from layerprop.reference
+    _ref: Tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        return type(self)._ref[0](x)
+
+    def reference_grad(self, x: np.ndarray) -> np.ndarray:
+        return type(self)._ref[1](x)
 
     @property
     def act_code(self) -> int:
@@ -212,6 +286,10 @@ class _Activation(Layer):
 class ReLU(_Activation):
     """max(x, 0)."""
 
+    _ref = (R.relu, R.relu_grad)
+    torch_name = "ReLU"
+    onnx_op = "Relu"
+
 
 class LeakyReLU(_Activation):
     """x if x > 0 else negative_slope * x."""
@@ -222,6 +300,24 @@ class LeakyReLU(_Activation):
         self.negative_slope = s
         self.slope = s
 
+    config_fields = (("negative_slope", "float"),)
+    torch_name = "LeakyReLU"
+    onnx_op = "LeakyRelu"
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        return cls(negative_slope=module.negative_slope, name=name)
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        return [helper.make_node("LeakyRelu", inputs, [output], alpha=float(self.negative_slope))]
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        return R.leaky_relu(x, self.negative_slope)
+
+    def reference_grad(self, x: np.ndarray) -> np.ndarray:
+        return R.leaky_relu_grad(x, self.negative_slope)
+
     def describe(self) -> str:
         return f"LeakyReLU(negative_slope={self.negative_slope})"
 
@@ -229,17 +325,46 @@ class LeakyReLU(_Activation):
 class Tanh(_Activation):
     """tanh(x)."""
 
+    _ref = (R.tanh, R.tanh_grad)
+    torch_name = "Tanh"
+    onnx_op = "Tanh"
+
 
 class Sigmoid(_Activation):
     """1 / (1 + exp(-x))."""
+
+    _ref = (R.sigmoid, R.sigmoid_grad)
+    torch_name = "Sigmoid"
+    onnx_op = "Sigmoid"
 
 
 class GELU(_Activation):
     """x * Phi(x), the exact erf form (PyTorch's approximate='none')."""
 
+    _ref = (R.gelu, R.gelu_grad)
+    torch_name = "GELU"
+    onnx_op = "Gelu"
+
+    def to_torch(self, torch: Any, dtype: Any, tensors: Mapping[str, np.ndarray]) -> Any:
+        return torch.nn.GELU(approximate="none")
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        if module.approximate != "none":
+            raise ValueError(f"{where}: only GELU(approximate='none') is supported")
+        return cls(name=name)
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        return [helper.make_node("Gelu", inputs, [output], approximate="none")]
+
 
 class Identity(_Activation):
     """x."""
+
+    _ref = (R.identity, R.identity_grad)
+    torch_name = "Identity"
+    onnx_op = "Identity"
 
 
 class Dropout(Layer):
@@ -252,6 +377,20 @@ class Dropout(Layer):
 
     def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
         return (NODE["Dropout"], inputs, width, -1, 0, self.p)
+
+    config_fields = (("p", "float"),)
+    torch_name = "Dropout"
+    onnx_op = "Identity"  # inference
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        return cls(p=module.p, name=name)
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        return R.identity(x)  # dropout off: its mask lives in the core
+
+    def reference_grad(self, x: np.ndarray) -> np.ndarray:
+        return R.identity_grad(x)
 
     def describe(self) -> str:
         return f"Dropout(p={self.p})"
@@ -299,6 +438,38 @@ class BatchNorm1d(_Norm):
         self.has_params = self.affine
 
     node_kind = "BatchNorm"
+    config_fields = (("num_features", "int"), ("eps", "float"), ("momentum", "float"), ("affine", "bool"))
+    torch_name = "BatchNorm1d"
+
+    def to_torch(self, torch: Any, dtype: Any, tensors: Mapping[str, np.ndarray]) -> Any:
+        m = torch.nn.BatchNorm1d(self.num_features, eps=self.eps, momentum=self.momentum,
+                                 affine=self.affine, dtype=dtype)
+        _copy_to_torch(torch, m, tensors, (("weight", "bias") if self.affine else ())
+                       + ("running_mean", "running_var"))
+        return m
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        if not module.track_running_stats or module.momentum is None:
+            raise ValueError(f"{where}: needs track_running_stats=True and a momentum (not None)")
+        return cls(module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
+                   name=name)
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        n = self.num_features
+        scale = tensors["weight"] if self.affine else np.ones(n)
+        bias = tensors["bias"] if self.affine else np.zeros(n)
+        return [helper.make_node(
+            "BatchNormalization",
+            [inputs[0], init("weight", scale), init("bias", bias),
+             init("running_mean", tensors["running_mean"]), init("running_var", tensors["running_var"])],
+            [output], epsilon=float(self.eps))]
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        """Training: batch mean and biased variance; inference: the running statistics."""
+        stats = {} if training else dict(running_mean=tensors["running_mean"], running_var=tensors["running_var"])
+        return R.batchnorm_forward(x, self.eps, tensors.get("weight"), tensors.get("bias"), **stats)
 
     def core_layer(self) -> LayerSpec:
         return (LAYER["BatchNorm"], self.num_features, self.num_features, self.affine, self.eps, self.momentum)
@@ -329,6 +500,47 @@ class LayerNorm(_Norm):
     def core_layer(self) -> LayerSpec:
         return (LAYER["LayerNorm"], self.num_features, self.num_features, True, self.eps, 0.0)
 
+    config_fields = (("num_features", "int"), ("eps", "float"))
+    torch_name = "LayerNorm"
+
+    def to_torch(self, torch: Any, dtype: Any, tensors: Mapping[str, np.ndarray]) -> Any:
+        m = torch.nn.LayerNorm(self.num_features, eps=self.eps, dtype=dtype)
+        _copy_to_torch(torch, m, tensors, ("weight", "bias"))
+        return m
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        if len(module.normalized_shape) != 1 or not module.elementwise_affine or module.bias is None:
+            raise ValueError(f"{where}: only LayerNorm over the last dimension with elementwise_affine=True "
+                             "and bias=True is supported")
+        return cls(module.normalized_shape[0], eps=module.eps, name=name)
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        return [helper.make_node("LayerNormalization", [inputs[0], init("weight", tensors["weight"]),
+                                                        init("bias", tensors["bias"])],
+                                 [output], axis=-1, epsilon=float(self.eps))]
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        return R.layernorm_forward(x, self.eps, tensors["weight"], tensors["bias"])
+
     def describe(self) -> str:
         nm = f", name={self.name!r}" if self.name else ""
         return f"LayerNorm({self.num_features}, eps={self.eps}{nm})"
+
+
+def _copy_to_torch(torch: Any, module: Any, tensors: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
+    """Copy the layer's tensors into the module's parameters and buffers of the same names."""
+    with torch.no_grad():
+        for n in names:
+            getattr(module, n).copy_(torch.from_numpy(np.array(tensors[n])))
+
+
+# The activation layers by their snake_case names (the command line's --activation).
+ACTIVATION_LAYERS: Dict[str, Type[_Activation]] = {
+    "relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh, "sigmoid": Sigmoid, "gelu": GELU, "identity": Identity}
+
+# Every layer type of the package, each exactly once (io registers them for saving; interop
+# and from_torch map them to and from torch.nn).
+LAYER_TYPES: Tuple[Type[Layer], ...] = (Linear, ReLU, LeakyReLU, Tanh, Sigmoid, GELU, Identity, Dropout,
+                                 BatchNorm1d, LayerNorm)

@@ -42,6 +42,7 @@ from sklearn.utils.validation import (_check_sample_weight, check_array, check_c
                                       check_is_fitted, column_or_1d, validate_data)
 
 from . import _core
+from . import reference as R
 from . import validation as V
 from . import layers as L
 from .io import model_from_state, model_to_state
@@ -55,14 +56,12 @@ _ACTIVATIONS = {"identity": L.Identity, "logistic": L.Sigmoid, "tanh": L.Tanh, "
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise softmax in z's dtype (the float64 twin's, rounded)."""
+    return R.softmax(z).astype(z.dtype, copy=False)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
-
+    return R.sigmoid(z).astype(z.dtype, copy=False)
 
 
 def _stochastic_solver(est: Any) -> bool:
