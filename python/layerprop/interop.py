@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, List, Optional
 
-import numpy as np
 
 from . import layers as L
 

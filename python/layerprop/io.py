@@ -44,8 +44,7 @@ import numpy as np
 
 from . import layers as L
 from .optim import SGD, Adam, AdamW, Optimizer
-from . import schedules as _schedules
-from .schedules import Schedule, Simultaneous
+from .schedules import Layerwise, LocoProp, Schedule, Simultaneous
 
 __all__ = ["save", "load", "model_to_state", "model_from_state", "LAYER_SPECS", "register_layer"]
 
@@ -175,10 +174,8 @@ def _layer_type(layer: L.Layer) -> str:
 
 # ---------------------------------------------------------------------------- optimizers, schedules
 _OPTIMIZERS: Dict[str, Type[Optimizer]] = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
-_SCHEDULES: Dict[str, Type[Schedule]] = {"Simultaneous": Simultaneous}
-for _name in ("Layerwise", "LocoProp"):
-    if hasattr(_schedules, _name):
-        _SCHEDULES[_name] = getattr(_schedules, _name)
+_SCHEDULES: Dict[str, Type[Schedule]] = {"Simultaneous": Simultaneous, "Layerwise": Layerwise,
+                                         "LocoProp": LocoProp}
 
 
 def _optimizer_config(opt: Optimizer) -> Dict[str, Any]:
