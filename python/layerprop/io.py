@@ -26,7 +26,9 @@ The format (metadata key "layerprop", a JSON object):
 
 Tensors: each parameter under its own name; buffers (BatchNorm1d running statistics) under
 theirs ("1.running_mean"), listed in "buffers"; optimizer slot k of parameter P under
-"optimizer.slot<k>.<P>"; per-tensor step counts as int64 "optimizer.steps".
+"optimizer.slot<k>.<P>" (slot k is the optimizer's k-th named state, as in
+model.optimizer_state(): SGD's momentum_buffer; Adam's and AdamW's exp_avg, exp_avg_sq);
+per-tensor step counts as int64 "optimizer.steps".
 
 A new layer type becomes savable with `register_layer` (its constructor arguments as JSON);
 its parameters and buffers are whatever the model reports, checked by name, shape and dtype.
@@ -43,6 +45,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, Un
 import numpy as np
 
 from . import layers as L
+from . import validation as V
 from .optim import SGD, Adam, AdamW, Optimizer
 from .schedules import Layerwise, LocoProp, Schedule, Simultaneous
 
@@ -69,13 +72,13 @@ class _Bad(ValueError):
 
 # ---------------------------------------------------------------------------- field checks
 def _int(v: Any, what: str, lo: int = 0, hi: int = _MAX_INT) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+    if not V.is_int(v) or not lo <= v <= hi:
         raise _Bad(f"{what}: expected an int in [{lo}, {hi}], got {v!r:.80}")
-    return v
+    return int(v)
 
 
 def _float(v: Any, what: str) -> float:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+    if not V.is_real(v) or not math.isfinite(v):
         raise _Bad(f"{what}: expected a finite number, got {v!r:.80}")
     return float(v)
 
