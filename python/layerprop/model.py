@@ -283,7 +283,7 @@ class Model:
         slots 0, 1, ... in order): e.g. ("exp_avg", "exp_avg_sq") for Adam, () before compile."""
         if self.optimizer is None:
             return ()
-        names = tuple(getattr(self.optimizer, "state_names", ())) or ("slot0", "slot1")
+        names = tuple(self.optimizer.state_names) or ("slot0", "slot1")
         slots = 0
         while slots < len(names) and self._core.state_view(slots).size:
             slots += 1

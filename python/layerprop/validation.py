@@ -31,19 +31,23 @@ def is_real(v: object) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def _range_text(noun: str, lo: object, hi: object, lo_open: bool = False, hi_open: bool = False) -> str:
+    """ "an int in [0, 9]", "a finite number > 0", "an int" ... """
+    if lo is not None and hi is not None:
+        return f"{noun} in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{noun} {'>' if lo_open else '>='} {lo}"
+    if hi is not None:
+        return f"{noun} {'<' if hi_open else '<='} {hi}"
+    return noun
+
+
 def integer(v: object, name: str, lo: Optional[int] = None, hi: Optional[int] = None,
             what: Optional[str] = None) -> int:
     """v as an int in [lo, hi] (either bound optional), or a ValueError naming `name`.
     `what` replaces the default description ("an int >= 1", "an int in [0, 9]")."""
     if what is None:
-        if lo is not None and hi is not None:
-            what = f"an int in [{lo}, {hi}]"
-        elif lo is not None:
-            what = f"an int >= {lo}"
-        elif hi is not None:
-            what = f"an int <= {hi}"
-        else:
-            what = "an int"
+        what = _range_text("an int", lo, hi)
     if not is_int(v) or (lo is not None and v < lo) or (hi is not None and v > hi):  # type: ignore[operator]
         raise ValueError(f"{name}: expected {what}, got {v!r}")
     return int(v)  # type: ignore[call-overload]
@@ -59,15 +63,9 @@ def real(v: object, name: str, lo: Optional[float] = None, hi: Optional[float] =
          what: Optional[str] = None) -> float:
     """v as a float within the bounds (closed unless lo_open/hi_open), finite unless
     finite=False, or a ValueError naming `name`."""
-    if what is None:
-        if lo is not None and hi is not None:
-            what = f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        elif lo is not None:
-            what = f"a{' finite' if finite else ''} number {'>' if lo_open else '>='} {lo}"
-        elif hi is not None:
-            what = f"a{' finite' if finite else ''} number {'<' if hi_open else '<='} {hi}"
-        else:
-            what = "a finite number" if finite else "a number"
+    if what is None:  # two bounds say it is finite
+        bounded = lo is not None and hi is not None
+        what = _range_text("a finite number" if finite and not bounded else "a number", lo, hi, lo_open, hi_open)
     ok = is_real(v)
     if ok:
         f = float(v)  # type: ignore[arg-type]
