@@ -46,8 +46,8 @@ import numpy as np
 
 from . import layers as L
 from . import validation as V
-from .optim import SGD, Adam, AdamW, Optimizer
-from .schedules import Layerwise, LocoProp, Schedule, Simultaneous
+from .optim import OPTIMIZER_TYPES, Adam, Optimizer
+from .schedules import SCHEDULE_TYPES, Schedule
 
 __all__ = ["save", "load", "model_to_state", "model_from_state", "LAYER_SPECS", "register_layer"]
 
@@ -176,23 +176,25 @@ def _layer_type(layer: L.Layer) -> str:
 
 
 # ---------------------------------------------------------------------------- optimizers, schedules
-_OPTIMIZERS: Dict[str, Type[Optimizer]] = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
-_SCHEDULES: Dict[str, Type[Schedule]] = {"Simultaneous": Simultaneous, "Layerwise": Layerwise,
-                                         "LocoProp": LocoProp}
+_OPTIMIZERS: Dict[str, Type[Optimizer]] = {cls.__name__: cls for cls in OPTIMIZER_TYPES}
+_SCHEDULES: Dict[str, Type[Schedule]] = {cls.__name__: cls for cls in SCHEDULE_TYPES}
 
 
 def _optimizer_config(opt: Optimizer) -> Dict[str, Any]:
     name = type(opt).__name__
     if _OPTIMIZERS.get(name) is not type(opt):
         raise TypeError(f"optimizer: {name} cannot be saved (known: {', '.join(_OPTIMIZERS)})")
-    cfg: Dict[str, Any]
-    if isinstance(opt, SGD):
-        cfg = dict(lr=opt.lr, momentum=opt.momentum, dampening=opt.dampening,
-                   nesterov=opt.nesterov, weight_decay=opt.weight_decay)
-    else:
-        assert isinstance(opt, Adam)
-        cfg = dict(lr=opt.lr, betas=list(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
-    return {"type": name, "config": cfg}
+    return {"type": name, "config": opt.get_config()}
+
+
+def _pair(v: Any, what: str) -> Tuple[float, float]:
+    pair = _list(v, what, 2)
+    if len(pair) != 2:
+        raise _Bad(f"{what}: expected two numbers")
+    return _float(pair[0], what), _float(pair[1], what)
+
+
+_OPT_KINDS: Dict[str, Callable[[Any, str], Any]] = {"float": _float, "bool": _bool, "pair": _pair}
 
 
 def _optimizer_from(d: Any) -> Optimizer:
@@ -200,31 +202,16 @@ def _optimizer_from(d: Any) -> Optimizer:
     name = _str(d["type"], "compile.optimizer.type")
     if name not in _OPTIMIZERS:
         raise _Bad(f"compile.optimizer.type: unknown optimizer {name!r:.80} (known: {', '.join(_OPTIMIZERS)})")
-    if name == "SGD":
-        c = _dict(d["config"], "SGD config", ("lr", "momentum", "dampening", "nesterov", "weight_decay"))
-        return SGD(lr=_float(c["lr"], "SGD lr"), momentum=_float(c["momentum"], "SGD momentum"),
-                   dampening=_float(c["dampening"], "SGD dampening"),
-                   nesterov=_bool(c["nesterov"], "SGD nesterov"),
-                   weight_decay=_float(c["weight_decay"], "SGD weight_decay"))
-    c = _dict(d["config"], f"{name} config", ("lr", "betas", "eps", "weight_decay"))
-    betas = _list(c["betas"], f"{name} betas", 2)
-    if len(betas) != 2:
-        raise _Bad(f"{name} betas: expected two numbers")
-    return _OPTIMIZERS[name](lr=_float(c["lr"], f"{name} lr"),  # type: ignore[call-arg]
-                             betas=(_float(betas[0], f"{name} betas"), _float(betas[1], f"{name} betas")),
-                             eps=_float(c["eps"], f"{name} eps"),
-                             weight_decay=_float(c["weight_decay"], f"{name} weight_decay"))
-
-
-_SCHEDULE_ARGS = {"Simultaneous": (), "Layerwise": ("order",),
-                  "LocoProp": ("variant", "inner_steps", "inner_lr", "target_lr")}
+    cls = _OPTIMIZERS[name]
+    c = _dict(d["config"], f"{name} config", tuple(k for k, _kind in cls.config_fields))
+    return cls(**{k: _OPT_KINDS[kind](c[k], f"{name} {k}") for k, kind in cls.config_fields})
 
 
 def _schedule_config(s: Schedule) -> Dict[str, Any]:
     name = type(s).__name__
     if _SCHEDULES.get(name) is not type(s):
         raise TypeError(f"schedule: {name} cannot be saved (known: {', '.join(_SCHEDULES)})")
-    return {"type": name, "config": {k: getattr(s, k) for k in _SCHEDULE_ARGS[name]}}
+    return {"type": name, "config": {k: getattr(s, k) for k in s.config_args}}
 
 
 def _schedule_from(d: Any) -> Schedule:
@@ -232,7 +219,7 @@ def _schedule_from(d: Any) -> Schedule:
     name = _str(d["type"], "compile.schedule.type")
     if name not in _SCHEDULES:
         raise _Bad(f"compile.schedule.type: unknown schedule {name!r:.80} (known: {', '.join(_SCHEDULES)})")
-    c = _dict(d["config"], f"{name} config", _SCHEDULE_ARGS[name])
+    c = _dict(d["config"], f"{name} config", _SCHEDULES[name].config_args)
     for k, v in c.items():  # scalars only; the constructor checks their values
         if not (v is None or isinstance(v, (str, int, float))):
             raise _Bad(f"{name} {k}: expected a number or a string, got {type(v).__name__}")

@@ -2,12 +2,12 @@
 one fused in-place pass over parameters, gradients and state."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 from . import validation as V
 from ._codes import OPT
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZER_TYPES"]
 
 
 
@@ -16,6 +16,12 @@ class Optimizer:
     lr: float
     # the state it keeps per parameter, PyTorch's names, in the core's slot order
     state_names: Tuple[str, ...] = ()
+    # its constructor's arguments for saving (layerprop.io), each with its JSON kind:
+    # "float", "bool" or "pair" (two floats, e.g. betas)
+    config_fields: Tuple[Tuple[str, str], ...] = ()
+
+    def get_config(self) -> Dict[str, Any]:
+        return {k: list(getattr(self, k)) if kind == "pair" else getattr(self, k) for k, kind in self.config_fields}
 
     def core_args(self) -> dict:
         raise NotImplementedError
@@ -27,6 +33,8 @@ class SGD(Optimizer):
 
     kind = OPT["SGD"]
     state_names = ("momentum_buffer",)
+    config_fields = (("lr", "float"), ("momentum", "float"), ("dampening", "float"), ("nesterov", "bool"),
+                     ("weight_decay", "float"))
 
     def __init__(self, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0) -> None:
@@ -53,6 +61,7 @@ class Adam(Optimizer):
 
     kind = OPT["Adam"]
     state_names = ("exp_avg", "exp_avg_sq")
+    config_fields = (("lr", "float"), ("betas", "pair"), ("eps", "float"), ("weight_decay", "float"))
 
     def __init__(self, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
@@ -84,3 +93,7 @@ class AdamW(Adam):
     def __init__(self, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+# Every optimizer of the package (layerprop.io saves and loads these by class name).
+OPTIMIZER_TYPES: Tuple[type, ...] = (SGD, Adam, AdamW)

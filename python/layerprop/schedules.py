@@ -4,12 +4,12 @@ The units of a schedule are the layers with parameters (Linear, BatchNorm1d, Lay
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 from . import validation as V
 from ._codes import SCHEDULE
 
-__all__ = ["Schedule", "Simultaneous", "Layerwise", "LocoProp"]
+__all__ = ["Schedule", "Simultaneous", "Layerwise", "LocoProp", "SCHEDULE_TYPES"]
 
 MAX_INNER_STEPS = 10 ** 6  # LocoProp's inner loop runs in the core, where Ctrl-C cannot stop it
 
@@ -18,6 +18,8 @@ class Schedule:
     """Base class of update schedules."""
 
     code = SCHEDULE["Simultaneous"]
+    # its constructor's arguments for saving (layerprop.io): scalars, checked by the constructor
+    config_args: Tuple[str, ...] = ()
 
     def core_args(self) -> dict:
         return dict(schedule=self.code, inner_steps=1, inner_lr=0.0, target_lr=0.0)
@@ -39,6 +41,8 @@ class Layerwise(Schedule):
     again, and backward runs only down to the unit being updated.
 
     order: "top_down" (from the loss backwards) or "bottom_up"."""
+
+    config_args = ("order",)
 
     def __init__(self, order: str = "top_down") -> None:
         V.choice(order, "order", ("top_down", "bottom_up"))
@@ -69,6 +73,8 @@ class LocoProp(Schedule):
     insensitive to that scale; with SGD choose inner_lr about batch_size times smaller than a
     backprop learning rate, or the local problems diverge."""
 
+    config_args = ("variant", "inner_steps", "inner_lr", "target_lr")
+
     def __init__(self, variant: str = "M", inner_steps: int = 10, inner_lr: Optional[float] = None,
                  target_lr: float = 10.0) -> None:
         V.choice(variant, "variant", ("S", "M"))
@@ -92,3 +98,7 @@ class LocoProp(Schedule):
     def __repr__(self) -> str:
         return (f"LocoProp(variant={self.variant!r}, inner_steps={self.inner_steps}, "
                 f"inner_lr={self.inner_lr}, target_lr={self.target_lr})")
+
+
+# Every schedule of the package (layerprop.io saves and loads these by class name).
+SCHEDULE_TYPES: Tuple[type, ...] = (Simultaneous, Layerwise, LocoProp)
