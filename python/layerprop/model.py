@@ -39,7 +39,7 @@ class Model:
     `INTERNAL_API`, never through its underscore attributes (tests/test_internal_api.py checks
     this by reading the source)."""
 
-    INTERNAL_API = ("_from_graph", "_prepare", "_prepare_X", "_prepare_weights", "_require_compiled",
+    INTERNAL_API = ("_from_graph", "_prepare", "_prepare_weights", "_require_compiled",
                     "_validate", "_train_batches", "_evaluate_prepared", "_shuffled_order",
                     "_reseed_dropout", "_loss", "_snapshot", "_optimizer_state_names")
 
