@@ -8,7 +8,7 @@ from typing import Dict, Sequence
 
 from . import _core
 
-__all__ = ["ACT", "NODE", "LAYER", "LOSS", "OPT", "SCHEDULE"]
+__all__ = ["ACT", "NODE", "LAYER", "LOSS", "OPT", "SCHEDULE", "code"]
 
 
 def _codes(enum_name: str, names: Sequence[str]) -> Dict[str, int]:
@@ -34,3 +34,12 @@ LOSS = _codes("LossKind", ("CrossEntropy", "MSE", "BCEWithLogits", "Poisson"))
 OPT = _codes("OptKind", ("None", "SGD", "Adam", "AdamW"))
 # enum class ScheduleKind (model.hpp)
 SCHEDULE = _codes("ScheduleKind", ("Simultaneous", "LayerwiseTopDown", "LayerwiseBottomUp", "LocoPropS", "LocoPropM"))
+
+
+_TABLES = {"Act": ACT, "NodeKind": NODE, "LayerKind": LAYER, "LossKind": LOSS, "OptKind": OPT,
+           "ScheduleKind": SCHEDULE}
+
+
+def code(enum_name: str, member: str) -> int:
+    """The value of the core's enum member, e.g. code("OptKind", "Adam") == 2."""
+    return _TABLES[enum_name][member]
