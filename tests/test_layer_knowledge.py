@@ -85,3 +85,29 @@ def test_layer_outside_the_core_is_refused_by_name():
         pass
     with pytest.raises(TypeError, match="not supported by the core"):
         lp.Sequential(lp.Linear(2, 2), Custom())
+
+
+def test_codes_have_one_home():
+    from layerprop import _codes
+    today = {"Identity": 0, "ReLU": 1, "LeakyReLU": 2, "Tanh": 3, "Sigmoid": 4, "GELU": 5}
+    assert all(_codes.ACT[k] == v for k, v in today.items())  # the core may add members after these
+    assert _codes.LOSS["Poisson"] == 3 and _codes.OPT["AdamW"] == 3 and _codes.NODE["Dropout"] == 5
+    assert _codes.SCHEDULE["LayerwiseBottomUp"] == 2 and _codes.LAYER["LayerNorm"] == 2
+    assert _codes.code("OptKind", "Adam") == lp.Adam().kind
+    assert lp.Layerwise(order="bottom_up").code == _codes.code("ScheduleKind", "LayerwiseBottomUp")
+    assert lp.LeakyReLU().act_code == _codes.ACT["LeakyReLU"]
+
+
+def test_codes_follow_the_cores_enums(monkeypatch):
+    """Where the core binds an enum, its numbering (and its new members) is what Python uses."""
+    import enum
+    from layerprop import _codes
+
+    class Act(enum.Enum):
+        Identity = 0
+        ReLU = 1
+        Extra = 9
+    monkeypatch.setattr(_codes._core, "Act", Act, raising=False)
+    assert _codes._codes("Act", ("Identity", "ReLU")) == {"Identity": 0, "ReLU": 1, "Extra": 9}
+    monkeypatch.delattr(_codes._core, "Act")
+    assert _codes._codes("Act", ("Identity", "ReLU")) == {"Identity": 0, "ReLU": 1}
