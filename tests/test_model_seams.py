@@ -166,3 +166,15 @@ def test_train_step_prepares_input_by_dtype_without_retrying(monkeypatch):
     with pytest.raises(TypeError, match="X"):
         m.train_step(X.astype(np.int32), y)
     assert seen == [[(np.float32, True), (np.float32, True)]] * 2
+
+
+@pytest.mark.parametrize("call", ["train_step", "compute_gradients", "loss_and_grads", "evaluate"])
+@pytest.mark.parametrize("shape", [(), (4,), (2, 2, 1)])
+def test_wrongly_shaped_X_in_the_models_dtype_is_a_value_error(call, shape):
+    """X already in the model's dtype but not 2-D is refused naming X (never an IndexError
+    from the preparation's fast path)."""
+    m = lp.Sequential(lp.Linear(1, 2), seed=0).compile(loss="cross_entropy", optimizer=lp.SGD(lr=0.1))
+    X = np.ones(shape, np.float32)
+    y = np.zeros(4 if shape == (4,) else 1, np.int64)
+    with pytest.raises(ValueError, match="X"):
+        getattr(m, call)(X, y)

@@ -463,7 +463,7 @@ class Model:
         for a float32 model, any integer labels, a 1-D target for one output, other layouts
         (made C-contiguous); any other dtype is a TypeError naming X or y."""
         if (type(X) is np.ndarray and type(y) is np.ndarray and X.dtype is self._np_dtype_obj
-                and y.dtype is self._y_dtype and y.ndim == self._y_ndim
+                and y.dtype is self._y_dtype and X.ndim == 2 and y.ndim == self._y_ndim
                 and X.flags.c_contiguous and y.flags.c_contiguous):
             return X, y
         self._require_compiled()
