@@ -11,37 +11,22 @@ import math
 import numpy as np
 
 # ---------------------------------------------------------------------------
-# Linear
+# Linear, activations and losses: the package's float64 twins (layerprop.reference), which
+# lp.explain computes with too. An activation spec here is a name or (name, argument).
 # ---------------------------------------------------------------------------
 
+from layerprop.reference import (bce_with_logits, cross_entropy, linear_backward, linear_forward,  # noqa: E402,F401
+                                 log_softmax, mse, sigmoid)
+from layerprop import reference as _twin  # noqa: E402
 
-def linear_forward(x, w, b=None):
-    """x (N,IN), w (OUT,IN), b (OUT) or None -> y (N,OUT)."""
-    y = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T
-    if b is not None:
-        y = y + np.asarray(b, np.float64)
-    return y
-
-
-def linear_backward(dy, x, w):
-    """dy (N,OUT), x (N,IN), w (OUT,IN) -> dx (N,IN), dw (OUT,IN), db (OUT)."""
-    dy = np.asarray(dy, np.float64)
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
-    return dy @ w, dy.T @ x, dy.sum(axis=0)
-
-
-# ---------------------------------------------------------------------------
-# Activations: forward f(x) and derivative f'(x), both of the pre-activation x
-# ---------------------------------------------------------------------------
-
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-
-
-def sigmoid(x):
-    x = np.asarray(x, np.float64)
-    e = np.exp(-np.abs(x))  # never overflows
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+_ACTS = {  # name -> (f, f')
+    "relu": (_twin.relu, _twin.relu_grad),
+    "leaky_relu": (_twin.leaky_relu, _twin.leaky_relu_grad),
+    "tanh": (_twin.tanh, _twin.tanh_grad),
+    "sigmoid": (_twin.sigmoid, _twin.sigmoid_grad),
+    "gelu": (_twin.gelu, _twin.gelu_grad),
+    "identity": (_twin.identity, _twin.identity_grad),
+}
 
 
 def _parse(spec):
@@ -52,82 +37,23 @@ def _parse(spec):
     return spec, None
 
 
-def activation(spec, x):
+def _act(spec, which):
     name, arg = _parse(spec)
-    x = np.asarray(x, np.float64)
-    if name == "relu":
-        return np.maximum(x, 0.0)
+    if name not in _ACTS:
+        raise ValueError(f"unknown activation {name!r}")
+    fn = _ACTS[name][which]
     if name == "leaky_relu":
-        slope = 0.01 if arg is None else arg
-        return np.where(x > 0, x, slope * x)
-    if name == "tanh":
-        return np.tanh(x)
-    if name == "sigmoid":
-        return sigmoid(x)
-    if name == "gelu":
-        return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
-    if name == "identity":
-        return x.copy()
-    raise ValueError(f"unknown activation {name!r}")
+        return lambda x: fn(x, 0.01 if arg is None else arg)
+    return fn
+
+
+def activation(spec, x):
+    return _act(spec, 0)(x)
 
 
 def activation_grad(spec, x):
     """Elementwise derivative f'(x) at the pre-activation x."""
-    name, arg = _parse(spec)
-    x = np.asarray(x, np.float64)
-    if name == "relu":
-        return (x > 0).astype(np.float64)
-    if name == "leaky_relu":
-        slope = 0.01 if arg is None else arg
-        return np.where(x > 0, 1.0, slope)
-    if name == "tanh":
-        return 1.0 - np.tanh(x) ** 2
-    if name == "sigmoid":
-        s = sigmoid(x)
-        return s * (1.0 - s)
-    if name == "gelu":
-        cdf = 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
-        pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
-        return cdf + x * pdf
-    if name == "identity":
-        return np.ones_like(x)
-    raise ValueError(f"unknown activation {name!r}")
-
-
-# ---------------------------------------------------------------------------
-# Losses: (loss, dloss/dz) where z are the model outputs (logits / predictions)
-# ---------------------------------------------------------------------------
-
-
-def log_softmax(z):
-    z = np.asarray(z, np.float64)
-    s = z - z.max(axis=1, keepdims=True)
-    return s - np.log(np.exp(s).sum(axis=1, keepdims=True))
-
-
-def cross_entropy(z, labels):
-    """z (N,C) logits, labels (N,) integers in [0, C); mean over N."""
-    lsm = log_softmax(z)
-    n = lsm.shape[0]
-    labels = np.asarray(labels).astype(np.int64)
-    loss = -lsm[np.arange(n), labels].mean()
-    grad = np.exp(lsm)
-    grad[np.arange(n), labels] -= 1.0
-    return float(loss), grad / n
-
-
-def mse(z, t):
-    """Mean over all elements of (z - t)^2."""
-    d = np.asarray(z, np.float64) - np.asarray(t, np.float64)
-    return float(np.mean(d * d)), 2.0 * d / d.size
-
-
-def bce_with_logits(z, t):
-    """Mean over all elements of -[t log s(z) + (1-t) log(1-s(z))], stable form."""
-    z = np.asarray(z, np.float64)
-    t = np.asarray(t, np.float64)
-    per = np.maximum(z, 0.0) - z * t + np.log1p(np.exp(-np.abs(z)))
-    return float(per.mean()), (sigmoid(z) - t) / z.size
+    return _act(spec, 1)(x)
 
 
 LOSSES = {"cross_entropy": cross_entropy, "mse": mse, "bce_with_logits": bce_with_logits}

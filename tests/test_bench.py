@@ -47,7 +47,7 @@ def test_bench_markdown(capsys):
 
 
 def test_missing_peer_says_na(monkeypatch):
-    monkeypatch.setattr(bench, "torch_twin", lambda model, sizes: None)
+    monkeypatch.setattr(bench.twins, "torch_twin", lambda model, sizes: None)  # where the cases look it up
     report = bench.run(["T1"], [1], quick=True)
     (row,) = report.rows
     assert row.peer_s is None and row.ratio is None

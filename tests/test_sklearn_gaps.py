@@ -294,7 +294,7 @@ def test_core_apply_gradients_l2_on_weights_equals_adding_it_by_hand(opt):
             g *= 0.75
             if name.endswith(".weight"):
                 g += 0.3 * b.parameters()[name]
-        a._core.apply_gradients(l2_weights=0.3, grad_scale=0.75)
+        a._apply_penalized(l2_weights=0.3, grad_scale=0.75)
         b.apply_gradients()
     for name, p in a.parameters().items():
         assert np.array_equal(p, b.parameters()[name]), name

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import _core
 from . import explain
+from . import validation
 from ._core import NonFiniteError
 from .layers import (GELU, BatchNorm1d, Dropout, Identity, Input, Layer, LayerNorm, LeakyReLU,
                      Linear, ReLU, Sigmoid, SymbolicTensor, Tanh, add, concat)
@@ -42,8 +43,7 @@ def build_info() -> dict:
 
 def set_num_threads(n: int) -> None:
     """Threads the core uses from now on (default: all cores, or OMP_NUM_THREADS)."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n: expected an int >= 1, got {n!r}")
+    n = validation.integer(n, "n", 1)
     if n > 1 and _core.forked_after_pool():
         import warnings
         warnings.warn("layerprop runs single-threaded in this process: it was forked after its parent "

@@ -24,18 +24,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_digits_split(seed: int):
-    """scikit-learn's 8x8 digits, pixels scaled to [0, 1], stratified 75/25 split."""
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError:
-        return None
-    d = load_digits()
-    X = (d.data / 16.0).astype(np.float32)
-    return train_test_split(X, d.target, test_size=0.25, stratify=d.target, random_state=seed)
-
-
 def _ascii_digit(pixels: np.ndarray) -> List[str]:
     shades = " .:-=+*#%@"
     img = pixels.reshape(8, 8)
@@ -46,7 +34,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import layerprop as lp
     if args.threads:
         lp.set_num_threads(args.threads)
-    split = _load_digits_split(0)
+    from .datasets import digits_split
+    split = digits_split(0)
     if split is None:
         print("layerprop demo: needs scikit-learn for its digits data: pip install 'layerprop[sklearn]'",
               file=sys.stderr)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
+from . import validation as V
+from .layers import ACTIVATION_LAYERS
+
 BUILTIN = ("digits",)
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu", "identity")
+ACTIVATIONS = tuple(ACTIVATION_LAYERS)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -35,38 +37,10 @@ def _hidden(text: str) -> List[int]:
     return sizes
 
 
-def float_arg(strict: bool, message: str) -> Callable[[str], float]:
-    """An argparse type: a finite number > 0 (strict) or >= 0; otherwise `message`, got text."""
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            v = math.nan
-        if not (math.isfinite(v) and (v > 0 if strict else v >= 0)):
-            raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
-        return v
-    return parse
-
-
-_positive_float = float_arg(True, "expected a number > 0")
-_nonneg_float = float_arg(False, "expected a number >= 0")
-
-
-def _fraction(text: str) -> float:
-    v = _nonneg_float(text)
-    if v >= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    return v
+_positive_float = V.text_arg(V.positive_float, "a number > 0")
+_nonneg_float = V.text_arg(V.nonneg_float, "a number >= 0")
+_fraction = V.text_arg(lambda v, n: V.real(v, n, 0.0, 1.0, hi_open=True), "a fraction in [0, 1)")
+_positive_int = V.text_arg(V.positive_int, "a positive int", int)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -202,12 +176,11 @@ def _load_npz(path: str, x_key: str, y_key: str) -> Tuple[np.ndarray, np.ndarray
 def _load(args: argparse.Namespace) -> Tuple[np.ndarray, np.ndarray]:
     data = args.data
     if data in BUILTIN and not os.path.exists(data):
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError:
-            raise CliError("digits: the built-in dataset needs scikit-learn: pip install 'layerprop[sklearn]'") from None
-        d = load_digits()
-        return d.data / 16.0, d.target
+        from .datasets import load_digits
+        digits = load_digits()
+        if digits is None:
+            raise CliError("digits: the built-in dataset needs scikit-learn: pip install 'layerprop[sklearn]'")
+        return digits
     if not os.path.exists(data):
         raise CliError(f"{data}: no such file (and not a built-in dataset: {', '.join(BUILTIN)})")
     if os.path.isdir(data):
@@ -322,8 +295,7 @@ def _train(args: argparse.Namespace) -> int:
     val = (X[val_idx], target[val_idx]) if n_val else None
 
     n_out = len(classes) if classes is not None else target.shape[1]
-    acts = {"relu": lp.ReLU, "leaky_relu": lp.LeakyReLU, "tanh": lp.Tanh, "sigmoid": lp.Sigmoid,
-            "gelu": lp.GELU, "identity": lp.Identity}
+    acts = ACTIVATION_LAYERS
     sizes = [X.shape[1], *args.hidden, n_out]
     layers: List[Any] = []
     for i in range(len(sizes) - 1):

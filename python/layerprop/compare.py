@@ -32,7 +32,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .cli_train import float_arg
+from . import validation as V
+
 
 __all__ = ["TASKS", "SCHEDULES", "Task", "Result", "Report", "load_data", "run", "format_table", "plot",
            "add_parser"]
@@ -160,8 +161,8 @@ def _epoch_timer():
 def load_data(quick: bool = False):
     """(X_train, X_test, y_train, y_test) of digits, pixels / 16, stratified 75/25 split with
     random_state=0; None without scikit-learn. --quick keeps the first QUICK_ROWS training rows."""
-    from .cli import _load_digits_split
-    split = _load_digits_split(0)
+    from .datasets import digits_split
+    split = digits_split(0)
     if split is None:
         return None
     Xtr, Xte, ytr, yte = split
@@ -314,7 +315,7 @@ def _choice_list(choices: Sequence[str], what: str) -> Callable[[str], List[str]
     return parse
 
 
-_positive_float = float_arg(True, "expected a positive number")
+_positive_float = V.text_arg(V.positive_float, "a positive number")
 
 
 class _DefaultEpochs(int):

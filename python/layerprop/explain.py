@@ -25,13 +25,14 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .layers import (GELU, BatchNorm1d, Dropout, Identity, LayerNorm, LeakyReLU, Linear, ReLU,
-                     Sigmoid, SymbolicTensor, Tanh, _Norm)
-from .model import Model, _positive_float
+from .layers import BatchNorm1d, Dropout, Linear, SymbolicTensor, _Norm
+from . import reference as R
+from . import validation as V
+from .model import Model
 from .sparse import dense
 
 __all__ = [
@@ -57,19 +58,8 @@ class _Twin:
         Xm, ym = validated_data(model, X, y)
         self.X = np.ascontiguousarray(dense(Xm), dtype=np.float64)  # a sparse X is densified here
         self.y = ym if ym.dtype == np.int64 else np.ascontiguousarray(ym, dtype=np.float64)
-        order = model._order
-        twin = Model.__new__(Model)
-        twin._init_graph(order[0], order[-1], "float64", model.seed, names=dict(model._layer_prefix))
-        if twin._param_names != model._param_names:  # same graph, same names: a broken invariant
-            raise RuntimeError(f"explain: the float64 twin's parameters {twin._param_names} differ "
-                               f"from the model's {model._param_names}")
-        for name, p in model.parameters().items():
-            twin._params[name][...] = p
-        if twin._buffer_names != model._buffer_names:
-            raise RuntimeError(f"explain: the float64 twin's buffers {twin._buffer_names} differ "
-                               f"from the model's {model._buffer_names}")
-        for name, b in model.buffers().items():  # BatchNorm1d running statistics (eval mode)
-            twin._buffers[name][...] = b
+        # same graph, same names; parameters and BatchNorm1d running statistics copied
+        twin = model.clone(dtype="float64")
         assert model.loss is not None  # checked by the caller (_require_compiled)
         twin.compile(loss=model.loss, optimizer=model.optimizer)
         if training is None:
@@ -77,14 +67,14 @@ class _Twin:
         twin.train() if training else twin.eval()
         self.model = twin
         self.source = model
-        self.params = twin._params  # zero-copy views into the twin
+        self.params = twin.parameters()  # zero-copy views into the twin
 
     def loss(self) -> float:
-        self.model._core.set_seed(_MASK_SEED)
-        return float(self.model._core.loss(self.X, self.y))
+        self.model._reseed_dropout(_MASK_SEED)
+        return self.model._loss(self.X, self.y)
 
     def loss_and_grads(self) -> Tuple[float, Dict[str, np.ndarray]]:
-        self.model._core.set_seed(_MASK_SEED)
+        self.model._reseed_dropout(_MASK_SEED)
         return self.model.loss_and_grads(self.X, self.y)
 
     def snapshot(self) -> Dict[str, np.ndarray]:
@@ -97,16 +87,26 @@ class _Twin:
     def layer_groups(self) -> "OrderedDict[str, List[str]]":
         """Parameterized layer prefix -> its parameter names, in the model's order."""
         groups: "OrderedDict[str, List[str]]" = OrderedDict()
-        for name in self.model._param_names:
+        for name in self.model.parameters():
             groups.setdefault(name.rsplit(".", 1)[0], []).append(name)
         return groups
 
 
+def _prefixes(model: Model) -> Dict[int, str]:
+    """id(layer) -> the name prefix of its parameters, for the layers the core stores."""
+    out: Dict[int, str] = {}
+    for t in model.nodes:
+        name = model.layer_name(t.layer) if t.layer is not None else None
+        if name is not None:
+            out[id(t.layer)] = name
+    return out
+
+
 def _mode_note(twin: _Twin) -> str:
     note = " twin of a float32 model" if twin.source.dtype == "float32" else ""
-    if any(t.op == "layer" and isinstance(t.layer, Dropout) for t in twin.model._order):
+    if any(t.op == "layer" and isinstance(t.layer, Dropout) for t in twin.model.nodes):
         note += ", dropout on (one fixed mask)" if twin.model.training else ", dropout off"
-    if any(t.op == "layer" and isinstance(t.layer, BatchNorm1d) for t in twin.model._order):
+    if any(t.op == "layer" and isinstance(t.layer, BatchNorm1d) for t in twin.model.nodes):
         note += ", batch norm on batch statistics" if twin.model.training else ", batch norm on running statistics"
     return note
 
@@ -190,10 +190,9 @@ def gradcheck(model: Model, X: np.ndarray, y: np.ndarray, eps: float = 1e-6, *, 
     either among them, or by 1e-3 if that is smaller (so a vanishing gradient is judged by its
     absolute error); it passes when that is <= `tol`.
     """
-    eps = _positive_float(eps, "eps")
-    tol = _positive_float(tol, "tol")
-    if not isinstance(max_entries, (int, np.integer)) or isinstance(max_entries, bool) or max_entries < 1:
-        raise ValueError(f"max_entries: expected a positive int, got {max_entries!r}")
+    eps = V.positive_float(eps, "eps")
+    tol = V.positive_float(tol, "tol")
+    max_entries = V.positive_int(max_entries, "max_entries")
     twin = _Twin(model, X, y)
     loss, grads = twin.loss_and_grads()
     rng = np.random.default_rng(seed)
@@ -325,53 +324,14 @@ def _node_labels(order: List[SymbolicTensor], prefix: Dict[int, str]) -> List[st
     return labels
 
 
-def _act_forward_and_grad(layer, z: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    if isinstance(layer, ReLU):
-        return np.maximum(z, 0.0), (z > 0).astype(np.float64)
-    if isinstance(layer, LeakyReLU):
-        s = layer.negative_slope
-        return np.where(z > 0, z, s * z), np.where(z > 0, 1.0, s)
-    if isinstance(layer, Tanh):
-        f = np.tanh(z)
-        return f, 1.0 - f * f
-    if isinstance(layer, Sigmoid):
-        e = np.exp(-np.abs(z))
-        f = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        return f, f * (1.0 - f)
-    if isinstance(layer, GELU):
-        erf = np.vectorize(math.erf, otypes=[np.float64])
-        cdf = 0.5 * (1.0 + erf(z / math.sqrt(2.0)))
-        pdf = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-        return z * cdf, cdf + z * pdf
-    if isinstance(layer, (Identity, Dropout)):  # dropout off: the identity
-        return z.copy(), np.ones_like(z)
-    raise TypeError(f"{layer.describe()}: not supported by path_gradients")
-
-
-def _norm_forward(layer: Union[BatchNorm1d, LayerNorm], x: np.ndarray, prefix: str, params: Dict[str, np.ndarray],
-                  buffers: Dict[str, np.ndarray], training: bool) -> np.ndarray:
-    """BatchNorm1d (training: batch mean and biased variance; eval: running statistics) or
-    LayerNorm (per example, biased variance), then weight * x + bias when affine."""
-    if isinstance(layer, BatchNorm1d):
-        if training:
-            mean, var = x.mean(axis=0), x.var(axis=0)
-        else:
-            mean, var = buffers[f"{prefix}.running_mean"], buffers[f"{prefix}.running_var"]
-    else:
-        mean, var = x.mean(axis=1, keepdims=True), x.var(axis=1, keepdims=True)
-    out = (x - mean) / np.sqrt(var + layer.eps)
-    if f"{prefix}.weight" in params:
-        out = out * params[f"{prefix}.weight"] + params[f"{prefix}.bias"]
-    return out
-
-
 def _graph_forward(model: Model, X: np.ndarray) -> Tuple[List[np.ndarray], Dict[int, np.ndarray]]:
     """Float64 NumPy forward of a twin's graph at its current parameters: every node's value
-    (in `model._order`), and f'(z) of every activation node by its index. Norm layers follow
+    (in `model.nodes`), and f'(z) of every activation node by its index. Norm layers follow
     the twin's mode; dropout is the identity (its mask lives in the core)."""
-    order = model._order
+    order = model.nodes
     pos = {id(t): i for i, t in enumerate(order)}
-    params, buffers, prefix = model._params, model._buffers, model._layer_prefix
+    tensors, prefix = dict(model.parameters()), _prefixes(model)
+    tensors.update(model.buffers())
     vals: List[np.ndarray] = []
     dact: Dict[int, np.ndarray] = {}
     for i, t in enumerate(order):
@@ -382,43 +342,27 @@ def _graph_forward(model: Model, X: np.ndarray) -> Tuple[List[np.ndarray], Dict[
             vals.append(np.sum(ins, axis=0))
         elif t.op == "concat":
             vals.append(np.concatenate(ins, axis=1))
-        elif isinstance(t.layer, Linear):
-            p = prefix[id(t.layer)]
-            v = ins[0] @ params[f"{p}.weight"].T
-            if t.layer.bias:
-                v = v + params[f"{p}.bias"]
-            vals.append(v)
-        elif isinstance(t.layer, (BatchNorm1d, LayerNorm)):
-            vals.append(_norm_forward(t.layer, ins[0], prefix[id(t.layer)], params, buffers,
-                                      model.training))
         else:
-            v, d = _act_forward_and_grad(t.layer, ins[0])
-            vals.append(v)
-            dact[i] = d
+            layer = t.layer
+            assert layer is not None
+            p = prefix.get(id(layer))
+            own = {} if p is None else {k[len(p) + 1:]: v for k, v in tensors.items() if k.startswith(f"{p}.")}
+            vals.append(layer.reference_forward(ins[0], own, model.training))
+            if not layer.stored:  # an element-wise layer: its local derivative per unit
+                dact[i] = layer.reference_grad(ins[0])
     return vals, dact
 
 
 def _loss_grad(loss: str, z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """d(mean loss)/dz, per example and output unit, shape (N, D)."""
-    if loss == "cross_entropy":
-        s = z - z.max(axis=1, keepdims=True)
-        p = np.exp(s)
-        p /= p.sum(axis=1, keepdims=True)
-        p[np.arange(len(y)), y] -= 1.0
-        return p / z.shape[0]
-    t = y.reshape(z.shape)
-    if loss == "mse":
-        return 2.0 * (z - t) / z.size
-    e = np.exp(-np.abs(z))
-    sig = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return (sig - t) / z.size
+    """d(mean loss)/dz, per example and output unit, shape (N, D) (the float64 twin's)."""
+    return R.loss(loss, z, y)[1]
 
 
 def _parse_index(param: str, index: object, shape: Tuple[int, ...]) -> Tuple[int, ...]:
     raw = index if isinstance(index, (tuple, list)) else (index,)
     try:
         idx = tuple(int(i) for i in raw)
-        ok = all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in raw)
+        ok = all(V.is_int(i) for i in raw)
     except (TypeError, ValueError):
         ok = False
     if not ok or len(idx) != len(shape) or any(not 0 <= i < s for i, s in zip(idx, shape)):
@@ -443,9 +387,8 @@ def path_gradients(model: Model, X: np.ndarray, y: np.ndarray, param: str, index
     and `backprop` the core's gradient entry (float64 twin, dropout off): they agree to rounding.
     Refuses, with the count, when there are more than `max_paths` paths.
     """
-    if not isinstance(max_paths, (int, np.integer)) or isinstance(max_paths, bool) or max_paths < 1:
-        raise ValueError(f"max_paths: expected a positive int, got {max_paths!r}")
-    norms = [t.layer for t in model._order if t.op == "layer" and isinstance(t.layer, _Norm)]
+    max_paths = V.positive_int(max_paths, "max_paths")
+    norms = [t.layer for t in model.nodes if t.op == "layer" and isinstance(t.layer, _Norm)]
     if norms:
         raise TypeError(f"path_gradients: the model has {norms[0].describe()}, which it does not "
                         f"support: a normalization layer couples every unit of its input "
@@ -458,9 +401,9 @@ def path_gradients(model: Model, X: np.ndarray, y: np.ndarray, param: str, index
         raise ValueError(f"param: expected one of the model's parameters {list(params)}, got {param!r}")
     idx = _parse_index(param, index, tuple(params[param].shape))
     prefix, kind = param.rsplit(".", 1)
-    order = twin.model._order
+    order = twin.model.nodes
     pos = {id(t): i for i, t in enumerate(order)}
-    layer_prefix = twin.model._layer_prefix
+    layer_prefix = _prefixes(twin.model)
     labels = _node_labels(order, layer_prefix)
     out_idx = len(order) - 1
 
@@ -607,11 +550,14 @@ def taylor_check(model: Model, X: np.ndarray, y: np.ndarray,
     first-order prediction -s * ||grad||^2; also move along a random direction r with
     ||r|| = ||grad|| (drawn from `seed`), predicted s * <grad, r>. Float64 twin of the model."""
     try:
-        steps = [float(s) for s in steps]
-    except (TypeError, ValueError):
+        given = list(steps)
+    except TypeError:
         raise ValueError(f"steps: expected a sequence of positive numbers, got {steps!r}") from None
-    if not steps or any(not (math.isfinite(s) and s > 0) for s in steps):
+    if not given:
         raise ValueError(f"steps: expected a non-empty sequence of positive numbers, got {steps!r}")
+    if not all(V.is_real(s) and math.isfinite(s) and s > 0 for s in given):
+        raise ValueError(f"steps: expected a sequence of positive numbers, got {steps!r}")
+    steps = [float(s) for s in given]
     twin = _Twin(model, X, y)
     base = twin.snapshot()
     loss, grads = twin.loss_and_grads()
@@ -695,11 +641,13 @@ class MovingTargetReport:
 
 def _layer_input_nodes(model: Model) -> "OrderedDict[str, List[int]]":
     """Parameterized layer prefix -> the graph node indices its uses read (one per use)."""
-    pos = {id(t): i for i, t in enumerate(model._order)}
+    order = model.nodes
+    pos = {id(t): i for i, t in enumerate(order)}
     uses: "OrderedDict[str, List[int]]" = OrderedDict()
-    for t in model._order:
-        if t.op == "layer" and id(t.layer) in model._layer_prefix:
-            uses.setdefault(model._layer_prefix[id(t.layer)], []).append(pos[id(t.inputs[0])])
+    prefix = _prefixes(model)
+    for t in order:
+        if t.op == "layer" and id(t.layer) in prefix:
+            uses.setdefault(prefix[id(t.layer)], []).append(pos[id(t.inputs[0])])
     return uses
 
 
@@ -733,7 +681,7 @@ def moving_target(model: Model, X: np.ndarray, y: np.ndarray, *,
     if lr is None:
         step = float(model.optimizer.lr)  # type: ignore[union-attr]
     else:
-        step = _positive_float(lr, "lr", "a positive number or None")
+        step = V.positive_float(lr, "lr", "a positive number or None")
     base = twin.snapshot()
     loss, grads = twin.loss_and_grads()
     input_nodes = _layer_input_nodes(twin.model)

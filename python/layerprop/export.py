@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from . import layers as L
 
 __all__ = ["to_onnx", "model_proto", "OPSET"]
 
@@ -42,10 +41,10 @@ def model_proto(model: Any, output: Optional[str] = None, probabilities: Optiona
         raise TypeError(f"model: expected an lp.Model, got {type(model).__name__}")
     if probabilities not in (None, "softmax", "sigmoid", "binary", "exp"):
         raise ValueError(f"probabilities: expected None, 'softmax', 'sigmoid', 'binary' or 'exp', got {probabilities!r}")
-    np_dtype = np.dtype(model._np_dtype)
+    np_dtype = np.dtype(model.dtype)
     elem = TensorProto.FLOAT if np_dtype == np.float32 else TensorProto.DOUBLE
-    params = model.parameters()
-    buffers = model.buffers()
+    tensors = dict(model.parameters())
+    tensors.update(model.buffers())
     inits: Dict[str, Any] = {}
 
     def init(name: str, array: np.ndarray) -> str:
@@ -53,7 +52,7 @@ def model_proto(model: Any, output: Optional[str] = None, probabilities: Optiona
             inits[name] = numpy_helper.from_array(np.ascontiguousarray(array, dtype=np_dtype), name)
         return name
 
-    order = model._order
+    order = model.nodes
     names: Dict[int, str] = {}
     nodes: List[Any] = []
     for i, t in enumerate(order):
@@ -74,38 +73,12 @@ def model_proto(model: Any, output: Optional[str] = None, probabilities: Optiona
             nodes.append(helper.make_node("Concat", ins, [out], axis=1))
             continue
         assert layer is not None
-        if isinstance(layer, L.Linear):
-            p = model._layer_prefix[id(layer)]
-            w = init(f"{p}.weight", params[f"{p}.weight"])
-            gemm_in = [ins[0], w] + ([init(f"{p}.bias", params[f"{p}.bias"])] if layer.bias else [])
-            nodes.append(helper.make_node("Gemm", gemm_in, [out], transB=1))
-        elif isinstance(layer, L.BatchNorm1d):
-            p = model._layer_prefix[id(layer)]
-            n = layer.num_features
-            scale = params[f"{p}.weight"] if layer.affine else np.ones(n)
-            bias = params[f"{p}.bias"] if layer.affine else np.zeros(n)
-            nodes.append(helper.make_node(
-                "BatchNormalization",
-                [ins[0], init(f"{p}.weight", scale), init(f"{p}.bias", bias),
-                 init(f"{p}.running_mean", buffers[f"{p}.running_mean"]),
-                 init(f"{p}.running_var", buffers[f"{p}.running_var"])],
-                [out], epsilon=float(layer.eps)))
-        elif isinstance(layer, L.LayerNorm):
-            p = model._layer_prefix[id(layer)]
-            nodes.append(helper.make_node(
-                "LayerNormalization", [ins[0], init(f"{p}.weight", params[f"{p}.weight"]),
-                                       init(f"{p}.bias", params[f"{p}.bias"])],
-                [out], axis=-1, epsilon=float(layer.eps)))
-        elif isinstance(layer, L.LeakyReLU):
-            nodes.append(helper.make_node("LeakyRelu", ins, [out], alpha=float(layer.negative_slope)))
-        elif isinstance(layer, L.GELU):
-            nodes.append(helper.make_node("Gelu", ins, [out], approximate="none"))
-        elif isinstance(layer, (L.ReLU, L.Tanh, L.Sigmoid, L.Identity, L.Dropout)):
-            op = {L.ReLU: "Relu", L.Tanh: "Tanh", L.Sigmoid: "Sigmoid", L.Identity: "Identity",
-                  L.Dropout: "Identity"}[type(layer)]
-            nodes.append(helper.make_node(op, ins, [out]))
-        else:
-            raise TypeError(f"to_onnx: no ONNX mapping for {layer.describe()}")
+        p = model.layer_name(layer)
+        own = {} if p is None else {k[len(p) + 1:]: v for k, v in tensors.items() if k.startswith(f"{p}.")}
+
+        def layer_init(local: str, array: np.ndarray, prefix: Optional[str] = p) -> str:
+            return init(f"{prefix}.{local}", array)
+        nodes.extend(layer.to_onnx(helper, ins, out, layer_init, own))
     last = names[id(order[-1])]
     y = output or "Y"
     width = model.out_features

@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, List, Optional
 
-import numpy as np
 
 from . import layers as L
 
 __all__ = ["to_torch", "from_torch", "SUPPORTED"]
 
-SUPPORTED = ("Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
-             "BatchNorm1d", "LayerNorm")
+SUPPORTED = tuple(str(cls.torch_name) for cls in L.LAYER_TYPES)
+_FROM_TORCH = {str(cls.torch_name): cls for cls in L.LAYER_TYPES}
 
 
 def _torch() -> Any:
@@ -34,54 +33,19 @@ def to_torch(model: Any) -> Any:
         raise TypeError(f"model: to_torch supports lp.Sequential models; got {type(model).__name__} "
                         "(a graph model has no torch.nn.Sequential twin)")
     dtype = torch.float32 if model.dtype == "float32" else torch.float64
-    params = model.parameters()
-    buffers = model.buffers() if hasattr(model, "buffers") else {}
-
-    def copy_into(t: Any, key: str, src: Any) -> None:
-        with torch.no_grad():
-            t.copy_(torch.from_numpy(np.array(src[key])))
+    tensors = OrderedDict(model.parameters())
+    tensors.update(model.buffers())
     mods: "OrderedDict[str, Any]" = OrderedDict()
     layer: Any
-    for i, layer in enumerate(model._seq_layers):
+    for i, layer in enumerate(model.layers):
         name = layer.name or str(i)
         if name in mods:
             raise ValueError(f"model: layer name {name!r} is used twice; torch.nn.Sequential needs unique names")
-        kind = type(layer)
-        if kind is L.Linear:
-            m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias, dtype=dtype)
-            with torch.no_grad():
-                m.weight.copy_(torch.from_numpy(np.array(params[f"{name}.weight"])))
-                if layer.bias:
-                    m.bias.copy_(torch.from_numpy(np.array(params[f"{name}.bias"])))
-        elif kind is L.ReLU:
-            m = nn.ReLU()
-        elif kind is L.LeakyReLU:
-            m = nn.LeakyReLU(negative_slope=layer.negative_slope)
-        elif kind is L.Tanh:
-            m = nn.Tanh()
-        elif kind is L.Sigmoid:
-            m = nn.Sigmoid()
-        elif kind is L.GELU:
-            m = nn.GELU(approximate="none")
-        elif kind is L.Identity:
-            m = nn.Identity()
-        elif kind is L.Dropout:
-            m = nn.Dropout(p=layer.p)
-        elif kind is getattr(L, "BatchNorm1d", None):
-            m = nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
-                               affine=layer.affine, dtype=dtype)
-            if layer.affine:
-                copy_into(m.weight, f"{name}.weight", params)
-                copy_into(m.bias, f"{name}.bias", params)
-            copy_into(m.running_mean, f"{name}.running_mean", buffers)
-            copy_into(m.running_var, f"{name}.running_var", buffers)
-        elif kind is getattr(L, "LayerNorm", None):
-            m = nn.LayerNorm(layer.num_features, eps=layer.eps, dtype=dtype)
-            copy_into(m.weight, f"{name}.weight", params)
-            copy_into(m.bias, f"{name}.bias", params)
-        else:
+        if type(layer) not in L.LAYER_TYPES:  # a subclass may change what the layer computes
             raise TypeError(f"model: layer {i} ({layer.describe()}) has no PyTorch twin here; "
                             f"supported: {', '.join(SUPPORTED)}")
+        own = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")}
+        m = layer.to_torch(torch, dtype, own)
         mods[name] = m
     out = nn.Sequential(mods)
     out.train(model.training)
@@ -110,40 +74,12 @@ def from_torch(module: Any, seed: Optional[int] = None) -> Any:
     layers: List[L.Layer] = []
     for i, (name, m) in enumerate(module.named_children()):
         nm = None if name == str(i) else name
-        kind = type(m)
-        if kind is nn.Linear:
-            layer: L.Layer = L.Linear(m.in_features, m.out_features, bias=m.bias is not None, name=nm)
-        elif kind is nn.ReLU:
-            layer = L.ReLU(name=nm)
-        elif kind is nn.LeakyReLU:
-            layer = L.LeakyReLU(negative_slope=m.negative_slope, name=nm)
-        elif kind is nn.Tanh:
-            layer = L.Tanh(name=nm)
-        elif kind is nn.Sigmoid:
-            layer = L.Sigmoid(name=nm)
-        elif kind is nn.GELU:
-            if m.approximate != "none":
-                raise ValueError(f"module[{i}] ({name!r}: GELU(approximate={m.approximate!r})): only "
-                                 "GELU(approximate='none') is supported")
-            layer = L.GELU(name=nm)
-        elif kind is nn.Identity:
-            layer = L.Identity(name=nm)
-        elif kind is nn.Dropout:
-            layer = L.Dropout(p=m.p, name=nm)
-        elif kind is nn.BatchNorm1d and hasattr(L, "BatchNorm1d"):
-            if not m.track_running_stats or m.momentum is None:
-                raise ValueError(f"module[{i}] ({name!r}: BatchNorm1d({m.extra_repr()})): needs "
-                                 "track_running_stats=True and a momentum (not None)")
-            layer = L.BatchNorm1d(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine, name=nm)
-        elif kind is nn.LayerNorm and hasattr(L, "LayerNorm"):
-            if len(m.normalized_shape) != 1 or not m.elementwise_affine or m.bias is None:
-                raise ValueError(f"module[{i}] ({name!r}: LayerNorm({m.extra_repr()})): only LayerNorm over "
-                                 "the last dimension with elementwise_affine=True and bias=True is supported")
-            layer = L.LayerNorm(m.normalized_shape[0], eps=m.eps, name=nm)
-        else:
+        cls = _FROM_TORCH.get(type(m).__name__)
+        if cls is None or type(m) is not getattr(nn, type(m).__name__, None):
             raise TypeError(f"module[{i}] ({name!r}: {type(m).__name__}({m.extra_repr()})) is not "
                             "supported by from_torch; "
                             f"supported: {', '.join(SUPPORTED)}")
+        layer = cls.from_torch(m, nm, f"module[{i}] ({name!r}: {type(m).__name__}({m.extra_repr()}))")
         layers.append(layer)
     if not layers:
         raise ValueError("module: an empty torch.nn.Sequential")
@@ -151,8 +87,7 @@ def from_torch(module: Any, seed: Optional[int] = None) -> Any:
     state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()
              if not k.endswith(".num_batches_tracked")}
     targets = OrderedDict(model.parameters())
-    if hasattr(model, "buffers"):
-        targets.update(model.buffers())
+    targets.update(model.buffers())
     if sorted(state) != sorted(targets):
         raise ValueError(f"module: state_dict names {sorted(state)} do not match {sorted(targets)}")
     for k, v in targets.items():

@@ -26,7 +26,9 @@ The format (metadata key "layerprop", a JSON object):
 
 Tensors: each parameter under its own name; buffers (BatchNorm1d running statistics) under
 theirs ("1.running_mean"), listed in "buffers"; optimizer slot k of parameter P under
-"optimizer.slot<k>.<P>"; per-tensor step counts as int64 "optimizer.steps".
+"optimizer.slot<k>.<P>" (slot k is the optimizer's k-th named state, as in
+model.optimizer_state(): SGD's momentum_buffer; Adam's and AdamW's exp_avg, exp_avg_sq);
+per-tensor step counts as int64 "optimizer.steps".
 
 A new layer type becomes savable with `register_layer` (its constructor arguments as JSON);
 its parameters and buffers are whatever the model reports, checked by name, shape and dtype.
@@ -43,9 +45,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, Un
 import numpy as np
 
 from . import layers as L
-from .optim import SGD, Adam, AdamW, Optimizer
-from . import schedules as _schedules
-from .schedules import Schedule, Simultaneous
+from . import validation as V
+from .optim import OPTIMIZER_TYPES, Adam, Optimizer
+from .schedules import SCHEDULE_TYPES, Schedule
 
 __all__ = ["save", "load", "model_to_state", "model_from_state", "LAYER_SPECS", "register_layer"]
 
@@ -70,13 +72,13 @@ class _Bad(ValueError):
 
 # ---------------------------------------------------------------------------- field checks
 def _int(v: Any, what: str, lo: int = 0, hi: int = _MAX_INT) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+    if not V.is_int(v) or not lo <= v <= hi:
         raise _Bad(f"{what}: expected an int in [{lo}, {hi}], got {v!r:.80}")
-    return v
+    return int(v)
 
 
 def _float(v: Any, what: str) -> float:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+    if not V.is_real(v) or not math.isfinite(v):
         raise _Bad(f"{what}: expected a finite number, got {v!r:.80}")
     return float(v)
 
@@ -146,63 +148,23 @@ def register_layer(type_name: str, cls: Type[L.Layer], get_config: Callable[[Any
     LAYER_SPECS[type_name] = LayerSpec(cls, get_config, from_config)
 
 
-def _linear_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
-    c = _dict(c, "Linear config", ("in_features", "out_features", "bias"))
-    return L.Linear(_int(c["in_features"], "Linear in_features", 1),
-                    _int(c["out_features"], "Linear out_features", 1),
-                    bias=_bool(c["bias"], "Linear bias"), name=name)
+_KIND_CHECKS: Dict[str, Callable[[Any, str], Any]] = {
+    "int": lambda v, what: _int(v, what, 1), "float": _float, "bool": _bool}
 
 
-def _simple(cls: Type[L.Layer]) -> Callable[[Dict[str, Any], Optional[str]], L.Layer]:
+def _from_config(cls: Type[L.Layer]) -> Callable[[Dict[str, Any], Optional[str]], L.Layer]:
+    """A layer class's `from_config` behind the file checks: exactly its config_fields, each
+    of its JSON kind (ints >= 1 and at most 2**40, finite numbers, true/false); the
+    constructor checks the values."""
     def build(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
-        _dict(c, f"{cls.__name__} config", ())
-        return cls(name=name)
+        fields = cls.config_fields
+        c = _dict(c, f"{cls.__name__} config", tuple(k for k, _kind in fields))
+        return cls.from_config({k: _KIND_CHECKS[kind](c[k], f"{cls.__name__} {k}") for k, kind in fields}, name)
     return build
 
 
-def _leaky_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
-    c = _dict(c, "LeakyReLU config", ("negative_slope",))
-    return L.LeakyReLU(_float(c["negative_slope"], "LeakyReLU negative_slope"), name=name)
-
-
-def _dropout_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
-    c = _dict(c, "Dropout config", ("p",))
-    p = _float(c["p"], "Dropout p")
-    if not 0.0 <= p <= 1.0:
-        raise _Bad(f"Dropout p: expected a probability in [0, 1], got {p}")
-    return L.Dropout(p, name=name)
-
-
-register_layer("Linear", L.Linear,
-               lambda l: {"in_features": l.in_features, "out_features": l.out_features, "bias": l.bias},
-               _linear_from)
-for _cls in (L.ReLU, L.Tanh, L.Sigmoid, L.GELU, L.Identity):
-    register_layer(_cls.__name__, _cls, lambda l: {}, _simple(_cls))
-register_layer("LeakyReLU", L.LeakyReLU, lambda l: {"negative_slope": l.negative_slope}, _leaky_from)
-register_layer("Dropout", L.Dropout, lambda l: {"p": l.p}, _dropout_from)
-
-
-def _batchnorm_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
-    c = _dict(c, "BatchNorm1d config", ("num_features", "eps", "momentum", "affine"))
-    return L.BatchNorm1d(_int(c["num_features"], "BatchNorm1d num_features", 1),
-                         eps=_float(c["eps"], "BatchNorm1d eps"),
-                         momentum=_float(c["momentum"], "BatchNorm1d momentum"),
-                         affine=_bool(c["affine"], "BatchNorm1d affine"), name=name)
-
-
-def _layernorm_from(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
-    c = _dict(c, "LayerNorm config", ("num_features", "eps"))
-    return L.LayerNorm(_int(c["num_features"], "LayerNorm num_features", 1),
-                       eps=_float(c["eps"], "LayerNorm eps"), name=name)
-
-
-if hasattr(L, "BatchNorm1d"):
-    register_layer("BatchNorm1d", L.BatchNorm1d,
-                   lambda l: {"num_features": l.num_features, "eps": l.eps, "momentum": l.momentum,
-                              "affine": l.affine}, _batchnorm_from)
-if hasattr(L, "LayerNorm"):
-    register_layer("LayerNorm", L.LayerNorm, lambda l: {"num_features": l.num_features, "eps": l.eps},
-                   _layernorm_from)
+for _cls in L.LAYER_TYPES:  # every layer of the package carries its own configuration
+    register_layer(_cls.__name__, _cls, _cls.get_config, _from_config(_cls))
 
 
 def _layer_type(layer: L.Layer) -> str:
@@ -214,25 +176,25 @@ def _layer_type(layer: L.Layer) -> str:
 
 
 # ---------------------------------------------------------------------------- optimizers, schedules
-_OPTIMIZERS: Dict[str, Type[Optimizer]] = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
-_SCHEDULES: Dict[str, Type[Schedule]] = {"Simultaneous": Simultaneous}
-for _name in ("Layerwise", "LocoProp"):
-    if hasattr(_schedules, _name):
-        _SCHEDULES[_name] = getattr(_schedules, _name)
+_OPTIMIZERS: Dict[str, Type[Optimizer]] = {cls.__name__: cls for cls in OPTIMIZER_TYPES}
+_SCHEDULES: Dict[str, Type[Schedule]] = {cls.__name__: cls for cls in SCHEDULE_TYPES}
 
 
 def _optimizer_config(opt: Optimizer) -> Dict[str, Any]:
     name = type(opt).__name__
     if _OPTIMIZERS.get(name) is not type(opt):
         raise TypeError(f"optimizer: {name} cannot be saved (known: {', '.join(_OPTIMIZERS)})")
-    cfg: Dict[str, Any]
-    if isinstance(opt, SGD):
-        cfg = dict(lr=opt.lr, momentum=opt.momentum, dampening=opt.dampening,
-                   nesterov=opt.nesterov, weight_decay=opt.weight_decay)
-    else:
-        assert isinstance(opt, Adam)
-        cfg = dict(lr=opt.lr, betas=list(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
-    return {"type": name, "config": cfg}
+    return {"type": name, "config": opt.get_config()}
+
+
+def _pair(v: Any, what: str) -> Tuple[float, float]:
+    pair = _list(v, what, 2)
+    if len(pair) != 2:
+        raise _Bad(f"{what}: expected two numbers")
+    return _float(pair[0], what), _float(pair[1], what)
+
+
+_OPT_KINDS: Dict[str, Callable[[Any, str], Any]] = {"float": _float, "bool": _bool, "pair": _pair}
 
 
 def _optimizer_from(d: Any) -> Optimizer:
@@ -240,31 +202,16 @@ def _optimizer_from(d: Any) -> Optimizer:
     name = _str(d["type"], "compile.optimizer.type")
     if name not in _OPTIMIZERS:
         raise _Bad(f"compile.optimizer.type: unknown optimizer {name!r:.80} (known: {', '.join(_OPTIMIZERS)})")
-    if name == "SGD":
-        c = _dict(d["config"], "SGD config", ("lr", "momentum", "dampening", "nesterov", "weight_decay"))
-        return SGD(lr=_float(c["lr"], "SGD lr"), momentum=_float(c["momentum"], "SGD momentum"),
-                   dampening=_float(c["dampening"], "SGD dampening"),
-                   nesterov=_bool(c["nesterov"], "SGD nesterov"),
-                   weight_decay=_float(c["weight_decay"], "SGD weight_decay"))
-    c = _dict(d["config"], f"{name} config", ("lr", "betas", "eps", "weight_decay"))
-    betas = _list(c["betas"], f"{name} betas", 2)
-    if len(betas) != 2:
-        raise _Bad(f"{name} betas: expected two numbers")
-    return _OPTIMIZERS[name](lr=_float(c["lr"], f"{name} lr"),  # type: ignore[call-arg]
-                             betas=(_float(betas[0], f"{name} betas"), _float(betas[1], f"{name} betas")),
-                             eps=_float(c["eps"], f"{name} eps"),
-                             weight_decay=_float(c["weight_decay"], f"{name} weight_decay"))
-
-
-_SCHEDULE_ARGS = {"Simultaneous": (), "Layerwise": ("order",),
-                  "LocoProp": ("variant", "inner_steps", "inner_lr", "target_lr")}
+    cls = _OPTIMIZERS[name]
+    c = _dict(d["config"], f"{name} config", tuple(k for k, _kind in cls.config_fields))
+    return cls(**{k: _OPT_KINDS[kind](c[k], f"{name} {k}") for k, kind in cls.config_fields})
 
 
 def _schedule_config(s: Schedule) -> Dict[str, Any]:
     name = type(s).__name__
     if _SCHEDULES.get(name) is not type(s):
         raise TypeError(f"schedule: {name} cannot be saved (known: {', '.join(_SCHEDULES)})")
-    return {"type": name, "config": {k: getattr(s, k) for k in _SCHEDULE_ARGS[name]}}
+    return {"type": name, "config": {k: getattr(s, k) for k in s.config_args}}
 
 
 def _schedule_from(d: Any) -> Schedule:
@@ -272,7 +219,7 @@ def _schedule_from(d: Any) -> Schedule:
     name = _str(d["type"], "compile.schedule.type")
     if name not in _SCHEDULES:
         raise _Bad(f"compile.schedule.type: unknown schedule {name!r:.80} (known: {', '.join(_SCHEDULES)})")
-    c = _dict(d["config"], f"{name} config", _SCHEDULE_ARGS[name])
+    c = _dict(d["config"], f"{name} config", _SCHEDULES[name].config_args)
     for k, v in c.items():  # scalars only; the constructor checks their values
         if not (v is None or isinstance(v, (str, int, float))):
             raise _Bad(f"{name} {k}: expected a number or a string, got {type(v).__name__}")
@@ -282,22 +229,24 @@ def _schedule_from(d: Any) -> Schedule:
 # ---------------------------------------------------------------------------- model <-> state
 def _architecture(model: Any) -> Dict[str, Any]:
     from .model import Sequential
-    layers: List[L.Layer] = list(model._seq_layers) if isinstance(model, Sequential) else list(model._layers)
+    layers: List[L.Layer] = model.layers
     specs = []
     for i, layer in enumerate(layers):
         t = _layer_type(layer)
         spec = {"type": t, "name": layer.name, "config": LAYER_SPECS[t].get_config(layer)}
-        if not isinstance(model, Sequential) and id(layer) in model._layer_prefix:
-            spec["prefix"] = model._layer_prefix[id(layer)]  # its parameters' names
+        prefix = model.layer_name(layer)
+        if not isinstance(model, Sequential) and prefix is not None:
+            spec["prefix"] = prefix  # its parameters' names
         specs.append(spec)
     arch: Dict[str, Any] = {"class": "Sequential" if isinstance(model, Sequential) else "Model",
                             "dtype": model.dtype, "seed": model.seed, "training": bool(model.training),
                             "layers": specs}
     if not isinstance(model, Sequential):
-        index = {id(t): i for i, t in enumerate(model._order)}
+        order = model.nodes
+        index = {id(t): i for i, t in enumerate(order)}
         lidx = {id(l): i for i, l in enumerate(layers)}
         nodes = []
-        for t in model._order:
+        for t in order:
             if t.op == "input":
                 nodes.append({"op": "input", "width": t.width, "name": getattr(t, "name", None)})
             elif t.op in ("add", "concat"):
@@ -307,10 +256,6 @@ def _architecture(model: Any) -> Dict[str, Any]:
                               "inputs": [index[id(u)] for u in t.inputs]})
         arch["graph"] = {"nodes": nodes}
     return arch
-
-
-def _buffers(model: Any) -> "OrderedDict[str, np.ndarray]":
-    return model.buffers() if hasattr(model, "buffers") else OrderedDict()
 
 
 def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["OrderedDict[str, np.ndarray]", Dict[str, str]]:
@@ -324,13 +269,10 @@ def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["Ordered
         raise TypeError(f"include_optimizer: expected True or False, got {include_optimizer!r}")
     # One consistent copy, taken under the model's lock: a fit running in another thread
     # cannot interleave its steps with this read (no file mixes two steps' state).
-    snap = model._core.snapshot()
-    tensors: "OrderedDict[str, np.ndarray]" = OrderedDict()
-    for (_l, _pname, off, shape), name in zip(model._core.tensors(), model._param_names):
-        tensors[name] = snap["params"][off: off + int(np.prod(shape))].reshape(shape)
-    buffers = _buffers(model)
-    for (_l, _bname, off, shape), name in zip(model._core.buffer_tensors(), buffers):
-        tensors[name] = snap["buffers"][off: off + int(np.prod(shape))].reshape(shape)
+    snap = model._snapshot()
+    tensors: "OrderedDict[str, np.ndarray]" = OrderedDict(snap["params"])
+    buffers = snap["buffers"]
+    tensors.update(buffers)
     meta: Dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
                             "layerprop_version": __version__, "model": _architecture(model),
                             "params": list(model.parameters()), "buffers": list(buffers),
@@ -342,19 +284,15 @@ def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["Ordered
         if model.clip_grad_norm is not None or model.clip_grad_value is not None:
             meta["compile"]["clip"] = {"norm": model.clip_grad_norm, "value": model.clip_grad_value}
         if include_optimizer:
-            slots = 0
-            for k in (0, 1):
-                flat = snap[f"state{k}"]
-                if flat.size == 0:
-                    continue
-                slots = k + 1
-                for (_l, _pname, off, shape), name in zip(model._core.tensors(), model._param_names):
-                    size = int(np.prod(shape))
-                    tensors[f"optimizer.slot{k}.{name}"] = flat[off: off + size].reshape(shape)
-            tensors["optimizer.steps"] = snap["steps"]
-            meta["optimizer_state"] = {"slots": slots, "steps": "optimizer.steps"}
-    core_rng = [int(v) for v in snap["rng"]]
-    meta["rng"] = {"shuffle": model._fit_rng.bit_generator.state, "core": core_rng}
+            # slot k of the file is the optimizer's k-th named state tensor (exp_avg, exp_avg_sq)
+            state = snap["optimizer"]
+            slot_names = model._optimizer_state_names()
+            for k, sname in enumerate(slot_names):
+                for name, entry in state.items():
+                    tensors[f"optimizer.slot{k}.{name}"] = entry[sname]
+            tensors["optimizer.steps"] = np.array([entry["step"] for entry in state.values()], dtype=np.int64)
+            meta["optimizer_state"] = {"slots": len(slot_names), "steps": "optimizer.steps"}
+    meta["rng"] = {"shuffle": snap["rng"]["shuffle"], "core": list(snap["rng"]["core"])}
     return tensors, {META_KEY: json.dumps(meta, separators=(",", ":"))}
 
 
@@ -401,15 +339,6 @@ def _build_layers(arch: Dict[str, Any], graph: bool) -> List[Tuple[L.Layer, Opti
     if not out:
         raise _Bad("model.layers: empty")
     return out
-
-
-_CORE_LAYERS = tuple(getattr(L, n) for n in ("Linear", "_Norm") if hasattr(L, n))
-
-
-def _buffer_shapes(layer: L.Layer) -> List[Tuple[str, Tuple[int, ...]]]:
-    if hasattr(L, "BatchNorm1d") and isinstance(layer, L.BatchNorm1d):
-        return [("running_mean", (layer.num_features,)), ("running_var", (layer.num_features,))]
-    return []
 
 
 def _row_limit(row_bytes: int, itemsize: int) -> None:
@@ -525,18 +454,18 @@ def _plan(arch: Any) -> _Plan:
             raise _Bad("model.graph.nodes: expected an input and at least one more node")
     layers = _build_layers(arch, graph=cls == "Model")
     p.layers = [layer for layer, _prefix in layers]
-    total = sum(math.prod(shape) for l in p.layers if isinstance(l, _CORE_LAYERS)
-                for _n, shape in l.param_shapes() + _buffer_shapes(l))
+    total = sum(math.prod(shape) for l in p.layers if l.stored
+                for _n, shape in l.param_shapes() + l.buffer_shapes())
     if total * itemsize > MAX_PARAM_BYTES:
         raise _Bad(f"model.layers: the architecture declares {total * itemsize} bytes of parameters and "
                    f"buffers, more than the limit of {MAX_PARAM_BYTES} bytes")
     p.names = {}
     p.ts = []
     if cls == "Sequential":
-        first = next((l for l in p.layers if isinstance(l, _CORE_LAYERS)), None)
+        first = next((l.input_width for l in p.layers if l.input_width is not None), None)
         if first is None or not any(isinstance(l, L.Linear) for l in p.layers):
             raise _Bad("model.layers: a Sequential needs at least one Linear")
-        width = first.in_features if isinstance(first, L.Linear) else first.num_features
+        width = first
         row = width
         for i, l in enumerate(p.layers):
             try:
@@ -545,14 +474,14 @@ def _plan(arch: Any) -> _Plan:
                 raise _Bad(f"model.layers[{i}]: {e}") from None
             row += width
         _row_limit(row * itemsize, itemsize)
-        core = [(i, l, l.name or str(i)) for i, l in enumerate(p.layers) if isinstance(l, _CORE_LAYERS)]
+        core = [(i, l, l.name or str(i)) for i, l in enumerate(p.layers) if l.stored]
     else:
         p.ts, uses = _plan_graph(nodes, layers, itemsize)
         if not all(uses):
             raise _Bad("model.layers: some layers are not used by the graph")
         core = []
         for i, (l, prefix) in enumerate(layers):
-            if l.has_params or isinstance(l, _CORE_LAYERS):
+            if l.has_params or l.stored:
                 if prefix is None:
                     raise _Bad(f"model.layers[{i}].prefix: a {type(l).__name__} of a graph model needs "
                                "its parameters' name prefix")
@@ -567,7 +496,7 @@ def _plan(arch: Any) -> _Plan:
         p.names[id(l)] = prefix
         for pname, shape in l.param_shapes():
             p.params[f"{prefix}.{pname}"] = tuple(shape)
-        for bname, shape in _buffer_shapes(l):
+        for bname, shape in l.buffer_shapes():
             p.buffers[f"{prefix}.{bname}"] = shape
             if bname == "running_var":
                 p.variances.append(f"{prefix}.{bname}")
@@ -582,11 +511,10 @@ def _build(p: _Plan) -> Any:
         if p.cls == "Sequential":
             model = Sequential(*p.layers, dtype=p.dtype, seed=p.seed)
         else:
-            model = Model.__new__(Model)
-            model._init_graph(p.ts[0], p.ts[-1], p.dtype, p.seed, names=p.names)
+            model = Model._from_graph(p.ts[0], p.ts[-1], p.dtype, p.seed, names=p.names)
     except (TypeError, ValueError) as e:
         raise _Bad(f"model: {e}") from None
-    if p.cls == "Model" and len(model._order) != len(p.ts):
+    if p.cls == "Model" and len(model.nodes) != len(p.ts):
         raise _Bad("model.graph.nodes: some nodes do not lead to the output (the last node)")
     model.train() if p.training else model.eval()
     return model
@@ -674,17 +602,18 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
     # Every header check passed: build the model (the core allocates the declared, checked
     # parameters), then read the data.
     model = _build(plan)
-    if list(model._params) != params:
-        raise _Bad(f"params: expected {list(model._params)[:8]}, the file lists {params[:8]}")
-    model_buffers = _buffers(model)
+    model_params = model.parameters()
+    if list(model_params) != params:
+        raise _Bad(f"params: expected {list(model_params)[:8]}, the file lists {params[:8]}")
+    model_buffers = model.buffers()
     if list(model_buffers) != buffers:
         raise _Bad(f"buffers: expected {list(model_buffers)[:8]}, the file lists {buffers[:8]}")
-    for name, view in model._params.items():  # the core's shapes agree with the plan's
+    for name, view in model_params.items():  # the core's shapes agree with the plan's
         _check_tensor(keys, name, view.shape, view.dtype, get_shape)
     for name, view in model_buffers.items():
         _check_tensor(keys, name, view.shape, view.dtype, get_shape)
     variances = set(plan.variances)
-    for name, view in model._params.items():
+    for name, view in model_params.items():
         a = get(name)
         if check_values:
             _check_values(name, a)
@@ -700,40 +629,40 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
         except ValueError as e:
             raise _Bad(f"compile: {e}") from None
         if opt_state is not None:
-            expected_slots = sum(1 for k in (0, 1) if model._core.state_view(k).size)
-            if slots != expected_slots:
-                raise _Bad(f"optimizer_state.slots: {type(optimizer).__name__} keeps {expected_slots} "
+            slot_names = model._optimizer_state_names()
+            if slots != len(slot_names):
+                raise _Bad(f"optimizer_state.slots: {type(optimizer).__name__} keeps {len(slot_names)} "
                            f"state slots, the file has {slots}")
-            offsets = {name: (off, int(np.prod(shape)))
-                       for (_l, _pname, off, shape), name in zip(model._core.tensors(), model._param_names)}
-            for k in range(slots):
-                flat = model._core.state_view(k)
+            steps = get("optimizer.steps")
+            if (steps < 0).any() or (steps > _MAX_INT).any():
+                raise _Bad("tensor 'optimizer.steps': step counts must be in [0, 2**40]")
+            state: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+            for i, name in enumerate(model_params):
+                state[name] = {"step": int(steps[i])}
+            for k, sname in enumerate(slot_names):
                 second_moment = k == 1 and isinstance(optimizer, Adam)
-                for name in model._param_names:
+                for name in model_params:
                     key = f"optimizer.slot{k}.{name}"
                     a = get(key)
                     if check_values:
                         _check_values(key, a, nonneg=second_moment, what="Adam's second moments")
-                    off, size = offsets[name]
-                    flat[off: off + size] = a.reshape(-1)
-            steps = get("optimizer.steps")
-            if (steps < 0).any() or (steps > _MAX_INT).any():
-                raise _Bad("tensor 'optimizer.steps': step counts must be in [0, 2**40]")
-            model._core.set_steps([int(s) for s in steps])
+                    state[name][sname] = a
+            model.load_optimizer_state(state)
     if rng["shuffle"] is not None:
         st = _dict(rng["shuffle"], "rng.shuffle")
-        if st.get("bit_generator") != type(model._fit_rng.bit_generator).__name__:
-            raise _Bad(f"rng.shuffle.bit_generator: expected {type(model._fit_rng.bit_generator).__name__!r}")
+        expected = model.rng_state["shuffle"].get("bit_generator")
+        if st.get("bit_generator") != expected:
+            raise _Bad(f"rng.shuffle.bit_generator: expected {expected!r}")
         try:
-            model._fit_rng.bit_generator.state = st
-        except (TypeError, ValueError, KeyError, OverflowError) as e:
-            raise _Bad(f"rng.shuffle: {e}") from None
-    if rng["core"] is not None and hasattr(model._core, "set_rng_state"):
+            model.rng_state = {"shuffle": st}
+        except ValueError as e:
+            raise _Bad(f"rng.shuffle: {str(e).split(': ', 1)[-1]}") from None
+    if rng["core"] is not None:
         core = _list(rng["core"], "rng.core", 2)
         if len(core) != 2:
             raise _Bad("rng.core: expected [seed, draws]")
-        model._core.set_rng_state(_int(core[0], "rng.core[0]", 0, 2 ** 64 - 1),
-                                  _int(core[1], "rng.core[1]", 0, 2 ** 64 - 1))
+        model.rng_state = {"core": (_int(core[0], "rng.core[0]", 0, 2 ** 64 - 1),
+                                    _int(core[1], "rng.core[1]", 0, 2 ** 64 - 1))}
     return model
 
 

@@ -3,18 +3,24 @@ C++ core does all the numeric work once the graph is handed to it by a Model."""
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+
+import numpy as np
+
+from . import reference as R
+from . import validation as V
+from ._codes import ACT, LAYER, NODE
 
 __all__ = [
     "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
     "BatchNorm1d", "LayerNorm",
-    "Input", "SymbolicTensor", "add", "concat",
+    "Input", "SymbolicTensor", "add", "concat", "LAYER_TYPES",
 ]
 
-# Node kinds and activation codes shared with the core (cpp/include/layerprop/model.hpp).
-NODE_INPUT, NODE_LINEAR, NODE_ACT, NODE_ADD, NODE_CONCAT, NODE_DROPOUT, NODE_BATCHNORM, NODE_LAYERNORM = range(8)
-LAYER_LINEAR, LAYER_BATCHNORM, LAYER_LAYERNORM = 0, 1, 2
-ACT_CODES = {"Identity": 0, "ReLU": 1, "LeakyReLU": 2, "Tanh": 3, "Sigmoid": 4, "GELU": 5}
+# A graph node as the core takes it: (kind, inputs, width, stored layer or -1, act, slope).
+NodeSpec = Tuple[int, List[int], int, int, int, float]
+# A layer the core stores: (kind, in, out, bias/affine, eps, momentum).
+LayerSpec = Tuple[int, int, int, bool, float, float]
 
 
 def _check_name(name: Optional[str]) -> Optional[str]:
@@ -54,22 +60,10 @@ class SymbolicTensor:
 
 def Input(features: int, *, name: Optional[str] = None) -> SymbolicTensor:
     """A model input of `features` columns."""
-    if not isinstance(features, (int,)) or isinstance(features, bool) or features < 1:
-        raise ValueError(f"features: expected a positive int, got {features!r}")
+    features = V.positive_int(features, "features")
     t = SymbolicTensor(features, "input")
     t.name = _check_name(name)  # type: ignore[attr-defined]
     return t
-
-
-def _unit_interval(name: str, v: object, what: str) -> float:
-    """v as a float in [0, 1], or a ValueError naming the argument."""
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected {what} in [0, 1], got {v!r}") from None
-    if not 0.0 <= f <= 1.0:
-        raise ValueError(f"{name}: expected {what} in [0, 1], got {v!r}")
-    return f
 
 
 def _check_symbolic(x: object, what: str) -> SymbolicTensor:
@@ -97,9 +91,20 @@ def concat(tensors: Sequence[SymbolicTensor]) -> SymbolicTensor:
 
 
 class Layer:
-    """Base class of every layer: a specification the core turns into a graph node."""
+    """Base class of every layer: a specification the core turns into a graph node.
+
+    A layer knows what the rest of the package needs of it: its node for the core
+    (`core_node`), its stored parameters or statistics (`stored`, `core_layer`,
+    `param_shapes`, `buffer_shapes`, `init_tensor`, `init_buffer`), the width of input it
+    requires (`input_width`), its configuration for saving (`config_fields`, `get_config`,
+    `from_config`), its PyTorch twin (`torch_name`, `to_torch`, `from_torch`), its ONNX
+    node (`to_onnx`) and its float64 NumPy reference (`reference_forward`,
+    `reference_grad`). `tensors` arguments map the layer's own tensor names ("weight",
+    "running_mean") to arrays."""
 
     has_params = False
+    stored = False  # the core stores parameters or running statistics for it
+    input_width: Optional[int] = None  # the input width it requires (None: any, kept)
 
     def __init__(self, *, name: Optional[str] = None) -> None:
         self.name = _check_name(name)
@@ -121,8 +126,67 @@ class Layer:
             raise ValueError(f"{e} (its input comes from {x.origin()})") from None
         return SymbolicTensor(width, "layer", [x], self)
 
-    def param_shapes(self) -> List[tuple]:
+    def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
+        """This layer's node for the core, given its input nodes, its output width and its
+        index among the stored layers (-1 when not stored)."""
+        raise TypeError(f"{self.describe()}: layer type not supported by the core")
+
+    def core_layer(self) -> LayerSpec:
+        """The stored layer for the core (only for `stored` layers)."""
+        raise TypeError(f"{self.describe()}: stores nothing in the core")
+
+    def param_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
+        """(name, shape) of its parameters, in the core's order."""
         return []
+
+    def buffer_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
+        """(name, shape) of its buffers (state not trained by gradients)."""
+        return []
+
+    def init_tensor(self, name: str, view: np.ndarray, rng: np.random.Generator) -> None:
+        """PyTorch's default initialization of parameter `name`, in place."""
+
+    def init_buffer(self, name: str, view: np.ndarray) -> None:
+        """The initial value of buffer `name`, in place."""
+
+    # ---- saving (layerprop.io): the constructor's arguments, each with its JSON kind
+    config_fields: Tuple[Tuple[str, str], ...] = ()  # (argument, "int" | "float" | "bool")
+
+    def get_config(self) -> Dict[str, Any]:
+        return {k: getattr(self, k) for k, _kind in self.config_fields}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], name: Optional[str]) -> "Layer":
+        return cls(**config, name=name)  # type: ignore[call-arg]
+
+    # ---- PyTorch (layerprop.interop)
+    torch_name: Optional[str] = None  # the class name of its torch.nn twin
+
+    def to_torch(self, torch: Any, dtype: Any, tensors: Mapping[str, np.ndarray]) -> Any:
+        return getattr(torch.nn, str(self.torch_name))(**self.get_config())
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        return cls(name=name)
+
+    # ---- ONNX (layerprop.export)
+    onnx_op: Optional[str] = None
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        """Its ONNX nodes; `init(name, array)` adds an initializer named after the layer."""
+        if self.onnx_op is None:
+            raise TypeError(f"to_onnx: no ONNX mapping for {self.describe()}")
+        return [helper.make_node(self.onnx_op, inputs, [output])]
+
+    # ---- float64 reference (layerprop.reference; lp.explain)
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        """Its output on x in float64 NumPy (dropout: the identity)."""
+        raise TypeError(f"{self.describe()}: no float64 reference")
+
+    def reference_grad(self, x: np.ndarray) -> np.ndarray:
+        """d output / d input, element-wise (the layers that act on each unit alone)."""
+        raise TypeError(f"{self.describe()}: not supported by path_gradients")
 
 
 class Linear(Layer):
@@ -133,12 +197,25 @@ class Linear(Layer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        for arg, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{arg}: expected a positive int, got {v!r}")
-        self.in_features = in_features
-        self.out_features = out_features
+        self.in_features = V.positive_int(in_features, "in_features")
+        self.out_features = V.positive_int(out_features, "out_features")
         self.bias = bool(bias)
+
+    @property
+    def input_width(self) -> int:  # type: ignore[override]
+        return self.in_features
+
+    stored = True
+
+    def core_layer(self) -> LayerSpec:
+        return (LAYER["Linear"], self.in_features, self.out_features, self.bias, 0.0, 0.0)
+
+    def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
+        return (NODE["Linear"], inputs, width, stored_index, 0, 0.0)
+
+    def init_tensor(self, name: str, view: np.ndarray, rng: np.random.Generator) -> None:
+        bound = self.init_bound()
+        view[...] = rng.uniform(-bound, bound, size=view.shape).astype(view.dtype)
 
     def out_width(self, in_width: int) -> int:
         if in_width != self.in_features:
@@ -151,12 +228,34 @@ class Linear(Layer):
         b = "" if self.bias else ", bias=False"
         return f"Linear({self.in_features}, {self.out_features}{b}{nm})"
 
+    config_fields = (("in_features", "int"), ("out_features", "int"), ("bias", "bool"))
+    torch_name = "Linear"
+
+    def to_torch(self, torch: Any, dtype: Any, tensors: Mapping[str, np.ndarray]) -> Any:
+        m = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias, dtype=dtype)
+        _copy_to_torch(torch, m, tensors, ("weight", "bias") if self.bias else ("weight",))
+        return m
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        return cls(module.in_features, module.out_features, bias=module.bias is not None, name=name)
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        gemm_in = [inputs[0], init("weight", tensors["weight"])]
+        if self.bias:
+            gemm_in.append(init("bias", tensors["bias"]))
+        return [helper.make_node("Gemm", gemm_in, [output], transB=1)]
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        return R.linear_forward(x, tensors["weight"], tensors["bias"] if self.bias else None)
+
     def init_bound(self) -> float:
         # kaiming_uniform(a=sqrt(5)) on (out, in) gives bound 1/sqrt(fan_in); the bias too.
         return 1.0 / math.sqrt(self.in_features)
 
-    def param_shapes(self) -> List[tuple]:
-        shapes: List[tuple] = [("weight", (self.out_features, self.in_features))]
+    def param_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
+        shapes: List[Tuple[str, Tuple[int, ...]]] = [("weight", (self.out_features, self.in_features))]
         if self.bias:
             shapes.append(("bias", (self.out_features,)))
         return shapes
@@ -164,17 +263,32 @@ class Linear(Layer):
 
 class _Activation(Layer):
     slope = 0.0
+    # its float64 twin: f(x) and f'(x) from layerprop.reference
+    _ref: Tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        return type(self)._ref[0](x)
+
+    def reference_grad(self, x: np.ndarray) -> np.ndarray:
+        return type(self)._ref[1](x)
 
     @property
     def act_code(self) -> int:
         for cls in type(self).__mro__:  # a subclass of lp.ReLU is a ReLU
-            if cls.__name__ in ACT_CODES and cls.__module__ == __name__:
-                return ACT_CODES[cls.__name__]
+            if cls.__name__ in ACT and cls.__module__ == __name__:
+                return ACT[cls.__name__]
         raise TypeError(f"{type(self).__name__}: not an activation the core knows")
+
+    def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
+        return (NODE["Activation"], inputs, width, -1, self.act_code, float(self.slope))
 
 
 class ReLU(_Activation):
     """max(x, 0)."""
+
+    _ref = (R.relu, R.relu_grad)
+    torch_name = "ReLU"
+    onnx_op = "Relu"
 
 
 class LeakyReLU(_Activation):
@@ -182,11 +296,27 @@ class LeakyReLU(_Activation):
 
     def __init__(self, negative_slope: float = 0.01, *, name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        s = float(negative_slope)
-        if not math.isfinite(s):
-            raise ValueError(f"negative_slope: expected a finite number, got {negative_slope!r}")
+        s = V.finite_float(negative_slope, "negative_slope")
         self.negative_slope = s
         self.slope = s
+
+    config_fields = (("negative_slope", "float"),)
+    torch_name = "LeakyReLU"
+    onnx_op = "LeakyRelu"
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        return cls(negative_slope=module.negative_slope, name=name)
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        return [helper.make_node("LeakyRelu", inputs, [output], alpha=float(self.negative_slope))]
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        return R.leaky_relu(x, self.negative_slope)
+
+    def reference_grad(self, x: np.ndarray) -> np.ndarray:
+        return R.leaky_relu_grad(x, self.negative_slope)
 
     def describe(self) -> str:
         return f"LeakyReLU(negative_slope={self.negative_slope})"
@@ -195,17 +325,46 @@ class LeakyReLU(_Activation):
 class Tanh(_Activation):
     """tanh(x)."""
 
+    _ref = (R.tanh, R.tanh_grad)
+    torch_name = "Tanh"
+    onnx_op = "Tanh"
+
 
 class Sigmoid(_Activation):
     """1 / (1 + exp(-x))."""
+
+    _ref = (R.sigmoid, R.sigmoid_grad)
+    torch_name = "Sigmoid"
+    onnx_op = "Sigmoid"
 
 
 class GELU(_Activation):
     """x * Phi(x), the exact erf form (PyTorch's approximate='none')."""
 
+    _ref = (R.gelu, R.gelu_grad)
+    torch_name = "GELU"
+    onnx_op = "Gelu"
+
+    def to_torch(self, torch: Any, dtype: Any, tensors: Mapping[str, np.ndarray]) -> Any:
+        return torch.nn.GELU(approximate="none")
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        if module.approximate != "none":
+            raise ValueError(f"{where}: only GELU(approximate='none') is supported")
+        return cls(name=name)
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        return [helper.make_node("Gelu", inputs, [output], approximate="none")]
+
 
 class Identity(_Activation):
     """x."""
+
+    _ref = (R.identity, R.identity_grad)
+    torch_name = "Identity"
+    onnx_op = "Identity"
 
 
 class Dropout(Layer):
@@ -214,40 +373,53 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, *, name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        self.p = _unit_interval("p", p, "a probability")
+        self.p = V.probability(p, "p")
+
+    def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
+        return (NODE["Dropout"], inputs, width, -1, 0, self.p)
+
+    config_fields = (("p", "float"),)
+    torch_name = "Dropout"
+    onnx_op = "Identity"  # inference
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        return cls(p=module.p, name=name)
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        return R.identity(x)  # dropout off: its mask lives in the core
+
+    def reference_grad(self, x: np.ndarray) -> np.ndarray:
+        return R.identity_grad(x)
 
     def describe(self) -> str:
         return f"Dropout(p={self.p})"
-
-
-def _check_features(v: object) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"num_features: expected a positive int, got {v!r}")
-    return v
-
-
-def _check_eps(v: object) -> float:
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"eps: expected a number > 0, got {v!r}") from None
-    if not (f > 0 and math.isfinite(f)):
-        raise ValueError(f"eps: expected a number > 0, got {v!r}")
-    return f
 
 
 class _Norm(Layer):
     """Normalization over the features of each sample (LayerNorm) or over the batch (BatchNorm1d)."""
 
     has_params = True
+    stored = True
     num_features: int
+    node_kind = "LayerNorm"
+
+    @property
+    def input_width(self) -> int:  # type: ignore[override]
+        return self.num_features
+
+    def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
+        return (NODE[self.node_kind], inputs, width, stored_index, 0, 0.0)
+
+    def init_tensor(self, name: str, view: np.ndarray, rng: np.random.Generator) -> None:
+        view[...] = 1.0 if name == "weight" else 0.0
 
     def out_width(self, in_width: int) -> int:
         if in_width != self.num_features:
             raise ValueError(f"{self.describe()}: expects {self.num_features} input features, gets {in_width}")
         return in_width
 
-    def param_shapes(self) -> List[tuple]:
+    def param_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
         return [("weight", (self.num_features,)), ("bias", (self.num_features,))]
 
 
@@ -259,14 +431,57 @@ class BatchNorm1d(_Norm):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = True, *, name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        self.num_features = _check_features(num_features)
-        self.eps = _check_eps(eps)
-        self.momentum = _unit_interval("momentum", momentum, "a number")
+        self.num_features = V.positive_int(num_features, "num_features")
+        self.eps = V.positive_float(eps, "eps", "a number > 0")
+        self.momentum = V.probability(momentum, "momentum", "a number")
         self.affine = bool(affine)
         self.has_params = self.affine
 
-    def param_shapes(self) -> List[tuple]:
+    node_kind = "BatchNorm"
+    config_fields = (("num_features", "int"), ("eps", "float"), ("momentum", "float"), ("affine", "bool"))
+    torch_name = "BatchNorm1d"
+
+    def to_torch(self, torch: Any, dtype: Any, tensors: Mapping[str, np.ndarray]) -> Any:
+        m = torch.nn.BatchNorm1d(self.num_features, eps=self.eps, momentum=self.momentum,
+                                 affine=self.affine, dtype=dtype)
+        _copy_to_torch(torch, m, tensors, (("weight", "bias") if self.affine else ())
+                       + ("running_mean", "running_var"))
+        return m
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        if not module.track_running_stats or module.momentum is None:
+            raise ValueError(f"{where}: needs track_running_stats=True and a momentum (not None)")
+        return cls(module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
+                   name=name)
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        n = self.num_features
+        scale = tensors["weight"] if self.affine else np.ones(n)
+        bias = tensors["bias"] if self.affine else np.zeros(n)
+        return [helper.make_node(
+            "BatchNormalization",
+            [inputs[0], init("weight", scale), init("bias", bias),
+             init("running_mean", tensors["running_mean"]), init("running_var", tensors["running_var"])],
+            [output], epsilon=float(self.eps))]
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        """Training: batch mean and biased variance; inference: the running statistics."""
+        stats = {} if training else dict(running_mean=tensors["running_mean"], running_var=tensors["running_var"])
+        return R.batchnorm_forward(x, self.eps, tensors.get("weight"), tensors.get("bias"), **stats)
+
+    def core_layer(self) -> LayerSpec:
+        return (LAYER["BatchNorm"], self.num_features, self.num_features, self.affine, self.eps, self.momentum)
+
+    def param_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
         return super().param_shapes() if self.affine else []
+
+    def buffer_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
+        return [("running_mean", (self.num_features,)), ("running_var", (self.num_features,))]
+
+    def init_buffer(self, name: str, view: np.ndarray) -> None:
+        view[...] = 1.0 if name == "running_var" else 0.0
 
     def describe(self) -> str:
         nm = f", name={self.name!r}" if self.name else ""
@@ -279,9 +494,53 @@ class LayerNorm(_Norm):
 
     def __init__(self, num_features: int, eps: float = 1e-5, *, name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        self.num_features = _check_features(num_features)
-        self.eps = _check_eps(eps)
+        self.num_features = V.positive_int(num_features, "num_features")
+        self.eps = V.positive_float(eps, "eps", "a number > 0")
+
+    def core_layer(self) -> LayerSpec:
+        return (LAYER["LayerNorm"], self.num_features, self.num_features, True, self.eps, 0.0)
+
+    config_fields = (("num_features", "int"), ("eps", "float"))
+    torch_name = "LayerNorm"
+
+    def to_torch(self, torch: Any, dtype: Any, tensors: Mapping[str, np.ndarray]) -> Any:
+        m = torch.nn.LayerNorm(self.num_features, eps=self.eps, dtype=dtype)
+        _copy_to_torch(torch, m, tensors, ("weight", "bias"))
+        return m
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        if len(module.normalized_shape) != 1 or not module.elementwise_affine or module.bias is None:
+            raise ValueError(f"{where}: only LayerNorm over the last dimension with elementwise_affine=True "
+                             "and bias=True is supported")
+        return cls(module.normalized_shape[0], eps=module.eps, name=name)
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        return [helper.make_node("LayerNormalization", [inputs[0], init("weight", tensors["weight"]),
+                                                        init("bias", tensors["bias"])],
+                                 [output], axis=-1, epsilon=float(self.eps))]
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        return R.layernorm_forward(x, self.eps, tensors["weight"], tensors["bias"])
 
     def describe(self) -> str:
         nm = f", name={self.name!r}" if self.name else ""
         return f"LayerNorm({self.num_features}, eps={self.eps}{nm})"
+
+
+def _copy_to_torch(torch: Any, module: Any, tensors: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
+    """Copy the layer's tensors into the module's parameters and buffers of the same names."""
+    with torch.no_grad():
+        for n in names:
+            getattr(module, n).copy_(torch.from_numpy(np.array(tensors[n])))
+
+
+# The activation layers by their snake_case names (the command line's --activation).
+ACTIVATION_LAYERS: Dict[str, Type[_Activation]] = {
+    "relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh, "sigmoid": Sigmoid, "gelu": GELU, "identity": Identity}
+
+# Every layer type of the package, each exactly once (io registers them for saving; interop
+# and from_torch map them to and from torch.nn).
+LAYER_TYPES: Tuple[Type[Layer], ...] = (Linear, ReLU, LeakyReLU, Tanh, Sigmoid, GELU, Identity, Dropout,
+                                 BatchNorm1d, LayerNorm)

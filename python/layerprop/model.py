@@ -2,24 +2,23 @@
 evaluated and inspected through it."""
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _core
-from .layers import (LAYER_BATCHNORM, LAYER_LAYERNORM, LAYER_LINEAR, NODE_ACT, NODE_ADD,
-                     NODE_BATCHNORM, NODE_CONCAT, NODE_DROPOUT, NODE_INPUT, NODE_LAYERNORM,
-                     NODE_LINEAR, BatchNorm1d, Dropout, Input, Layer, LayerNorm, Linear,
-                     SymbolicTensor, _Activation, _Norm)
+from . import validation as V
+from ._codes import LOSS, NODE
+from .layers import Input, Layer, Linear, SymbolicTensor, _Norm
 from .optim import Optimizer
 from .schedules import Schedule, Simultaneous
 from .sparse import CsrRows, as_csr_rows, is_sparse
 
 __all__ = ["Model", "Sequential"]
 
-LOSSES = {"cross_entropy": 0, "mse": 1, "bce_with_logits": 2, "poisson": 3}
+LOSSES = {"cross_entropy": LOSS["CrossEntropy"], "mse": LOSS["MSE"], "bce_with_logits": LOSS["BCEWithLogits"],
+          "poisson": LOSS["Poisson"]}
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -34,17 +33,36 @@ def _dtype_name(dtype: object) -> str:
 
 
 class Model:
-    """A graph of layers from `inputs` to `outputs` (see lp.Input, lp.add, lp.concat)."""
+    """A graph of layers from `inputs` to `outputs` (see lp.Input, lp.add, lp.concat).
+
+    Internal API: the other modules of the package (training, io, explain, sklearn, ...) use a
+    Model through its public methods and the single-underscore methods listed in
+    `INTERNAL_API`, never through its underscore attributes (tests/test_internal_api.py checks
+    this by reading the source)."""
+
+    INTERNAL_API = ("_from_graph", "_prepare", "_prepare_weights", "_require_compiled",
+                    "_validate", "_train_batches", "_evaluate_prepared", "_shuffled_order",
+                    "_reseed_dropout", "_loss", "_snapshot", "_optimizer_state_names", "_apply_penalized")
 
     def __init__(self, inputs: SymbolicTensor, outputs: SymbolicTensor, dtype: str = "float32",
                  seed: Optional[int] = None) -> None:
         self._init_graph(inputs, outputs, dtype, seed)
+
+    @classmethod
+    def _from_graph(cls, inputs: SymbolicTensor, outputs: SymbolicTensor, dtype: object = "float32",
+                    seed: Optional[int] = None, names: Optional[Dict[int, str]] = None) -> "Model":
+        """A Model of the graph from `inputs` to `outputs`; `names`: id(layer) -> the name
+        prefix of its parameters (default: the layer's name, or "<kind><index>")."""
+        model = Model.__new__(Model)
+        model._init_graph(inputs, outputs, dtype, seed, names=names)
+        return model
 
     # ------------------------------------------------------------------ construction
     def _init_graph(self, inputs: SymbolicTensor, outputs: SymbolicTensor, dtype: object,
                     seed: Optional[int], names: Optional[Dict[int, str]] = None) -> None:
         self.dtype = _dtype_name(dtype)
         self._np_dtype = _DTYPES[self.dtype]
+        self._np_dtype_obj = np.dtype(self._np_dtype)
         if isinstance(inputs, (list, tuple)):
             if len(inputs) != 1:
                 raise ValueError("inputs: exactly one input is supported")
@@ -58,7 +76,7 @@ class Model:
                 raise TypeError(f"{arg}: expected a symbolic tensor, got {type(t).__name__}")
         if inputs.op != "input":
             raise ValueError("inputs: expected a tensor made by lp.Input")
-        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
+        if seed is not None and not V.is_int(seed):
             raise ValueError(f"seed: expected an int or None, got {seed!r}")
         self.seed = None if seed is None else int(seed)
 
@@ -100,30 +118,24 @@ class Model:
         for t in order:
             ins = [index[id(u)] for u in t.inputs]
             if t.op == "input":
-                core_nodes.append((NODE_INPUT, [], t.width, -1, 0, 0.0))
+                core_nodes.append((NODE["Input"], [], t.width, -1, 0, 0.0))
             elif t.op == "add":
-                core_nodes.append((NODE_ADD, ins, t.width, -1, 0, 0.0))
+                core_nodes.append((NODE["Add"], ins, t.width, -1, 0, 0.0))
             elif t.op == "concat":
-                core_nodes.append((NODE_CONCAT, ins, t.width, -1, 0, 0.0))
+                core_nodes.append((NODE["Concat"], ins, t.width, -1, 0, 0.0))
             else:
                 layer = t.layer
                 assert layer is not None  # a "layer" node always has its layer
                 if id(layer) not in layer_ids:
                     layer_ids.add(id(layer))
                     layers.append(layer)
-                if isinstance(layer, (Linear, _Norm)):
+                stored = -1
+                if layer.stored:
                     if id(layer) not in core_index:
                         core_index[id(layer)] = len(core_layers)
-                        core_layers.append(_core_layer_spec(layer))
-                    kind = (NODE_LINEAR if isinstance(layer, Linear)
-                            else NODE_BATCHNORM if isinstance(layer, BatchNorm1d) else NODE_LAYERNORM)
-                    core_nodes.append((kind, ins, t.width, core_index[id(layer)], 0, 0.0))
-                elif isinstance(layer, Dropout):
-                    core_nodes.append((NODE_DROPOUT, ins, t.width, -1, 0, layer.p))
-                elif isinstance(layer, _Activation):
-                    core_nodes.append((NODE_ACT, ins, t.width, -1, layer.act_code, float(layer.slope)))
-                else:
-                    raise TypeError(f"{layer.describe()}: layer type not supported by the core")
+                        core_layers.append(layer.core_layer())
+                    stored = core_index[id(layer)]
+                core_nodes.append(layer.core_node(ins, t.width, stored))
         self._layers = layers
         # The graph in topological order (index 0 is the input, the last is the output); for
         # tools that walk it (lp.explain). Same order as the core's nodes.
@@ -163,6 +175,8 @@ class Model:
         self.clip_grad_value: Optional[float] = None
         self.stop_training = False
         self._fit_rng = np.random.default_rng(self.seed)
+        self._y_dtype: Optional[np.dtype] = None  # set by compile: the targets' dtype and ndim
+        self._y_ndim = 0
         self.reset_parameters(self.seed)
         self._core.set_seed(int(np.random.default_rng(self.seed).integers(2**63)) ^ 0x5EED)
 
@@ -171,15 +185,10 @@ class Model:
         (kaiming_uniform with a=sqrt(5)), drawn per layer, weight first, from `seed`; norm
         layers weight 1, bias 0, running mean 0, running variance 1."""
         rng = np.random.default_rng(seed)
-        for (layer_idx, _pname, _o, _shape), view in zip(self._core.tensors(), self._params.values()):
-            layer = self._core_layers[layer_idx]
-            if isinstance(layer, Linear):
-                bound = layer.init_bound()
-                view[...] = rng.uniform(-bound, bound, size=view.shape).astype(self._np_dtype)
-            else:
-                view[...] = 1.0 if _pname == "weight" else 0.0
-        for (_li, bname, _o, _shape), view in zip(self._core.buffer_tensors(), self._buffers.values()):
-            view[...] = 1.0 if bname == "running_var" else 0.0
+        for (layer_idx, pname, _o, _shape), view in zip(self._core.tensors(), self._params.values()):
+            self._core_layers[layer_idx].init_tensor(pname, view, rng)
+        for (layer_idx, bname, _o, _shape), view in zip(self._core.buffer_tensors(), self._buffers.values()):
+            self._core_layers[layer_idx].init_buffer(bname, view)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -206,6 +215,143 @@ class Model:
         """Zero-copy, writable views of the state that is not trained by gradients: BatchNorm1d
         running statistics ("1.running_mean", "1.running_var"), named like PyTorch's state_dict."""
         return OrderedDict(self._buffers)
+
+    @property
+    def nodes(self) -> List[SymbolicTensor]:
+        """The graph in topological order: index 0 is the input, the last is the output (the
+        core's node order)."""
+        return list(self._order)
+
+    def layer_name(self, layer: Layer) -> Optional[str]:
+        """The name prefix of `layer`'s parameters and buffers ("0", "enc", "linear1"), or None
+        for a layer the core stores nothing for (activations, dropout) or not in this model."""
+        return self._layer_prefix.get(id(layer))
+
+    def clone(self, dtype: Optional[str] = None) -> "Model":
+        """A copy of this model in `dtype` (default: its own): the same graph (the same layer
+        objects), copies of the parameters and buffers, the same mode and random generators;
+        not compiled."""
+        dt = self.dtype if dtype is None else _dtype_name(dtype)
+        twin: Model
+        if isinstance(self, Sequential):
+            twin = Sequential(*self._seq_layers, dtype=dt, seed=self.seed)
+        else:
+            twin = Model._from_graph(self._input, self._output, dt, self.seed, names=dict(self._layer_prefix))
+        if twin._param_names != self._param_names or twin._buffer_names != self._buffer_names:
+            raise RuntimeError(f"clone: the copy's tensors {twin._param_names + twin._buffer_names} differ "
+                               f"from the model's {self._param_names + self._buffer_names}")
+        for name, p in self._params.items():
+            twin._params[name][...] = p
+        for name, b in self._buffers.items():
+            twin._buffers[name][...] = b
+        twin.rng_state = self.rng_state
+        return twin.train() if self.training else twin.eval()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def rng_state(self) -> Dict[str, Any]:
+        """The random generators: {"shuffle": fit's shuffling generator (NumPy
+        bit_generator.state), "core": (seed, draws) of the core's dropout generator}. Assign
+        such a dict (either key may be left out or None) to restore them."""
+        seed, draws = self._core.rng_state()
+        return {"shuffle": self._fit_rng.bit_generator.state, "core": (int(seed), int(draws))}
+
+    @rng_state.setter
+    def rng_state(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or not set(state) <= {"shuffle", "core"}:
+            raise ValueError(f"rng_state: expected a dict with the keys 'shuffle' and 'core', got {state!r:.200}")
+        core = state.get("core")
+        if core is not None:
+            if not isinstance(core, (tuple, list)) or len(core) != 2:
+                raise ValueError(f"rng_state['core']: expected (seed, draws), got {core!r:.200}")
+            core = (V.integer(core[0], "rng_state['core'][0]", 0, 2 ** 64 - 1),
+                    V.integer(core[1], "rng_state['core'][1]", 0, 2 ** 64 - 1))
+        shuffle = state.get("shuffle")
+        if shuffle is not None:
+            bg = self._fit_rng.bit_generator
+            if not isinstance(shuffle, Mapping) or shuffle.get("bit_generator") != type(bg).__name__:
+                raise ValueError(f"rng_state['shuffle']: expected the state of a {type(bg).__name__} "
+                                 f"bit generator, got {shuffle!r:.200}")
+            try:
+                bg.state = dict(shuffle)
+            except (TypeError, ValueError, KeyError, OverflowError) as e:
+                raise ValueError(f"rng_state['shuffle']: {e}") from None
+        if core is not None:
+            self._core.set_rng_state(*core)
+
+    def _optimizer_state_names(self) -> Tuple[str, ...]:
+        """Names of the state tensors the compiled optimizer keeps per parameter (the core's
+        slots 0, 1, ... in order): e.g. ("exp_avg", "exp_avg_sq") for Adam, () before compile."""
+        if self.optimizer is None:
+            return ()
+        names = tuple(self.optimizer.state_names) or ("slot0", "slot1")
+        slots = 0
+        while slots < len(names) and self._core.state_view(slots).size:
+            slots += 1
+        return names[:slots]
+
+    def _snapshot(self) -> Dict[str, Any]:
+        """One consistent copy of the model's state, taken under the core's lock (a fit in
+        another thread cannot interleave a step): {"params", "buffers": name -> array,
+        "optimizer": param name -> {"step": int, <state name>: array} (empty before compile),
+        "rng": as rng_state}."""
+        snap = self._core.snapshot()
+
+        def named(flat: np.ndarray, infos: List[Tuple[int, str, int, Tuple[int, ...]]],
+                  names: List[str]) -> "OrderedDict[str, np.ndarray]":
+            return OrderedDict((name, flat[off: off + int(np.prod(shape))].reshape(shape))
+                               for (_l, _n, off, shape), name in zip(infos, names))
+        infos = self._core.tensors()
+        params = named(snap["params"], infos, self._param_names)
+        buffers = named(snap["buffers"], self._core.buffer_tensors(), self._buffer_names)
+        optimizer: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+        if self.optimizer is not None:
+            slots = [named(snap[f"state{k}"], infos, self._param_names)
+                     for k in range(len(self._optimizer_state_names()))]
+            state_names = self._optimizer_state_names()
+            for i, name in enumerate(self._param_names):
+                entry: Dict[str, Any] = {"step": int(snap["steps"][i])}
+                for sname, slot in zip(state_names, slots):
+                    entry[sname] = slot[name]
+                optimizer[name] = entry
+        seed, draws = (int(v) for v in snap["rng"])
+        return {"params": params, "buffers": buffers, "optimizer": optimizer,
+                "rng": {"shuffle": self._fit_rng.bit_generator.state, "core": (seed, draws)}}
+
+    def optimizer_state(self) -> "OrderedDict[str, Dict[str, Any]]":
+        """The optimizer's state, named per parameter as in PyTorch's optimizer.state_dict():
+        {"0.weight": {"step": 3, "exp_avg": array, "exp_avg_sq": array}, ...} (copies; SGD keeps
+        "momentum_buffer" when momentum > 0). Empty before compile."""
+        return self._snapshot()["optimizer"]
+
+    def load_optimizer_state(self, state: Mapping[str, Mapping[str, Any]]) -> None:
+        """Restore what optimizer_state() returned (for the same architecture and optimizer):
+        every parameter's step count and state tensors, checked by name and shape."""
+        self._require_compiled()
+        names = self._optimizer_state_names()
+        if not isinstance(state, Mapping) or list(state) != self._param_names:
+            got = list(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"state: expected an entry for each of the parameters {self._param_names[:8]}, "
+                             f"got {got!r:.200}")
+        steps = []
+        for pname, view in self._params.items():
+            entry = state[pname]
+            if not isinstance(entry, Mapping) or set(entry) != {"step", *names}:
+                raise ValueError(f"state[{pname!r}]: expected the keys {['step', *names]}, got "
+                                 f"{list(entry) if isinstance(entry, Mapping) else entry!r:.200}")
+            steps.append(V.integer(entry["step"], f"state[{pname!r}]['step']", 0, 2 ** 40))
+            for sname in names:
+                a = np.asarray(entry[sname])
+                if a.shape != view.shape:
+                    raise ValueError(f"state[{pname!r}][{sname!r}]: expected shape {view.shape}, got {a.shape}")
+        offsets = {name: (off, int(np.prod(shape)))
+                   for (_l, _n, off, shape), name in zip(self._core.tensors(), self._param_names)}
+        for k, sname in enumerate(names):
+            flat = self._core.state_view(k)
+            for pname in self._param_names:
+                off, size = offsets[pname]
+                flat[off: off + size] = np.asarray(state[pname][sname]).reshape(-1)
+        self._core.set_steps(steps)
 
     def step_cost(self) -> Dict[str, int]:
         """Work of the last training step: node forward and backward executions (a Linear with
@@ -257,21 +403,18 @@ class Model:
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule: expected an lp schedule (lp.Simultaneous(), lp.Layerwise(), "
                             f"lp.LocoProp()), got {schedule!r}")
-        clip: Dict[str, Optional[float]] = {}
-        for name, v in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
-            if v is None:
-                clip[name] = None
-                continue
-            ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            if not ok or not (np.isfinite(v) and v > 0):
-                raise ValueError(f"{name}: expected a finite number > 0 or None, got {v!r}")
-            clip[name] = float(v)
+        clip: Dict[str, Optional[float]] = {
+            name: None if v is None else V.positive_float(v, name, "a finite number > 0 or None")
+            for name, v in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value))}
         if (clip["clip_grad_norm"] or clip["clip_grad_value"]) and not isinstance(schedule, Simultaneous):
             raise ValueError("clip_grad_norm / clip_grad_value: gradient clipping applies to the Simultaneous "
                              f"schedule, not {schedule!r} (its layers step on their own recomputed gradients)")
         self._core.compile(loss=LOSSES[loss], **optimizer.core_args(), **schedule.core_args(),
                            clip_norm=clip["clip_grad_norm"] or 0.0, clip_value=clip["clip_grad_value"] or 0.0)
         self.loss, self.optimizer, self.schedule = loss, optimizer, schedule
+        # the targets as the core takes them: int64 labels (N,) or the model's dtype (N, out)
+        self._y_dtype = np.dtype(np.int64) if loss == "cross_entropy" else np.dtype(self._np_dtype)
+        self._y_ndim = 1 if loss == "cross_entropy" else 2
         self.clip_grad_norm, self.clip_grad_value = clip["clip_grad_norm"], clip["clip_grad_value"]
         return self
 
@@ -280,7 +423,7 @@ class Model:
             raise RuntimeError("the model is not compiled: call model.compile(loss=..., optimizer=...) first")
 
     # ------------------------------------------------------------------ data
-    def _as_X(self, X: object, name: str = "X") -> np.ndarray:
+    def _prepare_X(self, X: object, name: str = "X") -> np.ndarray:
         """The model's dtype, C-contiguous. float64 data for a float32 model is converted here,
         once per call (documented); any other dtype is refused with a TypeError. A scipy.sparse
         X becomes CSR rows the core reads without densifying (layerprop.sparse)."""
@@ -298,7 +441,7 @@ class Model:
             raise ValueError(f"{name}: expected a 2-D array (samples, features), got shape {arr.shape}")
         return np.ascontiguousarray(arr)
 
-    def _as_y(self, y: object, n: int, name: str = "y") -> np.ndarray:
+    def _prepare_y(self, y: object, n: int, name: str = "y") -> np.ndarray:
         self._require_compiled()
         arr = y if isinstance(y, np.ndarray) else np.asarray(y)
         if self.loss == "cross_entropy":
@@ -316,20 +459,51 @@ class Model:
             arr = arr.reshape(-1, 1)
         return np.ascontiguousarray(arr)
 
-    def _Xy(self, X: object, y: object) -> Tuple[np.ndarray, np.ndarray]:
-        self._require_compiled()
-        # Fast path: arrays already as the core wants them go straight through (the core
-        # checks shapes, labels and NaN/Inf itself).
-        if (type(X) is np.ndarray and type(y) is np.ndarray and X.dtype == self._np_dtype
-                and X.flags.c_contiguous and y.flags.c_contiguous and X.ndim == 2
-                and (y.dtype == np.int64 and y.ndim == 1 if self.loss == "cross_entropy"
-                     else y.dtype == self._np_dtype and y.ndim == 2)):
+    def _prepare(self, X: object, y: object) -> Tuple[np.ndarray, np.ndarray]:
+        """The one preparation of (X, y) before the core, decided by dtype and layout, never by
+        trying the core: arrays already in the model's dtypes (int64 labels for
+        cross_entropy), C-contiguous, go straight through, and the core checks everything
+        else (shapes, labels, NaN/Inf). Otherwise the documented conversions: float64 data
+        for a float32 model, any integer labels, a 1-D target for one output, other layouts
+        (made C-contiguous); any other dtype is a TypeError naming X or y."""
+        if (type(X) is np.ndarray and type(y) is np.ndarray and X.dtype is self._np_dtype_obj
+                and y.dtype is self._y_dtype and X.ndim == 2 and y.ndim == self._y_ndim
+                and X.flags.c_contiguous and y.flags.c_contiguous):
             return X, y
-        Xa = self._as_X(X)
-        return Xa, self._as_y(y, Xa.shape[0])
+        self._require_compiled()
+        Xa = self._prepare_X(X)
+        return Xa, self._prepare_y(y, Xa.shape[0])
+
+    # ------------------------------------------------------------------ internal API: prepared data
+    def _validate(self, X: np.ndarray, y: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> None:
+        """The core's full check of prepared data (shapes, labels, NaN/Inf); changes nothing."""
+        self._core.validate(X, y, sample_weight)
+
+    def _train_batches(self, X: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int,
+                       on_nonfinite: int, sample_weight: Optional[np.ndarray]) -> Tuple[np.ndarray, int, int, int, int]:
+        """Train on the batches of prepared (X, y) taken in `order` (int64 row indices), in the
+        core without the GIL: (losses, done, skipped, fault_batch, fault_kind)."""
+        return self._core.train_epoch(X, y, order, batch_size, on_nonfinite, sample_weight)  # type: ignore[no-any-return]
+
+    def _evaluate_prepared(self, X: np.ndarray, y: np.ndarray, batch_size: int = 0,
+                           sample_weight: Optional[np.ndarray] = None) -> Tuple[float, float, float]:
+        """(loss, correct, total) on prepared data, in inference mode."""
+        return self._core.evaluate(X, y, batch_size, sample_weight)  # type: ignore[no-any-return]
+
+    def _shuffled_order(self, n: int) -> np.ndarray:
+        """A permutation of range(n) from fit's shuffling generator (advances it)."""
+        return self._fit_rng.permutation(n)
+
+    def _reseed_dropout(self, seed: int) -> None:
+        """Restart the core's dropout generator from `seed`."""
+        self._core.set_seed(seed)
+
+    def _loss(self, X: np.ndarray, y: np.ndarray) -> float:
+        """The loss on prepared data in the current mode; no gradient, no update."""
+        return float(self._core.loss(X, y))
 
     # ------------------------------------------------------------------ steps
-    def _as_weights(self, w: object, n: int) -> Optional[np.ndarray]:
+    def _prepare_weights(self, w: object, n: int) -> Optional[np.ndarray]:
         """sample_weight as the model's dtype, (n,), C-contiguous (a copy when it must be
         converted: weights are only read). Values (finite, >= 0, a positive sum per batch)
         are checked by the core."""
@@ -345,46 +519,50 @@ class Model:
     def train_step(self, X: np.ndarray, y: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> float:
         """One fused forward + backward + update; returns the loss before the update.
         sample_weight (n,): the loss is the weighted mean sum(w_i l_i) / sum(w_i)."""
+        Xa, ya = self._prepare(X, y)
         if sample_weight is None:
-            try:  # arrays the core accepts as they are go straight in (it validates everything)
-                return self._core.train_step(X, y)  # type: ignore[no-any-return]
-            except (TypeError, ValueError):
-                pass  # convert what Python converts (documented), or raise the precise error
-        Xa, ya = self._Xy(X, y)
-        return float(self._core.train_step(Xa, ya, self._as_weights(sample_weight, Xa.shape[0])))
+            return self._core.train_step(Xa, ya)  # type: ignore[no-any-return]
+        return float(self._core.train_step(Xa, ya, self._prepare_weights(sample_weight, Xa.shape[0])))
 
     def compute_gradients(self, X: np.ndarray, y: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> float:
         """Forward and backward only: fills gradients(); returns the loss."""
-        Xa, ya = self._Xy(X, y)
-        return float(self._core.compute_gradients(Xa, ya, sample_weight=self._as_weights(sample_weight, Xa.shape[0])))
+        Xa, ya = self._prepare(X, y)
+        return float(self._core.compute_gradients(Xa, ya, sample_weight=self._prepare_weights(sample_weight, Xa.shape[0])))
 
     def apply_gradients(self) -> None:
         """Update the parameters with the gradients of the last compute_gradients."""
         self._require_compiled()
         self._core.apply_gradients()
 
+    def _apply_penalized(self, l2_weights: float, grad_scale: float = 1.0) -> None:
+        """apply_gradients with the gradients first multiplied by grad_scale and l2_weights * W
+        added to every Linear weight's (not the biases'), in the optimizer's own pass
+        (scikit-learn's alpha penalty, for lp.sklearn)."""
+        self._require_compiled()
+        self._core.apply_gradients(l2_weights=l2_weights, grad_scale=grad_scale)
+
     def loss_and_grads(self, X: np.ndarray, y: np.ndarray,
                        sample_weight: Optional[np.ndarray] = None) -> Tuple[float, Dict[str, np.ndarray]]:
         """Loss and a copy of every gradient; no update (parameters, optimizer state and
         BatchNorm running statistics stay as they are)."""
-        Xa, ya = self._Xy(X, y)
+        Xa, ya = self._prepare(X, y)
         loss = float(self._core.compute_gradients(Xa, ya, update_stats=False,
-                                                  sample_weight=self._as_weights(sample_weight, Xa.shape[0])))
+                                                  sample_weight=self._prepare_weights(sample_weight, Xa.shape[0])))
         return loss, OrderedDict((n, g.copy()) for n, g in self._grads.items())
 
     def predict(self, X: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
         """Raw outputs (logits for cross_entropy) for every row of X."""
-        Xa = self._as_X(X)
-        bs = 0 if batch_size is None else _positive_int(batch_size, "batch_size")
+        Xa = self._prepare_X(X)
+        bs = 0 if batch_size is None else V.positive_int(batch_size, "batch_size")
         return self._core.predict(Xa, bs)
 
     def evaluate(self, X: np.ndarray, y: np.ndarray, batch_size: Optional[int] = None,
                  sample_weight: Optional[np.ndarray] = None) -> Dict[str, float]:
         """{"loss": mean loss} and, for cross_entropy, "accuracy" (both weighted by
         sample_weight when given)."""
-        Xa, ya = self._Xy(X, y)
-        bs = 0 if batch_size is None else _positive_int(batch_size, "batch_size")
-        loss, correct, total = self._core.evaluate(Xa, ya, bs, self._as_weights(sample_weight, Xa.shape[0]))
+        Xa, ya = self._prepare(X, y)
+        bs = 0 if batch_size is None else V.positive_int(batch_size, "batch_size")
+        loss, correct, total = self._core.evaluate(Xa, ya, bs, self._prepare_weights(sample_weight, Xa.shape[0]))
         out = {"loss": float(loss)}
         if self.loss == "cross_entropy":
             out["accuracy"] = float(correct) / float(total)
@@ -459,33 +637,6 @@ class Model:
         return f"<{type(self).__name__} {self.in_features}->{self.out_features} dtype={self.dtype} params={self.num_parameters()}>"
 
 
-def _core_layer_spec(layer: Layer) -> tuple:
-    """(kind, in, out, bias, eps, momentum) of a layer the core stores."""
-    if isinstance(layer, Linear):
-        return (LAYER_LINEAR, layer.in_features, layer.out_features, layer.bias, 0.0, 0.0)
-    if isinstance(layer, BatchNorm1d):
-        return (LAYER_BATCHNORM, layer.num_features, layer.num_features, layer.affine, layer.eps, layer.momentum)
-    assert isinstance(layer, LayerNorm)
-    return (LAYER_LAYERNORM, layer.num_features, layer.num_features, True, layer.eps, 0.0)
-
-
-def _positive_float(v: object, name: str, what: str = "a positive number") -> float:
-    """A finite number > 0 (bools refused), or ValueError naming the argument."""
-    try:
-        f = float(v) if not isinstance(v, bool) else math.nan  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        f = math.nan
-    if not (math.isfinite(f) and f > 0):
-        raise ValueError(f"{name}: expected {what}, got {v!r}")
-    return f
-
-
-def _positive_int(v: object, name: str) -> int:
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    return int(v)
-
-
 class Sequential(Model):
     """Layers applied one after another; parameter names follow PyTorch's nn.Sequential
     ("0.weight", "0.bias", "2.weight", ...)."""
@@ -502,11 +653,11 @@ class Sequential(Model):
         for i, l in enumerate(layers):
             if seen.setdefault(id(l), i) != i:
                 raise ValueError(f"layers[{i}]: the same layer object appears twice; use the functional API to share weights")
-        first = next((l for l in layers if isinstance(l, (Linear, _Norm))), None)
+        first = next((l.input_width for l in layers if l.input_width is not None), None)
         if first is None or not any(isinstance(l, Linear) for l in layers):
             raise ValueError("layers: a Sequential needs at least one lp.Linear")
         # Width of the input: the first sized layer's (activations before it keep width).
-        x = Input(first.in_features if isinstance(first, Linear) else first.num_features)
+        x = Input(first)
         t = x
         for l in layers:
             t = l(t)

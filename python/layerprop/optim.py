@@ -2,27 +2,26 @@
 one fused in-place pass over parameters, gradients and state."""
 from __future__ import annotations
 
-import math
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+from . import validation as V
+from ._codes import OPT
 
-OPT_SGD, OPT_ADAM, OPT_ADAMW = 1, 2, 3
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZER_TYPES"]
 
-
-def _nonneg(name: str, v: float) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number, got {v!r}") from None
-    if not math.isfinite(f) or f < 0:
-        raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
-    return f
 
 
 class Optimizer:
-    kind = 0
+    kind = OPT["None"]
     lr: float
+    # the state it keeps per parameter, PyTorch's names, in the core's slot order
+    state_names: Tuple[str, ...] = ()
+    # its constructor's arguments for saving (layerprop.io), each with its JSON kind:
+    # "float", "bool" or "pair" (two floats, e.g. betas)
+    config_fields: Tuple[Tuple[str, str], ...] = ()
+
+    def get_config(self) -> Dict[str, Any]:
+        return {k: list(getattr(self, k)) if kind == "pair" else getattr(self, k) for k, kind in self.config_fields}
 
     def core_args(self) -> dict:
         raise NotImplementedError
@@ -32,17 +31,18 @@ class SGD(Optimizer):
     """Stochastic gradient descent with PyTorch's momentum, dampening, nesterov and
     weight_decay semantics."""
 
-    kind = OPT_SGD
+    kind = OPT["SGD"]
+    state_names = ("momentum_buffer",)
+    config_fields = (("lr", "float"), ("momentum", "float"), ("dampening", "float"), ("nesterov", "bool"),
+                     ("weight_decay", "float"))
 
     def __init__(self, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0) -> None:
-        self.lr = _nonneg("lr", lr)
-        self.momentum = _nonneg("momentum", momentum)
-        self.dampening = float(dampening)
-        if not math.isfinite(self.dampening):
-            raise ValueError(f"dampening: expected a finite number, got {dampening!r}")
+        self.lr = V.nonneg_float(lr, "lr")
+        self.momentum = V.nonneg_float(momentum, "momentum")
+        self.dampening = V.finite_float(dampening, "dampening")
         self.nesterov = bool(nesterov)
-        self.weight_decay = _nonneg("weight_decay", weight_decay)
+        self.weight_decay = V.nonneg_float(weight_decay, "weight_decay")
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov: requires momentum > 0 and dampening == 0")
 
@@ -59,21 +59,21 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with PyTorch's bias corrections; weight_decay adds wd*p to the gradient."""
 
-    kind = OPT_ADAM
+    kind = OPT["Adam"]
+    state_names = ("exp_avg", "exp_avg_sq")
+    config_fields = (("lr", "float"), ("betas", "pair"), ("eps", "float"), ("weight_decay", "float"))
 
     def __init__(self, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-        self.lr = _nonneg("lr", lr)
+        self.lr = V.nonneg_float(lr, "lr")
         try:
-            b1, b2 = (float(b) for b in betas)
+            b1, b2 = betas
         except (TypeError, ValueError):
             raise ValueError(f"betas: expected two numbers, got {betas!r}") from None
-        for i, b in enumerate((b1, b2)):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"betas: betas[{i}] must be in [0, 1), got {b}")
-        self.betas = (b1, b2)
-        self.eps = _nonneg("eps", eps)
-        self.weight_decay = _nonneg("weight_decay", weight_decay)
+        self.betas = (V.real(b1, "betas[0]", 0.0, 1.0, hi_open=True),
+                      V.real(b2, "betas[1]", 0.0, 1.0, hi_open=True))
+        self.eps = V.nonneg_float(eps, "eps")
+        self.weight_decay = V.nonneg_float(weight_decay, "weight_decay")
 
     def core_args(self) -> dict:
         return dict(optimizer=self.kind, lr=self.lr, momentum=0.0, dampening=0.0,
@@ -88,8 +88,12 @@ class Adam(Optimizer):
 class AdamW(Adam):
     """Adam with decoupled weight decay: p *= 1 - lr*weight_decay before the Adam step."""
 
-    kind = OPT_ADAMW
+    kind = OPT["AdamW"]
 
     def __init__(self, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+# Every optimizer of the package (layerprop.io saves and loads these by class name).
+OPTIMIZER_TYPES: Tuple[type, ...] = (SGD, Adam, AdamW)

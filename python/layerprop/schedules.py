@@ -4,9 +4,12 @@ The units of a schedule are the layers with parameters (Linear, BatchNorm1d, Lay
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
-__all__ = ["Schedule", "Simultaneous", "Layerwise", "LocoProp"]
+from . import validation as V
+from ._codes import SCHEDULE
+
+__all__ = ["Schedule", "Simultaneous", "Layerwise", "LocoProp", "SCHEDULE_TYPES"]
 
 MAX_INNER_STEPS = 10 ** 6  # LocoProp's inner loop runs in the core, where Ctrl-C cannot stop it
 
@@ -14,7 +17,9 @@ MAX_INNER_STEPS = 10 ** 6  # LocoProp's inner loop runs in the core, where Ctrl-
 class Schedule:
     """Base class of update schedules."""
 
-    code = 0
+    code = SCHEDULE["Simultaneous"]
+    # its constructor's arguments for saving (layerprop.io): scalars, checked by the constructor
+    config_args: Tuple[str, ...] = ()
 
     def core_args(self) -> dict:
         return dict(schedule=self.code, inner_steps=1, inner_lr=0.0, target_lr=0.0)
@@ -23,7 +28,7 @@ class Schedule:
 class Simultaneous(Schedule):
     """Standard backprop: one backward pass, then every parameter is updated."""
 
-    code = 0
+    code = SCHEDULE["Simultaneous"]
 
     def __repr__(self) -> str:
         return "Simultaneous()"
@@ -37,11 +42,12 @@ class Layerwise(Schedule):
 
     order: "top_down" (from the loss backwards) or "bottom_up"."""
 
+    config_args = ("order",)
+
     def __init__(self, order: str = "top_down") -> None:
-        if order not in ("top_down", "bottom_up"):
-            raise ValueError(f"order: expected 'top_down' or 'bottom_up', got {order!r}")
+        V.choice(order, "order", ("top_down", "bottom_up"))
         self.order = order
-        self.code = 1 if order == "top_down" else 2
+        self.code = SCHEDULE["LayerwiseTopDown" if order == "top_down" else "LayerwiseBottomUp"]
 
     def __repr__(self) -> str:
         return f"Layerwise(order={self.order!r})"
@@ -67,29 +73,22 @@ class LocoProp(Schedule):
     insensitive to that scale; with SGD choose inner_lr about batch_size times smaller than a
     backprop learning rate, or the local problems diverge."""
 
+    config_args = ("variant", "inner_steps", "inner_lr", "target_lr")
+
     def __init__(self, variant: str = "M", inner_steps: int = 10, inner_lr: Optional[float] = None,
                  target_lr: float = 10.0) -> None:
-        if variant not in ("S", "M"):
-            raise ValueError(f"variant: expected 'S' or 'M', got {variant!r}")
-        if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
-            raise ValueError(f"inner_steps: expected a positive int, got {inner_steps!r}")
+        V.choice(variant, "variant", ("S", "M"))
+        inner_steps = V.positive_int(inner_steps, "inner_steps")
         if inner_steps > MAX_INNER_STEPS:
             raise ValueError(f"inner_steps: expected at most {MAX_INNER_STEPS}, got {inner_steps!r}")
         if inner_lr is not None:
-            inner_lr = float(inner_lr)
-            if not inner_lr > 0:
-                raise ValueError(f"inner_lr: expected a number > 0 or None, got {inner_lr!r}")
-        try:
-            tl = float(target_lr)
-        except (TypeError, ValueError):
-            raise ValueError(f"target_lr: expected a number > 0, got {target_lr!r}") from None
-        if not tl > 0:
-            raise ValueError(f"target_lr: expected a number > 0, got {target_lr!r}")
+            inner_lr = V.positive_float(inner_lr, "inner_lr", "a number > 0 or None")
+        tl = V.positive_float(target_lr, "target_lr", "a number > 0")
         self.variant = variant
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr
         self.target_lr = tl
-        self.code = 3 if variant == "S" else 4
+        self.code = SCHEDULE["LocoPropS" if variant == "S" else "LocoPropM"]
 
     def core_args(self) -> dict:
         return dict(schedule=self.code, inner_steps=self.inner_steps,
@@ -99,3 +98,7 @@ class LocoProp(Schedule):
     def __repr__(self) -> str:
         return (f"LocoProp(variant={self.variant!r}, inner_steps={self.inner_steps}, "
                 f"inner_lr={self.inner_lr}, target_lr={self.target_lr})")
+
+
+# Every schedule of the package (layerprop.io saves and loads these by class name).
+SCHEDULE_TYPES: Tuple[type, ...] = (Simultaneous, Layerwise, LocoProp)

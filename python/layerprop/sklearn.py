@@ -25,7 +25,6 @@ layers are updated inside the core, so the L2 penalty becomes the optimizer's we
 from __future__ import annotations
 
 import contextlib
-import numbers
 import sys
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -43,6 +42,8 @@ from sklearn.utils.validation import (_check_sample_weight, check_array, check_c
                                       check_is_fitted, column_or_1d, validate_data)
 
 from . import _core
+from . import reference as R
+from . import validation as V
 from . import layers as L
 from .io import model_from_state, model_to_state
 from .model import Sequential
@@ -56,14 +57,12 @@ _ACTIVATIONS = {"identity": L.Identity, "logistic": L.Sigmoid, "tanh": L.Tanh, "
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise softmax in z's dtype (the float64 twin's, rounded)."""
+    return R.softmax(z).astype(z.dtype, copy=False)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
-
+    return R.sigmoid(z).astype(z.dtype, copy=False)
 
 
 def _stochastic_solver(est: Any) -> bool:
@@ -164,14 +163,14 @@ class _BaseMLP(BaseEstimator):
     # ------------------------------------------------------------------ parameters
     def _hidden_sizes(self) -> List[int]:
         h = self.hidden_layer_sizes
-        if isinstance(h, numbers.Integral) and not isinstance(h, bool):
+        if V.is_int(h):
             h = [h]
         try:
             sizes = list(h)
         except TypeError:
             raise ValueError(f"hidden_layer_sizes: expected an int or a sequence of ints, got {h!r}") from None
         for s in sizes:
-            if not isinstance(s, numbers.Integral) or isinstance(s, bool) or s < 1:
+            if not V.is_int(s) or s < 1:
                 raise ValueError(f"hidden_layer_sizes: must be positive ints, got {self.hidden_layer_sizes!r}")
         return [int(s) for s in sizes]
 
@@ -186,14 +185,10 @@ class _BaseMLP(BaseEstimator):
                              f"schedule must be None or lp.Simultaneous(), got {self.schedule!r}")
 
         def number(name: str, lo: float, hi: float = np.inf, lo_open: bool = False, hi_open: bool = False) -> None:
-            v: Any = getattr(self, name)
-            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and bool(np.isfinite(float(v))) or (
-                isinstance(v, numbers.Real) and v == np.inf and hi == np.inf and not isinstance(v, bool))
-            if ok:
-                ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-            if not ok:
-                raise ValueError(f"{name}: expected a number in {'(' if lo_open else '['}{lo}, {hi}"
-                                 f"{')' if hi_open else ']'}, got {v!r}")
+            # an upper bound of inf admits inf itself (scikit-learn's intervals)
+            V.real(getattr(self, name), name, lo, None if hi == np.inf else hi, lo_open=lo_open,
+                   hi_open=hi_open, finite=hi != np.inf,
+                   what=f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
         number("alpha", 0.0)
         number("learning_rate_init", 0.0, lo_open=True)
         number("tol", 0.0)
@@ -212,14 +207,11 @@ class _BaseMLP(BaseEstimator):
                              f"{self.schedule!r} updates layers inside the core, at the optimizer's fixed rate)")
         for name in ("max_iter", "n_iter_no_change", "max_fun"):
             v = getattr(self, name)
-            if name == "n_iter_no_change" and isinstance(v, numbers.Real) and v == np.inf:
+            if name == "n_iter_no_change" and V.is_real(v) and v == np.inf:
                 continue  # scikit-learn allows np.inf: never stop for lack of improvement
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1" + (" or np.inf" if name == "n_iter_no_change" else "")
-                                 + f", got {v!r}")
+            V.integer(v, name, 1, what="an int >= 1" + (" or np.inf" if name == "n_iter_no_change" else ""))
         b: Any = self.batch_size
-        if not (b == "auto" if isinstance(b, str) else
-                isinstance(b, numbers.Integral) and not isinstance(b, bool) and int(b) >= 1):
+        if not (b == "auto" if isinstance(b, str) else V.is_int(b) and int(b) >= 1):
             raise ValueError(f"batch_size: expected 'auto' or an int >= 1, got {b!r}")
         if self.schedule is not None and not isinstance(self.schedule, Schedule):
             raise ValueError(f"schedule: expected an lp schedule (e.g. lp.Simultaneous()) or None, got {self.schedule!r}")
@@ -322,11 +314,11 @@ class _BaseMLP(BaseEstimator):
         params = list(self.model_.parameters().values())
         grads = list(self.model_.gradients().values())
         sizes = [p.size for p in params]
-        core = self.model_._core
+        model = self.model_
         scale = self._loss_scale()
         n = X.shape[0]
         k = self.alpha / (n if sw is None else float(sw.sum()))  # scikit-learn's sw_sum
-        w = None if sw is None else self.model_._as_weights(sw, n)
+        w = None if sw is None else self.model_._prepare_weights(sw, n)
         weights = [name.endswith(".weight") for name in self.model_.parameters()]
         offset = self._loss_offset(y, sw)
 
@@ -338,7 +330,7 @@ class _BaseMLP(BaseEstimator):
 
         def fun(theta: np.ndarray) -> Tuple[float, np.ndarray]:
             unpack(theta)
-            loss = float(core.compute_gradients(X, y, sample_weight=w)) * scale[0] + offset
+            loss = float(model.compute_gradients(X, y, sample_weight=w)) * scale[0] + offset
             g = np.empty_like(theta)
             o = 0
             for p, gr, m, is_w in zip(params, grads, sizes, weights):
@@ -366,8 +358,7 @@ class _BaseMLP(BaseEstimator):
 
     def _step(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float],
               wb: Optional[np.ndarray] = None) -> float:
-        core = self.model_._core
-        loss = float(core.compute_gradients(Xb, yb, sample_weight=wb)) * scale[0] + self._loss_offset(yb, wb)
+        loss = float(self.model_.compute_gradients(Xb, yb, sample_weight=wb)) * scale[0] + self._loss_offset(yb, wb)
         nb = Xb.shape[0] if wb is None else float(wb.sum())  # scikit-learn's sw_sum
         k = self.alpha / nb if self.alpha else 0.0
         if self.alpha:
@@ -379,7 +370,7 @@ class _BaseMLP(BaseEstimator):
         # optimizer's own pass: g * (f * scale) + (f * k) * W.
         f = self._lr_factor
         with _nonfinite_as_sklearn():
-            core.apply_gradients(l2_weights=f * k, grad_scale=f * scale[1])
+            self.model_._apply_penalized(l2_weights=f * k, grad_scale=f * scale[1])
         return loss
 
     def _step_scheduled(self, Xb: np.ndarray, yb: np.ndarray, scale: Tuple[float, float],
@@ -390,7 +381,7 @@ class _BaseMLP(BaseEstimator):
         if self.alpha:
             pen = sum(float(np.vdot(w, w)) for w in self._weights())
         with _nonfinite_as_sklearn():
-            loss = float(self.model_._core.train_step(Xb, yb, wb)) * scale[0] + self._loss_offset(yb, wb)
+            loss = float(self.model_.train_step(Xb, yb, wb)) * scale[0] + self._loss_offset(yb, wb)
         return loss + 0.5 * self.alpha * pen / Xb.shape[0]
 
     def _fit(self, X: np.ndarray, y: Any, incremental: bool, sample_weight: Any = None) -> "_BaseMLP":
@@ -416,9 +407,9 @@ class _BaseMLP(BaseEstimator):
                 dtype = "float32" if X.dtype == np.float32 else "float64"
                 n_out = target.shape[1] if target.ndim == 2 else len(self.classes_)
                 self._build(X.shape[1], n_out, dtype, loss)
-            X = prepare(X, self.model_._np_dtype)  # sparse X stays sparse (CSR rows)
+            X = prepare(X, np.dtype(self.model_.dtype))  # sparse X stays sparse (CSR rows)
             if target.dtype != np.int64:
-                target = np.ascontiguousarray(target, dtype=self.model_._np_dtype)
+                target = np.ascontiguousarray(target, dtype=np.dtype(self.model_.dtype))
             if self.solver == "lbfgs":
                 started.append(True)
                 self._fit_lbfgs(X, target, sw)
@@ -505,7 +496,7 @@ class _BaseMLP(BaseEstimator):
             total = 0.0
             for b0 in range(0, n, bs):
                 sel = idx[b0: b0 + bs]
-                wb = None if sw is None else self.model_._as_weights(sw[sel], len(sel))
+                wb = None if sw is None else self.model_._prepare_weights(sw[sel], len(sel))
                 total += step(take_rows(X, sel), y[sel], scale, wb) * len(sel)
             self.n_iter_ += 1
             self.loss_ = total / n
@@ -583,8 +574,8 @@ class _BaseMLP(BaseEstimator):
             X = validate_data(self, X, reset=False, accept_sparse=["csr", "csc"], dtype=(np.float64, np.float32))
         # The output dtype is scikit-learn's: float32 for a float32 model given float32 data,
         # float64 otherwise.
-        out_dtype = np.result_type(X.dtype, self.model_._np_dtype)
-        X = prepare(X, self.model_._np_dtype)
+        out_dtype = np.result_type(X.dtype, np.dtype(self.model_.dtype))
+        X = prepare(X, np.dtype(self.model_.dtype))
         return np.asarray(self.model_.predict(X), dtype=out_dtype)
 
     # ------------------------------------------------------------------ pickling

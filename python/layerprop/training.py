@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import validation as V
 from .layers import BatchNorm1d
 
 __all__ = ["History", "Callback", "LambdaCallback", "EarlyStopping", "ModelCheckpoint", "MovingTarget",
@@ -121,8 +122,7 @@ class LambdaCallback(Callback):
 
 
 def _mode(mode: str, monitor: str) -> str:
-    if mode not in ("auto", "min", "max"):
-        raise ValueError(f"mode: expected 'auto', 'min' or 'max', got {mode!r}")
+    V.choice(mode, "mode", ("auto", "min", "max"))
     if mode == "auto":
         return "max" if "acc" in monitor else "min"
     return mode
@@ -134,13 +134,7 @@ class _Monitor(Callback):
             raise ValueError(f"monitor: expected a metric name such as 'val_loss', got {monitor!r}")
         self.monitor = monitor
         self.mode = _mode(mode, monitor)
-        try:
-            md = float(min_delta)
-        except (TypeError, ValueError):
-            raise ValueError(f"min_delta: expected a number >= 0, got {min_delta!r}") from None
-        if not math.isfinite(md) or md < 0:
-            raise ValueError(f"min_delta: expected a number >= 0, got {min_delta!r}")
-        self.min_delta = md
+        self.min_delta = V.nonneg_float(min_delta, "min_delta", "a number >= 0")
         self.best = math.inf if self.mode == "min" else -math.inf
 
     def _value(self, logs: Optional[dict]) -> float:
@@ -165,9 +159,7 @@ class EarlyStopping(_Monitor):
     def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0,
                  mode: str = "auto", restore_best_weights: bool = False) -> None:
         super().__init__(monitor, mode, min_delta)
-        if not isinstance(patience, (int, np.integer)) or isinstance(patience, bool) or patience < 0:
-            raise ValueError(f"patience: expected an int >= 0, got {patience!r}")
-        self.patience = int(patience)
+        self.patience = V.integer(patience, "patience", 0)
         self.restore_best_weights = bool(restore_best_weights)
         self.wait = 0
         self.best_epoch: Optional[int] = None
@@ -212,10 +204,8 @@ class ModelCheckpoint(_Monitor):
         path = os.fspath(path)
         if not isinstance(path, str) or not path:
             raise ValueError(f"path: expected a file path (pattern), got {path!r}")
-        if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"every: expected an int >= 1, got {every!r}")
         self.path = path
-        self.every = int(every)
+        self.every = V.integer(every, "every", 1)
         self.save_best_only = bool(save_best_only)
         self.include_optimizer = bool(include_optimizer)
         self.saved: List[str] = []
@@ -257,15 +247,9 @@ class MovingTarget(Callback):
             "mt_var_drift_max")
 
     def __init__(self, X_probe: Any, y_probe: Any, every: int = 1, lr: Optional[float] = None) -> None:
-        if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"every: expected an int >= 1, got {every!r}")
+        every = V.integer(every, "every", 1)
         if lr is not None:
-            try:
-                lr = float(lr)
-            except (TypeError, ValueError):
-                raise ValueError(f"lr: expected a positive number or None, got {lr!r}") from None
-            if not (math.isfinite(lr) and lr > 0):
-                raise ValueError(f"lr: expected a positive number or None, got {lr!r}")
+            lr = V.positive_float(lr, "lr", "a positive number or None")
         X = np.asarray(X_probe)
         if X.ndim != 2 or X.shape[0] < 1:
             raise ValueError(f"X_probe: expected a 2-D array with at least one row, got shape {X.shape}")
@@ -358,17 +342,17 @@ def _check_monitors(callbacks: Sequence[Callback], val: Any, loss: Optional[str]
 
 
 def validated_data(model: Any, X: Any, y: Any, name: str = "X", sample_weight: Any = None) -> Any:
-    """(X, y) converted once (model._Xy) and fully checked by the core (shapes, class labels,
+    """(X, y) converted once (model._prepare) and fully checked by the core (shapes, class labels,
     NaN/Inf) without changing anything: what fit and the explain tools run before their first
     step. With name="validation_data", errors name validation_data."""
     try:
-        Xa, ya = model._Xy(X, y)
+        Xa, ya = model._prepare(X, y)
         if ya.ndim == 0 or ya.shape[0] != Xa.shape[0]:
             raise ValueError(f"y: expected {Xa.shape[0]} rows to match X, got shape {ya.shape}")
         if Xa.shape[0] == 0:
             raise ValueError("X: empty (0 rows); needs at least one sample")
-        w = model._as_weights(sample_weight, Xa.shape[0])
-        model._core.validate(Xa, ya, w)
+        w = model._prepare_weights(sample_weight, Xa.shape[0])
+        model._validate(Xa, ya, w)
     except (TypeError, ValueError) as e:
         if name == "validation_data":
             raise type(e)(f"validation_data: {e}") from None
@@ -380,20 +364,14 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
             validation_data: Any, callbacks: Sequence[Callback], progress: Optional[bool],
             initial_epoch: int = 0, on_nonfinite: str = "raise", sample_weight: Any = None) -> History:
     from . import NonFiniteError
-    from .model import _positive_int
     model._require_compiled()
     # Every argument is checked before the first step: a refused fit changes nothing.
-    epochs = int(epochs) if isinstance(epochs, (int, np.integer)) and not isinstance(epochs, bool) else -1
-    if epochs < 0:
-        raise ValueError("epochs: expected an int >= 0")
-    if not isinstance(initial_epoch, (int, np.integer)) or isinstance(initial_epoch, bool) or initial_epoch < 0:
-        raise ValueError(f"initial_epoch: expected an int >= 0, got {initial_epoch!r}")
-    initial_epoch = int(initial_epoch)
+    epochs = V.integer(epochs, "epochs", 0)
+    initial_epoch = V.integer(initial_epoch, "initial_epoch", 0)
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress: expected True, False or None, got {progress!r}")
-    if on_nonfinite not in _ON_NONFINITE:
-        raise ValueError(f"on_nonfinite: expected one of {_ON_NONFINITE}, got {on_nonfinite!r}")
-    batch_size = _positive_int(batch_size, "batch_size")
+    V.choice(on_nonfinite, "on_nonfinite", _ON_NONFINITE)
+    batch_size = V.positive_int(batch_size, "batch_size")
     w = None
     if sample_weight is None:
         Xa, ya = validated_data(model, X, y)  # converted once for the whole fit
@@ -436,7 +414,7 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         for cb in cbs:
             cb.on_epoch_begin(epoch)
         t0 = time.perf_counter()
-        order = model._fit_rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
+        order = model._shuffled_order(n) if shuffle else np.arange(n, dtype=np.int64)
         order = order.astype(np.int64, copy=False)
         if w is not None:  # the epoch's loss weighs each batch by its total sample weight
             sizes = np.add.reduceat(w[order].astype(np.float64), np.arange(0, n, batch_size))
@@ -445,7 +423,7 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         fault = None
         for b0 in range(0, n_batches, chunk):
             b1 = min(n_batches, b0 + chunk)
-            out, done, _skipped, fault_batch, kind = model._core.train_epoch(
+            out, done, _skipped, fault_batch, kind = model._train_batches(
                 Xa, ya, order[b0 * batch_size: b1 * batch_size], batch_size, policy, w)
             losses[b0:b1] = out
             if fault_batch >= 0:
@@ -477,7 +455,7 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
             warnings.warn(msg + "; training stopped (on_nonfinite='stop')", RuntimeWarning, stacklevel=3)
             model.stop_training = True
         if val is not None:
-            loss, correct, total = model._core.evaluate(val[0], val[1], 0)
+            loss, correct, total = model._evaluate_prepared(val[0], val[1], 0)
             logs["val_loss"] = float(loss)
             if model.loss == "cross_entropy":
                 logs["val_accuracy"] = float(correct) / float(total)
