@@ -31,19 +31,15 @@ Csr check_csr(const py::handle& p, const py::handle& i, int64_t values, int64_t 
 
 template <class T>
 py::array_t<T> forward(const py::handle& p, const py::handle& i, const py::handle& v, const py::handle& w_obj,
-                       bool naive, int path) {
+                       bool naive) {
   auto val = bind::as_exact<T>(v, "data", 1);
   auto W = bind::as_exact<T>(w_obj, "weight", 2);
   const int64_t OUT = W.shape(0), IN = W.shape(1);
   Csr c = check_csr(p, i, val.shape(0), IN);
   py::array_t<T> y({c.N, OUT});
   if (naive) kern::csr_linear_forward_naive<T>(y.mutable_data(), c.ptr.data(), c.idx.data(), val.data(), c.N, W.data(), OUT, IN);
-  else {
-    if (path < 0 || path > 2) throw ValueError("path: expected 0 (auto), 1 (gather) or 2 (transpose)");
-    Buffer<T> wt;
-    kern::csr_linear_forward<T>(y.mutable_data(), OUT, c.ptr.data(), c.idx.data(), val.data(), c.N, W.data(), OUT, IN,
-                                nullptr, &wt, path);
-  }
+  else kern::csr_linear_forward<T>(y.mutable_data(), OUT, c.ptr.data(), c.idx.data(), val.data(), c.N, W.data(), OUT, IN,
+                                   nullptr);
   return y;
 }
 
@@ -80,12 +76,10 @@ py::object by_dtype(const py::handle& v, F32 f32, F64 f64) {
 }  // namespace
 
 void bind_sparse(py::module_& m) {
-  m.def("_csr_linear", [](const py::handle& p, const py::handle& i, const py::handle& v, const py::handle& w, bool naive,
-                          int path) {
-    return by_dtype(v, [&] { return py::object(forward<float>(p, i, v, w, naive, path)); },
-                    [&] { return py::object(forward<double>(p, i, v, w, naive, path)); });
+  m.def("_csr_linear", [](const py::handle& p, const py::handle& i, const py::handle& v, const py::handle& w, bool naive) {
+    return by_dtype(v, [&] { return py::object(forward<float>(p, i, v, w, naive)); },
+                    [&] { return py::object(forward<double>(p, i, v, w, naive)); });
   }, py::arg("indptr"), py::arg("indices"), py::arg("data"), py::arg("weight"), py::arg("naive") = false,
-     py::arg("path") = 0,
      "X (CSR) @ weight.T with the sparse kernel or its naive twin (tests).");
   m.def("_csr_weight_grad", [](const py::handle& p, const py::handle& i, const py::handle& v, const py::handle& dz,
                                int64_t cols, const py::handle& acc, bool naive) {

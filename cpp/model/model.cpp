@@ -804,8 +804,7 @@ void Model<T>::linear_forward(int L, const T* x, int64_t N, T* y, const kern::Ep
   const LayerSpec& l = layers_[L];
   const T* W = params_.data() + w_off_[L];
   if (x == sparse_marker())
-    kern::csr_linear_forward<T>(y, l.out, sp_ptr_.data(), sp_idx_.data(), sp_val_.data(), N, W, l.out, l.in, ep,
-                                &sp_wt_);
+    kern::csr_linear_forward<T>(y, l.out, sp_ptr_.data(), sp_idx_.data(), sp_val_.data(), N, W, l.out, l.in, ep);
   else
     kern::gemm<T>(false, true, N, l.out, l.in, x, l.in, W, l.in, y, l.out, false, ep);
 }

@@ -261,7 +261,7 @@ class Model {
   Buffer<T> row_loss_, xbatch_, tbatch_, wbatch_;
   // The staged sparse batch: CSR of the batch's rows.
   std::vector<int64_t> sp_ptr_, sp_idx_, sp_start_;  // sp_start_: each row's checked start in X
-  Buffer<T> sp_val_, sp_wt_;                  // sp_wt_: the transposed first weight (large batches)
+  Buffer<T> sp_val_;
   T sp_marker_ = T(0);
   bool input_linear_only_ = false;            // every consumer of the input node is a Linear
   // What a faulty step puts back: BatchNorm running statistics (every schedule) and, for the

@@ -19,16 +19,9 @@
 namespace lp::kern {
 
 // y (N,OUT) = X (N,IN; CSR) . W (OUT,IN)^T, then the epilogue (bias, activation) if given.
-// path 1 gathers from blocks of rows of W; path 2 transposes W into wt_scratch (grown on
-// demand) first, which pays when the batch has many entries (csr_forward_transposes); path 0
-// chooses (path 1 without scratch). Both paths give the same bits.
 template <class T>
 void csr_linear_forward(T* y, int64_t ldy, const int64_t* ptr, const int64_t* idx, const T* val, int64_t N,
-                        const T* W, int64_t OUT, int64_t IN, const Epilogue<T>* ep, Buffer<T>* wt_scratch = nullptr,
-                        int path = 0);
-
-// True when transposing W first costs less than gathering (entries several times the columns).
-inline bool csr_forward_transposes(int64_t nnz, int64_t IN) { return nnz >= 4 * IN; }
+                        const T* W, int64_t OUT, int64_t IN, const Epilogue<T>* ep);
 
 // dW (OUT,IN) = dZ (N,OUT)^T . X (N,IN; CSR); when accumulating, each term is added to dW.
 template <class T>
