@@ -169,7 +169,7 @@ Model<T>::Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int 
   buffers_.assign(static_cast<size_t>(boff), T(0));
   for (size_t L = 0; L < layers_.size(); ++L)
     if (rv_off_[L] >= 0) std::fill_n(buffers_.data() + rv_off_[L], layers_[L].out, T(1));
-  steps_.assign(tensors_.size(), 0);
+  optim_.resize_steps(tensors_.size());
   outs_.resize(n);
   gouts_.resize(n);
   aux_.resize(n);
@@ -197,18 +197,8 @@ void Model<T>::compile(LossKind loss, const kern::OptConfig& opt, const Schedule
       throw ValueError("inner_steps: expected 1 to " + std::to_string(kMaxInnerSteps) + ", got " +
                        std::to_string(sched.inner_steps));
   }
-  const int slots = opt.state_slots();
-  if (slots > 0) {
-    const std::string what = "optimizer state";
-    check_allocation(checked_mul(static_cast<int64_t>(params_.size()) * slots, sizeof(T), what), what);
-  }
-  // assign() never gives back memory a slot once had, so a state view made before this compile
-  // still points into live memory (the views are documented as valid until the next compile).
-  state1_.assign(slots >= 1 ? params_.size() : 0, T(0));
-  state2_.assign(slots >= 2 ? params_.size() : 0, T(0));
-  std::fill(steps_.begin(), steps_.end(), 0);
+  optim_.configure(opt, static_cast<int64_t>(params_.size()), tensors_.size());
   loss_ = loss;
-  opt_ = opt;
   sched_ = sched;
   clip_ = clip;
   compiled_ = true;
@@ -564,17 +554,8 @@ double Model<T>::loss_only(const T* X, int64_t N, Labels<T> y) {
 
 template <class T>
 void Model<T>::apply_layer(int L, double lr) {
-  const int slots = opt_.state_slots();
-  kern::OptConfig cfg = opt_;
-  if (lr >= 0) cfg.lr = lr;
-  for (int t : layer_tensors_[L]) {
-    const ParamTensor& pt = tensors_[t];
-    const int64_t o = pt.offset;
-    steps_[t] += 1;
-    kern::optimizer_step<T>(cfg, params_.data() + o, grads_.data() + o,
-                            slots >= 1 ? state1_.data() + o : nullptr,
-                            slots >= 2 ? state2_.data() + o : nullptr, pt.size(), steps_[t]);
-  }
+  for (int t : layer_tensors_[L])
+    optim_.step(t, OptTensor{tensors_[t].offset, tensors_[t].size()}, params_.data(), grads_.data(), lr);
 }
 
 template <class T>
@@ -614,20 +595,16 @@ double Model<T>::guarded_step(const T* X, int64_t N, Labels<T> y, int& fault) {
   // Layerwise and LocoProp update inside the step: everything they may change is kept aside
   // (a copy is small next to their several passes) and put back if the step went non-finite.
   params_backup_.assign(params_.begin(), params_.end());
-  state1_backup_.assign(state1_.begin(), state1_.end());
-  state2_backup_.assign(state2_.begin(), state2_.end());
+  optim_.backup();  // every named state slot and the step counts
   stats_backup_.assign(buffers_.begin(), buffers_.end());
-  steps_backup_ = steps_;
   const uint64_t draws = draws_;
   const double loss = step(X, N, y);
   fault = !std::isfinite(loss) ? 1 : !kern::all_finite<T>(params_.data(), static_cast<int64_t>(params_.size())) ? 2 : 0;
   grads_fault_ = fault;
   if (fault) {
     std::copy(params_backup_.begin(), params_backup_.end(), params_.begin());
-    std::copy(state1_backup_.begin(), state1_backup_.end(), state1_.begin());
-    std::copy(state2_backup_.begin(), state2_backup_.end(), state2_.begin());
+    optim_.restore();
     std::copy(stats_backup_.begin(), stats_backup_.end(), buffers_.begin());
-    steps_ = steps_backup_;
     draws_ = draws;
   }
   return loss;

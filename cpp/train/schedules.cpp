@@ -138,7 +138,7 @@ void Model<T>::locoprop_unit(int L, int64_t N) {
   const int64_t D = l.out, n = N * D;
   T* a = targets_[L].data() + cap_ * D;
   T* d = gouts_[i].data();
-  const double base = sched_.inner_lr > 0 ? sched_.inner_lr : opt_.lr;
+  const double base = sched_.inner_lr > 0 ? sched_.inner_lr : optim_.config().lr;
   for (int64_t k = 0; k < sched_.inner_steps; ++k) {
     kern::Epilogue<T> ep;
     ep.bias = b_off_[L] >= 0 ? params_.data() + b_off_[L] : nullptr;

@@ -21,12 +21,15 @@ The format (metadata key "layerprop", a JSON object):
      "compile": null | {"loss": "mse", "optimizer": {"type": "Adam", "config": {...}},
                         "schedule": {"type": "Simultaneous", "config": {}},
                         "clip": {"norm": 1.0, "value": null}  (only when clipping is on)},
-     "optimizer_state": null | {"slots": 2, "steps": "optimizer.steps"},
+     "optimizer_state": null | {"slots": 2, "steps": "optimizer.steps",
+                                "names": ["exp_avg", "exp_avg_sq"]  (slot names; older files omit it)},
      "rng": {"shuffle": <numpy PCG64 state>, "core": [seed, draws] or null}}
 
 Tensors: each parameter under its own name; buffers (BatchNorm1d running statistics) under
 theirs ("1.running_mean"), listed in "buffers"; optimizer slot k of parameter P under
-"optimizer.slot<k>.<P>"; per-tensor step counts as int64 "optimizer.steps".
+"optimizer.slot<k>.<P>", slot k being the optimizer's k-th named state slot (SGD:
+momentum_buffer; Adam/AdamW: exp_avg, exp_avg_sq; RMSprop: square_avg, momentum_buffer,
+grad_avg; Adagrad: sum); per-tensor step counts as int64 "optimizer.steps".
 
 A new layer type becomes savable with `register_layer` (its constructor arguments as JSON);
 its parameters and buffers are whatever the model reports, checked by name, shape and dtype.
@@ -43,7 +46,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, Un
 import numpy as np
 
 from . import layers as L
-from .optim import SGD, Adam, AdamW, Optimizer
+from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from . import schedules as _schedules
 from .schedules import Schedule, Simultaneous
 
@@ -214,7 +217,13 @@ def _layer_type(layer: L.Layer) -> str:
 
 
 # ---------------------------------------------------------------------------- optimizers, schedules
-_OPTIMIZERS: Dict[str, Type[Optimizer]] = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
+_OPTIMIZERS: Dict[str, Type[Optimizer]] = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW, "RMSprop": RMSprop,
+                                            "Adagrad": Adagrad}
+# The settings of the optimizers added after SGD and Adam, by name: "f" a number, "b" a boolean.
+_OPTIMIZER_ARGS: Dict[str, Dict[str, str]] = {
+    "RMSprop": {"lr": "f", "alpha": "f", "eps": "f", "weight_decay": "f", "momentum": "f", "centered": "b"},
+    "Adagrad": {"lr": "f", "lr_decay": "f", "weight_decay": "f", "initial_accumulator_value": "f", "eps": "f"},
+}
 _SCHEDULES: Dict[str, Type[Schedule]] = {"Simultaneous": Simultaneous}
 for _name in ("Layerwise", "LocoProp"):
     if hasattr(_schedules, _name):
@@ -225,14 +234,7 @@ def _optimizer_config(opt: Optimizer) -> Dict[str, Any]:
     name = type(opt).__name__
     if _OPTIMIZERS.get(name) is not type(opt):
         raise TypeError(f"optimizer: {name} cannot be saved (known: {', '.join(_OPTIMIZERS)})")
-    cfg: Dict[str, Any]
-    if isinstance(opt, SGD):
-        cfg = dict(lr=opt.lr, momentum=opt.momentum, dampening=opt.dampening,
-                   nesterov=opt.nesterov, weight_decay=opt.weight_decay)
-    else:
-        assert isinstance(opt, Adam)
-        cfg = dict(lr=opt.lr, betas=list(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
-    return {"type": name, "config": cfg}
+    return {"type": name, "config": opt.get_config()}
 
 
 def _optimizer_from(d: Any) -> Optimizer:
@@ -246,6 +248,11 @@ def _optimizer_from(d: Any) -> Optimizer:
                    dampening=_float(c["dampening"], "SGD dampening"),
                    nesterov=_bool(c["nesterov"], "SGD nesterov"),
                    weight_decay=_float(c["weight_decay"], "SGD weight_decay"))
+    if name in _OPTIMIZER_ARGS:
+        args = _OPTIMIZER_ARGS[name]
+        c = _dict(d["config"], f"{name} config", tuple(args))
+        kw = {k: _bool(c[k], f"{name} {k}") if t == "b" else _float(c[k], f"{name} {k}") for k, t in args.items()}
+        return _OPTIMIZERS[name](**kw)
     c = _dict(d["config"], f"{name} config", ("lr", "betas", "eps", "weight_decay"))
     betas = _list(c["betas"], f"{name} betas", 2)
     if len(betas) != 2:
@@ -255,6 +262,10 @@ def _optimizer_from(d: Any) -> Optimizer:
                              eps=_float(c["eps"], f"{name} eps"),
                              weight_decay=_float(c["weight_decay"], f"{name} weight_decay"))
 
+
+# What a state slot that is never negative holds (the message when a file's is).
+_NONNEG_SLOTS = {"exp_avg_sq": "Adam's second moments", "square_avg": "RMSprop's second moments",
+                 "sum": "Adagrad's sums of squared gradients"}
 
 _SCHEDULE_ARGS = {"Simultaneous": (), "Layerwise": ("order",),
                   "LocoProp": ("variant", "inner_steps", "inner_lr", "target_lr")}
@@ -342,17 +353,14 @@ def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["Ordered
         if model.clip_grad_norm is not None or model.clip_grad_value is not None:
             meta["compile"]["clip"] = {"norm": model.clip_grad_norm, "value": model.clip_grad_value}
         if include_optimizer:
-            slots = 0
-            for k in (0, 1):
+            names = list(snap["state_names"])
+            for k in range(len(names)):
                 flat = snap[f"state{k}"]
-                if flat.size == 0:
-                    continue
-                slots = k + 1
                 for (_l, _pname, off, shape), name in zip(model._core.tensors(), model._param_names):
                     size = int(np.prod(shape))
                     tensors[f"optimizer.slot{k}.{name}"] = flat[off: off + size].reshape(shape)
             tensors["optimizer.steps"] = snap["steps"]
-            meta["optimizer_state"] = {"slots": slots, "steps": "optimizer.steps"}
+            meta["optimizer_state"] = {"slots": len(names), "steps": "optimizer.steps", "names": names}
     core_rng = [int(v) for v in snap["rng"]]
     meta["rng"] = {"shuffle": model._fit_rng.bit_generator.state, "core": core_rng}
     return tensors, {META_KEY: json.dumps(meta, separators=(",", ":"))}
@@ -659,8 +667,17 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
         except (TypeError, ValueError) as e:
             raise _Bad(f"compile: {e}") from None
         if opt_state is not None:
-            opt_state = _dict(opt_state, "optimizer_state", ("slots", "steps"))
-            slots = _int(opt_state["slots"], "optimizer_state.slots", 0, 2)
+            opt_state = _dict(opt_state, "optimizer_state")
+            # "names" (the slots' names) came with RMSprop and Adagrad; older files omit it.
+            opt_state = _dict(opt_state, "optimizer_state",
+                              ("slots", "steps", "names") if "names" in opt_state else ("slots", "steps"))
+            slots = _int(opt_state["slots"], "optimizer_state.slots", 0, 3)
+            slot_names = None
+            if "names" in opt_state:
+                slot_names = [_str(n, "optimizer_state.names[]")
+                              for n in _list(opt_state["names"], "optimizer_state.names", 3)]
+                if len(slot_names) != slots:
+                    raise _Bad(f"optimizer_state.names: {len(slot_names)} names for {slots} slots")
             if opt_state["steps"] != "optimizer.steps":
                 raise _Bad("optimizer_state.steps: expected 'optimizer.steps'")
             _check_tensor(keys, "optimizer.steps", (len(params),), np.int64, get_shape)
@@ -700,20 +717,24 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
         except ValueError as e:
             raise _Bad(f"compile: {e}") from None
         if opt_state is not None:
-            expected_slots = sum(1 for k in (0, 1) if model._core.state_view(k).size)
-            if slots != expected_slots:
-                raise _Bad(f"optimizer_state.slots: {type(optimizer).__name__} keeps {expected_slots} "
+            expected = list(model._core.state_names())
+            if slots != len(expected):
+                raise _Bad(f"optimizer_state.slots: {type(optimizer).__name__} keeps {len(expected)} "
                            f"state slots, the file has {slots}")
+            if slot_names is not None and slot_names != expected:
+                raise _Bad(f"optimizer_state.names: {type(optimizer).__name__} keeps {expected}, "
+                           f"the file has {slot_names}")
+            nonneg = list(model._core.state_nonneg())
             offsets = {name: (off, int(np.prod(shape)))
                        for (_l, _pname, off, shape), name in zip(model._core.tensors(), model._param_names)}
-            for k in range(slots):
-                flat = model._core.state_view(k)
-                second_moment = k == 1 and isinstance(optimizer, Adam)
+            for k, slot_name in enumerate(expected):
+                flat = model._core.state_view(slot_name)
+                what = _NONNEG_SLOTS.get(slot_name, f"{slot_name} values")
                 for name in model._param_names:
                     key = f"optimizer.slot{k}.{name}"
                     a = get(key)
                     if check_values:
-                        _check_values(key, a, nonneg=second_moment, what="Adam's second moments")
+                        _check_values(key, a, nonneg=nonneg[k], what=what)
                     off, size = offsets[name]
                     flat[off: off + size] = a.reshape(-1)
             steps = get("optimizer.steps")

@@ -33,7 +33,7 @@ template <class T>
 using Buffer = std::vector<T, AlignedAlloc<T>>;
 
 enum class Act : int { Identity = 0, ReLU, LeakyReLU, Tanh, Sigmoid, GELU };
-enum class LossKind : int { CrossEntropy = 0, MSE, BCEWithLogits, Poisson };
+enum class LossKind : int { CrossEntropy = 0, MSE, BCEWithLogits, Poisson, Count };
 
 // Errors a user can trigger; the bindings map them to ValueError / TypeError.
 struct ValueError : std::invalid_argument {
