@@ -103,6 +103,13 @@ OPTIMIZERS = {
     "adam": ("Adam", dict(lr=0.01)),
     "adam_wd": ("Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.05)),
     "adamw": ("AdamW", dict(lr=0.01, weight_decay=0.1)),
+    "rmsprop": ("RMSprop", dict(lr=0.01)),
+    "rmsprop_centered_momentum_wd": ("RMSprop", dict(lr=0.01, alpha=0.9, eps=1e-6, weight_decay=0.02,
+                                                     momentum=0.5, centered=True)),
+    "rmsprop_centered_small_alpha": ("RMSprop", dict(lr=0.005, alpha=0.3, centered=True)),
+    "adagrad": ("Adagrad", dict(lr=0.05)),
+    "adagrad_decay_wd_init": ("Adagrad", dict(lr=0.05, lr_decay=0.01, weight_decay=0.02,
+                                              initial_accumulator_value=0.1, eps=1e-8)),
 }
 
 

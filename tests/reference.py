@@ -199,6 +199,52 @@ class AdamW(Adam):
         super().__init__(lr, betas, eps, weight_decay)
 
 
+class RMSprop:
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+        self.lr, self.alpha, self.eps, self.weight_decay = lr, alpha, eps, weight_decay
+        self.momentum, self.centered = momentum, centered
+        self.sq, self.gavg, self.buf = {}, {}, {}
+
+    def step(self, params, grads):
+        a = self.alpha
+        for name, p in params.items():
+            g = np.asarray(grads[name], np.float64)
+            if self.weight_decay:
+                g = g + self.weight_decay * p
+            sq = self.sq.setdefault(name, np.zeros_like(p))
+            sq[...] = a * sq + (1.0 - a) * g * g
+            if self.centered:
+                ga = self.gavg.setdefault(name, np.zeros_like(p))
+                ga[...] = a * ga + (1.0 - a) * g
+                avg = np.sqrt(sq - ga * ga) + self.eps
+            else:
+                avg = np.sqrt(sq) + self.eps
+            if self.momentum > 0:
+                buf = self.buf.setdefault(name, np.zeros_like(p))
+                buf[...] = self.momentum * buf + g / avg
+                p -= self.lr * buf
+            else:
+                p -= self.lr * g / avg
+
+
+class Adagrad:
+    def __init__(self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):
+        self.lr, self.lr_decay, self.weight_decay = lr, lr_decay, weight_decay
+        self.init, self.eps = initial_accumulator_value, eps
+        self.sum, self.t = {}, {}
+
+    def step(self, params, grads):
+        for name, p in params.items():
+            g = np.asarray(grads[name], np.float64)
+            if self.weight_decay:
+                g = g + self.weight_decay * p
+            self.t[name] = self.t.get(name, 0) + 1
+            clr = self.lr / (1.0 + (self.t[name] - 1) * self.lr_decay)
+            s = self.sum.setdefault(name, np.full_like(p, self.init))
+            s += g * g
+            p -= clr * g / (np.sqrt(s) + self.eps)
+
+
 # ---------------------------------------------------------------------------
 # A tiny MLP: list of (W, b, activation-or-None), named like a torch Sequential
 # ---------------------------------------------------------------------------
