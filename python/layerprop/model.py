@@ -249,7 +249,7 @@ class Model:
         if optimizer is None:
             optimizer = SGD(lr=0.01)
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer: expected an lp optimizer (lp.SGD, lp.Adam, lp.AdamW), "
+            raise TypeError(f"optimizer: expected an lp optimizer (lp.SGD, lp.Adam, lp.AdamW, lp.RMSprop, lp.Adagrad), "
                             f"got {type(optimizer).__name__}")
         if schedule is None:
             schedule = Simultaneous()
