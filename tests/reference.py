@@ -45,7 +45,8 @@ def sigmoid(x):
 
 
 def _parse(spec):
-    """An activation spec is a name or (name, kwargs-value), e.g. ("leaky_relu", 0.2)."""
+    """An activation spec is a name or (name, kwargs-value), e.g. ("leaky_relu", 0.2),
+    ("elu", 0.5) (alpha) or ("softplus", (2.0, 5.0)) (beta, threshold)."""
     if isinstance(spec, tuple):
         name, arg = spec
         return name, arg
@@ -66,6 +67,14 @@ def activation(spec, x):
         return sigmoid(x)
     if name == "gelu":
         return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    if name == "silu":
+        return x * sigmoid(x)
+    if name == "elu":
+        alpha = 1.0 if arg is None else arg
+        return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
+    if name == "softplus":
+        beta, threshold = (1.0, 20.0) if arg is None else arg
+        return np.where(beta * x > threshold, x, np.logaddexp(0.0, beta * x) / beta)
     if name == "identity":
         return x.copy()
     raise ValueError(f"unknown activation {name!r}")
@@ -89,6 +98,15 @@ def activation_grad(spec, x):
         cdf = 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
         pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
         return cdf + x * pdf
+    if name == "silu":
+        s = sigmoid(x)
+        return s * (1.0 + x * (1.0 - s))
+    if name == "elu":
+        alpha = 1.0 if arg is None else arg
+        return np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0.0)))
+    if name == "softplus":
+        beta, threshold = (1.0, 20.0) if arg is None else arg
+        return np.where(beta * x > threshold, 1.0, sigmoid(beta * x))
     if name == "identity":
         return np.ones_like(x)
     raise ValueError(f"unknown activation {name!r}")

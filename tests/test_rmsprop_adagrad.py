@@ -92,6 +92,10 @@ def test_state_slots_have_torch_names(opt, names):
         assert np.shares_memory(model._core.state_view(name), model._core.state_view(k))
     with pytest.raises(ValueError, match="no state slot called 'nope'"):
         model._core.state_view("nope")
+    with pytest.raises(ValueError, match="slot"):
+        model._core.state_view(3)
+    with pytest.raises(TypeError, match="slot"):
+        model._core.state_view(1.5)
 
 
 def test_adagrad_initial_accumulator_value_fills_sum():

@@ -145,33 +145,12 @@ template <class T>
 void bind_one(py::module_& m, const char* name) {
   using M = Model<T>;
   py::class_<M, std::shared_ptr<M>>(m, name)
-      .def(py::init([](const std::vector<std::tuple<int, int64_t, int64_t, bool, double, double>>& layers,
-                       const std::vector<std::tuple<int, std::vector<int>, int64_t, int, int, double>>& nodes,
-                       int output) {
-             std::vector<LayerSpec> ls;
-             for (auto& [kind, in, out, bias, eps, momentum] : layers) {
-               if (kind < 0 || kind >= static_cast<int>(LayerKind::Count)) throw ValueError("graph: unknown layer kind");
-               ls.push_back({static_cast<LayerKind>(kind), in, out, bias, eps, momentum});
-             }
-             std::vector<NodeSpec> ns;
-             for (auto& [kind, inputs, width, layer, act, slope] : nodes) {
-               if (kind < 0 || kind >= static_cast<int>(NodeKind::Count)) throw ValueError("graph: unknown node kind");
-               if (act < 0 || act > static_cast<int>(Act::GELU)) throw ValueError("graph: unknown activation");
-               NodeSpec s;
-               s.kind = static_cast<NodeKind>(kind);
-               s.inputs = inputs;
-               s.width = width;
-               s.layer = layer;
-               s.act = static_cast<Act>(act);
-               s.slope = slope;
-               ns.push_back(std::move(s));
-             }
-             return std::make_shared<M>(std::move(ls), std::move(ns), output);
+      .def(py::init([](std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int output) {
+             return std::make_shared<M>(std::move(layers), std::move(nodes), output);
            }),
            py::arg("layers"), py::arg("nodes"), py::arg("output"),
-           "layers: (kind, in, out, bias, eps, momentum) per parameterized layer (kind 0 Linear, 1 "
-           "BatchNorm, 2 LayerNorm); nodes: (kind, inputs, width, layer, act, slope) in topological "
-           "order, node 0 the input.")
+           "layers: a LayerSpec per layer with parameters or statistics; nodes: a NodeSpec per node in "
+           "topological order, node 0 the input; output: the output node.")
       .def_property_readonly("in_features", &M::in_width)
       .def_property_readonly("out_features", &M::out_width)
       .def_property_readonly("num_params", &M::num_params)
@@ -202,22 +181,25 @@ void bind_one(py::module_& m, const char* name) {
       .def("last_ops", [](M& self) {
         return py::make_tuple(self.last_ops().forward, self.last_ops().backward);
       }, "(node forward executions, node backward executions) of the last training step.")
-      .def("state_view", [](py::object self, int slot) {
+      .def("state_view", [](py::object self, const py::object& slot) {
         M& s = self.cast<M&>();
-        if (slot < 0 || slot >= kern::kMaxStateSlots)
-          throw ValueError("slot: expected 0 to " + std::to_string(kern::kMaxStateSlots - 1) + ", got " +
-                           std::to_string(slot));
-        Buffer<T>& b = s.optim().slot(slot);
-        return view<T>(self, b.data(), static_cast<int64_t>(b.size()), 1, true);
-      }, py::arg("slot"), "Flat view of optimizer state slot k (empty if the optimizer keeps fewer; valid until "
-         "the next compile).")
-      .def("state_view", [](py::object self, const std::string& name) {
-        M& s = self.cast<M&>();
-        const int k = s.optim().slot_index(name);
-        if (k < 0) throw ValueError("name: the compiled optimizer keeps no state slot called '" + name + "'");
+        int k = 0;
+        if (py::isinstance<py::str>(slot)) {
+          const std::string name = slot.cast<std::string>();
+          k = s.optim().slot_index(name);
+          if (k < 0) throw ValueError("slot: the compiled optimizer keeps no state slot called '" + name + "'");
+        } else {
+          if (!py::isinstance<py::int_>(slot) || py::isinstance<py::bool_>(slot))
+            throw TypeError("slot: expected an int or a slot name");
+          k = slot.cast<int>();
+          if (k < 0 || k >= kern::kMaxStateSlots)
+            throw ValueError("slot: expected 0 to " + std::to_string(kern::kMaxStateSlots - 1) + ", got " +
+                             std::to_string(k));
+        }
         Buffer<T>& b = s.optim().slot(k);
         return view<T>(self, b.data(), static_cast<int64_t>(b.size()), 1, true);
-      }, py::arg("name"), "Flat view of the optimizer state slot called `name` (valid until the next compile).")
+      }, py::arg("slot"), "Flat view of optimizer state slot `slot`: its index (empty if the optimizer keeps "
+         "fewer) or its name (e.g. 'exp_avg'); valid until the next compile.")
       .def("state_names", [](M& self) { return self.optim().slot_names(); },
            "Names of the compiled optimizer's state slots, in slot order (e.g. ['exp_avg', 'exp_avg_sq']).")
       .def("state_nonneg", [](M& self) {

@@ -16,6 +16,22 @@ namespace lp {
 namespace {
 std::string node_str(int i) { return "node " + std::to_string(i); }
 
+// The settings an activation reads, checked by name: finite, and Softplus' beta > 0.
+void check_act_settings(const NodeSpec& s, const std::string& where) {
+  auto finite = [&](const char* name, double v) {
+    if (!std::isfinite(v))
+      throw ValueError("graph: " + where + ": " + name + " must be a finite number, got " + std::to_string(v));
+  };
+  if (s.act == Act::LeakyReLU) finite("negative_slope", s.act_settings.negative_slope);
+  if (s.act == Act::ELU) finite("alpha", s.act_settings.alpha);
+  if (s.act == Act::Softplus) {
+    finite("beta", s.act_settings.beta);
+    finite("threshold", s.act_settings.threshold);
+    if (!(s.act_settings.beta > 0))
+      throw ValueError("graph: " + where + ": beta must be > 0, got " + std::to_string(s.act_settings.beta));
+  }
+}
+
 // splitmix64 finalizer: a counter-based generator, one independent draw per element.
 inline uint64_t mix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
@@ -88,9 +104,10 @@ Model<T>::Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int 
         break;
       }
       case NodeKind::Dropout:
-        if (!(s.slope >= 0 && s.slope <= 1)) throw ValueError("graph: dropout p must be in [0, 1]");
+        if (!(s.p >= 0 && s.p <= 1)) throw ValueError("graph: dropout p must be in [0, 1]");
         [[fallthrough]];
       case NodeKind::Activation:
+        if (s.kind == NodeKind::Activation) check_act_settings(s, node_str(i));
       case NodeKind::Add:
         for (size_t k = 0; k < s.inputs.size(); ++k)
           if (w(k) != s.width) throw ValueError("graph: width mismatch at " + node_str(i));
@@ -292,7 +309,7 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
         if (fused_into_[i] >= 0) {
           const NodeSpec& a = nodes_[fused_into_[i]];
           ep.act = a.act;
-          ep.slope = T(a.slope);
+          ep.params = kern::ActParams<T>(a.act_settings);
           ep.act_out = outs_[fused_into_[i]].data();
           ep.ld_act = w;
         }
@@ -303,14 +320,14 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
       case NodeKind::BatchNorm:
       case NodeKind::LayerNorm: layer_forward(i, N, mode); break;
       case NodeKind::Activation:
-        if (!fused_[i]) kern::act_forward<T>(outs_[i].data(), out(s.inputs[0]), N * w, s.act, T(s.slope));
+        if (!fused_[i]) kern::act_forward<T>(outs_[i].data(), out(s.inputs[0]), N * w, s.act, kern::ActParams<T>(s.act_settings));
         else ops_.forward -= 1;  // done by its Linear
         break;
       case NodeKind::Dropout:
-        if (mode.training && s.slope > 0) {
+        if (mode.training && s.p > 0) {
           if (!mode.reuse_masks)
             mask_keys_[i] = mix64(seed_ ^ mix64(draws_++ * 0x100000001B3ull + static_cast<uint64_t>(i)));
-          dropout_forward<T>(outs_[i].data(), aux_[i].data(), out(s.inputs[0]), N * w, s.slope,
+          dropout_forward<T>(outs_[i].data(), aux_[i].data(), out(s.inputs[0]), N * w, s.p,
                              mask_keys_[i], mode.reuse_masks);
         } else {
           std::memcpy(outs_[i].data(), out(s.inputs[0]), sizeof(T) * N * w);
@@ -425,7 +442,8 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
       case NodeKind::Activation: {
         const int j = s.inputs[0];
         if (wants(j)) {
-          kern::act_backward<T>(gouts_[j].data(), dy, out(j), out(i), N * w, s.act, T(s.slope), written_[j]);
+          kern::act_backward<T>(gouts_[j].data(), dy, out(j), out(i), N * w, s.act,
+                                kern::ActParams<T>(s.act_settings), written_[j]);
           written_[j] = 1;
         }
         break;
@@ -433,7 +451,7 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
       case NodeKind::Dropout: {
         const int j = s.inputs[0];
         if (wants(j)) {
-          if (training_ && s.slope > 0) kern::mul_into<T>(gouts_[j].data(), dy, aux_[i].data(), N * w, written_[j]);
+          if (training_ && s.p > 0) kern::mul_into<T>(gouts_[j].data(), dy, aux_[i].data(), N * w, written_[j]);
           else kern::add_into<T>(gouts_[j].data(), dy, N * w, written_[j]);
           written_[j] = 1;
         }

@@ -29,8 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .layers import (GELU, BatchNorm1d, Dropout, Identity, LayerNorm, LeakyReLU, Linear, ReLU,
-                     Sigmoid, SymbolicTensor, Tanh, _Norm)
+from .layers import (ELU, GELU, BatchNorm1d, Dropout, Identity, LayerNorm, LeakyReLU, Linear, ReLU,
+                     Sigmoid, SiLU, Softplus, SymbolicTensor, Tanh, _Norm)
 from .model import Model, _positive_float
 
 __all__ = [
@@ -324,6 +324,11 @@ def _node_labels(order: List[SymbolicTensor], prefix: Dict[int, str]) -> List[st
     return labels
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(z))  # never overflows
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 def _act_forward_and_grad(layer, z: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     if isinstance(layer, ReLU):
         return np.maximum(z, 0.0), (z > 0).astype(np.float64)
@@ -334,9 +339,18 @@ def _act_forward_and_grad(layer, z: np.ndarray) -> Tuple[np.ndarray, np.ndarray]
         f = np.tanh(z)
         return f, 1.0 - f * f
     if isinstance(layer, Sigmoid):
-        e = np.exp(-np.abs(z))
-        f = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        f = _sigmoid(z)
         return f, f * (1.0 - f)
+    if isinstance(layer, SiLU):
+        sg = _sigmoid(z)
+        return z * sg, sg * (1.0 + z * (1.0 - sg))
+    if isinstance(layer, ELU):
+        neg = np.minimum(z, 0.0)
+        return np.where(z > 0, z, layer.alpha * np.expm1(neg)), np.where(z > 0, 1.0, layer.alpha * np.exp(neg))
+    if isinstance(layer, Softplus):
+        bz = layer.beta * z
+        lin = bz > layer.threshold
+        return np.where(lin, z, np.logaddexp(0.0, bz) / layer.beta), np.where(lin, 1.0, _sigmoid(bz))
     if isinstance(layer, GELU):
         erf = np.vectorize(math.erf, otypes=[np.float64])
         cdf = 0.5 * (1.0 + erf(z / math.sqrt(2.0)))

@@ -4,7 +4,8 @@ onnxruntime runs with the same outputs as `model.predict`, to float32 rounding.
 
 Every layer maps to one standard operator: Linear -> Gemm (transB=1: the weight stays in
 PyTorch's (out, in) layout), ReLU / LeakyReLU / Tanh / Sigmoid / Identity -> their operators,
-GELU -> Gelu (exact erf form), Dropout -> Identity, BatchNorm1d -> BatchNormalization,
+GELU -> Gelu (exact erf form), SiLU -> Sigmoid and Mul, ELU -> Elu, Softplus(beta, threshold)
+-> Where(beta x > threshold, x, Softplus(beta x) / beta) as PyTorch, Dropout -> Identity, BatchNorm1d -> BatchNormalization,
 LayerNorm -> LayerNormalization, add -> Add, concat -> Concat(axis=1). A weight used twice is
 one initializer read by two nodes. The batch dimension is symbolic ("N").
 """
@@ -100,6 +101,19 @@ def model_proto(model: Any, output: Optional[str] = None, probabilities: Optiona
             nodes.append(helper.make_node("LeakyRelu", ins, [out], alpha=float(layer.negative_slope)))
         elif isinstance(layer, L.GELU):
             nodes.append(helper.make_node("Gelu", ins, [out], approximate="none"))
+        elif isinstance(layer, L.SiLU):
+            nodes.append(helper.make_node("Sigmoid", ins, [f"{out}_sig"]))
+            nodes.append(helper.make_node("Mul", [ins[0], f"{out}_sig"], [out]))
+        elif isinstance(layer, L.ELU):
+            nodes.append(helper.make_node("Elu", ins, [out], alpha=float(layer.alpha)))
+        elif isinstance(layer, L.Softplus):
+            beta = init(f"{out}_beta", np.full(1, layer.beta))
+            thr = init(f"{out}_threshold", np.full(1, layer.threshold))
+            nodes.append(helper.make_node("Mul", [ins[0], beta], [f"{out}_bx"]))
+            nodes.append(helper.make_node("Softplus", [f"{out}_bx"], [f"{out}_sp"]))
+            nodes.append(helper.make_node("Div", [f"{out}_sp", beta], [f"{out}_spb"]))
+            nodes.append(helper.make_node("Greater", [f"{out}_bx", thr], [f"{out}_lin"]))
+            nodes.append(helper.make_node("Where", [f"{out}_lin", ins[0], f"{out}_spb"], [out]))
         elif isinstance(layer, (L.ReLU, L.Tanh, L.Sigmoid, L.Identity, L.Dropout)):
             op = {L.ReLU: "Relu", L.Tanh: "Tanh", L.Sigmoid: "Sigmoid", L.Identity: "Identity",
                   L.Dropout: "Identity"}[type(layer)]

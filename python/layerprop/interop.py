@@ -12,7 +12,7 @@ from . import layers as L
 
 __all__ = ["to_torch", "from_torch", "SUPPORTED"]
 
-SUPPORTED = ("Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
+SUPPORTED = ("Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "ELU", "Softplus", "Identity", "Dropout",
              "BatchNorm1d", "LayerNorm")
 
 
@@ -63,6 +63,12 @@ def to_torch(model: Any) -> Any:
             m = nn.Sigmoid()
         elif kind is L.GELU:
             m = nn.GELU(approximate="none")
+        elif kind is L.SiLU:
+            m = nn.SiLU()
+        elif kind is L.ELU:
+            m = nn.ELU(alpha=layer.alpha)
+        elif kind is L.Softplus:
+            m = nn.Softplus(beta=layer.beta, threshold=layer.threshold)
         elif kind is L.Identity:
             m = nn.Identity()
         elif kind is L.Dropout:
@@ -90,7 +96,7 @@ def to_torch(model: Any) -> Any:
 
 def from_torch(module: Any, seed: Optional[int] = None) -> Any:
     """An lp.Sequential equal to `module`, a torch.nn.Sequential of Linear, ReLU, LeakyReLU,
-    Tanh, Sigmoid, GELU (approximate='none'), Identity, Dropout, BatchNorm1d (running
+    Tanh, Sigmoid, GELU (approximate='none'), SiLU, ELU, Softplus (beta > 0), Identity, Dropout, BatchNorm1d (running
     statistics included; num_batches_tracked is dropped) and LayerNorm (1-D, affine). The dtype follows the
     module's parameters (float32 or float64); names other than the position are kept."""
     from .model import Sequential
@@ -126,6 +132,12 @@ def from_torch(module: Any, seed: Optional[int] = None) -> Any:
                 raise ValueError(f"module[{i}] ({name!r}: GELU(approximate={m.approximate!r})): only "
                                  "GELU(approximate='none') is supported")
             layer = L.GELU(name=nm)
+        elif kind is nn.SiLU:
+            layer = L.SiLU(name=nm)
+        elif kind is nn.ELU:
+            layer = L.ELU(alpha=m.alpha, name=nm)
+        elif kind is nn.Softplus:
+            layer = L.Softplus(beta=m.beta, threshold=m.threshold, name=nm)
         elif kind is nn.Identity:
             layer = L.Identity(name=nm)
         elif kind is nn.Dropout:

@@ -182,6 +182,25 @@ register_layer("Linear", L.Linear,
 for _cls in (L.ReLU, L.Tanh, L.Sigmoid, L.GELU, L.Identity):
     register_layer(_cls.__name__, _cls, lambda l: {}, _simple(_cls))
 register_layer("LeakyReLU", L.LeakyReLU, lambda l: {"negative_slope": l.negative_slope}, _leaky_from)
+register_layer("SiLU", L.SiLU, lambda l: {}, _simple(L.SiLU))
+
+
+def _settings_from(cls: Type[L.Layer], keys: Tuple[str, ...]) -> Callable[[Dict[str, Any], Optional[str]], L.Layer]:
+    """An activation whose config is its core settings (numbers), e.g. ELU's alpha."""
+    def build(c: Dict[str, Any], name: Optional[str]) -> L.Layer:
+        c = _dict(c, f"{cls.__name__} config", keys)
+        try:
+            return cls(**{k: _float(c[k], f"{cls.__name__} {k}") for k in keys}, name=name)  # type: ignore[call-arg]
+        except _Bad:
+            raise
+        except ValueError as e:
+            raise _Bad(f"{cls.__name__} {e}") from None
+    return build
+
+
+register_layer("ELU", L.ELU, lambda l: {"alpha": l.alpha}, _settings_from(L.ELU, ("alpha",)))
+register_layer("Softplus", L.Softplus, lambda l: {"beta": l.beta, "threshold": l.threshold},
+               _settings_from(L.Softplus, ("beta", "threshold")))
 register_layer("Dropout", L.Dropout, lambda l: {"p": l.p}, _dropout_from)
 
 

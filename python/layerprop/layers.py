@@ -3,18 +3,23 @@ C++ core does all the numeric work once the graph is handed to it by a Model."""
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
+
+from . import _core
+from ._codes import code
 
 __all__ = [
-    "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
-    "BatchNorm1d", "LayerNorm",
+    "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "ELU", "Softplus",
+    "Identity", "Dropout", "BatchNorm1d", "LayerNorm",
     "Input", "SymbolicTensor", "add", "concat",
 ]
 
-# Node kinds and activation codes shared with the core (cpp/include/layerprop/model.hpp).
-NODE_INPUT, NODE_LINEAR, NODE_ACT, NODE_ADD, NODE_CONCAT, NODE_DROPOUT, NODE_BATCHNORM, NODE_LAYERNORM = range(8)
-LAYER_LINEAR, LAYER_BATCHNORM, LAYER_LAYERNORM = 0, 1, 2
-ACT_CODES = {"Identity": 0, "ReLU": 1, "LeakyReLU": 2, "Tanh": 3, "Sigmoid": 4, "GELU": 5}
+# Node kinds and activation codes, as the core binds them (_core.NodeKind, _core.Act, ...).
+NODE_INPUT, NODE_LINEAR, NODE_ACT, NODE_ADD, NODE_CONCAT, NODE_DROPOUT, NODE_BATCHNORM, NODE_LAYERNORM = (
+    code("NodeKind", k) for k in ("Input", "Linear", "Activation", "Add", "Concat", "Dropout", "BatchNorm",
+                                  "LayerNorm"))
+LAYER_LINEAR, LAYER_BATCHNORM, LAYER_LAYERNORM = (code("LayerKind", k) for k in ("Linear", "BatchNorm", "LayerNorm"))
+ACT_CODES: Dict[str, int] = {name: int(v.value) for name, v in _core.Act.__members__.items()}
 
 
 def _check_name(name: Optional[str]) -> Optional[str]:
@@ -172,6 +177,10 @@ class _Activation(Layer):
                 return ACT_CODES[cls.__name__]
         raise TypeError(f"{type(self).__name__}: not an activation the core knows")
 
+    def core_settings(self) -> Dict[str, float]:
+        """The settings the core's functor reads, by NodeSpec field name."""
+        return {}
+
 
 class ReLU(_Activation):
     """max(x, 0)."""
@@ -188,6 +197,9 @@ class LeakyReLU(_Activation):
         self.negative_slope = s
         self.slope = s
 
+    def core_settings(self) -> Dict[str, float]:
+        return {"negative_slope": self.negative_slope}
+
     def describe(self) -> str:
         return f"LeakyReLU(negative_slope={self.negative_slope})"
 
@@ -202,6 +214,51 @@ class Sigmoid(_Activation):
 
 class GELU(_Activation):
     """x * Phi(x), the exact erf form (PyTorch's approximate='none')."""
+
+
+class SiLU(_Activation):
+    """x * sigmoid(x) (swish)."""
+
+
+def _finite(name: str, v: object) -> float:
+    try:
+        f = float(v) if not isinstance(v, bool) else math.nan  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        f = math.nan
+    if not math.isfinite(f):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+    return f
+
+
+class ELU(_Activation):
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+
+    def __init__(self, alpha: float = 1.0, *, name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        self.alpha = _finite("alpha", alpha)
+
+    def core_settings(self) -> Dict[str, float]:
+        return {"alpha": self.alpha}
+
+    def describe(self) -> str:
+        return f"ELU(alpha={self.alpha})"
+
+
+class Softplus(_Activation):
+    """log(1 + exp(beta * x)) / beta, and x where beta * x > threshold (PyTorch's rule)."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0, *, name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        self.beta = _finite("beta", beta)
+        if not self.beta > 0:
+            raise ValueError(f"beta: expected a number > 0, got {beta!r}")
+        self.threshold = _finite("threshold", threshold)
+
+    def core_settings(self) -> Dict[str, float]:
+        return {"beta": self.beta, "threshold": self.threshold}
+
+    def describe(self) -> str:
+        return f"Softplus(beta={self.beta}, threshold={self.threshold})"
 
 
 class Identity(_Activation):

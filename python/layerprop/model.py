@@ -94,16 +94,16 @@ class Model:
         layers: List[Layer] = []        # every layer object, in first-use order
         layer_ids: set = set()
         core_index: Dict[int, int] = {}  # layer with parameters or statistics -> core layer
-        core_layers: List[tuple] = []
-        core_nodes: List[tuple] = []
+        core_layers: List[_core.LayerSpec] = []
+        core_nodes: List[_core.NodeSpec] = []
         for t in order:
             ins = [index[id(u)] for u in t.inputs]
             if t.op == "input":
-                core_nodes.append((NODE_INPUT, [], t.width, -1, 0, 0.0))
+                core_nodes.append(_core.NodeSpec(kind=NODE_INPUT, width=t.width))
             elif t.op == "add":
-                core_nodes.append((NODE_ADD, ins, t.width, -1, 0, 0.0))
+                core_nodes.append(_core.NodeSpec(kind=NODE_ADD, inputs=ins, width=t.width))
             elif t.op == "concat":
-                core_nodes.append((NODE_CONCAT, ins, t.width, -1, 0, 0.0))
+                core_nodes.append(_core.NodeSpec(kind=NODE_CONCAT, inputs=ins, width=t.width))
             else:
                 layer = t.layer
                 assert layer is not None  # a "layer" node always has its layer
@@ -116,11 +116,12 @@ class Model:
                         core_layers.append(_core_layer_spec(layer))
                     kind = (NODE_LINEAR if isinstance(layer, Linear)
                             else NODE_BATCHNORM if isinstance(layer, BatchNorm1d) else NODE_LAYERNORM)
-                    core_nodes.append((kind, ins, t.width, core_index[id(layer)], 0, 0.0))
+                    core_nodes.append(_core.NodeSpec(kind=kind, inputs=ins, width=t.width, layer=core_index[id(layer)]))
                 elif isinstance(layer, Dropout):
-                    core_nodes.append((NODE_DROPOUT, ins, t.width, -1, 0, layer.p))
+                    core_nodes.append(_core.NodeSpec(kind=NODE_DROPOUT, inputs=ins, width=t.width, p=layer.p))
                 elif isinstance(layer, _Activation):
-                    core_nodes.append((NODE_ACT, ins, t.width, -1, layer.act_code, float(layer.slope)))
+                    core_nodes.append(_core.NodeSpec(kind=NODE_ACT, inputs=ins, width=t.width, act=layer.act_code,
+                                                     **layer.core_settings()))  # type: ignore[arg-type]
                 else:
                     raise TypeError(f"{layer.describe()}: layer type not supported by the core")
         self._layers = layers
@@ -455,14 +456,17 @@ class Model:
         return f"<{type(self).__name__} {self.in_features}->{self.out_features} dtype={self.dtype} params={self.num_parameters()}>"
 
 
-def _core_layer_spec(layer: Layer) -> tuple:
-    """(kind, in, out, bias, eps, momentum) of a layer the core stores."""
+def _core_layer_spec(layer: Layer) -> "_core.LayerSpec":
+    """The core's spec of a layer it stores."""
     if isinstance(layer, Linear):
-        return (LAYER_LINEAR, layer.in_features, layer.out_features, layer.bias, 0.0, 0.0)
+        return _core.LayerSpec(kind=LAYER_LINEAR, in_features=layer.in_features, out_features=layer.out_features,
+                               bias=layer.bias, eps=0.0, momentum=0.0)
     if isinstance(layer, BatchNorm1d):
-        return (LAYER_BATCHNORM, layer.num_features, layer.num_features, layer.affine, layer.eps, layer.momentum)
+        return _core.LayerSpec(kind=LAYER_BATCHNORM, in_features=layer.num_features, out_features=layer.num_features,
+                               bias=layer.affine, eps=layer.eps, momentum=layer.momentum)
     assert isinstance(layer, LayerNorm)
-    return (LAYER_LAYERNORM, layer.num_features, layer.num_features, True, layer.eps, 0.0)
+    return _core.LayerSpec(kind=LAYER_LAYERNORM, in_features=layer.num_features, out_features=layer.num_features,
+                           bias=True, eps=layer.eps, momentum=0.0)
 
 
 def _positive_float(v: object, name: str, what: str = "a positive number") -> float:

@@ -34,7 +34,8 @@ struct NodeSpec {
   int64_t width = 0;        // features of this node's output
   int layer = -1;           // Linear / norm nodes: index into the LayerSpec table (shared by reuse)
   Act act = Act::Identity;  // Activation
-  double slope = 0.01;      // LeakyReLU: negative slope; Dropout: drop probability p
+  ActSettings act_settings; // Activation: negative_slope (LeakyReLU), alpha (ELU), beta, threshold (Softplus)
+  double p = 0;             // Dropout: drop probability
 };
 
 // One parameter (or buffer) tensor inside a contiguous store.
