@@ -5,7 +5,7 @@ onnxruntime runs with the same outputs as `model.predict`, to float32 rounding.
 Every layer maps to one standard operator: Linear -> Gemm (transB=1: the weight stays in
 PyTorch's (out, in) layout), ReLU / LeakyReLU / Tanh / Sigmoid / Identity -> their operators,
 GELU -> Gelu (exact erf form), SiLU -> Sigmoid and Mul, ELU -> Elu, Softplus(beta, threshold)
--> Where(beta x > threshold, x, Softplus(beta x) / beta) as PyTorch, Dropout -> Identity, BatchNorm1d -> BatchNormalization,
+-> Where(beta x > threshold, x, softplus(beta x) / beta) as PyTorch, Dropout -> Identity, BatchNorm1d -> BatchNormalization,
 LayerNorm -> LayerNormalization, add -> Add, concat -> Concat(axis=1). A weight used twice is
 one initializer read by two nodes. The batch dimension is symbolic ("N").
 """
@@ -109,9 +109,15 @@ def model_proto(model: Any, output: Optional[str] = None, probabilities: Optiona
         elif isinstance(layer, L.Softplus):
             beta = init(f"{out}_beta", np.full(1, layer.beta))
             thr = init(f"{out}_threshold", np.full(1, layer.threshold))
-            nodes.append(helper.make_node("Mul", [ins[0], beta], [f"{out}_bx"]))
-            nodes.append(helper.make_node("Softplus", [f"{out}_bx"], [f"{out}_sp"]))
-            nodes.append(helper.make_node("Div", [f"{out}_sp", beta], [f"{out}_spb"]))
+            one = init(f"{out}_one", np.ones(1))
+            # softplus(z) = max(z, 0) + log(1 + exp(-|z|)): never overflows, and float64 too
+            # (onnxruntime's Softplus is float32 only)
+            step = [("Mul", [ins[0], beta], "bx"), ("Relu", ["bx"], "pos"), ("Abs", ["bx"], "abs"),
+                    ("Neg", ["abs"], "nabs"), ("Exp", ["nabs"], "e"), ("Add", [one, "e"], "e1"),
+                    ("Log", ["e1"], "log"), ("Add", ["pos", "log"], "sp"), ("Div", ["sp", beta], "spb")]
+            for op, args, dst in step:
+                args = [a if a in (ins[0], beta, one) else f"{out}_{a}" for a in args]
+                nodes.append(helper.make_node(op, args, [f"{out}_{dst}"]))
             nodes.append(helper.make_node("Greater", [f"{out}_bx", thr], [f"{out}_lin"]))
             nodes.append(helper.make_node("Where", [f"{out}_lin", ins[0], f"{out}_spb"], [out]))
         elif isinstance(layer, (L.ReLU, L.Tanh, L.Sigmoid, L.Identity, L.Dropout)):
