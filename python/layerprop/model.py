@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
+from ._codes import code as _code
 from .layers import (LAYER_BATCHNORM, LAYER_LAYERNORM, LAYER_LINEAR, NODE_ACT, NODE_ADD,
                      NODE_BATCHNORM, NODE_CONCAT, NODE_DROPOUT, NODE_INPUT, NODE_LAYERNORM,
                      NODE_LINEAR, BatchNorm1d, Dropout, Input, Layer, LayerNorm, Linear,
@@ -18,7 +19,10 @@ from .schedules import Schedule, Simultaneous
 
 __all__ = ["Model", "Sequential"]
 
-LOSSES = {"cross_entropy": 0, "mse": 1, "bce_with_logits": 2, "poisson": 3}
+# Loss names and their codes, as the core binds them (_core.LossKind).
+LOSSES = {name: _code("LossKind", kind) for name, kind in
+          (("cross_entropy", "CrossEntropy"), ("mse", "MSE"), ("bce_with_logits", "BCEWithLogits"),
+           ("poisson", "Poisson"))}
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ._codes import code as _code
+
 __all__ = ["Schedule", "Simultaneous", "Layerwise", "LocoProp"]
 
 MAX_INNER_STEPS = 10 ** 6  # LocoProp's inner loop runs in the core, where Ctrl-C cannot stop it
@@ -14,7 +16,7 @@ MAX_INNER_STEPS = 10 ** 6  # LocoProp's inner loop runs in the core, where Ctrl-
 class Schedule:
     """Base class of update schedules."""
 
-    code = 0
+    code = _code("ScheduleKind", "Simultaneous")
 
     def core_args(self) -> dict:
         return dict(schedule=self.code, inner_steps=1, inner_lr=0.0, target_lr=0.0)
@@ -23,7 +25,7 @@ class Schedule:
 class Simultaneous(Schedule):
     """Standard backprop: one backward pass, then every parameter is updated."""
 
-    code = 0
+    code = _code("ScheduleKind", "Simultaneous")
 
     def __repr__(self) -> str:
         return "Simultaneous()"
@@ -41,7 +43,7 @@ class Layerwise(Schedule):
         if order not in ("top_down", "bottom_up"):
             raise ValueError(f"order: expected 'top_down' or 'bottom_up', got {order!r}")
         self.order = order
-        self.code = 1 if order == "top_down" else 2
+        self.code = _code("ScheduleKind", "LayerwiseTopDown" if order == "top_down" else "LayerwiseBottomUp")
 
     def __repr__(self) -> str:
         return f"Layerwise(order={self.order!r})"
@@ -89,7 +91,7 @@ class LocoProp(Schedule):
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr
         self.target_lr = tl
-        self.code = 3 if variant == "S" else 4
+        self.code = _code("ScheduleKind", "LocoPropS" if variant == "S" else "LocoPropM")
 
     def core_args(self) -> dict:
         return dict(schedule=self.code, inner_steps=self.inner_steps,
