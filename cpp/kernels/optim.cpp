@@ -21,6 +21,20 @@ void optimizer_range_f64(const OptConfig&, double*, const double*, double* const
 }  // namespace avx2
 #endif
 
+namespace {
+// fn(Rule{}) with the rule registered for `kind` (LAYERPROP_OPTIMIZERS); `fallback` for None.
+template <class R, class Fn>
+R with_rule(OptKind kind, R fallback, Fn&& fn) {
+  switch (kind) {
+#define LAYERPROP_OPT_CASE(k, file, rule) \
+  case OptKind::k: return fn(generic::rule{});
+    LAYERPROP_OPTIMIZERS(LAYERPROP_OPT_CASE)
+#undef LAYERPROP_OPT_CASE
+    default: return fallback;
+  }
+}
+}  // namespace
+
 template <class T>
 void optimizer_step(const OptConfig& cfg, T* p, const T* g, T* const* slots, int64_t n, int64_t step) {
   if (cfg.kind == OptKind::None) return;
@@ -34,63 +48,30 @@ void optimizer_step(const OptConfig& cfg, T* p, const T* g, T* const* slots, int
 #endif
     return Fn(&generic::optimizer_range<T>);
   }();
-  int work = 1;
-  switch (cfg.kind) {
-#define LAYERPROP_OPT_WORK(kind, file, rule) \
-  case OptKind::kind: work = generic::rule::kWork; break;
-    LAYERPROP_OPTIMIZERS(LAYERPROP_OPT_WORK)
-#undef LAYERPROP_OPT_WORK
-    default: break;
-  }
+  const int64_t work = with_rule(cfg.kind, 1, [](auto r) { return decltype(r)::kWork; });
   parallel_range(n, work * n, int64_t(1) << 17, [&](int64_t lo, int64_t hi) { fn(cfg, p, g, slots, lo, hi, step); });
 }
 
-// The rule table's facts, by kind.
-#define LAYERPROP_OPT_DISPATCH(call, fallback)                 \
-  switch (cfg.kind) {                                          \
-    LAYERPROP_OPTIMIZERS(LAYERPROP_OPT_DISPATCH_CASE)          \
-    default: return fallback;                                  \
-  }
-
 int optimizer_num_slots(const OptConfig& cfg) {
-#define LAYERPROP_OPT_DISPATCH_CASE(kind, file, rule) case OptKind::kind: return generic::rule::num_slots(cfg);
-  LAYERPROP_OPT_DISPATCH(num_slots, 0)
-#undef LAYERPROP_OPT_DISPATCH_CASE
+  return with_rule(cfg.kind, 0, [&](auto r) { return decltype(r)::num_slots(cfg); });
 }
 const char* optimizer_slot_name(const OptConfig& cfg, int k) {
-#define LAYERPROP_OPT_DISPATCH_CASE(kind, file, rule) case OptKind::kind: return generic::rule::slot_name(cfg, k);
-  LAYERPROP_OPT_DISPATCH(slot_name, "")
-#undef LAYERPROP_OPT_DISPATCH_CASE
+  return with_rule(cfg.kind, static_cast<const char*>(""), [&](auto r) { return decltype(r)::slot_name(cfg, k); });
 }
 double optimizer_slot_init(const OptConfig& cfg, int k) {
-#define LAYERPROP_OPT_DISPATCH_CASE(kind, file, rule) case OptKind::kind: return generic::rule::slot_init(cfg, k);
-  LAYERPROP_OPT_DISPATCH(slot_init, 0.0)
-#undef LAYERPROP_OPT_DISPATCH_CASE
+  return with_rule(cfg.kind, 0.0, [&](auto r) { return decltype(r)::slot_init(cfg, k); });
 }
 bool optimizer_slot_nonneg(const OptConfig& cfg, int k) {
-#define LAYERPROP_OPT_DISPATCH_CASE(kind, file, rule) case OptKind::kind: return generic::rule::slot_nonneg(cfg, k);
-  LAYERPROP_OPT_DISPATCH(slot_nonneg, false)
-#undef LAYERPROP_OPT_DISPATCH_CASE
+  return with_rule(cfg.kind, false, [&](auto r) { return decltype(r)::slot_nonneg(cfg, k); });
 }
 void validate_optimizer(const OptConfig& cfg) {
   if (static_cast<int>(cfg.kind) < 0 || static_cast<int>(cfg.kind) >= static_cast<int>(OptKind::Count))
     throw ValueError("optimizer: unknown optimizer");
-  switch (cfg.kind) {
-#define LAYERPROP_OPT_VALIDATE(kind, file, rule) case OptKind::kind: return generic::rule::validate(cfg);
-    LAYERPROP_OPTIMIZERS(LAYERPROP_OPT_VALIDATE)
-#undef LAYERPROP_OPT_VALIDATE
-    default: return;
-  }
+  with_rule(cfg.kind, 0, [&](auto r) {
+    decltype(r)::validate(cfg);
+    return 0;
+  });
 }
-const char* optimizer_name(OptKind kind) {
-  switch (kind) {
-#define LAYERPROP_OPT_NAME(k, file, rule) case OptKind::k: return #k;
-    LAYERPROP_OPTIMIZERS(LAYERPROP_OPT_NAME)
-#undef LAYERPROP_OPT_NAME
-    default: return "None";
-  }
-}
-#undef LAYERPROP_OPT_DISPATCH
 
 template <class T>
 double clip_gradients(const ClipConfig& clip, T* g, int64_t n) {

@@ -61,6 +61,5 @@ double optimizer_slot_init(const OptConfig& cfg, int k);
 bool optimizer_slot_nonneg(const OptConfig& cfg, int k);
 // ValueError naming the argument when a setting is out of range (negative lr, alpha, ...).
 void validate_optimizer(const OptConfig& cfg);
-const char* optimizer_name(OptKind kind);
 
 }  // namespace lp::kern
