@@ -350,3 +350,31 @@ def test_codes_come_from_the_core():
     from layerprop import _core
     assert [lp.SGD.kind, lp.Adam.kind, lp.AdamW.kind, lp.RMSprop.kind, lp.Adagrad.kind] == [1, 2, 3, 4, 5]
     assert _core.OptKind.RMSprop.value == lp.RMSprop.kind and _core.OptKind.Adagrad.value == lp.Adagrad.kind
+
+
+@pytest.mark.parametrize("opt", [lambda: lp.RMSprop(lr=0.01, momentum=0.9, centered=True),
+                                 lambda: lp.Adagrad(lr=0.1, initial_accumulator_value=0.5)],
+                         ids=["rmsprop3", "adagrad"])
+@pytest.mark.parametrize("schedule", [lp.Layerwise(), lp.LocoProp(variant="S", inner_steps=2),
+                                      lp.LocoProp(variant="M", inner_steps=2)], ids=repr)
+def test_a_non_finite_step_puts_every_slot_back(opt, schedule):
+    """Layerwise and LocoProp update inside the step: a step that goes non-finite leaves every
+    named state slot, the step counts and the parameters as they were."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((16, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 16)
+    m = lp.Sequential(lp.Linear(8, 6), lp.Tanh(), lp.Linear(6, 5), lp.Tanh(), lp.Linear(5, 3), seed=0)
+    m.compile(loss="cross_entropy", optimizer=opt(), schedule=schedule)
+    m.train_step(X, y)  # the state is not trivial
+    m.parameters()["0.weight"][0, :] = 3e38  # the next forward overflows (the updates still run)
+    names = m._core.state_names()
+    before = {s: np.array(m._core.state_view(s)) for s in names}
+    steps = list(m._core.steps())
+    params = {k: v.copy() for k, v in m.parameters().items()}
+    with pytest.raises(lp.NonFiniteError, match="not applied"):
+        m.train_step(X, y)
+    for s in names:
+        assert np.array_equal(m._core.state_view(s), before[s]), s
+    assert list(m._core.steps()) == steps
+    for k, v in m.parameters().items():
+        assert np.array_equal(v, params[k]), k
