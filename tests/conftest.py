@@ -12,9 +12,11 @@ import pytest
 # Let test modules `import reference` / `from conftest import ...` whatever pytest's import mode.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-ACTIVATIONS = ["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "identity"]
+ACTIVATIONS = ["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "identity", "silu", "elu", "softplus"]
 LOSSES = ["cross_entropy", "mse", "bce_with_logits"]
 LEAKY_SLOPE = 0.2  # not the default, so a dropped argument shows
+ELU_ALPHA = 0.7  # likewise
+SOFTPLUS = (1.5, 2.0)  # beta, threshold: a low threshold, so both branches are taken
 
 
 def rel_err(a, b):
@@ -42,12 +44,16 @@ def lp_activation(name):
         "sigmoid": lp.Sigmoid,
         "gelu": lp.GELU,
         "identity": lp.Identity,
+        "silu": lp.SiLU,
+        "elu": lambda: lp.ELU(alpha=ELU_ALPHA),
+        "softplus": lambda: lp.Softplus(beta=SOFTPLUS[0], threshold=SOFTPLUS[1]),
     }[name]()
 
 
 def ref_activation(name):
     """Activation spec for reference.MLP."""
-    return ("leaky_relu", LEAKY_SLOPE) if name == "leaky_relu" else name
+    return {"leaky_relu": ("leaky_relu", LEAKY_SLOPE), "elu": ("elu", ELU_ALPHA),
+            "softplus": ("softplus", SOFTPLUS)}.get(name, name)
 
 
 def mlp_acts(n_linear, act, final_act=False):
@@ -103,6 +109,13 @@ OPTIMIZERS = {
     "adam": ("Adam", dict(lr=0.01)),
     "adam_wd": ("Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.05)),
     "adamw": ("AdamW", dict(lr=0.01, weight_decay=0.1)),
+    "rmsprop": ("RMSprop", dict(lr=0.01)),
+    "rmsprop_centered_momentum_wd": ("RMSprop", dict(lr=0.01, alpha=0.9, eps=1e-6, weight_decay=0.02,
+                                                     momentum=0.5, centered=True)),
+    "rmsprop_centered_small_alpha": ("RMSprop", dict(lr=0.005, alpha=0.3, centered=True)),
+    "adagrad": ("Adagrad", dict(lr=0.05)),
+    "adagrad_decay_wd_init": ("Adagrad", dict(lr=0.05, lr_decay=0.01, weight_decay=0.02,
+                                              initial_accumulator_value=0.1, eps=1e-8)),
 }
 
 

@@ -25,12 +25,16 @@ _ACTS = {  # name -> (f, f')
     "tanh": (_twin.tanh, _twin.tanh_grad),
     "sigmoid": (_twin.sigmoid, _twin.sigmoid_grad),
     "gelu": (_twin.gelu, _twin.gelu_grad),
+    "silu": (_twin.silu, _twin.silu_grad),
+    "elu": (_twin.elu, _twin.elu_grad),
+    "softplus": (_twin.softplus, _twin.softplus_grad),
     "identity": (_twin.identity, _twin.identity_grad),
 }
 
 
 def _parse(spec):
-    """An activation spec is a name or (name, kwargs-value), e.g. ("leaky_relu", 0.2)."""
+    """An activation spec is a name or (name, kwargs-value), e.g. ("leaky_relu", 0.2),
+    ("elu", 0.5) (alpha) or ("softplus", (2.0, 5.0)) (beta, threshold)."""
     if isinstance(spec, tuple):
         name, arg = spec
         return name, arg
@@ -44,6 +48,10 @@ def _act(spec, which):
     fn = _ACTS[name][which]
     if name == "leaky_relu":
         return lambda x: fn(x, 0.01 if arg is None else arg)
+    if name == "elu":
+        return lambda x: fn(x, 1.0 if arg is None else arg)
+    if name == "softplus":
+        return lambda x: fn(x, *((1.0, 20.0) if arg is None else arg))
     return fn
 
 
@@ -198,3 +206,50 @@ class MLP:
         value, grads = self.loss_and_grads(x, y, loss_name)
         self.step(optimizer, grads)
         return value
+
+
+class RMSprop:
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+        self.lr, self.alpha, self.eps, self.weight_decay = lr, alpha, eps, weight_decay
+        self.momentum, self.centered = momentum, centered
+        self.sq, self.gavg, self.buf = {}, {}, {}
+
+    def step(self, params, grads):
+        a = self.alpha
+        for name, p in params.items():
+            g = np.asarray(grads[name], np.float64)
+            if self.weight_decay:
+                g = g + self.weight_decay * p
+            sq = self.sq.setdefault(name, np.zeros_like(p))
+            sq[...] = a * sq + (1.0 - a) * g * g
+            if self.centered:
+                ga = self.gavg.setdefault(name, np.zeros_like(p))
+                ga[...] = a * ga + (1.0 - a) * g
+                avg = np.sqrt(sq - ga * ga) + self.eps
+            else:
+                avg = np.sqrt(sq) + self.eps
+            if self.momentum > 0:
+                buf = self.buf.setdefault(name, np.zeros_like(p))
+                buf[...] = self.momentum * buf + g / avg
+                p -= self.lr * buf
+            else:
+                p -= self.lr * g / avg
+
+
+class Adagrad:
+    def __init__(self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):
+        self.lr, self.lr_decay, self.weight_decay = lr, lr_decay, weight_decay
+        self.init, self.eps = initial_accumulator_value, eps
+        self.sum, self.t = {}, {}
+
+    def step(self, params, grads):
+        for name, p in params.items():
+            g = np.asarray(grads[name], np.float64)
+            if self.weight_decay:
+                g = g + self.weight_decay * p
+            self.t[name] = self.t.get(name, 0) + 1
+            clr = self.lr / (1.0 + (self.t[name] - 1) * self.lr_decay)
+            s = self.sum.setdefault(name, np.full_like(p, self.init))
+            s += g * g
+            p -= clr * g / (np.sqrt(s) + self.eps)
+

@@ -8,7 +8,9 @@ import pytest
 import layerprop as lp
 from conftest import (
     ACTIVATIONS,
+    ELU_ALPHA,
     LEAKY_SLOPE,
+    SOFTPLUS,
     LOSSES,
     OPTIMIZERS,
     assert_close,
@@ -36,6 +38,9 @@ def torch_twin(torch, model, sizes, act, final_act, dtype):
         "sigmoid": nn.Sigmoid,
         "gelu": nn.GELU,
         "identity": nn.Identity,
+        "silu": nn.SiLU,
+        "elu": lambda: nn.ELU(alpha=ELU_ALPHA),
+        "softplus": lambda: nn.Softplus(beta=SOFTPLUS[0], threshold=SOFTPLUS[1]),
     }
     layers = []
     for n_in, n_out, a in zip(sizes[:-1], sizes[1:], mlp_acts(len(sizes) - 1, act, final_act)):

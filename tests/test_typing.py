@@ -22,7 +22,9 @@ def stub_names():
         if isinstance(node, ast.FunctionDef):
             funcs.add(node.name)
         elif isinstance(node, ast.ClassDef):
-            classes[node.name] = {n.name for n in node.body if isinstance(n, ast.FunctionDef)} - {"__init__"}
+            classes[node.name] = ({n.name for n in node.body if isinstance(n, ast.FunctionDef)} - {"__init__"}) | {
+                n.target.id for n in node.body  # enum members: `ReLU: Act`
+                if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and not n.target.id.startswith("_")}
     return funcs, classes
 
 

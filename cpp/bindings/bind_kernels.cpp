@@ -47,12 +47,12 @@ static py::object gemm_dispatch(const py::array& a, const py::array& b, bool ta,
 // dy * f'(x, y); "bias_act" (x + bias, f(x + bias)); "colsum" column sums of x.
 template <class T>
 static py::object run_eltwise(const std::string& op, const py::handle& x_obj, const py::handle& o_obj,
-                              int act, double slope) {
+                              int act, const ActSettings& settings) {
   auto x = bind::as_exact<T>(x_obj, "x", 2);
   const int64_t R = x.shape(0), C = x.shape(1), n = R * C;
-  if (act < 0 || act > static_cast<int>(Act::GELU)) throw ValueError("act: unknown activation");
+  if (act < 0 || act >= static_cast<int>(Act::Count)) throw ValueError("act: unknown activation");
   const Act a = static_cast<Act>(act);
-  const T s = static_cast<T>(slope);
+  const kern::ActParams<T> s(settings);
   py::array_t<T> out({R, C});
   if (op == "forward") {
     kern::act_forward<T>(out.mutable_data(), x.data(), n, a, s);
@@ -84,12 +84,18 @@ static py::object run_eltwise(const std::string& op, const py::handle& x_obj, co
 
 void bind_kernels(py::module_& m) {
   m.def("_eltwise", [](const std::string& op, const py::array& x, const py::object& other, int act,
-                       double slope) -> py::object {
-    if (x.dtype().is(py::dtype::of<float>())) return run_eltwise<float>(op, x, other, act, slope);
-    if (x.dtype().is(py::dtype::of<double>())) return run_eltwise<double>(op, x, other, act, slope);
+                       double slope, double alpha, double beta, double threshold) -> py::object {
+    ActSettings s;
+    s.negative_slope = slope;
+    s.alpha = alpha;
+    s.beta = beta;
+    s.threshold = threshold;
+    if (x.dtype().is(py::dtype::of<float>())) return run_eltwise<float>(op, x, other, act, s);
+    if (x.dtype().is(py::dtype::of<double>())) return run_eltwise<double>(op, x, other, act, s);
     throw TypeError("x: expected dtype float32 or float64, got " + bind::dtype_str(x));
   }, py::arg("op"), py::arg("x"), py::arg("other") = py::none(), py::arg("act") = 0, py::arg("slope") = 0.0,
-        "The element-wise kernels (tests).");
+        py::arg("alpha") = 1.0, py::arg("beta") = 1.0, py::arg("threshold") = 20.0,
+        "The element-wise kernels (tests); slope: LeakyReLU's negative slope; alpha: ELU; beta, threshold: Softplus.");
   m.def("_gemm", [](const py::array& a, const py::array& b, bool ta, bool tb, const py::object& c) {
     return gemm_dispatch(a, b, ta, tb, false, c);
   }, py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("c") = py::none(),

@@ -199,39 +199,15 @@ template <class T>
 void bind_one(py::module_& m, const char* name) {
   using M = Model<T>;
   py::class_<M, std::shared_ptr<M>>(m, name)
-      .def(py::init([](const std::vector<std::tuple<int, int64_t, int64_t, bool, double, double>>& layers,
-                       const std::vector<std::tuple<int, std::vector<int>, int64_t, int, int, double>>& nodes,
-                       int output) {
-             std::vector<LayerSpec> ls;
-             for (auto& [kind, in, out, bias, eps, momentum] : layers) {
-               if (kind < 0 || kind > static_cast<int>(LayerKind::LayerNorm)) throw ValueError("graph: unknown layer kind");
-               ls.push_back({static_cast<LayerKind>(kind), in, out, bias, eps, momentum});
-             }
-             std::vector<NodeSpec> ns;
-             for (auto& [kind, inputs, width, layer, act, slope] : nodes) {
-               if (kind < 0 || kind > static_cast<int>(NodeKind::LayerNorm)) throw ValueError("graph: unknown node kind");
-               if (act < 0 || act > static_cast<int>(Act::GELU)) throw ValueError("graph: unknown activation");
-               NodeSpec s;
-               s.kind = static_cast<NodeKind>(kind);
-               s.inputs = inputs;
-               s.width = width;
-               s.layer = layer;
-               s.act = static_cast<Act>(act);
-               s.slope = slope;
-               ns.push_back(std::move(s));
-             }
-             return std::make_shared<M>(std::move(ls), std::move(ns), output);
+      .def(py::init([](std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int output) {
+             return std::make_shared<M>(std::move(layers), std::move(nodes), output);
            }),
            py::arg("layers"), py::arg("nodes"), py::arg("output"),
-           "layers: (kind, in, out, bias, eps, momentum) per parameterized layer (kind 0 Linear, 1 "
-           "BatchNorm, 2 LayerNorm); nodes: (kind, inputs, width, layer, act, slope) in topological "
-           "order, node 0 the input.")
+           "layers: a LayerSpec per layer with parameters or statistics; nodes: a NodeSpec per node in "
+           "topological order, node 0 the input; output: the output node.")
       .def_property_readonly("in_features", &M::in_width)
       .def_property_readonly("out_features", &M::out_width)
       .def_property_readonly("num_params", &M::num_params)
-      .def_property_readonly("capacity", &M::capacity)
-      .def_property_readonly("compiled", &M::compiled)
-      .def_property_readonly("gradients_ready", &M::gradients_ready)
       .def("tensors", [](M& self) {
         py::list out;
         for (const auto& t : self.tensors())
@@ -256,16 +232,35 @@ void bind_one(py::module_& m, const char* name) {
         M& s = self.cast<M&>();
         return tensor_view<T>(self, s.buffer_tensors(), s.buffers(), i, "i: no such buffer");
       }, py::arg("i"))
-      .def("unit_order", &M::unit_order, "Layers with parameters in the order the compiled schedule updates them.")
       .def("last_ops", [](M& self) {
         return py::make_tuple(self.last_ops().forward, self.last_ops().backward);
       }, "(node forward executions, node backward executions) of the last training step.")
-      .def("state_view", [](py::object self, int slot) {
+      .def("state_view", [](py::object self, const py::object& slot) {
         M& s = self.cast<M&>();
-        if (slot < 0 || slot > 1) throw ValueError("slot: expected 0 or 1");
-        Buffer<T>& b = s.state(slot);
+        int k = 0;
+        if (py::isinstance<py::str>(slot)) {
+          const std::string name = slot.cast<std::string>();
+          k = s.optim().slot_index(name);
+          if (k < 0) throw ValueError("slot: the compiled optimizer keeps no state slot called '" + name + "'");
+        } else {
+          if (!py::isinstance<py::int_>(slot) || py::isinstance<py::bool_>(slot))
+            throw TypeError("slot: expected an int or a slot name");
+          k = slot.cast<int>();
+          if (k < 0 || k >= kern::kMaxStateSlots)
+            throw ValueError("slot: expected 0 to " + std::to_string(kern::kMaxStateSlots - 1) + ", got " +
+                             std::to_string(k));
+        }
+        Buffer<T>& b = s.optim().slot(k);
         return view<T>(self, b.data(), static_cast<int64_t>(b.size()), 1, true);
-      }, py::arg("slot"), "Flat view of optimizer state slot (valid until the next compile).")
+      }, py::arg("slot"), "Flat view of optimizer state slot `slot`: its index (empty if the optimizer keeps "
+         "fewer) or its name (e.g. 'exp_avg'); valid until the next compile.")
+      .def("state_names", [](M& self) { return self.optim().slot_names(); },
+           "Names of the compiled optimizer's state slots, in slot order (e.g. ['exp_avg', 'exp_avg_sq']).")
+      .def("state_nonneg", [](M& self) {
+        std::vector<bool> out;
+        for (int k = 0; k < self.optim().num_slots(); ++k) out.push_back(self.optim().slot_nonneg(k));
+        return out;
+      }, "Per state slot: whether its values are never negative (second moments, sums of squares).")
       .def_property("training", &M::training, [](M& self, bool on) {
         std::lock_guard<std::mutex> lock(self.mutex());
         self.set_training(on);
@@ -290,16 +285,19 @@ void bind_one(py::module_& m, const char* name) {
         self.steps() = s;
       })
       .def("compile", [](M& self, int loss, int opt, double lr, double momentum, double dampening,
-                         double weight_decay, bool nesterov, double beta1, double beta2, double eps,
-                         int schedule, int64_t inner_steps, double inner_lr, double target_lr,
-                         double clip_norm, double clip_value) {
-        if (loss < 0 || loss > static_cast<int>(LossKind::Poisson)) throw ValueError("loss: unknown loss");
-        if (opt < 0 || opt > static_cast<int>(kern::OptKind::AdamW)) throw ValueError("optimizer: unknown optimizer");
+                         double weight_decay, bool nesterov, double beta1, double beta2, double eps, double alpha,
+                         bool centered, double lr_decay, double initial_accumulator_value, int schedule,
+                         int64_t inner_steps, double inner_lr, double target_lr, double clip_norm,
+                         double clip_value) {
+        if (loss < 0 || loss >= static_cast<int>(LossKind::Count)) throw ValueError("loss: unknown loss");
+        if (opt < 0 || opt >= static_cast<int>(kern::OptKind::Count)) throw ValueError("optimizer: unknown optimizer");
         kern::OptConfig c;
         c.kind = static_cast<kern::OptKind>(opt);
         c.lr = lr; c.momentum = momentum; c.dampening = dampening; c.weight_decay = weight_decay;
         c.nesterov = nesterov; c.beta1 = beta1; c.beta2 = beta2; c.eps = eps;
-        if (schedule < 0 || schedule > static_cast<int>(ScheduleKind::LocoPropM)) throw ValueError("schedule: unknown schedule");
+        c.alpha = alpha; c.centered = centered; c.lr_decay = lr_decay;
+        c.initial_accumulator_value = initial_accumulator_value;
+        if (schedule < 0 || schedule >= static_cast<int>(ScheduleKind::Count)) throw ValueError("schedule: unknown schedule");
         ScheduleConfig sc;
         sc.kind = static_cast<ScheduleKind>(schedule);
         sc.inner_steps = inner_steps; sc.inner_lr = inner_lr; sc.target_lr = target_lr;
@@ -309,10 +307,14 @@ void bind_one(py::module_& m, const char* name) {
         clip.max_norm = clip_norm;
         clip.max_value = clip_value;
         self.compile(static_cast<LossKind>(loss), c, sc, clip);
-      }, py::arg("loss"), py::arg("optimizer"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
-         py::arg("weight_decay"), py::arg("nesterov"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+      }, py::kw_only(), py::arg("loss"), py::arg("optimizer"), py::arg("lr"), py::arg("momentum") = 0.0,
+         py::arg("dampening") = 0.0, py::arg("weight_decay") = 0.0, py::arg("nesterov") = false,
+         py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8, py::arg("alpha") = 0.99,
+         py::arg("centered") = false, py::arg("lr_decay") = 0.0, py::arg("initial_accumulator_value") = 0.0,
          py::arg("schedule") = 0, py::arg("inner_steps") = 10, py::arg("inner_lr") = 0.0, py::arg("target_lr") = 10.0,
-         py::arg("clip_norm") = 0.0, py::arg("clip_value") = 0.0)
+         py::arg("clip_norm") = 0.0, py::arg("clip_value") = 0.0,
+         "Loss, optimizer (with its settings by name), schedule and clipping; every argument by keyword. "
+         "Resets the optimizer state and step counts.")
       .def("train_step", [](M& self, const py::handle& X, const py::handle& y, const py::handle& w) {
         auto c = check_Xy(self, X, y, false, w);
         py::gil_scoped_release nogil;
@@ -431,7 +433,9 @@ void bind_one(py::module_& m, const char* name) {
       .def("snapshot", [](M& self) {
         // A consistent copy of everything save() writes, taken under the model mutex (a fit in
         // another thread holds it for a whole chunk of batches), without holding the GIL.
-        std::vector<T> p, b, s1, s2;
+        std::vector<T> p, b;
+        std::vector<std::vector<T>> slots;
+        std::vector<std::string> names;
         std::vector<int64_t> steps;
         uint64_t seed = 0, draws = 0;
         {
@@ -439,8 +443,9 @@ void bind_one(py::module_& m, const char* name) {
           std::lock_guard<std::mutex> lock(self.mutex());
           p.assign(self.params(), self.params() + self.num_params());
           b.assign(self.buffers(), self.buffers() + self.buffer_size());
-          s1.assign(self.state(0).begin(), self.state(0).end());
-          s2.assign(self.state(1).begin(), self.state(1).end());
+          for (int k = 0; k < kern::kMaxStateSlots; ++k)
+            slots.emplace_back(self.optim().slot(k).begin(), self.optim().slot(k).end());
+          names = self.optim().slot_names();
           steps = self.steps();
           seed = self.rng_seed();
           draws = self.rng_draws();
@@ -454,12 +459,12 @@ void bind_one(py::module_& m, const char* name) {
         py::dict d;
         d["params"] = arr(p);
         d["buffers"] = arr(b);
-        d["state0"] = arr(s1);
-        d["state1"] = arr(s2);
+        for (int k = 0; k < kern::kMaxStateSlots; ++k) d[("state" + std::to_string(k)).c_str()] = arr(slots[k]);
+        d["state_names"] = names;
         d["steps"] = arr(steps);
         d["rng"] = py::make_tuple(seed, draws);
         return d;
-      }, "Copies of the parameters, buffers, optimizer state slots, step counts and dropout generator "
+      }, "Copies of the parameters, buffers, optimizer state slots (state0.. and their state_names), step counts and dropout generator "
          "state, all from one moment (save uses it).");
 }
 

@@ -9,6 +9,7 @@ namespace py = pybind11;
 void bind_model(py::module_& m);
 void bind_kernels(py::module_& m);
 void bind_sparse(py::module_& m);
+void bind_protocol(py::module_& m);
 
 #ifndef LAYERPROP_VERSION
 #define LAYERPROP_VERSION "0.0.0"
@@ -53,6 +54,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &lp::get_num_threads);
   m.def("forked_after_pool", &lp::forked_after_pool,
         "True in a process forked after its parent started OpenMP's threads: kernels run serially here.");
+  bind_protocol(m);
   bind_model(m);
   bind_kernels(m);
   bind_sparse(m);

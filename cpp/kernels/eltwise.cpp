@@ -18,9 +18,9 @@ namespace generic {
 #ifdef LAYERPROP_HAVE_AVX2
 namespace avx2 {
 #define LP_ELTWISE_DECLARE(T, S)                                                                \
-  void act_fwd_##S(T*, const T*, int64_t, Act, T);                                              \
-  void act_bwd_##S(T*, const T*, const T*, const T*, int64_t, Act, T, bool);                    \
-  void bias_act_##S(T*, int64_t, int64_t, int64_t, const T*, Act, T, T*, int64_t);              \
+  void act_fwd_##S(T*, const T*, int64_t, Act, ActParams<T>);                                   \
+  void act_bwd_##S(T*, const T*, const T*, const T*, int64_t, Act, ActParams<T>, bool);         \
+  void bias_act_##S(T*, int64_t, int64_t, int64_t, const T*, Act, ActParams<T>, T*, int64_t);   \
   void colsum_##S(T*, const T*, int64_t, int64_t, int64_t, bool);                               \
   void add_##S(T*, const T*, const T*, int64_t, bool);                                          \
   bool finite_##S(const T*, int64_t);
@@ -35,9 +35,9 @@ namespace {
 // The loops of one build for one element type.
 template <class T>
 struct Loops {
-  void (*fwd)(T*, const T*, int64_t, Act, T);
-  void (*bwd)(T*, const T*, const T*, const T*, int64_t, Act, T, bool);
-  void (*bias_act)(T*, int64_t, int64_t, int64_t, const T*, Act, T, T*, int64_t);
+  void (*fwd)(T*, const T*, int64_t, Act, ActParams<T>);
+  void (*bwd)(T*, const T*, const T*, const T*, int64_t, Act, ActParams<T>, bool);
+  void (*bias_act)(T*, int64_t, int64_t, int64_t, const T*, Act, ActParams<T>, T*, int64_t);
   void (*colsum)(T*, const T*, int64_t, int64_t, int64_t, bool);
   void (*add)(T*, const T*, const T*, int64_t, bool);
   bool (*finite)(const T*, int64_t);
@@ -68,23 +68,23 @@ int64_t act_threshold(Act act) { return act_is_cheap(act) ? (int64_t(1) << 18) :
 }  // namespace
 
 template <class T>
-void act_forward(T* y, const T* x, int64_t n, Act act, T slope) {
+void act_forward(T* y, const T* x, int64_t n, Act act, ActParams<T> ap) {
   const auto fn = loops<T>().fwd;
-  parallel_range(n, n, act_threshold(act), [&](int64_t b, int64_t e) { fn(y + b, x + b, e - b, act, slope); });
+  parallel_range(n, n, act_threshold(act), [&](int64_t b, int64_t e) { fn(y + b, x + b, e - b, act, ap); });
 }
 
 template <class T>
-void act_backward(T* dx, const T* dy, const T* x, const T* y, int64_t n, Act act, T slope, bool accumulate) {
+void act_backward(T* dx, const T* dy, const T* x, const T* y, int64_t n, Act act, ActParams<T> ap, bool accumulate) {
   const auto fn = loops<T>().bwd;
   parallel_range(n, n, act_threshold(act), [&](int64_t b, int64_t e) {
-    fn(dx + b, dy + b, x + b, y + b, e - b, act, slope, accumulate);
+    fn(dx + b, dy + b, x + b, y + b, e - b, act, ap, accumulate);
   });
 }
 
 template <class T>
-void bias_act(T* C, int64_t ldc, int64_t mr, int64_t nr, const T* bias, Act act, T slope, T* act_out,
+void bias_act(T* C, int64_t ldc, int64_t mr, int64_t nr, const T* bias, Act act, ActParams<T> ap, T* act_out,
               int64_t ld_act) {
-  loops<T>().bias_act(C, ldc, mr, nr, bias, act, slope, act_out, ld_act);
+  loops<T>().bias_act(C, ldc, mr, nr, bias, act, ap, act_out, ld_act);
 }
 
 template <class T>
@@ -118,9 +118,9 @@ bool all_finite(const T* p, int64_t n) {
 }
 
 #define LP_ELTWISE_INSTANTIATE(T)                                                                   \
-  template void act_forward<T>(T*, const T*, int64_t, Act, T);                                      \
-  template void act_backward<T>(T*, const T*, const T*, const T*, int64_t, Act, T, bool);           \
-  template void bias_act<T>(T*, int64_t, int64_t, int64_t, const T*, Act, T, T*, int64_t);          \
+  template void act_forward<T>(T*, const T*, int64_t, Act, ActParams<T>);                              \
+  template void act_backward<T>(T*, const T*, const T*, const T*, int64_t, Act, ActParams<T>, bool);         \
+  template void bias_act<T>(T*, int64_t, int64_t, int64_t, const T*, Act, ActParams<T>, T*, int64_t);         \
   template void add_into<T>(T*, const T*, int64_t, bool);                                           \
   template void mul_into<T>(T*, const T*, const T*, int64_t, bool);                                 \
   template void colsum<T>(T*, const T*, int64_t, int64_t, bool);                                    \

@@ -9,13 +9,14 @@
 #include <type_traits>
 
 #include "layerprop/common.hpp"
+#include "layerprop/eltwise.hpp"
 
 namespace lp::kern::avx2 {
 #include "eltwise_impl.hpp"
 
 #define LP_ELTWISE_EXPORT(T, S)                                                                   \
-  void act_fwd_##S(T* y, const T* x, int64_t n, Act a, T s) { act_fwd_range<T>(y, x, n, a, s); } \
-  void act_bwd_##S(T* dx, const T* dy, const T* x, const T* y, int64_t n, Act a, T s, bool acc) { \
+  void act_fwd_##S(T* y, const T* x, int64_t n, Act a, ActParams<T> s) { act_fwd_range<T>(y, x, n, a, s); } \
+  void act_bwd_##S(T* dx, const T* dy, const T* x, const T* y, int64_t n, Act a, ActParams<T> s, bool acc) { \
     act_bwd_range<T>(dx, dy, x, y, n, a, s, acc);                                                 \
   }                                                                                               \
   void colsum_##S(T* db, const T* dz, int64_t N, int64_t ldz, int64_t nc, bool acc) {             \
@@ -31,13 +32,13 @@ LP_ELTWISE_EXPORT(double, f64)
 // The GEMM epilogue on a tile: written out for the cheap activations on whole 8-float vectors
 // (the compiler's version of the loop above fully unrolls and then stays scalar). Each value is
 // one add and one select or multiply, so the bits equal those of bias_act_range.
-void bias_act_f32(float* C, int64_t ldc, int64_t mr, int64_t nr, const float* b, Act a, float s,
+void bias_act_f32(float* C, int64_t ldc, int64_t mr, int64_t nr, const float* b, Act a, ActParams<float> s,
                   float* out, int64_t ld) {
   if (nr % 8 != 0 || !(a == Act::Identity || a == Act::ReLU || a == Act::LeakyReLU)) {
     bias_act_range<float>(C, ldc, mr, nr, b, a, s, out, ld);
     return;
   }
-  const __m256 zero = _mm256_setzero_ps(), slope = _mm256_set1_ps(s);
+  const __m256 zero = _mm256_setzero_ps(), slope = _mm256_set1_ps(s.negative_slope);
   for (int64_t i = 0; i < mr; ++i) {
     float* c = C + i * ldc;
     float* o = out ? out + i * ld : nullptr;
@@ -56,7 +57,7 @@ void bias_act_f32(float* C, int64_t ldc, int64_t mr, int64_t nr, const float* b,
     }
   }
 }
-void bias_act_f64(double* C, int64_t ldc, int64_t mr, int64_t nr, const double* b, Act a, double s,
+void bias_act_f64(double* C, int64_t ldc, int64_t mr, int64_t nr, const double* b, Act a, ActParams<double> s,
                   double* out, int64_t ld) {
   bias_act_range<double>(C, ldc, mr, nr, b, a, s, out, ld);
 }

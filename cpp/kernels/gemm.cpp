@@ -152,7 +152,7 @@ void store_part(T* __restrict c, int64_t ldc, const T* __restrict t, int64_t ldt
 template <class T>
 inline void apply_epilogue(T* C, int64_t ldc, int64_t i0, int64_t mr, int64_t j0, int64_t nr,
                            const Epilogue<T>& ep) {
-  bias_act<T>(C + i0 * ldc + j0, ldc, mr, nr, ep.bias ? ep.bias + j0 : nullptr, ep.act, ep.slope,
+  bias_act<T>(C + i0 * ldc + j0, ldc, mr, nr, ep.bias ? ep.bias + j0 : nullptr, ep.act, ep.params,
               ep.act_out ? ep.act_out + i0 * ep.ld_act + j0 : nullptr, ep.ld_act);
 }
 

@@ -4,8 +4,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
+#include "layerprop/common.hpp"
 #include "layerprop/runtime.hpp"
 
 namespace lp::kern {
@@ -14,16 +16,29 @@ namespace generic {
 }
 #ifdef LAYERPROP_HAVE_AVX2
 namespace avx2 {
-void optimizer_range_f32(const OptConfig&, float*, const float*, float*, float*, int64_t, int64_t, int64_t);
-void optimizer_range_f64(const OptConfig&, double*, const double*, double*, double*, int64_t, int64_t, int64_t);
+void optimizer_range_f32(const OptConfig&, float*, const float*, float* const*, int64_t, int64_t, int64_t);
+void optimizer_range_f64(const OptConfig&, double*, const double*, double* const*, int64_t, int64_t, int64_t);
 }  // namespace avx2
 #endif
 
+namespace {
+// fn(Rule{}) with the rule registered for `kind` (LAYERPROP_OPTIMIZERS); `fallback` for None.
+template <class R, class Fn>
+R with_rule(OptKind kind, R fallback, Fn&& fn) {
+  switch (kind) {
+#define LAYERPROP_OPT_CASE(k, file, rule) \
+  case OptKind::k: return fn(generic::rule{});
+    LAYERPROP_OPTIMIZERS(LAYERPROP_OPT_CASE)
+#undef LAYERPROP_OPT_CASE
+    default: return fallback;
+  }
+}
+}  // namespace
+
 template <class T>
-void optimizer_step(const OptConfig& cfg, T* p, const T* g, T* s1, T* s2, int64_t n,
-                    int64_t step) {
+void optimizer_step(const OptConfig& cfg, T* p, const T* g, T* const* slots, int64_t n, int64_t step) {
   if (cfg.kind == OptKind::None) return;
-  using Fn = void (*)(const OptConfig&, T*, const T*, T*, T*, int64_t, int64_t, int64_t);
+  using Fn = void (*)(const OptConfig&, T*, const T*, T* const*, int64_t, int64_t, int64_t);
   static const Fn fn = [] {
 #ifdef LAYERPROP_HAVE_AVX2
     if (use_avx2()) {
@@ -33,8 +48,29 @@ void optimizer_step(const OptConfig& cfg, T* p, const T* g, T* s1, T* s2, int64_
 #endif
     return Fn(&generic::optimizer_range<T>);
   }();
-  const int64_t work = cfg.kind == OptKind::SGD ? n : 4 * n;
-  parallel_range(n, work, int64_t(1) << 17, [&](int64_t lo, int64_t hi) { fn(cfg, p, g, s1, s2, lo, hi, step); });
+  const int64_t work = with_rule(cfg.kind, 1, [](auto r) { return decltype(r)::kWork; });
+  parallel_range(n, work * n, int64_t(1) << 17, [&](int64_t lo, int64_t hi) { fn(cfg, p, g, slots, lo, hi, step); });
+}
+
+int optimizer_num_slots(const OptConfig& cfg) {
+  return with_rule(cfg.kind, 0, [&](auto r) { return decltype(r)::num_slots(cfg); });
+}
+const char* optimizer_slot_name(const OptConfig& cfg, int k) {
+  return with_rule(cfg.kind, static_cast<const char*>(""), [&](auto r) { return decltype(r)::slot_name(cfg, k); });
+}
+double optimizer_slot_init(const OptConfig& cfg, int k) {
+  return with_rule(cfg.kind, 0.0, [&](auto r) { return decltype(r)::slot_init(cfg, k); });
+}
+bool optimizer_slot_nonneg(const OptConfig& cfg, int k) {
+  return with_rule(cfg.kind, false, [&](auto r) { return decltype(r)::slot_nonneg(cfg, k); });
+}
+void validate_optimizer(const OptConfig& cfg) {
+  if (static_cast<int>(cfg.kind) < 0 || static_cast<int>(cfg.kind) >= static_cast<int>(OptKind::Count))
+    throw ValueError("optimizer: unknown optimizer");
+  with_rule(cfg.kind, 0, [&](auto r) {
+    decltype(r)::validate(cfg);
+    return 0;
+  });
 }
 
 template <class T>
@@ -63,9 +99,8 @@ double clip_gradients(const ClipConfig& clip, T* g, int64_t n) {
 template double clip_gradients<float>(const ClipConfig&, float*, int64_t);
 template double clip_gradients<double>(const ClipConfig&, double*, int64_t);
 
-template void optimizer_step<float>(const OptConfig&, float*, const float*, float*, float*,
-                                    int64_t, int64_t);
-template void optimizer_step<double>(const OptConfig&, double*, const double*, double*, double*,
-                                     int64_t, int64_t);
+template void optimizer_step<float>(const OptConfig&, float*, const float*, float* const*, int64_t, int64_t);
+template void optimizer_step<double>(const OptConfig&, double*, const double*, double* const*, int64_t,
+                                     int64_t);
 
 }  // namespace lp::kern

@@ -39,7 +39,7 @@ void epilogue(T* y, int64_t ldy, int64_t N, int64_t OUT, const Epilogue<T>* ep) 
   if (!ep || !(ep->bias || ep->act_out)) return;
   const int64_t cost = act_is_cheap(ep->act) ? 1 : 16;
   parallel_range(N, N * OUT * cost, int64_t(1) << 18, [&](int64_t r0, int64_t r1) {
-    bias_act<T>(y + r0 * ldy, ldy, r1 - r0, OUT, ep->bias, ep->act, ep->slope,
+    bias_act<T>(y + r0 * ldy, ldy, r1 - r0, OUT, ep->bias, ep->act, ep->params,
                 ep->act_out ? ep->act_out + r0 * ep->ld_act : nullptr, ep->ld_act);
   });
 }

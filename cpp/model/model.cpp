@@ -16,6 +16,22 @@ namespace lp {
 namespace {
 std::string node_str(int i) { return "node " + std::to_string(i); }
 
+// The settings an activation reads, checked by name: finite, and Softplus' beta > 0.
+void check_act_settings(const NodeSpec& s, const std::string& where) {
+  auto finite = [&](const char* name, double v) {
+    if (!std::isfinite(v))
+      throw ValueError("graph: " + where + ": " + name + " must be a finite number, got " + std::to_string(v));
+  };
+  if (s.act == Act::LeakyReLU) finite("negative_slope", s.act_settings.negative_slope);
+  if (s.act == Act::ELU) finite("alpha", s.act_settings.alpha);
+  if (s.act == Act::Softplus) {
+    finite("beta", s.act_settings.beta);
+    finite("threshold", s.act_settings.threshold);
+    if (!(s.act_settings.beta > 0))
+      throw ValueError("graph: " + where + ": beta must be > 0, got " + std::to_string(s.act_settings.beta));
+  }
+}
+
 // splitmix64 finalizer: a counter-based generator, one independent draw per element.
 inline uint64_t mix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
@@ -88,9 +104,10 @@ Model<T>::Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int 
         break;
       }
       case NodeKind::Dropout:
-        if (!(s.slope >= 0 && s.slope <= 1)) throw ValueError("graph: dropout p must be in [0, 1]");
+        if (!(s.p >= 0 && s.p <= 1)) throw ValueError("graph: dropout p must be in [0, 1]");
         [[fallthrough]];
       case NodeKind::Activation:
+        if (s.kind == NodeKind::Activation) check_act_settings(s, node_str(i));
       case NodeKind::Add:
         for (size_t k = 0; k < s.inputs.size(); ++k)
           if (w(k) != s.width) throw ValueError("graph: width mismatch at " + node_str(i));
@@ -171,7 +188,7 @@ Model<T>::Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int 
   buffers_.assign(static_cast<size_t>(boff), T(0));
   for (size_t L = 0; L < layers_.size(); ++L)
     if (rv_off_[L] >= 0) std::fill_n(buffers_.data() + rv_off_[L], layers_[L].out, T(1));
-  steps_.assign(tensors_.size(), 0);
+  optim_.resize_steps(tensors_.size());
   outs_.resize(n);
   gouts_.resize(n);
   aux_.resize(n);
@@ -199,18 +216,8 @@ void Model<T>::compile(LossKind loss, const kern::OptConfig& opt, const Schedule
       throw ValueError("inner_steps: expected 1 to " + std::to_string(kMaxInnerSteps) + ", got " +
                        std::to_string(sched.inner_steps));
   }
-  const int slots = opt.state_slots();
-  if (slots > 0) {
-    const std::string what = "optimizer state";
-    check_allocation(checked_mul(static_cast<int64_t>(params_.size()) * slots, sizeof(T), what), what);
-  }
-  // assign() never gives back memory a slot once had, so a state view made before this compile
-  // still points into live memory (the views are documented as valid until the next compile).
-  state1_.assign(slots >= 1 ? params_.size() : 0, T(0));
-  state2_.assign(slots >= 2 ? params_.size() : 0, T(0));
-  std::fill(steps_.begin(), steps_.end(), 0);
+  optim_.configure(opt, static_cast<int64_t>(params_.size()), tensors_.size());
   loss_ = loss;
-  opt_ = opt;
   sched_ = sched;
   clip_ = clip;
   compiled_ = true;
@@ -304,7 +311,7 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
         if (fused_into_[i] >= 0) {
           const NodeSpec& a = nodes_[fused_into_[i]];
           ep.act = a.act;
-          ep.slope = T(a.slope);
+          ep.params = kern::ActParams<T>(a.act_settings);
           ep.act_out = outs_[fused_into_[i]].data();
           ep.ld_act = w;
         }
@@ -315,14 +322,14 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
       case NodeKind::BatchNorm:
       case NodeKind::LayerNorm: layer_forward(i, N, mode); break;
       case NodeKind::Activation:
-        if (!fused_[i]) kern::act_forward<T>(outs_[i].data(), out(s.inputs[0]), N * w, s.act, T(s.slope));
+        if (!fused_[i]) kern::act_forward<T>(outs_[i].data(), out(s.inputs[0]), N * w, s.act, kern::ActParams<T>(s.act_settings));
         else ops_.forward -= 1;  // done by its Linear
         break;
       case NodeKind::Dropout:
-        if (mode.training && s.slope > 0) {
+        if (mode.training && s.p > 0) {
           if (!mode.reuse_masks)
             mask_keys_[i] = mix64(seed_ ^ mix64(draws_++ * 0x100000001B3ull + static_cast<uint64_t>(i)));
-          dropout_forward<T>(outs_[i].data(), aux_[i].data(), out(s.inputs[0]), N * w, s.slope,
+          dropout_forward<T>(outs_[i].data(), aux_[i].data(), out(s.inputs[0]), N * w, s.p,
                              mask_keys_[i], mode.reuse_masks);
         } else {
           std::memcpy(outs_[i].data(), out(s.inputs[0]), sizeof(T) * N * w);
@@ -436,7 +443,8 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
       case NodeKind::Activation: {
         const int j = s.inputs[0];
         if (wants(j)) {
-          kern::act_backward<T>(gouts_[j].data(), dy, out(j), out(i), N * w, s.act, T(s.slope), written_[j]);
+          kern::act_backward<T>(gouts_[j].data(), dy, out(j), out(i), N * w, s.act,
+                                kern::ActParams<T>(s.act_settings), written_[j]);
           written_[j] = 1;
         }
         break;
@@ -444,7 +452,7 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
       case NodeKind::Dropout: {
         const int j = s.inputs[0];
         if (wants(j)) {
-          if (training_ && s.slope > 0) kern::mul_into<T>(gouts_[j].data(), dy, aux_[i].data(), N * w, written_[j]);
+          if (training_ && s.p > 0) kern::mul_into<T>(gouts_[j].data(), dy, aux_[i].data(), N * w, written_[j]);
           else kern::add_into<T>(gouts_[j].data(), dy, N * w, written_[j]);
           written_[j] = 1;
         }
@@ -566,18 +574,10 @@ double Model<T>::loss_only(const Input<T>& X, int64_t N, Labels<T> y) {
 
 template <class T>
 void Model<T>::apply_layer(int L, double lr, double l2_weights) {
-  const int slots = opt_.state_slots();
-  kern::OptConfig cfg = opt_;
-  if (lr >= 0) cfg.lr = lr;
   for (int t : layer_tensors_[L]) {
-    const ParamTensor& pt = tensors_[t];
-    const int64_t o = pt.offset;
-    steps_[t] += 1;
-    const bool weight = layers_[L].kind == LayerKind::Linear && pt.name == "weight";
-    cfg.weight_decay = opt_.weight_decay + (weight ? l2_weights : 0.0);
-    kern::optimizer_step<T>(cfg, params_.data() + o, grads_.data() + o,
-                            slots >= 1 ? state1_.data() + o : nullptr,
-                            slots >= 2 ? state2_.data() + o : nullptr, pt.size(), steps_[t]);
+    const bool weight = layers_[L].kind == LayerKind::Linear && tensors_[t].name == "weight";
+    optim_.step(t, OptTensor{tensors_[t].offset, tensors_[t].size()}, params_.data(), grads_.data(), lr,
+                weight ? l2_weights : 0.0);
   }
 }
 
@@ -622,20 +622,16 @@ double Model<T>::guarded_step(const T* X, int64_t N, Labels<T> y, int& fault) {
   // Layerwise and LocoProp update inside the step: everything they may change is kept aside
   // (a copy is small next to their several passes) and put back if the step went non-finite.
   params_backup_.assign(params_.begin(), params_.end());
-  state1_backup_.assign(state1_.begin(), state1_.end());
-  state2_backup_.assign(state2_.begin(), state2_.end());
+  optim_.backup();  // every named state slot and the step counts
   stats_backup_.assign(buffers_.begin(), buffers_.end());
-  steps_backup_ = steps_;
   const uint64_t draws = draws_;
   const double loss = step(X, N, y);
   fault = !std::isfinite(loss) ? 1 : !kern::all_finite<T>(params_.data(), static_cast<int64_t>(params_.size())) ? 2 : 0;
   grads_fault_ = fault;
   if (fault) {
     std::copy(params_backup_.begin(), params_backup_.end(), params_.begin());
-    std::copy(state1_backup_.begin(), state1_backup_.end(), state1_.begin());
-    std::copy(state2_backup_.begin(), state2_backup_.end(), state2_.begin());
+    optim_.restore();
     std::copy(stats_backup_.begin(), stats_backup_.end(), buffers_.begin());
-    steps_ = steps_backup_;
     draws_ = draws;
   }
   return loss;

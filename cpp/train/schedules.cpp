@@ -120,12 +120,12 @@ void Model<T>::locoprop_unit(int L, int64_t N) {
   const bool M = sched_.kind == ScheduleKind::LocoPropM;
   // Transfer function of the matching loss.
   Act act = Act::Identity;
-  T slope = 0;
+  kern::ActParams<T> act_params;
   int link = 0;  // 1 softmax, 2 sigmoid, 3 exp (output layer of cross-entropy / bce / poisson)
   if (M) {
     if (consumers_[i].size() == 1 && nodes_[consumers_[i][0]].kind == NodeKind::Activation) {
       act = nodes_[consumers_[i][0]].act;
-      slope = T(nodes_[consumers_[i][0]].slope);
+      act_params = kern::ActParams<T>(nodes_[consumers_[i][0]].act_settings);
     } else if (i == output_) {
       link = loss_ == LossKind::CrossEntropy ? 1 : loss_ == LossKind::BCEWithLogits ? 2
              : loss_ == LossKind::Poisson ? 3 : 0;
@@ -138,13 +138,13 @@ void Model<T>::locoprop_unit(int L, int64_t N) {
   const int64_t D = l.out, n = N * D;
   T* a = targets_[L].data() + cap_ * D;
   T* d = gouts_[i].data();
-  const double base = sched_.inner_lr > 0 ? sched_.inner_lr : opt_.lr;
+  const double base = sched_.inner_lr > 0 ? sched_.inner_lr : optim_.config().lr;
   for (int64_t k = 0; k < sched_.inner_steps; ++k) {
     kern::Epilogue<T> ep;
     ep.bias = b_off_[L] >= 0 ? params_.data() + b_off_[L] : nullptr;
     if (M && link == 0 && act != Act::Identity) {  // f(x W^T + b) straight from the GEMM's store
       ep.act = act;
-      ep.slope = slope;
+      ep.params = act_params;
       ep.act_out = d;
       ep.ld_act = D;
     }

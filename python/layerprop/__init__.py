@@ -9,10 +9,10 @@ from . import _core
 from . import explain
 from . import validation
 from ._core import NonFiniteError
-from .layers import (GELU, BatchNorm1d, Dropout, Identity, Input, Layer, LayerNorm, LeakyReLU,
-                     Linear, ReLU, Sigmoid, SymbolicTensor, Tanh, add, concat)
+from .layers import (ELU, GELU, BatchNorm1d, Dropout, Identity, Input, Layer, LayerNorm, LeakyReLU,
+                     Linear, ReLU, Sigmoid, SiLU, Softplus, SymbolicTensor, Tanh, add, concat)
 from .model import Model, Sequential
-from .optim import SGD, Adam, AdamW, Optimizer
+from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .schedules import Layerwise, LocoProp, Schedule, Simultaneous
 from .interop import from_torch
 from .io import load
@@ -22,9 +22,10 @@ __version__ = _core.build_info()["version"]
 
 __all__ = [
     "__version__", "build_info", "set_num_threads", "get_num_threads",
-    "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
+    "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "ELU", "Softplus",
+    "Identity", "Dropout",
     "BatchNorm1d", "LayerNorm", "Input", "SymbolicTensor", "add", "concat", "Model", "Sequential",
-    "Optimizer", "SGD", "Adam", "AdamW", "Schedule", "Simultaneous", "Layerwise", "LocoProp", "Callback", "History",
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Schedule", "Simultaneous", "Layerwise", "LocoProp", "Callback", "History",
     "load", "from_torch", "EarlyStopping", "ModelCheckpoint", "LambdaCallback", "MovingTarget",
     "explain", "NonFiniteError",
 ]

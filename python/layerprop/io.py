@@ -21,13 +21,15 @@ The format (metadata key "layerprop", a JSON object):
      "compile": null | {"loss": "mse", "optimizer": {"type": "Adam", "config": {...}},
                         "schedule": {"type": "Simultaneous", "config": {}},
                         "clip": {"norm": 1.0, "value": null}  (only when clipping is on)},
-     "optimizer_state": null | {"slots": 2, "steps": "optimizer.steps"},
+     "optimizer_state": null | {"slots": 2, "steps": "optimizer.steps",
+                                "names": ["exp_avg", "exp_avg_sq"]  (slot names; older files omit it)},
      "rng": {"shuffle": <numpy PCG64 state>, "core": [seed, draws] or null}}
 
 Tensors: each parameter under its own name; buffers (BatchNorm1d running statistics) under
 theirs ("1.running_mean"), listed in "buffers"; optimizer slot k of parameter P under
 "optimizer.slot<k>.<P>" (slot k is the optimizer's k-th named state, as in
-model.optimizer_state(): SGD's momentum_buffer; Adam's and AdamW's exp_avg, exp_avg_sq);
+model.optimizer_state(): SGD's momentum_buffer; Adam's and AdamW's exp_avg, exp_avg_sq; RMSprop's
+square_avg, momentum_buffer, grad_avg; Adagrad's sum);
 per-tensor step counts as int64 "optimizer.steps".
 
 A new layer type becomes savable with `register_layer` (its constructor arguments as JSON);
@@ -177,6 +179,9 @@ def _layer_type(layer: L.Layer) -> str:
 
 # ---------------------------------------------------------------------------- optimizers, schedules
 _OPTIMIZERS: Dict[str, Type[Optimizer]] = {cls.__name__: cls for cls in OPTIMIZER_TYPES}
+# What a state slot that is never negative holds (the message when a file's is).
+_NONNEG_SLOTS = {"exp_avg_sq": "Adam's second moments", "square_avg": "RMSprop's second moments",
+                 "sum": "Adagrad's sums of squared gradients"}
 _SCHEDULES: Dict[str, Type[Schedule]] = {cls.__name__: cls for cls in SCHEDULE_TYPES}
 
 
@@ -291,7 +296,7 @@ def model_to_state(model: Any, include_optimizer: bool = True) -> Tuple["Ordered
                 for name, entry in state.items():
                     tensors[f"optimizer.slot{k}.{name}"] = entry[sname]
             tensors["optimizer.steps"] = np.array([entry["step"] for entry in state.values()], dtype=np.int64)
-            meta["optimizer_state"] = {"slots": len(slot_names), "steps": "optimizer.steps"}
+            meta["optimizer_state"] = {"slots": len(slot_names), "steps": "optimizer.steps", "names": list(slot_names)}
     meta["rng"] = {"shuffle": snap["rng"]["shuffle"], "core": list(snap["rng"]["core"])}
     return tensors, {META_KEY: json.dumps(meta, separators=(",", ":"))}
 
@@ -587,8 +592,17 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
         except (TypeError, ValueError) as e:
             raise _Bad(f"compile: {e}") from None
         if opt_state is not None:
-            opt_state = _dict(opt_state, "optimizer_state", ("slots", "steps"))
-            slots = _int(opt_state["slots"], "optimizer_state.slots", 0, 2)
+            opt_state = _dict(opt_state, "optimizer_state")
+            # "names" (the slots' names) came with RMSprop and Adagrad; older files omit it.
+            opt_state = _dict(opt_state, "optimizer_state",
+                              ("slots", "steps", "names") if "names" in opt_state else ("slots", "steps"))
+            slots = _int(opt_state["slots"], "optimizer_state.slots", 0, 3)
+            file_slot_names = None
+            if "names" in opt_state:
+                file_slot_names = [_str(n, "optimizer_state.names[]")
+                                   for n in _list(opt_state["names"], "optimizer_state.names", 3)]
+                if len(file_slot_names) != slots:
+                    raise _Bad(f"optimizer_state.names: {len(file_slot_names)} names for {slots} slots")
             if opt_state["steps"] != "optimizer.steps":
                 raise _Bad("optimizer_state.steps: expected 'optimizer.steps'")
             _check_tensor(keys, "optimizer.steps", (len(params),), np.int64, get_shape)
@@ -633,6 +647,10 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
             if slots != len(slot_names):
                 raise _Bad(f"optimizer_state.slots: {type(optimizer).__name__} keeps {len(slot_names)} "
                            f"state slots, the file has {slots}")
+            if file_slot_names is not None and file_slot_names != list(slot_names):
+                raise _Bad(f"optimizer_state.names: {type(optimizer).__name__} keeps {list(slot_names)}, "
+                           f"the file has {file_slot_names}")
+            nonneg = model._optimizer_state_nonneg()
             steps = get("optimizer.steps")
             if (steps < 0).any() or (steps > _MAX_INT).any():
                 raise _Bad("tensor 'optimizer.steps': step counts must be in [0, 2**40]")
@@ -640,12 +658,12 @@ def _restore(meta: Dict[str, Any], keys: Mapping[str, Any],
             for i, name in enumerate(model_params):
                 state[name] = {"step": int(steps[i])}
             for k, sname in enumerate(slot_names):
-                second_moment = k == 1 and isinstance(optimizer, Adam)
+                what = _NONNEG_SLOTS.get(sname, f"{sname} values")
                 for name in model_params:
                     key = f"optimizer.slot{k}.{name}"
                     a = get(key)
                     if check_values:
-                        _check_values(key, a, nonneg=second_moment, what="Adam's second moments")
+                        _check_values(key, a, nonneg=nonneg[k], what=what)
                     state[name][sname] = a
             model.load_optimizer_state(state)
     if rng["shuffle"] is not None:

@@ -7,20 +7,20 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import _core
 from . import reference as R
 from . import validation as V
 from ._codes import ACT, LAYER, NODE
 
 __all__ = [
-    "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout",
-    "BatchNorm1d", "LayerNorm",
+    "Layer", "Linear", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "ELU", "Softplus",
+    "Identity", "Dropout", "BatchNorm1d", "LayerNorm",
     "Input", "SymbolicTensor", "add", "concat", "LAYER_TYPES",
 ]
 
-# A graph node as the core takes it: (kind, inputs, width, stored layer or -1, act, slope).
-NodeSpec = Tuple[int, List[int], int, int, int, float]
-# A layer the core stores: (kind, in, out, bias/affine, eps, momentum).
-LayerSpec = Tuple[int, int, int, bool, float, float]
+# A graph node and a stored layer as the core takes them: classes with named fields.
+NodeSpec = _core.NodeSpec
+LayerSpec = _core.LayerSpec
 
 
 def _check_name(name: Optional[str]) -> Optional[str]:
@@ -208,10 +208,11 @@ class Linear(Layer):
     stored = True
 
     def core_layer(self) -> LayerSpec:
-        return (LAYER["Linear"], self.in_features, self.out_features, self.bias, 0.0, 0.0)
+        return LayerSpec(kind=LAYER["Linear"], in_features=self.in_features, out_features=self.out_features,
+                         bias=self.bias, eps=0.0, momentum=0.0)
 
     def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
-        return (NODE["Linear"], inputs, width, stored_index, 0, 0.0)
+        return NodeSpec(kind=NODE["Linear"], inputs=inputs, width=width, layer=stored_index)
 
     def init_tensor(self, name: str, view: np.ndarray, rng: np.random.Generator) -> None:
         bound = self.init_bound()
@@ -262,7 +263,6 @@ class Linear(Layer):
 
 
 class _Activation(Layer):
-    slope = 0.0
     # its float64 twin: f(x) and f'(x) from layerprop.reference
     _ref: Tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
 
@@ -279,8 +279,13 @@ class _Activation(Layer):
                 return ACT[cls.__name__]
         raise TypeError(f"{type(self).__name__}: not an activation the core knows")
 
+    def core_settings(self) -> Dict[str, float]:
+        """The settings the core's activation functor reads, by NodeSpec field name."""
+        return {}
+
     def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
-        return (NODE["Activation"], inputs, width, -1, self.act_code, float(self.slope))
+        return NodeSpec(kind=NODE["Activation"], inputs=inputs, width=width, act=self.act_code,
+                        **self.core_settings())  # type: ignore[arg-type]
 
 
 class ReLU(_Activation):
@@ -296,9 +301,10 @@ class LeakyReLU(_Activation):
 
     def __init__(self, negative_slope: float = 0.01, *, name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        s = V.finite_float(negative_slope, "negative_slope")
-        self.negative_slope = s
-        self.slope = s
+        self.negative_slope = V.finite_float(negative_slope, "negative_slope")
+
+    def core_settings(self) -> Dict[str, float]:
+        return {"negative_slope": self.negative_slope}
 
     config_fields = (("negative_slope", "float"),)
     torch_name = "LeakyReLU"
@@ -359,6 +365,97 @@ class GELU(_Activation):
         return [helper.make_node("Gelu", inputs, [output], approximate="none")]
 
 
+class SiLU(_Activation):
+    """x * sigmoid(x) (swish)."""
+
+    _ref = (R.silu, R.silu_grad)
+    torch_name = "SiLU"
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        return [helper.make_node("Sigmoid", inputs, [f"{output}_sig"]),
+                helper.make_node("Mul", [inputs[0], f"{output}_sig"], [output])]
+
+
+class ELU(_Activation):
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+
+    def __init__(self, alpha: float = 1.0, *, name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        self.alpha = V.finite_float(alpha, "alpha")
+
+    config_fields = (("alpha", "float"),)
+    torch_name = "ELU"
+
+    def core_settings(self) -> Dict[str, float]:
+        return {"alpha": self.alpha}
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        return cls(alpha=module.alpha, name=name)
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        return [helper.make_node("Elu", inputs, [output], alpha=float(self.alpha))]
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        return R.elu(x, self.alpha)
+
+    def reference_grad(self, x: np.ndarray) -> np.ndarray:
+        return R.elu_grad(x, self.alpha)
+
+    def describe(self) -> str:
+        return f"ELU(alpha={self.alpha})"
+
+
+class Softplus(_Activation):
+    """log(1 + exp(beta * x)) / beta, and x where beta * x > threshold (PyTorch's rule)."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0, *, name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        self.beta = V.positive_float(beta, "beta", "a number > 0")
+        self.threshold = V.finite_float(threshold, "threshold")
+
+    config_fields = (("beta", "float"), ("threshold", "float"))
+    torch_name = "Softplus"
+
+    def core_settings(self) -> Dict[str, float]:
+        return {"beta": self.beta, "threshold": self.threshold}
+
+    @classmethod
+    def from_torch(cls, module: Any, name: Optional[str], where: str) -> "Layer":
+        if not module.beta > 0:
+            raise ValueError(f"{where}: Softplus with beta={module.beta} is not supported (beta must be > 0)")
+        return cls(beta=module.beta, threshold=module.threshold, name=name)
+
+    def to_onnx(self, helper: Any, inputs: List[str], output: str,
+                init: Callable[[str, np.ndarray], str], tensors: Mapping[str, np.ndarray]) -> List[Any]:
+        # Where(beta x > threshold, x, softplus(beta x) / beta) with softplus(z) = max(z, 0) +
+        # log(1 + exp(-|z|)): never overflows, and runs in float64 (onnxruntime's Softplus is
+        # float32 only).
+        beta = init("beta", np.full(1, self.beta))
+        thr = init("threshold", np.full(1, self.threshold))
+        one = init("one", np.ones(1))
+        x = inputs[0]
+        n = lambda k: f"{output}_{k}"  # noqa: E731
+        steps = [("Mul", [x, beta], "bx"), ("Relu", [n("bx")], "pos"), ("Abs", [n("bx")], "abs"),
+                 ("Neg", [n("abs")], "nabs"), ("Exp", [n("nabs")], "e"), ("Add", [one, n("e")], "e1"),
+                 ("Log", [n("e1")], "log"), ("Add", [n("pos"), n("log")], "sp"), ("Div", [n("sp"), beta], "spb"),
+                 ("Greater", [n("bx"), thr], "lin")]
+        nodes = [helper.make_node(op, args, [n(dst)]) for op, args, dst in steps]
+        nodes.append(helper.make_node("Where", [n("lin"), x, n("spb")], [output]))
+        return nodes
+
+    def reference_forward(self, x: np.ndarray, tensors: Mapping[str, np.ndarray], training: bool) -> np.ndarray:
+        return R.softplus(x, self.beta, self.threshold)
+
+    def reference_grad(self, x: np.ndarray) -> np.ndarray:
+        return R.softplus_grad(x, self.beta, self.threshold)
+
+    def describe(self) -> str:
+        return f"Softplus(beta={self.beta}, threshold={self.threshold})"
+
+
 class Identity(_Activation):
     """x."""
 
@@ -376,7 +473,7 @@ class Dropout(Layer):
         self.p = V.probability(p, "p")
 
     def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
-        return (NODE["Dropout"], inputs, width, -1, 0, self.p)
+        return NodeSpec(kind=NODE["Dropout"], inputs=inputs, width=width, p=self.p)
 
     config_fields = (("p", "float"),)
     torch_name = "Dropout"
@@ -409,7 +506,7 @@ class _Norm(Layer):
         return self.num_features
 
     def core_node(self, inputs: List[int], width: int, stored_index: int) -> NodeSpec:
-        return (NODE[self.node_kind], inputs, width, stored_index, 0, 0.0)
+        return NodeSpec(kind=NODE[self.node_kind], inputs=inputs, width=width, layer=stored_index)
 
     def init_tensor(self, name: str, view: np.ndarray, rng: np.random.Generator) -> None:
         view[...] = 1.0 if name == "weight" else 0.0
@@ -472,7 +569,8 @@ class BatchNorm1d(_Norm):
         return R.batchnorm_forward(x, self.eps, tensors.get("weight"), tensors.get("bias"), **stats)
 
     def core_layer(self) -> LayerSpec:
-        return (LAYER["BatchNorm"], self.num_features, self.num_features, self.affine, self.eps, self.momentum)
+        return LayerSpec(kind=LAYER["BatchNorm"], in_features=self.num_features, out_features=self.num_features,
+                         bias=self.affine, eps=self.eps, momentum=self.momentum)
 
     def param_shapes(self) -> List[Tuple[str, Tuple[int, ...]]]:
         return super().param_shapes() if self.affine else []
@@ -498,7 +596,8 @@ class LayerNorm(_Norm):
         self.eps = V.positive_float(eps, "eps", "a number > 0")
 
     def core_layer(self) -> LayerSpec:
-        return (LAYER["LayerNorm"], self.num_features, self.num_features, True, self.eps, 0.0)
+        return LayerSpec(kind=LAYER["LayerNorm"], in_features=self.num_features, out_features=self.num_features,
+                         bias=True, eps=self.eps, momentum=0.0)
 
     config_fields = (("num_features", "int"), ("eps", "float"))
     torch_name = "LayerNorm"
@@ -538,9 +637,11 @@ def _copy_to_torch(torch: Any, module: Any, tensors: Mapping[str, np.ndarray], n
 
 # The activation layers by their snake_case names (the command line's --activation).
 ACTIVATION_LAYERS: Dict[str, Type[_Activation]] = {
-    "relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh, "sigmoid": Sigmoid, "gelu": GELU, "identity": Identity}
+    "relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh, "sigmoid": Sigmoid, "gelu": GELU, "silu": SiLU,
+    "elu": ELU, "softplus": Softplus, "identity": Identity}
 
 # Every layer type of the package, each exactly once (io registers them for saving; interop
 # and from_torch map them to and from torch.nn).
-LAYER_TYPES: Tuple[Type[Layer], ...] = (Linear, ReLU, LeakyReLU, Tanh, Sigmoid, GELU, Identity, Dropout,
+LAYER_TYPES: Tuple[Type[Layer], ...] = (Linear, ReLU, LeakyReLU, Tanh, Sigmoid, GELU, SiLU, ELU, Softplus, Identity,
+                                        Dropout,
                                  BatchNorm1d, LayerNorm)

@@ -42,7 +42,8 @@ class Model:
 
     INTERNAL_API = ("_from_graph", "_prepare", "_prepare_weights", "_require_compiled",
                     "_validate", "_train_batches", "_evaluate_prepared", "_shuffled_order",
-                    "_reseed_dropout", "_loss", "_snapshot", "_optimizer_state_names", "_apply_penalized")
+                    "_reseed_dropout", "_loss", "_snapshot", "_optimizer_state_names", "_optimizer_state_nonneg",
+                    "_apply_penalized")
 
     def __init__(self, inputs: SymbolicTensor, outputs: SymbolicTensor, dtype: str = "float32",
                  seed: Optional[int] = None) -> None:
@@ -113,16 +114,16 @@ class Model:
         layers: List[Layer] = []        # every layer object, in first-use order
         layer_ids: set = set()
         core_index: Dict[int, int] = {}  # layer with parameters or statistics -> core layer
-        core_layers: List[tuple] = []
-        core_nodes: List[tuple] = []
+        core_layers: List[_core.LayerSpec] = []
+        core_nodes: List[_core.NodeSpec] = []
         for t in order:
             ins = [index[id(u)] for u in t.inputs]
             if t.op == "input":
-                core_nodes.append((NODE["Input"], [], t.width, -1, 0, 0.0))
+                core_nodes.append(_core.NodeSpec(kind=NODE["Input"], width=t.width))
             elif t.op == "add":
-                core_nodes.append((NODE["Add"], ins, t.width, -1, 0, 0.0))
+                core_nodes.append(_core.NodeSpec(kind=NODE["Add"], inputs=ins, width=t.width))
             elif t.op == "concat":
-                core_nodes.append((NODE["Concat"], ins, t.width, -1, 0, 0.0))
+                core_nodes.append(_core.NodeSpec(kind=NODE["Concat"], inputs=ins, width=t.width))
             else:
                 layer = t.layer
                 assert layer is not None  # a "layer" node always has its layer
@@ -284,11 +285,14 @@ class Model:
         slots 0, 1, ... in order): e.g. ("exp_avg", "exp_avg_sq") for Adam, () before compile."""
         if self.optimizer is None:
             return ()
-        names = tuple(self.optimizer.state_names) or ("slot0", "slot1")
-        slots = 0
-        while slots < len(names) and self._core.state_view(slots).size:
-            slots += 1
-        return names[:slots]
+        return tuple(self._core.state_names())
+
+    def _optimizer_state_nonneg(self) -> Tuple[bool, ...]:
+        """For each state slot: True when its values are never negative (second moments, sums
+        of squares); what a loaded file is checked against."""
+        if self.optimizer is None:
+            return ()
+        return tuple(bool(v) for v in self._core.state_nonneg())
 
     def _snapshot(self) -> Dict[str, Any]:
         """One consistent copy of the model's state, taken under the core's lock (a fit in
@@ -396,7 +400,7 @@ class Model:
         if optimizer is None:
             optimizer = SGD(lr=0.01)
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer: expected an lp optimizer (lp.SGD, lp.Adam, lp.AdamW), "
+            raise TypeError(f"optimizer: expected an lp optimizer (lp.SGD, lp.Adam, lp.AdamW, lp.RMSprop, lp.Adagrad), "
                             f"got {type(optimizer).__name__}")
         if schedule is None:
             schedule = Simultaneous()

@@ -90,6 +90,38 @@ def gelu_grad(x: object) -> np.ndarray:
     return cdf + x * pdf
 
 
+def silu(x: object) -> np.ndarray:
+    x = _f64(x)
+    return x * sigmoid(x)
+
+
+def silu_grad(x: object) -> np.ndarray:
+    x = _f64(x)
+    s = sigmoid(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+def elu(x: object, alpha: float = 1.0) -> np.ndarray:
+    x = _f64(x)
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
+
+
+def elu_grad(x: object, alpha: float = 1.0) -> np.ndarray:
+    x = _f64(x)
+    return np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0.0)))
+
+
+def softplus(x: object, beta: float = 1.0, threshold: float = 20.0) -> np.ndarray:
+    """log(1 + exp(beta x)) / beta, and x where beta x > threshold (PyTorch's rule)."""
+    x = _f64(x)
+    return np.where(beta * x > threshold, x, np.logaddexp(0.0, beta * x) / beta)
+
+
+def softplus_grad(x: object, beta: float = 1.0, threshold: float = 20.0) -> np.ndarray:
+    x = _f64(x)
+    return np.where(beta * x > threshold, 1.0, sigmoid(beta * x))
+
+
 def identity(x: object) -> np.ndarray:
     return _f64(x).copy()
 

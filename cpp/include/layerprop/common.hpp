@@ -32,8 +32,29 @@ struct AlignedAlloc {
 template <class T>
 using Buffer = std::vector<T, AlignedAlloc<T>>;
 
-enum class Act : int { Identity = 0, ReLU, LeakyReLU, Tanh, Sigmoid, GELU };
-enum class LossKind : int { CrossEntropy = 0, MSE, BCEWithLogits, Poisson };
+// X(kind, functor file stem, functor): the activation table. Each functor is one file under
+// cpp/kernels/act/ with f(x) and df(x, y); codes follow the order (Identity = 0).
+#define LAYERPROP_ACTIVATIONS(X)      \
+  X(Identity, identity, IdentityF)    \
+  X(ReLU, relu, ReluF)                \
+  X(LeakyReLU, leaky_relu, LeakyReluF) \
+  X(Tanh, tanh, TanhF)                \
+  X(Sigmoid, sigmoid, SigmoidF)       \
+  X(GELU, gelu, GeluF)                \
+  X(SiLU, silu, SiluF)                \
+  X(ELU, elu, EluF)                   \
+  X(Softplus, softplus, SoftplusF)
+
+#define LAYERPROP_ACT_ENUM(kind, file, functor) kind,
+enum class Act : int { LAYERPROP_ACTIVATIONS(LAYERPROP_ACT_ENUM) Count };
+#undef LAYERPROP_ACT_ENUM
+// An activation's settings by name; each functor reads the ones it knows.
+struct ActSettings {
+  double negative_slope = 0.01;        // LeakyReLU
+  double alpha = 1.0;                  // ELU
+  double beta = 1.0, threshold = 20.0; // Softplus
+};
+enum class LossKind : int { CrossEntropy = 0, MSE, BCEWithLogits, Poisson, Count };  // Count: sentinel
 
 // Errors a user can trigger; the bindings map them to ValueError / TypeError.
 struct ValueError : std::invalid_argument {

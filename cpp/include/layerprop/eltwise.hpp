@@ -11,18 +11,27 @@ namespace lp::kern {
 
 inline bool act_is_cheap(Act a) { return a == Act::Identity || a == Act::ReLU || a == Act::LeakyReLU; }
 
+// An activation's settings in the element type (see ActSettings).
+template <class T>
+struct ActParams {
+  T negative_slope = T(0.01), alpha = T(1), beta = T(1), threshold = T(20);
+  ActParams() = default;
+  explicit ActParams(const ActSettings& s)
+      : negative_slope(T(s.negative_slope)), alpha(T(s.alpha)), beta(T(s.beta)), threshold(T(s.threshold)) {}
+};
+
 // y[i] = f(x[i]) for n elements (y and x do not overlap).
 template <class T>
-void act_forward(T* y, const T* x, int64_t n, Act act, T slope);
+void act_forward(T* y, const T* x, int64_t n, Act act, ActParams<T> ap);
 
 // dx[i] = dy[i] * f'(x[i], y[i]); accumulate adds into dx instead. No argument overlaps dx.
 template <class T>
-void act_backward(T* dx, const T* dy, const T* x, const T* y, int64_t n, Act act, T slope,
+void act_backward(T* dx, const T* dy, const T* x, const T* y, int64_t n, Act act, ActParams<T> ap,
                   bool accumulate);
 
 // Serial epilogue of an (mr x nr) block: C += bias (nr, or null); act_out = f(C) if set.
 template <class T>
-void bias_act(T* C, int64_t ldc, int64_t mr, int64_t nr, const T* bias, Act act, T slope,
+void bias_act(T* C, int64_t ldc, int64_t mr, int64_t nr, const T* bias, Act act, ActParams<T> ap,
               T* act_out, int64_t ld_act);
 
 // y = a (or y += a when accumulating into y): add nodes and gradient fan-in.

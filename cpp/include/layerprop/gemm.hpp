@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "layerprop/common.hpp"
+#include "layerprop/eltwise.hpp"
 
 namespace lp::kern {
 
@@ -18,7 +19,7 @@ template <class T>
 struct Epilogue {
   const T* bias = nullptr;  // (N) added to every row, or null
   Act act = Act::Identity;
-  T slope = T(0);
+  ActParams<T> params;      // the activation's settings
   T* act_out = nullptr;     // if set: act_out[i*ld_act+j] = f(C[i,j]) after the bias
   int64_t ld_act = 0;
 };

@@ -12,11 +12,13 @@
 #include "layerprop/common.hpp"
 #include "layerprop/optim.hpp"
 #include "layerprop/sparse.hpp"
+#include "train/optimizer.hpp"
 
 namespace lp {
 
-enum class NodeKind : int { Input = 0, Linear, Activation, Add, Concat, Dropout, BatchNorm, LayerNorm };
-enum class LayerKind : int { Linear = 0, BatchNorm, LayerNorm };
+// Count: the number of kinds (range checks), never a kind itself.
+enum class NodeKind : int { Input = 0, Linear, Activation, Add, Concat, Dropout, BatchNorm, LayerNorm, Count };
+enum class LayerKind : int { Linear = 0, BatchNorm, LayerNorm, Count };
 
 // A layer that owns parameters (a "unit" of the update schedules). Norm layers: in == out.
 struct LayerSpec {
@@ -33,7 +35,8 @@ struct NodeSpec {
   int64_t width = 0;        // features of this node's output
   int layer = -1;           // Linear / norm nodes: index into the LayerSpec table (shared by reuse)
   Act act = Act::Identity;  // Activation
-  double slope = 0.01;      // LeakyReLU: negative slope; Dropout: drop probability p
+  ActSettings act_settings; // Activation: negative_slope (LeakyReLU), alpha (ELU), beta, threshold (Softplus)
+  double p = 0;             // Dropout: drop probability
 };
 
 // One parameter (or buffer) tensor inside a contiguous store.
@@ -88,7 +91,7 @@ struct Input {
   bool sparse() const { return dense == nullptr; }
 };
 
-enum class ScheduleKind : int { Simultaneous = 0, LayerwiseTopDown, LayerwiseBottomUp, LocoPropS, LocoPropM };
+enum class ScheduleKind : int { Simultaneous = 0, LayerwiseTopDown, LayerwiseBottomUp, LocoPropS, LocoPropM, Count };
 // LocoProp's inner steps per training step are bounded: a step runs without the GIL and cannot
 // be interrupted, so a configuration (or a loaded file) must not ask for an endless one.
 constexpr int64_t kMaxInnerSteps = 1000000;
@@ -127,7 +130,7 @@ class Model {
                const kern::ClipConfig& clip = {});
   bool compiled() const { return compiled_; }
   LossKind loss_kind() const { return loss_; }
-  const kern::OptConfig& optimizer() const { return opt_; }
+  const kern::OptConfig& optimizer() const { return optim_.config(); }
   const ScheduleConfig& schedule() const { return sched_; }
   const kern::ClipConfig& clipping() const { return clip_; }
   // Units of the update schedules: layers with parameters, in the order the schedule visits
@@ -190,9 +193,9 @@ class Model {
   uint64_t rng_draws() const { return draws_; }
   void set_rng_state(uint64_t s, uint64_t d) { seed_ = s; draws_ = d; }
 
-  // Optimizer state (for saving / inspection).
-  Buffer<T>& state(int slot) { return slot == 0 ? state1_ : state2_; }
-  std::vector<int64_t>& steps() { return steps_; }
+  // The optimizer part: named state slots and step counts (for saving / inspection).
+  Optimizer<T>& optim() { return optim_; }
+  std::vector<int64_t>& steps() { return optim_.steps(); }
 
  private:
   struct FwdMode {
@@ -253,8 +256,8 @@ class Model {
   std::vector<int> fused_into_;               // Linear node -> Activation node it feeds (or -1)
   std::vector<char> fused_;                   // Activation node computed by its Linear's epilogue
 
-  Buffer<T> params_, grads_, state1_, state2_, buffers_;
-  std::vector<int64_t> steps_;                // per tensor
+  Buffer<T> params_, grads_, buffers_;
+  Optimizer<T> optim_;                        // config, named state slots, per-tensor steps
   std::vector<Buffer<T>> outs_, gouts_;       // per node, cap x width
   std::vector<Buffer<T>> aux_;                // per node scratch: dropout masks; norm statistics
   std::vector<Buffer<T>> targets_;            // LocoProp: per layer, cap x out
@@ -266,8 +269,7 @@ class Model {
   bool input_linear_only_ = false;            // every consumer of the input node is a Linear
   // What a faulty step puts back: BatchNorm running statistics (every schedule) and, for the
   // schedules that update inside the step, the parameters and optimizer state.
-  Buffer<T> stats_backup_, params_backup_, state1_backup_, state2_backup_;
-  std::vector<int64_t> steps_backup_;
+  Buffer<T> stats_backup_, params_backup_;
   std::vector<int64_t> lbatch_, rows_;          // staged class labels; checked row indices
   std::vector<char> written_, pwritten_;
   std::vector<uint64_t> mask_keys_;           // per node: key of the current dropout masks
@@ -280,7 +282,6 @@ class Model {
   bool training_ = true;
   uint64_t seed_ = 0, draws_ = 0;
   LossKind loss_ = LossKind::CrossEntropy;
-  kern::OptConfig opt_;
   ScheduleConfig sched_;
   kern::ClipConfig clip_;
   std::mutex mu_;
