@@ -134,7 +134,20 @@ double count_correct(const T* logits, const int64_t* labels, const T* w, int64_t
   return correct;
 }
 
+template <class T>
+void softmax_rows(T* out, const T* z, int64_t N, int64_t D) {
+  for (int64_t r = 0; r < N; ++r) {
+    const T* zr = z + r * D;
+    T* o = out + r * D;
+    const T m = *std::max_element(zr, zr + D);
+    T sum = 0;
+    for (int64_t c = 0; c < D; ++c) sum += (o[c] = std::exp(zr[c] - m));
+    for (int64_t c = 0; c < D; ++c) o[c] = o[c] / sum;
+  }
+}
+
 #define LP_INST(T)                                                                              \
+  template void softmax_rows<T>(T*, const T*, int64_t, int64_t);                                 \
   template double cross_entropy<T>(T*, T*, const T*, const int64_t*, const T*, int64_t, int64_t); \
   template double mse<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t);                \
   template double bce_with_logits<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t);    \

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "layerprop/dropout.hpp"
 #include "layerprop/eltwise.hpp"
 #include "layerprop/gemm.hpp"
 #include "layerprop/loss.hpp"
@@ -32,28 +33,6 @@ void check_act_settings(const NodeSpec& s, const std::string& where) {
   }
 }
 
-// splitmix64 finalizer: a counter-based generator, one independent draw per element.
-inline uint64_t mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// mask[i] = 0 with probability p, else 1/(1-p); y = x * mask.
-template <class T>
-void dropout_forward(T* y, T* mask, const T* x, int64_t n, double p, uint64_t key, bool reuse) {
-  const T scale = p < 1 ? T(1.0 / (1.0 - p)) : T(0);
-  parallel_range(n, n, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      if (!reuse) {
-        const double u = static_cast<double>(mix64(key ^ mix64(static_cast<uint64_t>(i))) >> 11) * 0x1.0p-53;
-        mask[i] = u >= p ? scale : T(0);
-      }
-      y[i] = x[i] * mask[i];
-    }
-  });
-}
 }  // namespace
 
 template <class T>
@@ -207,16 +186,10 @@ void Model<T>::compile(LossKind loss, const kern::OptConfig& opt, const Schedule
   if (clip.active() && sched.kind != ScheduleKind::Simultaneous)
     throw ValueError("clip_grad_norm / clip_grad_value: gradient clipping applies to the Simultaneous schedule "
                      "(the other schedules update each layer with its own recomputed gradient)");
-  if (sched.kind == ScheduleKind::LocoPropS || sched.kind == ScheduleKind::LocoPropM) {
-    for (size_t L = 0; L < layers_.size(); ++L)
-      if (layer_nodes_[L].size() > 1)
-        throw ValueError("schedule: LocoProp needs every layer used once; layer " + std::to_string(L) +
-                         " is shared by " + std::to_string(layer_nodes_[L].size()) + " nodes");
-    if (sched.inner_steps < 1 || sched.inner_steps > kMaxInnerSteps)
-      throw ValueError("inner_steps: expected 1 to " + std::to_string(kMaxInnerSteps) + ", got " +
-                       std::to_string(sched.inner_steps));
-  }
+  auto schedule = make_schedule<T>(sched);  // checks the settings
+  schedule->validate(*this);                // and that it can train this graph
   optim_.configure(opt, static_cast<int64_t>(params_.size()), tensors_.size());
+  schedule_ = std::move(schedule);
   loss_ = loss;
   sched_ = sched;
   clip_ = clip;
@@ -226,7 +199,7 @@ void Model<T>::compile(LossKind loss, const kern::OptConfig& opt, const Schedule
 }
 
 template <class T>
-std::vector<int> Model<T>::unit_order() const {
+std::vector<int> Model<T>::units() const {
   std::vector<int> units;
   for (size_t L = 0; L < layers_.size(); ++L)
     if (!layer_tensors_[L].empty() && !layer_nodes_[L].empty()) units.push_back(static_cast<int>(L));
@@ -234,7 +207,6 @@ std::vector<int> Model<T>::unit_order() const {
   std::stable_sort(units.begin(), units.end(), [&](int a, int b) {
     return layer_nodes_[a].front() < layer_nodes_[b].front();
   });
-  if (sched_.kind != ScheduleKind::LayerwiseBottomUp) std::reverse(units.begin(), units.end());
   return units;
 }
 
@@ -260,7 +232,6 @@ void Model<T>::ensure_capacity(int64_t N) {
   }
   row_loss_.assign(static_cast<size_t>(N), T(0));
   cap_ = N;
-  if (sched_.kind == ScheduleKind::LocoPropS || sched_.kind == ScheduleKind::LocoPropM) targets_.clear();
 }
 
 template <class T>
@@ -328,8 +299,8 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
       case NodeKind::Dropout:
         if (mode.training && s.p > 0) {
           if (!mode.reuse_masks)
-            mask_keys_[i] = mix64(seed_ ^ mix64(draws_++ * 0x100000001B3ull + static_cast<uint64_t>(i)));
-          dropout_forward<T>(outs_[i].data(), aux_[i].data(), out(s.inputs[0]), N * w, s.p,
+            mask_keys_[i] = kern::mix64(seed_ ^ kern::mix64(draws_++ * 0x100000001B3ull + static_cast<uint64_t>(i)));
+          kern::dropout_forward<T>(outs_[i].data(), aux_[i].data(), out(s.inputs[0]), N * w, s.p,
                              mask_keys_[i], mode.reuse_masks);
         } else {
           std::memcpy(outs_[i].data(), out(s.inputs[0]), sizeof(T) * N * w);
@@ -343,11 +314,8 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
       case NodeKind::Concat: {
         int64_t c0 = 0;
         for (int j : s.inputs) {
-          const int64_t wj = nodes_[j].width;
-          const T* src = out(j);
-          T* dst = outs_[i].data();
-          for (int64_t r = 0; r < N; ++r) std::memcpy(dst + r * w + c0, src + r * wj, sizeof(T) * wj);
-          c0 += wj;
+          kern::concat_forward<T>(outs_[i].data(), out(j), N, w, c0, nodes_[j].width);
+          c0 += nodes_[j].width;
         }
         break;
       }
@@ -470,11 +438,7 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
         for (int j : s.inputs) {
           const int64_t wj = nodes_[j].width;
           if (wants(j)) {
-            T* dst = gouts_[j].data();
-            const bool acc = written_[j];
-            for (int64_t r = 0; r < N; ++r)
-              for (int64_t c = 0; c < wj; ++c)
-                dst[r * wj + c] = acc ? dst[r * wj + c] + dy[r * w + c0 + c] : dy[r * w + c0 + c];
+            kern::concat_backward<T>(gouts_[j].data(), dy, N, w, c0, wj, written_[j]);
             written_[j] = 1;
           }
           c0 += wj;
@@ -593,41 +557,21 @@ void Model<T>::apply_gradients(double l2_weights, double grad_scale) {
 }
 
 template <class T>
-double Model<T>::step(const T* X, int64_t N, Labels<T> y) {
-  switch (sched_.kind) {
-    case ScheduleKind::LayerwiseTopDown:
-    case ScheduleKind::LayerwiseBottomUp: return step_layerwise(X, N, y);
-    case ScheduleKind::LocoPropS:
-    case ScheduleKind::LocoPropM: return step_locoprop(X, N, y);
-    case ScheduleKind::Simultaneous:
-    default: {
-      const double loss = gradients(X, N, y, true);
-      apply_gradients();
-      return loss;
-    }
-  }
-}
-
-template <class T>
 double Model<T>::guarded_step(const T* X, int64_t N, Labels<T> y, int& fault) {
   fault = 0;
-  if (sched_.kind == ScheduleKind::Simultaneous) {
-    // gradients() checks the loss and every gradient and, on a fault, puts back what the
-    // forward changed; then no update is made.
-    const double loss = gradients(X, N, y, true);
-    fault = grads_fault_;
-    if (!fault) apply_gradients();
-    return loss;
-  }
-  // Layerwise and LocoProp update inside the step: everything they may change is kept aside
-  // (a copy is small next to their several passes) and put back if the step went non-finite.
+  if (!schedule_->updates_inside_step())  // it checks the gradients before it applies them
+    return schedule_->step(*this, X, N, y, fault);
+  // The schedule updates inside the step: everything it may change is kept aside (a copy is
+  // small next to its several passes) and put back if the step went non-finite.
   params_backup_.assign(params_.begin(), params_.end());
   optim_.backup();  // every named state slot and the step counts
   stats_backup_.assign(buffers_.begin(), buffers_.end());
   const uint64_t draws = draws_;
-  const double loss = step(X, N, y);
-  fault = !std::isfinite(loss) ? 1 : !kern::all_finite<T>(params_.data(), static_cast<int64_t>(params_.size())) ? 2 : 0;
+  const double loss = schedule_->step(*this, X, N, y, fault);
+  if (!fault)
+    fault = !std::isfinite(loss) ? 1 : !kern::all_finite<T>(params_.data(), static_cast<int64_t>(params_.size())) ? 2 : 0;
   grads_fault_ = fault;
+  grads_ready_ = false;
   if (fault) {
     std::copy(params_backup_.begin(), params_backup_.end(), params_.begin());
     optim_.restore();

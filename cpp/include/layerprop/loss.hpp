@@ -10,6 +10,11 @@
 
 namespace lp::kern {
 
+// out (N,D) = softmax of each row of z (N,D): exp(z - row max) / row sum, summed in column
+// order (out may be z). LocoProp's targets and local residuals of a softmax output.
+template <class T>
+void softmax_rows(T* out, const T* z, int64_t N, int64_t D);
+
 // logits (N,C), labels (N) in [0,C) -> mean cross-entropy of softmax; grad (N,C).
 template <class T>
 double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* labels, const T* w,

@@ -5,12 +5,14 @@
 #pragma once
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "layerprop/common.hpp"
 #include "layerprop/optim.hpp"
+#include "layerprop/schedule.hpp"
 #include "layerprop/sparse.hpp"
 #include "train/optimizer.hpp"
 
@@ -107,6 +109,13 @@ struct OpCounts {
   int64_t forward = 0, backward = 0;
 };
 
+// How a forward pass runs.
+struct FwdMode {
+  bool training = false;     // batch statistics / dropout
+  bool update_stats = false; // BatchNorm running statistics
+  bool reuse_masks = false;  // dropout: same masks as the previous forward of this step
+};
+
 template <class T>
 class Model {
  public:
@@ -133,9 +142,9 @@ class Model {
   const kern::OptConfig& optimizer() const { return optim_.config(); }
   const ScheduleConfig& schedule() const { return sched_; }
   const kern::ClipConfig& clipping() const { return clip_; }
-  // Units of the update schedules: layers with parameters, in the order the schedule visits
-  // them for the compiled schedule.
-  std::vector<int> unit_order() const;
+  // Units of the update schedules: layers with parameters that the graph uses, in topological
+  // order (of their first use).
+  std::vector<int> units() const;
 
   // Steps. Shapes and dtypes are validated by the caller (bindings) with the GIL held; what
   // another Python thread could still change after the GIL is released (class labels, the row
@@ -197,12 +206,36 @@ class Model {
   Optimizer<T>& optim() { return optim_; }
   std::vector<int64_t>& steps() { return optim_.steps(); }
 
+  // ---- The parts a schedule drives (cpp/include/layerprop/schedule.hpp). A schedule's step
+  // runs under the model mutex on a staged batch: x is what stage_input returned.
+  // The graph:
+  const std::vector<NodeSpec>& nodes() const { return nodes_; }
+  int output() const { return output_; }
+  const std::vector<int>& consumers(int node) const { return consumers_[node]; }
+  const std::vector<int>& layer_nodes(int L) const { return layer_nodes_[L]; }
+  // The forward pass from node `from` (earlier nodes' outputs are kept), the loss of the
+  // output with its gradient seeded (want_grad), and the backward pass over nodes >= down_to
+  // with parameter gradients for `only_layer` only (-1: all).
+  void forward(const T* X, int64_t N, FwdMode mode, int from = 1);
+  double loss_and_seed(int64_t N, Labels<T> y, bool want_grad);
+  void backward(int64_t N, int down_to = 1, int only_layer = -1);
+  // Forward, loss and backward, checked: a non-finite loss or gradient sets gradients_fault()
+  // and puts back what the forward changed (BatchNorm statistics, the dropout stream).
+  double gradients(const T* X, int64_t N, Labels<T> y, bool update_stats);
+  // The workspace: node outputs and their gradients (capacity() rows each).
+  T* node_out(int i) { return out(i); }
+  T* node_grad(int i) { return gouts_[i].data(); }
+  // The parameter store: layer L's bias and its gradient (null without a bias).
+  const T* bias(int L) const { return b_off_[L] >= 0 ? params_.data() + b_off_[L] : nullptr; }
+  T* bias_grad(int L) { return b_off_[L] >= 0 ? grads_.data() + b_off_[L] : nullptr; }
+  // A Linear layer L on input rows x (a node output, or the sparse marker): forward into y
+  // (N, out) with the epilogue, and the weight gradient from dz (N, out).
+  void linear_forward(int L, const T* x, int64_t N, T* y, const kern::Epilogue<T>* ep);
+  void linear_weight_grad(int L, const T* x, int64_t N, const T* dz, bool accumulate);
+  void reset_ops() { ops_ = {}; }
+  void add_ops(int64_t forward, int64_t backward) { ops_.forward += forward; ops_.backward += backward; }
+
  private:
-  struct FwdMode {
-    bool training = false;     // batch statistics / dropout
-    bool update_stats = false; // BatchNorm running statistics
-    bool reuse_masks = false;  // dropout: same masks as the previous forward of this step
-  };
   void ensure_capacity(int64_t N);
   // The rows of one call or batch, ready for forward(): rows src[r] (or row0 + r when src is
   // null), r < N, of X. Dense rows are used in place (or gathered into xbatch_ when src is
@@ -212,10 +245,6 @@ class Model {
   // into xbatch_.
   const T* stage_input(const Input<T>& X, int64_t N, const int64_t* src, int64_t row0);
   const T* sparse_marker() const { return &sp_marker_; }
-  // A Linear layer L on input rows x (a node output, or the sparse marker): forward into y
-  // (N, out) with the epilogue, and the weight gradient from dz (N, out).
-  void linear_forward(int L, const T* x, int64_t N, T* y, const kern::Epilogue<T>* ep);
-  void linear_weight_grad(int L, const T* x, int64_t N, const T* dz, bool accumulate);
   // Labels the compiled loss reads, copied into lbatch_ (class labels, range-checked) for rows
   // src[r] (or row0 + r when src is null), r < N; src must be the model's own, already checked
   // indices (rows_), never a caller's array. Targets are passed through (rows of out_width
@@ -229,16 +258,6 @@ class Model {
   // One training step of the compiled schedule on staged labels; fault: 0, or 1 (non-finite
   // loss) / 2 (non-finite gradient), in which case nothing the step changed is kept.
   double guarded_step(const T* X, int64_t N, Labels<T> y, int& fault);
-  double step(const T* X, int64_t N, Labels<T> y);
-  // Forward, loss and backward on staged labels; sets grads_fault_ (see compute_gradients).
-  double gradients(const T* X, int64_t N, Labels<T> y, bool update_stats);
-  void forward(const T* X, int64_t N, FwdMode mode, int from = 1);
-  double loss_and_seed(int64_t N, Labels<T> y, bool want_grad);
-  // Backward over nodes >= down_to; parameter gradients only for `only_layer` (-1: all).
-  void backward(int64_t N, int down_to = 1, int only_layer = -1);
-  double step_layerwise(const T* X, int64_t N, Labels<T> y);
-  double step_locoprop(const T* X, int64_t N, Labels<T> y);
-  void locoprop_unit(int L, int64_t N);
   T* out(int i) { return i == 0 ? const_cast<T*>(x_) : outs_[i].data(); }
   void layer_forward(int i, int64_t N, const FwdMode& mode);
   void norm_backward(int i, int64_t N, bool param_grads);
@@ -260,7 +279,6 @@ class Model {
   Optimizer<T> optim_;                        // config, named state slots, per-tensor steps
   std::vector<Buffer<T>> outs_, gouts_;       // per node, cap x width
   std::vector<Buffer<T>> aux_;                // per node scratch: dropout masks; norm statistics
-  std::vector<Buffer<T>> targets_;            // LocoProp: per layer, cap x out
   Buffer<T> row_loss_, xbatch_, tbatch_, wbatch_;
   // The staged sparse batch: CSR of the batch's rows.
   std::vector<int64_t> sp_ptr_, sp_idx_, sp_start_;  // sp_start_: each row's checked start in X
@@ -283,6 +301,7 @@ class Model {
   uint64_t seed_ = 0, draws_ = 0;
   LossKind loss_ = LossKind::CrossEntropy;
   ScheduleConfig sched_;
+  std::unique_ptr<Schedule<T>> schedule_;     // the compiled schedule (train/<name>.cpp)
   kern::ClipConfig clip_;
   std::mutex mu_;
 };
