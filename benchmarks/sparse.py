@@ -1,6 +1,6 @@
 """A TF-IDF + MLP pipeline on sparse input: layerprop's estimator against scikit-learn's.
 
-`python benchmarks/sparse.py [--rows N] [--features D] [--density P] [--reps R]` builds a
+`python benchmarks/sparse.py [--rows N] [--features D] [--density P] [--reps R] [--dtype T]` builds a
 text-like problem (default 10,000 documents x 20,000 terms at 1% density, rows l2-normalized as
 TfidfVectorizer leaves them, 5 classes from a hidden linear rule), then times one epoch of
 `fit` (max_iter=1, warm_start=True; scikit-learn's defaults otherwise: 100 ReLU units, Adam,
@@ -62,8 +62,11 @@ def main() -> int:
     ap.add_argument("--features", type=int, default=20_000)
     ap.add_argument("--density", type=float, default=0.01)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                    help="X's dtype (TfidfVectorizer's default is float64; both estimators then train in it)")
     args = ap.parse_args()
     X, y = tfidf_like(args.rows, args.features, args.density)
+    X = X.astype(args.dtype)
     ests = estimators()
     times = {k: ([], []) for k in ests}
     for k, est in ests.items():  # warm-up: builds the networks, first-touch of memory
@@ -75,7 +78,7 @@ def main() -> int:
             times[k][1].append(p)
     import layerprop as lp
     print(f"TF-IDF-like: {X.shape[0]} x {X.shape[1]}, {X.nnz} non-zeros ({X.nnz / np.prod(X.shape):.2%}), "
-          f"{lp.get_num_threads()} layerprop thread(s); medians of {args.reps}")
+          f"{args.dtype}, {lp.get_num_threads()} layerprop thread(s); medians of {args.reps}")
     print(f"{'':14s}{'fit epoch (s)':>15s}{'predict_proba (s)':>19s}{'train accuracy':>16s}")
     for k, est in ests.items():
         acc = float(np.mean(est.predict(X) == y))

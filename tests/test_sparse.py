@@ -124,6 +124,28 @@ def test_fit_on_sparse_X_equals_fit_on_dense_X(schedule, fmt):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_inference_on_many_sparse_rows_transposes_once_and_gives_the_same_bits(dtype):
+    # 3,000 rows x 400 columns: predict/evaluate transpose the first weight once for the call;
+    # a few rows at a time gather from it instead. Both sum every output in the same order
+    # (a one-layer model: the dense GEMM after it may take other paths for other row counts).
+    X = csr(3000, 400, 0.02, seed=11)
+    y = np.random.default_rng(7).integers(0, 3, 3000)
+    lin = lp.Sequential(lp.Linear(400, 3), dtype=dtype, seed=0)
+    many = lin.predict(X)
+    few = np.concatenate([lin.predict(X[i:i + 3]) for i in range(0, 3000, 3)])
+    assert np.array_equal(many, few)
+    m = mlp(400, dtype)
+    many = m.predict(X)
+    ev = m.evaluate(X, y)
+    ev_few = [m.evaluate(X[i:i + 3], y[i:i + 3]) for i in range(0, 3000, 3)]
+    assert ev["accuracy"] == pytest.approx(np.mean([e["accuracy"] for e in ev_few]))
+    m.fit(X, y, epochs=1, progress=False)  # training after inference uses the new weights
+    assert not np.array_equal(m.predict(X), many)
+    np.testing.assert_allclose(m.predict(X), m.predict(X.toarray()), rtol=2e-5 if dtype == "float32" else 1e-12,
+                               atol=1e-6 if dtype == "float32" else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_steps_gradients_and_losses_on_sparse_X(dtype):
     X = csr(64, 500, 0.05, seed=2)
     y = np.random.default_rng(1).standard_normal((64, 2))

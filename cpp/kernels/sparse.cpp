@@ -53,8 +53,8 @@ void csr_linear_forward(T* y, int64_t ldy, const int64_t* ptr, const int64_t* id
   // y[r, o] = sum over row r's entries, in storage order, of val * W[o, col].
   const int64_t nnz = ptr[N] - ptr[0];
   // Threads take blocks of outputs; each block reads its rows of W once and gathers from them.
-  // (Transposing W first, so that each entry adds a contiguous row, measured 2-4x slower: the
-  // transposed rows an entry names come from memory, the gathered ones from the L2 cache.)
+  // (Transposing W for every training batch, so that each entry adds a contiguous row, measured
+  // 2-4x slower; inference over many rows transposes once per call: csr_linear_forward_t.)
   constexpr int64_t OB = kOutBlock<T>;
   const int64_t nblk = (OUT + OB - 1) / OB;
   parallel_items(nblk, threads_for(nnz * OUT + IN * OUT / 4, int64_t(1) << 17), [&](int64_t b, int) {
@@ -77,6 +77,37 @@ void csr_linear_forward(T* y, int64_t ldy, const int64_t* ptr, const int64_t* id
           for (int64_t p = ptr[r]; p < ptr[r + 1]; ++p) acc += val[p] * w[j * IN + idx[p]];
           y[r * ldy + o0 + j] = acc;
         }
+    }
+  });
+  epilogue(y, ldy, N, OUT, ep);
+}
+
+template <class T>
+void transpose(T* wt, const T* W, int64_t OUT, int64_t IN) {
+  constexpr int64_t B = 32;
+  parallel_items((IN + B - 1) / B, threads_for(IN * OUT, int64_t(1) << 17), [&](int64_t b, int) {
+    const int64_t c0 = b * B, c1 = std::min(IN, c0 + B);
+    for (int64_t o0 = 0; o0 < OUT; o0 += B) {
+      const int64_t o1 = std::min(OUT, o0 + B);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t o = o0; o < o1; ++o) wt[c * OUT + o] = W[o * IN + c];
+    }
+  });
+}
+
+template <class T>
+void csr_linear_forward_t(T* y, int64_t ldy, const int64_t* ptr, const int64_t* idx, const T* val, int64_t N,
+                          const T* Wt, int64_t OUT, const Epilogue<T>* ep) {
+  const int64_t nnz = ptr[N] - ptr[0];
+  parallel_range(N, nnz * OUT, int64_t(1) << 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* __restrict yr = y + r * ldy;
+      std::fill(yr, yr + OUT, T(0));
+      for (int64_t p = ptr[r]; p < ptr[r + 1]; ++p) {
+        const T v = val[p];
+        const T* __restrict wr = Wt + idx[p] * OUT;
+        for (int64_t o = 0; o < OUT; ++o) yr[o] += v * wr[o];
+      }
     }
   });
   epilogue(y, ldy, N, OUT, ep);
@@ -137,6 +168,9 @@ void csr_weight_grad_naive(T* dW, const T* dZ, const int64_t* ptr, const int64_t
 #define LP_SPARSE_INSTANTIATE(T)                                                                               \
   template void csr_linear_forward<T>(T*, int64_t, const int64_t*, const int64_t*, const T*, int64_t, const T*, \
                                       int64_t, int64_t, const Epilogue<T>*);                 \
+  template void transpose<T>(T*, const T*, int64_t, int64_t);                                             \
+  template void csr_linear_forward_t<T>(T*, int64_t, const int64_t*, const int64_t*, const T*, int64_t, const T*, \
+                                        int64_t, const Epilogue<T>*);                                           \
   template void csr_weight_grad<T>(T*, const T*, int64_t, const int64_t*, const int64_t*, const T*, int64_t,    \
                                    int64_t, int64_t, bool);                                  \
   template void csr_linear_forward_naive<T>(T*, const int64_t*, const int64_t*, const T*, int64_t, const T*,    \

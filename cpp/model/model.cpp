@@ -646,6 +646,7 @@ template <class T>
 void Model<T>::predict(const Input<T>& X, int64_t N, T* dst, int64_t batch) {
   const int64_t D = out_width();
   batch = std::min(batch, N);
+  SparseInference inference(*this, X);
   for (int64_t s = 0; s < N; s += batch) {
     const int64_t nb = std::min(batch, N - s);
     forward(stage_input(X, nb, nullptr, s), nb, FwdMode{});
@@ -657,6 +658,7 @@ template <class T>
 typename Model<T>::Evaluation Model<T>::evaluate(const Input<T>& X, int64_t N, Labels<T> y, int64_t batch) {
   const int64_t D = out_width();
   batch = std::min(batch, N);
+  SparseInference inference(*this, X);
   Evaluation e;
   for (int64_t s = 0; s < N; s += batch) {
     const int64_t nb = std::min(batch, N - s);
@@ -743,10 +745,33 @@ template <class T>
 void Model<T>::linear_forward(int L, const T* x, int64_t N, T* y, const kern::Epilogue<T>* ep) {
   const LayerSpec& l = layers_[L];
   const T* W = params_.data() + w_off_[L];
-  if (x == sparse_marker())
+  if (x == sparse_marker() && sp_wt_ready_)
+    kern::csr_linear_forward_t<T>(y, l.out, sp_ptr_.data(), sp_idx_.data(), sp_val_.data(), N, sp_wt_[L].data(),
+                                  l.out, ep);
+  else if (x == sparse_marker())
     kern::csr_linear_forward<T>(y, l.out, sp_ptr_.data(), sp_idx_.data(), sp_val_.data(), N, W, l.out, l.in, ep);
   else
     kern::gemm<T>(false, true, N, l.out, l.in, x, l.in, W, l.in, y, l.out, false, ep);
+}
+
+template <class T>
+Model<T>::SparseInference::SparseInference(Model<T>& m, const Input<T>& X) : m_(m) {
+  // Worth it when the call's entries are several times the columns: the weights are then
+  // transposed once for all its batches instead of gathered from per batch.
+  if (!X.sparse() || !m.input_linear_only_ || X.csr.nnz < 4 * m.in_width()) return;
+  if (m.sp_wt_.size() != m.layers_.size()) m.sp_wt_.assign(m.layers_.size(), Buffer<T>());
+  for (int c : m.consumers_[0]) {
+    const int L = m.nodes_[c].layer;
+    const LayerSpec& l = m.layers_[L];
+    const std::string what = "X: the transposed weight of layer " + std::to_string(L);
+    const int64_t elems = checked_mul(l.in, l.out, what);
+    if (static_cast<int64_t>(m.sp_wt_[L].size()) < elems) {
+      check_allocation(checked_mul(elems, static_cast<int64_t>(sizeof(T)), what), what);
+      m.sp_wt_[L].resize(static_cast<size_t>(elems));
+    }
+    kern::transpose<T>(m.sp_wt_[L].data(), m.params_.data() + m.w_off_[L], l.out, l.in);
+  }
+  m.sp_wt_ready_ = true;
 }
 
 template <class T>

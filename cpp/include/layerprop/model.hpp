@@ -245,6 +245,16 @@ class Model {
   // into xbatch_.
   const T* stage_input(const Input<T>& X, int64_t N, const int64_t* src, int64_t row0);
   const T* sparse_marker() const { return &sp_marker_; }
+  // For one inference call on sparse input (predict, evaluate): the weights of the Linear
+  // layers that read the input, transposed once, so every batch adds contiguous rows; off
+  // again when the call ends (also by an exception).
+  struct SparseInference {
+    SparseInference(Model<T>& m, const Input<T>& X);
+    ~SparseInference() { m_.sp_wt_ready_ = false; }
+    SparseInference(const SparseInference&) = delete;
+    SparseInference& operator=(const SparseInference&) = delete;
+    Model<T>& m_;
+  };
   // Labels the compiled loss reads, copied into lbatch_ (class labels, range-checked) for rows
   // src[r] (or row0 + r when src is null), r < N; src must be the model's own, already checked
   // indices (rows_), never a caller's array. Targets are passed through (rows of out_width
@@ -283,6 +293,8 @@ class Model {
   // The staged sparse batch: CSR of the batch's rows.
   std::vector<int64_t> sp_ptr_, sp_idx_, sp_start_;  // sp_start_: each row's checked start in X
   Buffer<T> sp_val_;
+  std::vector<Buffer<T>> sp_wt_;              // per layer reading the input: W^T (SparseInference)
+  bool sp_wt_ready_ = false;
   T sp_marker_ = T(0);
   bool input_linear_only_ = false;            // every consumer of the input node is a Linear
   // What a faulty step puts back: BatchNorm running statistics (every schedule) and, for the

@@ -23,6 +23,15 @@ template <class T>
 void csr_linear_forward(T* y, int64_t ldy, const int64_t* ptr, const int64_t* idx, const T* val, int64_t N,
                         const T* W, int64_t OUT, int64_t IN, const Epilogue<T>* ep);
 
+// The same product from Wt (IN,OUT) = W^T, made once by transpose(): each entry adds a
+// contiguous row of Wt. For inference over many rows (the weights do not change between
+// batches). Same bits as csr_linear_forward.
+template <class T>
+void transpose(T* wt, const T* W, int64_t OUT, int64_t IN);
+template <class T>
+void csr_linear_forward_t(T* y, int64_t ldy, const int64_t* ptr, const int64_t* idx, const T* val, int64_t N,
+                          const T* Wt, int64_t OUT, const Epilogue<T>* ep);
+
 // dW (OUT,IN) = dZ (N,OUT)^T . X (N,IN; CSR); when accumulating, each term is added to dW.
 template <class T>
 void csr_weight_grad(T* dW, const T* dZ, int64_t ldz, const int64_t* ptr, const int64_t* idx, const T* val,
