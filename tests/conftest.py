@@ -90,6 +90,17 @@ def make_batch(rng, n, n_in, n_out, loss, dtype="float64"):
     return X, y
 
 
+def torch_loss(torch, name, out, y):
+    """The PyTorch twin of a layerprop loss (mean reduction) on output `out` and NumPy target `y`."""
+    F = torch.nn.functional
+    y = torch.from_numpy(y)
+    if name == "cross_entropy":
+        return F.cross_entropy(out, y)
+    if name == "mse":
+        return F.mse_loss(out, y)
+    return F.binary_cross_entropy_with_logits(out, y)
+
+
 def copy_params(model):
     return {k: np.array(v, copy=True) for k, v in model.parameters().items()}
 

@@ -1,8 +1,5 @@
 """The element-wise kernels (activations forward and backward, the GEMM epilogue, bias
 gradients) against NumPy, and the AVX2 build against the portable build, bit for bit."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -10,6 +7,7 @@ import pytest
 
 import reference as ref
 from layerprop import _core
+from simd_builds import outputs_of_both_builds  # noqa: E402
 
 ACTS = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4, "gelu": 5}
 SLOPE = 0.1
@@ -111,17 +109,7 @@ def test_avx2_and_portable_builds_agree_bit_for_bit(tmp_path):
     import layerprop as lp
     if lp.build_info()["simd"] != "avx2+fma":
         pytest.skip("no AVX2 build on this CPU: only the portable kernels exist")
-    files = {}
-    for simd in ("avx2", "scalar"):
-        env = dict(os.environ)
-        env.pop("LAYERPROP_SIMD", None)
-        if simd == "scalar":
-            env["LAYERPROP_SIMD"] = "scalar"
-        files[simd] = tmp_path / f"{simd}.npz"
-        r = subprocess.run([sys.executable, "-c", _ALL_OUTPUTS, str(files[simd])], env=env,
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-    a, b = np.load(files["avx2"]), np.load(files["scalar"])
+    a, b = outputs_of_both_builds(tmp_path, _ALL_OUTPUTS)
     assert sorted(a.files) == sorted(b.files) and len(a.files) == 50
     for k in a.files:
         assert a[k].tobytes() == b[k].tobytes(), k

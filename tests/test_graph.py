@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import layerprop as lp
-from conftest import LOSSES, assert_close, make_batch
+from conftest import LOSSES, assert_close, make_batch, torch_loss
 
 TOL = 1e-9
 
@@ -140,16 +140,6 @@ def build(case, seed):
 def torch_params(torch, model):
     return {n: torch.tensor(np.array(p), dtype=torch.float64, requires_grad=True)
             for n, p in model.parameters().items()}
-
-
-def torch_loss(torch, name, out, y):
-    F = torch.nn.functional
-    y = torch.from_numpy(y)
-    if name == "cross_entropy":
-        return F.cross_entropy(out, y)
-    if name == "mse":
-        return F.mse_loss(out, y)
-    return F.binary_cross_entropy_with_logits(out, y)
 
 
 @pytest.mark.parametrize("loss", LOSSES)

@@ -3,9 +3,6 @@ in every schedule that steps an optimizer, their named state, save/load, bitwise
 reproducibility across builds and thread counts, and argument checks."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +10,7 @@ import pytest
 import layerprop as lp
 import reference
 from conftest import OPTIMIZERS, assert_close, build_mlp, lp_optimizer, make_batch
+from simd_builds import outputs_of_both_builds  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
@@ -279,17 +277,7 @@ np.savez(sys.argv[1], **out)
 def test_bitwise_equal_across_builds_and_thread_counts(tmp_path):
     """The update rules give the same bits in the AVX2 and the portable build, on one or two
     threads (a 300 x 257 weight is split between threads)."""
-    files = {}
-    for simd in ("avx2", "scalar"):
-        env = dict(os.environ)
-        env.pop("LAYERPROP_SIMD", None)
-        if simd == "scalar":
-            env["LAYERPROP_SIMD"] = "scalar"
-        files[simd] = tmp_path / f"{simd}.npz"
-        r = subprocess.run([sys.executable, "-c", _RUN, str(files[simd])], env=env,
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-    a, b = np.load(files["avx2"]), np.load(files["scalar"])
+    a, b = outputs_of_both_builds(tmp_path, _RUN, timeout=300)
     assert sorted(a.files) == sorted(b.files)
     for k in a.files:
         assert a[k].tobytes() == b[k].tobytes(), k

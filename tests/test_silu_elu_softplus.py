@@ -4,9 +4,6 @@ the portable build and for any thread count, argument checks in Python and in th
 save/load, to_torch/from_torch and ONNX export."""
 import copy
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -16,6 +13,7 @@ import layerprop as lp
 import reference as ref
 from conftest import assert_close, make_batch
 from layerprop import _core
+from simd_builds import outputs_of_both_builds  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
@@ -141,17 +139,7 @@ _ALL = textwrap.dedent("""
 
 
 def test_same_bits_in_both_builds_and_any_thread_count(tmp_path):
-    files = {}
-    for simd in ("avx2", "scalar"):
-        env = dict(os.environ)
-        env.pop("LAYERPROP_SIMD", None)
-        if simd == "scalar":
-            env["LAYERPROP_SIMD"] = "scalar"
-        files[simd] = tmp_path / f"{simd}.npz"
-        r = subprocess.run([sys.executable, "-c", _ALL, str(files[simd])], env=env,
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-    a, b = np.load(files["avx2"]), np.load(files["scalar"])
+    a, b = outputs_of_both_builds(tmp_path, _ALL)
     assert sorted(a.files) == sorted(b.files) and len(a.files) == 36
     for k in a.files:
         assert a[k].tobytes() == b[k].tobytes(), k

@@ -7,6 +7,7 @@ import pytest
 
 import layerprop as lp
 from conftest import (
+    torch_loss,
     ACTIVATIONS,
     ELU_ALPHA,
     LEAKY_SLOPE,
@@ -54,16 +55,6 @@ def torch_twin(torch, model, sizes, act, final_act, dtype):
         for name, p in net.named_parameters():
             p.copy_(torch.from_numpy(np.array(params[name])))
     return net
-
-
-def torch_loss(torch, name, out, y):
-    F = torch.nn.functional
-    y = torch.from_numpy(y)
-    if name == "cross_entropy":
-        return F.cross_entropy(out, y)
-    if name == "mse":
-        return F.mse_loss(out, y)
-    return F.binary_cross_entropy_with_logits(out, y)
 
 
 def torch_optimizer(torch, key, net):
