@@ -14,166 +14,17 @@
 
 namespace lp {
 
-namespace {
-std::string node_str(int i) { return "node " + std::to_string(i); }
-
-// The settings an activation reads, checked by name: finite, and Softplus' beta > 0.
-void check_act_settings(const NodeSpec& s, const std::string& where) {
-  auto finite = [&](const char* name, double v) {
-    if (!std::isfinite(v))
-      throw ValueError("graph: " + where + ": " + name + " must be a finite number, got " + std::to_string(v));
-  };
-  if (s.act == Act::LeakyReLU) finite("negative_slope", s.act_settings.negative_slope);
-  if (s.act == Act::ELU) finite("alpha", s.act_settings.alpha);
-  if (s.act == Act::Softplus) {
-    finite("beta", s.act_settings.beta);
-    finite("threshold", s.act_settings.threshold);
-    if (!(s.act_settings.beta > 0))
-      throw ValueError("graph: " + where + ": beta must be > 0, got " + std::to_string(s.act_settings.beta));
-  }
-}
-
-}  // namespace
-
 template <class T>
 Model<T>::Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int output)
-    : layers_(std::move(layers)), nodes_(std::move(nodes)), output_(output) {
-  const int n = static_cast<int>(nodes_.size());
-  if (n < 2 || nodes_[0].kind != NodeKind::Input)
-    throw ValueError("graph: node 0 must be the input and at least one layer must follow");
-  if (output_ < 1 || output_ >= n) throw ValueError("graph: output node out of range");
-  for (auto& l : layers_) {
-    if (l.in < 1 || l.out < 1) throw ValueError("graph: layer sizes must be >= 1");
-    if (l.kind != LayerKind::Linear && l.in != l.out) throw ValueError("graph: a norm layer keeps its width");
-    if (l.kind != LayerKind::Linear && !(l.eps > 0)) throw ValueError("graph: eps must be > 0");
-    if (l.kind == LayerKind::BatchNorm && !(l.momentum >= 0 && l.momentum <= 1))
-      throw ValueError("graph: momentum must be in [0, 1]");
-  }
-  consumers_.assign(n, {});
-  needs_grad_.assign(n, 0);
-  fused_into_.assign(n, -1);
-  fused_.assign(n, 0);
-  layer_nodes_.assign(layers_.size(), {});
-  if (nodes_[0].width < 1) throw ValueError("graph: input width must be >= 1");
-  for (int i = 1; i < n; ++i) {
-    NodeSpec& s = nodes_[i];
-    if (s.kind == NodeKind::Input) throw ValueError("graph: only one input node is supported");
-    if (s.inputs.empty()) throw ValueError("graph: " + node_str(i) + " has no inputs");
-    for (int j : s.inputs) {
-      if (j < 0 || j >= i) throw ValueError("graph: nodes must be in topological order");
-      consumers_[j].push_back(i);
-      needs_grad_[i] |= needs_grad_[j];
-    }
-    auto w = [&](int k) { return nodes_[s.inputs[k]].width; };
-    switch (s.kind) {
-      case NodeKind::Linear:
-      case NodeKind::BatchNorm:
-      case NodeKind::LayerNorm: {
-        if (s.layer < 0 || s.layer >= static_cast<int>(layers_.size()) || s.inputs.size() != 1)
-          throw ValueError("graph: bad layer " + node_str(i));
-        const LayerSpec& l = layers_[s.layer];
-        const LayerKind want = s.kind == NodeKind::Linear ? LayerKind::Linear
-                               : s.kind == NodeKind::BatchNorm ? LayerKind::BatchNorm : LayerKind::LayerNorm;
-        if (l.kind != want) throw ValueError("graph: " + node_str(i) + " refers to a layer of another kind");
-        if (w(0) != l.in || s.width != l.out)
-          throw ValueError("graph: " + node_str(i) + " expects " + std::to_string(l.in) +
-                           " input features, gets " + std::to_string(w(0)));
-        layer_nodes_[s.layer].push_back(i);
-        if (s.kind == NodeKind::Linear || l.bias || l.kind == LayerKind::LayerNorm) needs_grad_[i] = 1;
-        break;
-      }
-      case NodeKind::Dropout:
-        if (!(s.p >= 0 && s.p <= 1)) throw ValueError("graph: dropout p must be in [0, 1]");
-        [[fallthrough]];
-      case NodeKind::Activation:
-        if (s.kind == NodeKind::Activation) check_act_settings(s, node_str(i));
-      case NodeKind::Add:
-        for (size_t k = 0; k < s.inputs.size(); ++k)
-          if (w(k) != s.width) throw ValueError("graph: width mismatch at " + node_str(i));
-        if ((s.kind == NodeKind::Activation || s.kind == NodeKind::Dropout) && s.inputs.size() != 1)
-          throw ValueError("graph: activation and dropout take one input");
-        break;
-      case NodeKind::Concat: {
-        int64_t tot = 0;
-        for (size_t k = 0; k < s.inputs.size(); ++k) tot += w(k);
-        if (tot != s.width) throw ValueError("graph: concat width mismatch at " + node_str(i));
-        break;
-      }
-      default: break;
-    }
-  }
-  input_linear_only_ = true;
-  for (int c : consumers_[0]) input_linear_only_ = input_linear_only_ && nodes_[c].kind == NodeKind::Linear;
-  // Linear -> activation pairs where the activation is the Linear's only consumer: the
-  // forward GEMM applies bias and activation in its store.
-  for (int i = 1; i < n; ++i)
-    if (nodes_[i].kind == NodeKind::Linear && consumers_[i].size() == 1 &&
-        nodes_[consumers_[i][0]].kind == NodeKind::Activation) {
-      fused_into_[i] = consumers_[i][0];
-      fused_[consumers_[i][0]] = 1;
-    }
-  // Parameter store: per layer, weight then bias; buffers: BatchNorm running statistics.
-  int64_t off = 0, boff = 0;
-  layer_tensors_.assign(layers_.size(), {});
-  for (size_t L = 0; L < layers_.size(); ++L) {
-    const LayerSpec& l = layers_[L];
-    const int li = static_cast<int>(L);
-    const bool has_w = l.kind == LayerKind::Linear || l.kind == LayerKind::LayerNorm || l.bias;
-    const bool has_b = l.kind == LayerKind::LayerNorm || l.bias;
-    w_off_.push_back(has_w ? off : -1);
-    if (has_w) {
-      layer_tensors_[L].push_back(static_cast<int>(tensors_.size()));
-      if (l.kind == LayerKind::Linear) tensors_.push_back({li, "weight", off, l.out, l.in});
-      else tensors_.push_back({li, "weight", off, l.out, 0});
-      const std::string what = "layer " + std::to_string(L) + " (" + std::to_string(l.in) + " -> " +
-                               std::to_string(l.out) + " features)";
-      off = checked_add(off, l.kind == LayerKind::Linear ? checked_mul(l.out, l.in, what) : l.out, what);
-    }
-    b_off_.push_back(has_b ? off : -1);
-    if (has_b) {
-      layer_tensors_[L].push_back(static_cast<int>(tensors_.size()));
-      tensors_.push_back({li, "bias", off, l.out, 0});
-      off += l.out;
-    }
-    if (l.kind == LayerKind::BatchNorm) {
-      rm_off_.push_back(boff);
-      buffer_tensors_.push_back({li, "running_mean", boff, l.out, 0});
-      boff += l.out;
-      rv_off_.push_back(boff);
-      buffer_tensors_.push_back({li, "running_var", boff, l.out, 0});
-      boff += l.out;
-    } else {
-      rm_off_.push_back(-1);
-      rv_off_.push_back(-1);
-    }
-  }
-  // Parameters and gradients: refused before anything is allocated if this machine cannot hold
-  // them (the message names the largest layer).
-  {
-    int64_t big = -1, big_size = 0;
-    for (size_t L = 0; L < layers_.size(); ++L)
-      if (layers_[L].kind == LayerKind::Linear && layers_[L].out * layers_[L].in > big_size) {
-        big = static_cast<int64_t>(L);
-        big_size = layers_[L].out * layers_[L].in;
-      }
-    std::string what = "model parameters and gradients (" + std::to_string(off) + " parameters";
-    if (big >= 0)
-      what += "; the largest, layer " + std::to_string(big) + ", is " + std::to_string(layers_[big].in) + " -> " +
-              std::to_string(layers_[big].out) + " features";
-    check_allocation(checked_mul(checked_mul(off, 2, what), static_cast<int64_t>(sizeof(T)), what), what + ")");
-  }
-  params_.assign(static_cast<size_t>(off), T(0));
-  grads_.assign(static_cast<size_t>(off), T(0));
-  buffers_.assign(static_cast<size_t>(boff), T(0));
-  for (size_t L = 0; L < layers_.size(); ++L)
-    if (rv_off_[L] >= 0) std::fill_n(buffers_.data() + rv_off_[L], layers_[L].out, T(1));
-  optim_.resize_steps(tensors_.size());
+    : g_(std::move(layers), std::move(nodes), output), ps_(g_) {
+  const int n = static_cast<int>(g_.nodes.size());
+  optim_.resize_steps(ps_.tensors.size());
   outs_.resize(n);
   gouts_.resize(n);
   aux_.resize(n);
   mask_keys_.assign(n, 0);
   written_.assign(n, 0);
-  pwritten_.assign(layers_.size(), 0);
+  pwritten_.assign(g_.layers.size(), 0);
 }
 
 template <class T>
@@ -188,7 +39,7 @@ void Model<T>::compile(LossKind loss, const kern::OptConfig& opt, const Schedule
                      "(the other schedules update each layer with its own recomputed gradient)");
   auto schedule = make_schedule<T>(sched);  // checks the settings
   schedule->validate(*this);                // and that it can train this graph
-  optim_.configure(opt, static_cast<int64_t>(params_.size()), tensors_.size());
+  optim_.configure(opt, static_cast<int64_t>(ps_.params.size()), ps_.tensors.size());
   schedule_ = std::move(schedule);
   loss_ = loss;
   sched_ = sched;
@@ -201,11 +52,11 @@ void Model<T>::compile(LossKind loss, const kern::OptConfig& opt, const Schedule
 template <class T>
 std::vector<int> Model<T>::units() const {
   std::vector<int> units;
-  for (size_t L = 0; L < layers_.size(); ++L)
-    if (!layer_tensors_[L].empty() && !layer_nodes_[L].empty()) units.push_back(static_cast<int>(L));
+  for (size_t L = 0; L < g_.layers.size(); ++L)
+    if (!ps_.layer_tensors[L].empty() && !g_.layer_nodes[L].empty()) units.push_back(static_cast<int>(L));
   // Topological position of a unit: its first use.
   std::stable_sort(units.begin(), units.end(), [&](int a, int b) {
-    return layer_nodes_[a].front() < layer_nodes_[b].front();
+    return g_.layer_nodes[a].front() < g_.layer_nodes[b].front();
   });
   return units;
 }
@@ -213,22 +64,22 @@ std::vector<int> Model<T>::units() const {
 template <class T>
 void Model<T>::ensure_capacity(int64_t N) {
   if (N <= cap_) return;
-  const int n = static_cast<int>(nodes_.size());
+  const int n = static_cast<int>(g_.nodes.size());
   // The workspace of a batch of N rows, checked before any of it is allocated.
   const std::string what = "X: a batch of " + std::to_string(N) + " rows";
   int64_t elems = N;  // row losses
   for (int i = 1; i < n; ++i) {
-    const int64_t per = 1 + (needs_grad_[i] ? 1 : 0) + (nodes_[i].kind == NodeKind::Dropout ? 1 : 0);
-    elems = checked_add(elems, checked_mul(checked_mul(N, nodes_[i].width, what), per, what), what);
+    const int64_t per = 1 + (g_.needs_grad[i] ? 1 : 0) + (g_.nodes[i].kind == NodeKind::Dropout ? 1 : 0);
+    elems = checked_add(elems, checked_mul(checked_mul(N, g_.nodes[i].width, what), per, what), what);
   }
   check_allocation(checked_mul(elems, static_cast<int64_t>(sizeof(T)), what), what + " (workspace)");
   for (int i = 1; i < n; ++i) {
-    const size_t sz = static_cast<size_t>(N * nodes_[i].width);
+    const size_t sz = static_cast<size_t>(N * g_.nodes[i].width);
     outs_[i].assign(sz, T(0));
-    if (needs_grad_[i]) gouts_[i].assign(sz, T(0));
-    if (nodes_[i].kind == NodeKind::Dropout) aux_[i].assign(sz, T(0));
-    if (nodes_[i].kind == NodeKind::BatchNorm) aux_[i].assign(2 * nodes_[i].width, T(0));
-    if (nodes_[i].kind == NodeKind::LayerNorm) aux_[i].assign(2 * N, T(0));
+    if (g_.needs_grad[i]) gouts_[i].assign(sz, T(0));
+    if (g_.nodes[i].kind == NodeKind::Dropout) aux_[i].assign(sz, T(0));
+    if (g_.nodes[i].kind == NodeKind::BatchNorm) aux_[i].assign(2 * g_.nodes[i].width, T(0));
+    if (g_.nodes[i].kind == NodeKind::LayerNorm) aux_[i].assign(2 * N, T(0));
   }
   row_loss_.assign(static_cast<size_t>(N), T(0));
   cap_ = N;
@@ -236,24 +87,24 @@ void Model<T>::ensure_capacity(int64_t N) {
 
 template <class T>
 void Model<T>::layer_forward(int i, int64_t N, const FwdMode& mode) {
-  const NodeSpec& s = nodes_[i];
+  const NodeSpec& s = g_.nodes[i];
   const int64_t w = s.width;
-  const LayerSpec& l = layers_[s.layer];
+  const LayerSpec& l = g_.layers[s.layer];
   const T* x = out(s.inputs[0]);
-  const T* gamma = w_off_[s.layer] >= 0 && l.kind != LayerKind::Linear ? params_.data() + w_off_[s.layer] : nullptr;
-  const T* beta = b_off_[s.layer] >= 0 ? params_.data() + b_off_[s.layer] : nullptr;
+  const T* gamma = ps_.w_off[s.layer] >= 0 && l.kind != LayerKind::Linear ? ps_.params.data() + ps_.w_off[s.layer] : nullptr;
+  const T* beta = ps_.b_off[s.layer] >= 0 ? ps_.params.data() + ps_.b_off[s.layer] : nullptr;
   T* a = aux_[i].data();
   if (s.kind == NodeKind::BatchNorm) {
     if (mode.training) {
       if (N < 2)
         throw ValueError("X: BatchNorm1d needs more than 1 sample per batch in training mode, got 1 "
                          "(use a larger batch or model.eval())");
-      T* rm = mode.update_stats ? buffers_.data() + rm_off_[s.layer] : nullptr;
-      T* rv = mode.update_stats ? buffers_.data() + rv_off_[s.layer] : nullptr;
+      T* rm = mode.update_stats ? ps_.buffers.data() + ps_.rm_off[s.layer] : nullptr;
+      T* rv = mode.update_stats ? ps_.buffers.data() + ps_.rv_off[s.layer] : nullptr;
       kern::batchnorm_forward_train<T>(outs_[i].data(), a, a + w, x, gamma, beta, N, w, l.eps, rm, rv, l.momentum);
     } else {
       kern::batchnorm_forward_eval<T>(outs_[i].data(), a, a + w, x, gamma, beta, N, w, l.eps,
-                                      buffers_.data() + rm_off_[s.layer], buffers_.data() + rv_off_[s.layer]);
+                                      ps_.buffers.data() + ps_.rm_off[s.layer], ps_.buffers.data() + ps_.rv_off[s.layer]);
     }
   } else {
     kern::layernorm_forward<T>(outs_[i].data(), a, a + N, x, gamma, beta, N, w, l.eps);
@@ -266,24 +117,24 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
   x_ = X;
   // A BatchNorm batch of 1 is refused before anything changes.
   if (mode.training && N < 2)
-    for (int i = from; i <= output_; ++i)
-      if (nodes_[i].kind == NodeKind::BatchNorm)
+    for (int i = from; i <= g_.output; ++i)
+      if (g_.nodes[i].kind == NodeKind::BatchNorm)
         throw ValueError("X: BatchNorm1d needs more than 1 sample per batch in training mode, got 1 "
                          "(use a larger batch or model.eval())");
-  for (int i = from; i <= output_; ++i) {
-    const NodeSpec& s = nodes_[i];
+  for (int i = from; i <= g_.output; ++i) {
+    const NodeSpec& s = g_.nodes[i];
     const int64_t w = s.width;
     ops_.forward += 1;
     switch (s.kind) {
       case NodeKind::Linear: {
-        const LayerSpec& l = layers_[s.layer];
+        const LayerSpec& l = g_.layers[s.layer];
         kern::Epilogue<T> ep;
-        ep.bias = b_off_[s.layer] >= 0 ? params_.data() + b_off_[s.layer] : nullptr;
-        if (fused_into_[i] >= 0) {
-          const NodeSpec& a = nodes_[fused_into_[i]];
+        ep.bias = ps_.b_off[s.layer] >= 0 ? ps_.params.data() + ps_.b_off[s.layer] : nullptr;
+        if (g_.fused_into[i] >= 0) {
+          const NodeSpec& a = g_.nodes[g_.fused_into[i]];
           ep.act = a.act;
           ep.params = kern::ActParams<T>(a.act_settings);
-          ep.act_out = outs_[fused_into_[i]].data();
+          ep.act_out = outs_[g_.fused_into[i]].data();
           ep.ld_act = w;
         }
         (void)l;
@@ -293,7 +144,7 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
       case NodeKind::BatchNorm:
       case NodeKind::LayerNorm: layer_forward(i, N, mode); break;
       case NodeKind::Activation:
-        if (!fused_[i]) kern::act_forward<T>(outs_[i].data(), out(s.inputs[0]), N * w, s.act, kern::ActParams<T>(s.act_settings));
+        if (!g_.fused[i]) kern::act_forward<T>(outs_[i].data(), out(s.inputs[0]), N * w, s.act, kern::ActParams<T>(s.act_settings));
         else ops_.forward -= 1;  // done by its Linear
         break;
       case NodeKind::Dropout:
@@ -314,8 +165,8 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
       case NodeKind::Concat: {
         int64_t c0 = 0;
         for (int j : s.inputs) {
-          kern::concat_forward<T>(outs_[i].data(), out(j), N, w, c0, nodes_[j].width);
-          c0 += nodes_[j].width;
+          kern::concat_forward<T>(outs_[i].data(), out(j), N, w, c0, g_.nodes[j].width);
+          c0 += g_.nodes[j].width;
         }
         break;
       }
@@ -326,8 +177,8 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
 
 template <class T>
 double Model<T>::loss_and_seed(int64_t N, Labels<T> y, bool want_grad) {
-  const T* z = out(output_);
-  T* g = want_grad ? gouts_[output_].data() : nullptr;
+  const T* z = out(g_.output);
+  T* g = want_grad ? gouts_[g_.output].data() : nullptr;
   const int64_t D = out_width();
   switch (loss_) {
     case LossKind::CrossEntropy: return kern::cross_entropy<T>(g, row_loss_.data(), z, y.cls, y.weight, N, D);
@@ -339,17 +190,16 @@ double Model<T>::loss_and_seed(int64_t N, Labels<T> y, bool want_grad) {
 }
 
 template <class T>
-void Model<T>::norm_backward(int i, int64_t N, bool param_grads) {
-  const NodeSpec& s = nodes_[i];
+void Model<T>::norm_backward(int i, int64_t N, bool param_grads, bool want_dx) {
+  const NodeSpec& s = g_.nodes[i];
   const int L = s.layer;
   const int64_t w = s.width;
   const int j = s.inputs[0];
-  const bool want_dx = needs_grad_[j];
   T* dx = want_dx ? gouts_[j].data() : nullptr;
   const bool acc_dx = want_dx && written_[j];
-  T* dgamma = param_grads && w_off_[L] >= 0 ? grads_.data() + w_off_[L] : nullptr;
-  T* dbeta = param_grads && b_off_[L] >= 0 ? grads_.data() + b_off_[L] : nullptr;
-  const T* gamma = w_off_[L] >= 0 ? params_.data() + w_off_[L] : nullptr;
+  T* dgamma = param_grads && ps_.w_off[L] >= 0 ? ps_.grads.data() + ps_.w_off[L] : nullptr;
+  T* dbeta = param_grads && ps_.b_off[L] >= 0 ? ps_.grads.data() + ps_.b_off[L] : nullptr;
+  const T* gamma = ps_.w_off[L] >= 0 ? ps_.params.data() + ps_.w_off[L] : nullptr;
   const T* a = aux_[i].data();
   if (s.kind == NodeKind::BatchNorm)
     kern::batchnorm_backward<T>(dx, dgamma, dbeta, gouts_[i].data(), out(j), a, a + w, gamma, N, w,
@@ -365,29 +215,29 @@ template <class T>
 void Model<T>::backward(int64_t N, int down_to, int only_layer) {
   std::fill(written_.begin(), written_.end(), 0);
   std::fill(pwritten_.begin(), pwritten_.end(), 0);
-  written_[output_] = 1;
+  written_[g_.output] = 1;
   // An input below `down_to` takes no gradient: its producers are not revisited.
-  auto wants = [&](int j) { return needs_grad_[j] && j >= down_to; };
-  for (int i = output_; i >= down_to; --i) {
-    if (!written_[i] || !needs_grad_[i]) continue;
-    const NodeSpec& s = nodes_[i];
+  auto wants = [&](int j) { return g_.needs_grad[j] && j >= down_to; };
+  for (int i = g_.output; i >= down_to; --i) {
+    if (!written_[i] || !g_.needs_grad[i]) continue;
+    const NodeSpec& s = g_.nodes[i];
     const T* dy = gouts_[i].data();
     const int64_t w = s.width;
     ops_.backward += 1;
     switch (s.kind) {
       case NodeKind::Linear: {
         const int L = s.layer;
-        const LayerSpec& l = layers_[L];
+        const LayerSpec& l = g_.layers[L];
         const int j = s.inputs[0];
         if (only_layer < 0 || only_layer == L) {
           const bool acc = pwritten_[L];
           // dw (OUT,IN) = dz^T (OUT,N) . x (N,IN); db = column sums of dz
           linear_weight_grad(L, out(j), N, dy, acc);
-          if (b_off_[L] >= 0) kern::colsum<T>(grads_.data() + b_off_[L], dy, N, l.out, acc);
+          if (ps_.b_off[L] >= 0) kern::colsum<T>(ps_.grads.data() + ps_.b_off[L], dy, N, l.out, acc);
           pwritten_[L] = 1;
         }
         if (wants(j)) {  // dx (N,IN) = dz (N,OUT) . w (OUT,IN)
-          kern::gemm<T>(false, false, N, l.in, l.out, dy, l.out, params_.data() + w_off_[L], l.in,
+          kern::gemm<T>(false, false, N, l.in, l.out, dy, l.out, ps_.params.data() + ps_.w_off[L], l.in,
                         gouts_[j].data(), l.in, written_[j]);
           written_[j] = 1;
         }
@@ -396,16 +246,8 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
       case NodeKind::BatchNorm:
       case NodeKind::LayerNorm: {
         const bool pg = only_layer < 0 || only_layer == s.layer;
-        if (!wants(s.inputs[0])) {
-          // parameter gradients only
-          const int j = s.inputs[0];
-          const char keep = needs_grad_[j];
-          needs_grad_[j] = 0;
-          if (pg) norm_backward(i, N, true);
-          needs_grad_[j] = keep;
-        } else {
-          norm_backward(i, N, pg);
-        }
+        if (wants(s.inputs[0])) norm_backward(i, N, pg, true);
+        else if (pg) norm_backward(i, N, true, false);  // parameter gradients only
         break;
       }
       case NodeKind::Activation: {
@@ -436,7 +278,7 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
       case NodeKind::Concat: {
         int64_t c0 = 0;
         for (int j : s.inputs) {
-          const int64_t wj = nodes_[j].width;
+          const int64_t wj = g_.nodes[j].width;
           if (wants(j)) {
             kern::concat_backward<T>(gouts_[j].data(), dy, N, w, c0, wj, written_[j]);
             written_[j] = 1;
@@ -450,9 +292,9 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
   }
   if (only_layer >= 0 || down_to > 1) return;
   // A layer the loss does not reach has a zero gradient.
-  for (size_t L = 0; L < layers_.size(); ++L)
+  for (size_t L = 0; L < g_.layers.size(); ++L)
     if (!pwritten_[L])
-      for (int t : layer_tensors_[L]) std::fill_n(grads_.data() + tensors_[t].offset, tensors_[t].size(), T(0));
+      for (int t : ps_.layer_tensors[L]) std::fill_n(ps_.grads.data() + ps_.tensors[t].offset, ps_.tensors[t].size(), T(0));
 }
 
 template <class T>
@@ -514,16 +356,16 @@ double Model<T>::compute_gradients(const Input<T>& X, int64_t N, Labels<T> y, bo
 template <class T>
 double Model<T>::gradients(const T* X, int64_t N, Labels<T> y, bool update_stats) {
   ops_ = {};
-  const bool stats = training_ && update_stats && !buffers_.empty();
-  if (stats) stats_backup_.assign(buffers_.begin(), buffers_.end());
+  const bool stats = training_ && update_stats && !ps_.buffers.empty();
+  if (stats) stats_backup_.assign(ps_.buffers.begin(), ps_.buffers.end());
   const uint64_t draws = draws_;
   forward(X, N, FwdMode{training_, training_ && update_stats, false});
   const double loss = loss_and_seed(N, y, true);
   backward(N);
-  grads_fault_ = !std::isfinite(loss) ? 1 : !kern::all_finite<T>(grads_.data(), static_cast<int64_t>(grads_.size())) ? 2 : 0;
+  grads_fault_ = !std::isfinite(loss) ? 1 : !kern::all_finite<T>(ps_.grads.data(), static_cast<int64_t>(ps_.grads.size())) ? 2 : 0;
   grads_ready_ = grads_fault_ == 0;
   if (grads_fault_) {  // the forward's side effects are put back; the gradients stay to be seen
-    if (stats) std::copy(stats_backup_.begin(), stats_backup_.end(), buffers_.begin());
+    if (stats) std::copy(stats_backup_.begin(), stats_backup_.end(), ps_.buffers.begin());
     draws_ = draws;
   }
   return loss;
@@ -538,9 +380,9 @@ double Model<T>::loss_only(const Input<T>& X, int64_t N, Labels<T> y) {
 
 template <class T>
 void Model<T>::apply_layer(int L, double lr, double l2_weights) {
-  for (int t : layer_tensors_[L]) {
-    const bool weight = layers_[L].kind == LayerKind::Linear && tensors_[t].name == "weight";
-    optim_.step(t, OptTensor{tensors_[t].offset, tensors_[t].size()}, params_.data(), grads_.data(), lr,
+  for (int t : ps_.layer_tensors[L]) {
+    const bool weight = g_.layers[L].kind == LayerKind::Linear && ps_.tensors[t].name == "weight";
+    optim_.step(t, OptTensor{ps_.tensors[t].offset, ps_.tensors[t].size()}, ps_.params.data(), ps_.grads.data(), lr,
                 weight ? l2_weights : 0.0);
   }
 }
@@ -549,10 +391,10 @@ template <class T>
 void Model<T>::apply_gradients(double l2_weights, double grad_scale) {
   if (grad_scale != 1.0) {
     const T c = static_cast<T>(grad_scale);
-    for (T& g : grads_) g *= c;
+    for (T& g : ps_.grads) g *= c;
   }
-  if (clip_.active()) kern::clip_gradients<T>(clip_, grads_.data(), static_cast<int64_t>(grads_.size()));
-  for (size_t L = 0; L < layers_.size(); ++L) apply_layer(static_cast<int>(L), -1.0, l2_weights);
+  if (clip_.active()) kern::clip_gradients<T>(clip_, ps_.grads.data(), static_cast<int64_t>(ps_.grads.size()));
+  for (size_t L = 0; L < g_.layers.size(); ++L) apply_layer(static_cast<int>(L), -1.0, l2_weights);
   grads_ready_ = false;
 }
 
@@ -563,19 +405,19 @@ double Model<T>::guarded_step(const T* X, int64_t N, Labels<T> y, int& fault) {
     return schedule_->step(*this, X, N, y, fault);
   // The schedule updates inside the step: everything it may change is kept aside (a copy is
   // small next to its several passes) and put back if the step went non-finite.
-  params_backup_.assign(params_.begin(), params_.end());
+  params_backup_.assign(ps_.params.begin(), ps_.params.end());
   optim_.backup();  // every named state slot and the step counts
-  stats_backup_.assign(buffers_.begin(), buffers_.end());
+  stats_backup_.assign(ps_.buffers.begin(), ps_.buffers.end());
   const uint64_t draws = draws_;
   const double loss = schedule_->step(*this, X, N, y, fault);
   if (!fault)
-    fault = !std::isfinite(loss) ? 1 : !kern::all_finite<T>(params_.data(), static_cast<int64_t>(params_.size())) ? 2 : 0;
+    fault = !std::isfinite(loss) ? 1 : !kern::all_finite<T>(ps_.params.data(), static_cast<int64_t>(ps_.params.size())) ? 2 : 0;
   grads_fault_ = fault;
   grads_ready_ = false;
   if (fault) {
-    std::copy(params_backup_.begin(), params_backup_.end(), params_.begin());
+    std::copy(params_backup_.begin(), params_backup_.end(), ps_.params.begin());
     optim_.restore();
-    std::copy(stats_backup_.begin(), stats_backup_.end(), buffers_.begin());
+    std::copy(stats_backup_.begin(), stats_backup_.end(), ps_.buffers.begin());
     draws_ = draws;
   }
   return loss;
@@ -650,7 +492,7 @@ void Model<T>::predict(const Input<T>& X, int64_t N, T* dst, int64_t batch) {
   for (int64_t s = 0; s < N; s += batch) {
     const int64_t nb = std::min(batch, N - s);
     forward(stage_input(X, nb, nullptr, s), nb, FwdMode{});
-    std::memcpy(dst + s * D, out(output_), sizeof(T) * nb * D);
+    std::memcpy(dst + s * D, out(g_.output), sizeof(T) * nb * D);
   }
 }
 
@@ -672,7 +514,7 @@ typename Model<T>::Evaluation Model<T>::evaluate(const Input<T>& X, int64_t N, L
     forward(stage_input(X, nb, nullptr, s), nb, FwdMode{});
     e.loss += loss_and_seed(nb, yb, false) * w;
     e.total += w;
-    if (yb.cls) e.correct += kern::count_correct<T>(out(output_), yb.cls, yb.weight, nb, D);
+    if (yb.cls) e.correct += kern::count_correct<T>(out(g_.output), yb.cls, yb.weight, nb, D);
   }
   if (!(e.total > 0)) throw ValueError("sample_weight: the weights sum to 0");
   e.loss /= e.total;
@@ -732,7 +574,7 @@ const T* Model<T>::stage_input(const Input<T>& X, int64_t N, const int64_t* src,
                          " is out of range [0, " + std::to_string(in) + ")");
   }
   if (!kern::all_finite<T>(sp_val_.data(), nnz)) throw ValueError("X: contains NaN or Inf");
-  if (input_linear_only_) return sparse_marker();
+  if (g_.input_linear_only) return sparse_marker();
   // Another consumer reads the input densely: this batch (only) is densified.
   T* xb = dense_scratch();
   std::fill(xb, xb + N * in, T(0));
@@ -743,8 +585,8 @@ const T* Model<T>::stage_input(const Input<T>& X, int64_t N, const int64_t* src,
 
 template <class T>
 void Model<T>::linear_forward(int L, const T* x, int64_t N, T* y, const kern::Epilogue<T>* ep) {
-  const LayerSpec& l = layers_[L];
-  const T* W = params_.data() + w_off_[L];
+  const LayerSpec& l = g_.layers[L];
+  const T* W = ps_.params.data() + ps_.w_off[L];
   if (x == sparse_marker() && sp_wt_ready_)
     kern::csr_linear_forward_t<T>(y, l.out, sp_ptr_.data(), sp_idx_.data(), sp_val_.data(), N, sp_wt_[L].data(),
                                   l.out, ep);
@@ -758,26 +600,26 @@ template <class T>
 Model<T>::SparseInference::SparseInference(Model<T>& m, const Input<T>& X) : m_(m) {
   // Worth it when the call's entries are several times the columns: the weights are then
   // transposed once for all its batches instead of gathered from per batch.
-  if (!X.sparse() || !m.input_linear_only_ || X.csr.nnz < 4 * m.in_width()) return;
-  if (m.sp_wt_.size() != m.layers_.size()) m.sp_wt_.assign(m.layers_.size(), Buffer<T>());
-  for (int c : m.consumers_[0]) {
-    const int L = m.nodes_[c].layer;
-    const LayerSpec& l = m.layers_[L];
+  if (!X.sparse() || !m.g_.input_linear_only || X.csr.nnz < 4 * m.in_width()) return;
+  if (m.sp_wt_.size() != m.g_.layers.size()) m.sp_wt_.assign(m.g_.layers.size(), Buffer<T>());
+  for (int c : m.g_.consumers[0]) {
+    const int L = m.g_.nodes[c].layer;
+    const LayerSpec& l = m.g_.layers[L];
     const std::string what = "X: the transposed weight of layer " + std::to_string(L);
     const int64_t elems = checked_mul(l.in, l.out, what);
     if (static_cast<int64_t>(m.sp_wt_[L].size()) < elems) {
       check_allocation(checked_mul(elems, static_cast<int64_t>(sizeof(T)), what), what);
       m.sp_wt_[L].resize(static_cast<size_t>(elems));
     }
-    kern::transpose<T>(m.sp_wt_[L].data(), m.params_.data() + m.w_off_[L], l.out, l.in);
+    kern::transpose<T>(m.sp_wt_[L].data(), m.ps_.params.data() + m.ps_.w_off[L], l.out, l.in);
   }
   m.sp_wt_ready_ = true;
 }
 
 template <class T>
 void Model<T>::linear_weight_grad(int L, const T* x, int64_t N, const T* dz, bool accumulate) {
-  const LayerSpec& l = layers_[L];
-  T* dW = grads_.data() + w_off_[L];
+  const LayerSpec& l = g_.layers[L];
+  T* dW = ps_.grads.data() + ps_.w_off[L];
   if (x == sparse_marker())
     kern::csr_weight_grad<T>(dW, dz, l.out, sp_ptr_.data(), sp_idx_.data(), sp_val_.data(), N, l.out, l.in,
                              accumulate);

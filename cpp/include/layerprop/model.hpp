@@ -11,43 +11,13 @@
 #include <vector>
 
 #include "layerprop/common.hpp"
+#include "layerprop/graph.hpp"
 #include "layerprop/optim.hpp"
 #include "layerprop/schedule.hpp"
 #include "layerprop/sparse.hpp"
 #include "train/optimizer.hpp"
 
 namespace lp {
-
-// Count: the number of kinds (range checks), never a kind itself.
-enum class NodeKind : int { Input = 0, Linear, Activation, Add, Concat, Dropout, BatchNorm, LayerNorm, Count };
-enum class LayerKind : int { Linear = 0, BatchNorm, LayerNorm, Count };
-
-// A layer that owns parameters (a "unit" of the update schedules). Norm layers: in == out.
-struct LayerSpec {
-  LayerKind kind = LayerKind::Linear;
-  int64_t in = 0, out = 0;
-  bool bias = true;         // Linear: has a bias; BatchNorm: affine (weight and bias)
-  double eps = 1e-5;        // norm layers
-  double momentum = 0.1;    // BatchNorm running statistics
-};
-
-struct NodeSpec {
-  NodeKind kind = NodeKind::Input;
-  std::vector<int> inputs;  // indices of earlier nodes
-  int64_t width = 0;        // features of this node's output
-  int layer = -1;           // Linear / norm nodes: index into the LayerSpec table (shared by reuse)
-  Act act = Act::Identity;  // Activation
-  ActSettings act_settings; // Activation: negative_slope (LeakyReLU), alpha (ELU), beta, threshold (Softplus)
-  double p = 0;             // Dropout: drop probability
-};
-
-// One parameter (or buffer) tensor inside a contiguous store.
-struct ParamTensor {
-  int layer;
-  std::string name;            // "weight", "bias", "running_mean", "running_var"
-  int64_t offset, rows, cols;  // cols == 0: a vector of `rows` elements
-  int64_t size() const { return rows * (cols ? cols : 1); }
-};
 
 // A class label v at `row` must lie in [0, C): ValueError naming y otherwise.
 inline void check_class_label(int64_t v, int64_t row, int64_t C) {
@@ -122,16 +92,16 @@ class Model {
   Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int output);
 
   // Shape facts.
-  int64_t in_width() const { return nodes_[0].width; }
-  int64_t out_width() const { return nodes_[output_].width; }
-  int64_t num_params() const { return static_cast<int64_t>(params_.size()); }
-  const std::vector<ParamTensor>& tensors() const { return tensors_; }
-  const std::vector<ParamTensor>& buffer_tensors() const { return buffer_tensors_; }
-  const std::vector<LayerSpec>& layers() const { return layers_; }
-  T* params() { return params_.data(); }
-  T* grads() { return grads_.data(); }
-  T* buffers() { return buffers_.data(); }
-  int64_t buffer_size() const { return static_cast<int64_t>(buffers_.size()); }
+  int64_t in_width() const { return g_.nodes[0].width; }
+  int64_t out_width() const { return g_.nodes[g_.output].width; }
+  int64_t num_params() const { return static_cast<int64_t>(ps_.params.size()); }
+  const std::vector<ParamTensor>& tensors() const { return ps_.tensors; }
+  const std::vector<ParamTensor>& buffer_tensors() const { return ps_.buffer_tensors; }
+  const std::vector<LayerSpec>& layers() const { return g_.layers; }
+  T* params() { return ps_.params.data(); }
+  T* grads() { return ps_.grads.data(); }
+  T* buffers() { return ps_.buffers.data(); }
+  int64_t buffer_size() const { return static_cast<int64_t>(ps_.buffers.size()); }
   int64_t capacity() const { return cap_; }
   std::mutex& mutex() { return mu_; }
 
@@ -209,10 +179,10 @@ class Model {
   // ---- The parts a schedule drives (cpp/include/layerprop/schedule.hpp). A schedule's step
   // runs under the model mutex on a staged batch: x is what stage_input returned.
   // The graph:
-  const std::vector<NodeSpec>& nodes() const { return nodes_; }
-  int output() const { return output_; }
-  const std::vector<int>& consumers(int node) const { return consumers_[node]; }
-  const std::vector<int>& layer_nodes(int L) const { return layer_nodes_[L]; }
+  const std::vector<NodeSpec>& nodes() const { return g_.nodes; }
+  int output() const { return g_.output; }
+  const std::vector<int>& consumers(int node) const { return g_.consumers[node]; }
+  const std::vector<int>& layer_nodes(int L) const { return g_.layer_nodes[L]; }
   // The forward pass from node `from` (earlier nodes' outputs are kept), the loss of the
   // output with its gradient seeded (want_grad), and the backward pass over nodes >= down_to
   // with parameter gradients for `only_layer` only (-1: all).
@@ -226,8 +196,8 @@ class Model {
   T* node_out(int i) { return out(i); }
   T* node_grad(int i) { return gouts_[i].data(); }
   // The parameter store: layer L's bias and its gradient (null without a bias).
-  const T* bias(int L) const { return b_off_[L] >= 0 ? params_.data() + b_off_[L] : nullptr; }
-  T* bias_grad(int L) { return b_off_[L] >= 0 ? grads_.data() + b_off_[L] : nullptr; }
+  const T* bias(int L) const { return ps_.b_off[L] >= 0 ? ps_.params.data() + ps_.b_off[L] : nullptr; }
+  T* bias_grad(int L) { return ps_.b_off[L] >= 0 ? ps_.grads.data() + ps_.b_off[L] : nullptr; }
   // A Linear layer L on input rows x (a node output, or the sparse marker): forward into y
   // (N, out) with the epilogue, and the weight gradient from dz (N, out).
   void linear_forward(int L, const T* x, int64_t N, T* y, const kern::Epilogue<T>* ep);
@@ -270,22 +240,10 @@ class Model {
   double guarded_step(const T* X, int64_t N, Labels<T> y, int& fault);
   T* out(int i) { return i == 0 ? const_cast<T*>(x_) : outs_[i].data(); }
   void layer_forward(int i, int64_t N, const FwdMode& mode);
-  void norm_backward(int i, int64_t N, bool param_grads);
+  void norm_backward(int i, int64_t N, bool param_grads, bool want_dx);
 
-  std::vector<LayerSpec> layers_;
-  std::vector<NodeSpec> nodes_;
-  int output_;
-  std::vector<ParamTensor> tensors_, buffer_tensors_;
-  std::vector<int64_t> w_off_, b_off_;        // per layer, offsets into params_ (-1 if none)
-  std::vector<int64_t> rm_off_, rv_off_;      // BatchNorm: offsets into buffers_
-  std::vector<std::vector<int>> layer_tensors_;  // per layer, indices into tensors_
-  std::vector<std::vector<int>> layer_nodes_;    // per layer, the nodes that use it
-  std::vector<std::vector<int>> consumers_;
-  std::vector<char> needs_grad_;              // d loss / d node-output required
-  std::vector<int> fused_into_;               // Linear node -> Activation node it feeds (or -1)
-  std::vector<char> fused_;                   // Activation node computed by its Linear's epilogue
-
-  Buffer<T> params_, grads_, buffers_;
+  Graph g_;                                   // specs, topology, fusion plan (graph.hpp)
+  ParamStore<T> ps_;                          // parameters, gradients, buffers, tensor table
   Optimizer<T> optim_;                        // config, named state slots, per-tensor steps
   std::vector<Buffer<T>> outs_, gouts_;       // per node, cap x width
   std::vector<Buffer<T>> aux_;                // per node scratch: dropout masks; norm statistics
@@ -296,7 +254,6 @@ class Model {
   std::vector<Buffer<T>> sp_wt_;              // per layer reading the input: W^T (SparseInference)
   bool sp_wt_ready_ = false;
   T sp_marker_ = T(0);
-  bool input_linear_only_ = false;            // every consumer of the input node is a Linear
   // What a faulty step puts back: BatchNorm running statistics (every schedule) and, for the
   // schedules that update inside the step, the parameters and optimizer state.
   Buffer<T> stats_backup_, params_backup_;
