@@ -148,7 +148,8 @@ def test_rng_state_get_set():
 
 def test_train_step_prepares_input_by_dtype_without_retrying(monkeypatch):
     """float64 data for a float32 model is converted before the core is called, once: the
-    core sees exactly one call, with float32 C-contiguous arrays."""
+    core sees exactly one call, with float32 arrays (a Fortran-ordered float32 X goes in as it
+    is: the core copies it to C order, and the step equals the C-ordered one)."""
     m = lp.Sequential(lp.Linear(3, 2), seed=0).compile(loss="mse", optimizer=lp.SGD(lr=0.1))
     X, y = data()
     seen = []
@@ -161,11 +162,16 @@ def test_train_step_prepares_input_by_dtype_without_retrying(monkeypatch):
             seen.append([(a.dtype, a.flags.c_contiguous) for a in args if a is not None])
             return self.core.train_step(*args)
     monkeypatch.setattr(m, "_core", Spy(m._core))
+    m2 = lp.Sequential(lp.Linear(3, 2), seed=0).compile(loss="mse", optimizer=lp.SGD(lr=0.1))
     m.train_step(X, y)
-    m.train_step(np.asfortranarray(X.astype(np.float32)), y.astype(np.float32))
+    m2.train_step(X, y)
+    loss_f = m.train_step(np.asfortranarray(X.astype(np.float32)), y.astype(np.float32))
+    assert loss_f == m2.train_step(X.astype(np.float32), y.astype(np.float32))
+    for name, p in m.parameters().items():
+        assert np.array_equal(p, m2.parameters()[name])
     with pytest.raises(TypeError, match="X"):
         m.train_step(X.astype(np.int32), y)
-    assert seen == [[(np.float32, True), (np.float32, True)]] * 2
+    assert seen == [[(np.float32, True), (np.float32, True)], [(np.float32, False), (np.float32, True)]]
 
 
 @pytest.mark.parametrize("call", ["train_step", "compute_gradients", "loss_and_grads", "evaluate"])

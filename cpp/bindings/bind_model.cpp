@@ -146,7 +146,7 @@ Checked<T> check_Xy(Model<T>& m, const py::handle& X_obj, const py::handle& y_ob
       throw TypeError("y: cross_entropy expects integer class labels (int64), got dtype " + bind::dtype_str(ya));
     if (ya.ndim() != 1 || ya.shape(0) != c.N)
       throw ValueError("y: expected shape (" + std::to_string(c.N) + ",) of class labels, got " + bind::shape_str(ya));
-    if (!(ya.flags() & py::array::c_style)) throw ValueError("y: expected a C-contiguous array");
+    if (!(ya.flags() & py::array::c_style)) ya = py::array_t<int64_t, py::array::c_style>(ya);  // C-order copy
     c.y = ya;
     c.labels.cls = static_cast<const int64_t*>(ya.data());
     if (check_range) check_label_range(c.labels.cls, c.N, D);

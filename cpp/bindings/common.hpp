@@ -26,7 +26,9 @@ inline std::string shape_str(const py::array& a) {
 
 inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
-// An array of exactly dtype T, C-contiguous, of `ndim` dimensions; refuses anything else.
+// An array of exactly dtype T and `ndim` dimensions (refuses anything else), C-contiguous: an
+// array in another layout (Fortran order, a strided view) is copied into a C-contiguous one,
+// which the call then holds (these arrays are only read).
 template <class T>
 py::array_t<T, py::array::c_style> as_exact(const py::handle& obj, const char* name, int ndim) {
   if (!py::isinstance<py::array>(obj))
@@ -37,8 +39,7 @@ py::array_t<T, py::array::c_style> as_exact(const py::handle& obj, const char* n
     throw TypeError(std::string(name) + ": expected dtype " + dtype_name<T>() + ", got " + dtype_str(a));
   if (a.ndim() != ndim)
     throw ValueError(std::string(name) + ": expected a " + std::to_string(ndim) + "-D array, got shape " + shape_str(a));
-  if (!(a.flags() & py::array::c_style))
-    throw ValueError(std::string(name) + ": expected a C-contiguous array");
+  if (!(a.flags() & py::array::c_style)) return py::array_t<T, py::array::c_style>(a);  // a C-order copy
   return py::reinterpret_borrow<py::array_t<T, py::array::c_style>>(a);
 }
 

@@ -381,7 +381,7 @@ double Model<T>::loss_only(const Input<T>& X, int64_t N, Labels<T> y) {
 template <class T>
 void Model<T>::apply_layer(int L, double lr, double l2_weights) {
   for (int t : ps_.layer_tensors[L]) {
-    const bool weight = g_.layers[L].kind == LayerKind::Linear && ps_.tensors[t].name == "weight";
+    const bool weight = l2_weights != 0 && g_.layers[L].kind == LayerKind::Linear && ps_.tensors[t].offset == ps_.w_off[L];
     optim_.step(t, OptTensor{ps_.tensors[t].offset, ps_.tensors[t].size()}, ps_.params.data(), ps_.grads.data(), lr,
                 weight ? l2_weights : 0.0);
   }

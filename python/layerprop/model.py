@@ -464,15 +464,14 @@ class Model:
         return np.ascontiguousarray(arr)
 
     def _prepare(self, X: object, y: object) -> Tuple[np.ndarray, np.ndarray]:
-        """The one preparation of (X, y) before the core, decided by dtype and layout, never by
-        trying the core: arrays already in the model's dtypes (int64 labels for
-        cross_entropy), C-contiguous, go straight through, and the core checks everything
-        else (shapes, labels, NaN/Inf). Otherwise the documented conversions: float64 data
-        for a float32 model, any integer labels, a 1-D target for one output, other layouts
-        (made C-contiguous); any other dtype is a TypeError naming X or y."""
+        """The one preparation of (X, y) before the core, decided by dtype, never by trying
+        the core: arrays already in the model's dtypes (int64 labels for cross_entropy) and
+        dimensions go straight through, in any layout (the core copies a non-C-contiguous
+        array it only reads), and the core checks everything else (shapes, labels, NaN/Inf).
+        Otherwise the documented conversions: float64 data for a float32 model, any integer
+        labels, a 1-D target for one output; any other dtype is a TypeError naming X or y."""
         if (type(X) is np.ndarray and type(y) is np.ndarray and X.dtype is self._np_dtype_obj
-                and y.dtype is self._y_dtype and X.ndim == 2 and y.ndim == self._y_ndim
-                and X.flags.c_contiguous and y.flags.c_contiguous):
+                and y.dtype is self._y_dtype and X.ndim == 2 and y.ndim == self._y_ndim):
             return X, y
         self._require_compiled()
         Xa = self._prepare_X(X)
