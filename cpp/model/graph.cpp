@@ -167,4 +167,36 @@ ParamStore<T>::ParamStore(const Graph& g) {
 template struct ParamStore<float>;
 template struct ParamStore<double>;
 
+template <class T>
+void Workspace<T>::ensure(const Graph& g, int64_t N) {
+  const int n = static_cast<int>(g.nodes.size());
+  if (static_cast<int>(outs.size()) != n) {
+    outs.resize(n);
+    gouts.resize(n);
+    aux.resize(n);
+  }
+  if (N <= cap) return;
+  // The workspace of a batch of N rows, checked before any of it is allocated.
+  const std::string what = "X: a batch of " + std::to_string(N) + " rows";
+  int64_t elems = N;  // row losses
+  for (int i = 1; i < n; ++i) {
+    const int64_t per = 1 + (g.needs_grad[i] ? 1 : 0) + (g.nodes[i].kind == NodeKind::Dropout ? 1 : 0);
+    elems = checked_add(elems, checked_mul(checked_mul(N, g.nodes[i].width, what), per, what), what);
+  }
+  check_allocation(checked_mul(elems, static_cast<int64_t>(sizeof(T)), what), what + " (workspace)");
+  for (int i = 1; i < n; ++i) {
+    const size_t sz = static_cast<size_t>(N * g.nodes[i].width);
+    outs[i].assign(sz, T(0));
+    if (g.needs_grad[i]) gouts[i].assign(sz, T(0));
+    if (g.nodes[i].kind == NodeKind::Dropout) aux[i].assign(sz, T(0));
+    if (g.nodes[i].kind == NodeKind::BatchNorm) aux[i].assign(2 * g.nodes[i].width, T(0));
+    if (g.nodes[i].kind == NodeKind::LayerNorm) aux[i].assign(2 * N, T(0));
+  }
+  row_loss.assign(static_cast<size_t>(N), T(0));
+  cap = N;
+}
+
+template struct Workspace<float>;
+template struct Workspace<double>;
+
 }  // namespace lp

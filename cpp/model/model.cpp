@@ -19,9 +19,7 @@ Model<T>::Model(std::vector<LayerSpec> layers, std::vector<NodeSpec> nodes, int 
     : g_(std::move(layers), std::move(nodes), output), ps_(g_) {
   const int n = static_cast<int>(g_.nodes.size());
   optim_.resize_steps(ps_.tensors.size());
-  outs_.resize(n);
-  gouts_.resize(n);
-  aux_.resize(n);
+  ws_.ensure(g_, 0);  // one (empty) slot per node
   mask_keys_.assign(n, 0);
   written_.assign(n, 0);
   pwritten_.assign(g_.layers.size(), 0);
@@ -61,29 +59,6 @@ std::vector<int> Model<T>::units() const {
   return units;
 }
 
-template <class T>
-void Model<T>::ensure_capacity(int64_t N) {
-  if (N <= cap_) return;
-  const int n = static_cast<int>(g_.nodes.size());
-  // The workspace of a batch of N rows, checked before any of it is allocated.
-  const std::string what = "X: a batch of " + std::to_string(N) + " rows";
-  int64_t elems = N;  // row losses
-  for (int i = 1; i < n; ++i) {
-    const int64_t per = 1 + (g_.needs_grad[i] ? 1 : 0) + (g_.nodes[i].kind == NodeKind::Dropout ? 1 : 0);
-    elems = checked_add(elems, checked_mul(checked_mul(N, g_.nodes[i].width, what), per, what), what);
-  }
-  check_allocation(checked_mul(elems, static_cast<int64_t>(sizeof(T)), what), what + " (workspace)");
-  for (int i = 1; i < n; ++i) {
-    const size_t sz = static_cast<size_t>(N * g_.nodes[i].width);
-    outs_[i].assign(sz, T(0));
-    if (g_.needs_grad[i]) gouts_[i].assign(sz, T(0));
-    if (g_.nodes[i].kind == NodeKind::Dropout) aux_[i].assign(sz, T(0));
-    if (g_.nodes[i].kind == NodeKind::BatchNorm) aux_[i].assign(2 * g_.nodes[i].width, T(0));
-    if (g_.nodes[i].kind == NodeKind::LayerNorm) aux_[i].assign(2 * N, T(0));
-  }
-  row_loss_.assign(static_cast<size_t>(N), T(0));
-  cap_ = N;
-}
 
 template <class T>
 void Model<T>::layer_forward(int i, int64_t N, const FwdMode& mode) {
@@ -93,7 +68,7 @@ void Model<T>::layer_forward(int i, int64_t N, const FwdMode& mode) {
   const T* x = out(s.inputs[0]);
   const T* gamma = ps_.w_off[s.layer] >= 0 && l.kind != LayerKind::Linear ? ps_.params.data() + ps_.w_off[s.layer] : nullptr;
   const T* beta = ps_.b_off[s.layer] >= 0 ? ps_.params.data() + ps_.b_off[s.layer] : nullptr;
-  T* a = aux_[i].data();
+  T* a = ws_.aux[i].data();
   if (s.kind == NodeKind::BatchNorm) {
     if (mode.training) {
       if (N < 2)
@@ -101,19 +76,19 @@ void Model<T>::layer_forward(int i, int64_t N, const FwdMode& mode) {
                          "(use a larger batch or model.eval())");
       T* rm = mode.update_stats ? ps_.buffers.data() + ps_.rm_off[s.layer] : nullptr;
       T* rv = mode.update_stats ? ps_.buffers.data() + ps_.rv_off[s.layer] : nullptr;
-      kern::batchnorm_forward_train<T>(outs_[i].data(), a, a + w, x, gamma, beta, N, w, l.eps, rm, rv, l.momentum);
+      kern::batchnorm_forward_train<T>(ws_.outs[i].data(), a, a + w, x, gamma, beta, N, w, l.eps, rm, rv, l.momentum);
     } else {
-      kern::batchnorm_forward_eval<T>(outs_[i].data(), a, a + w, x, gamma, beta, N, w, l.eps,
+      kern::batchnorm_forward_eval<T>(ws_.outs[i].data(), a, a + w, x, gamma, beta, N, w, l.eps,
                                       ps_.buffers.data() + ps_.rm_off[s.layer], ps_.buffers.data() + ps_.rv_off[s.layer]);
     }
   } else {
-    kern::layernorm_forward<T>(outs_[i].data(), a, a + N, x, gamma, beta, N, w, l.eps);
+    kern::layernorm_forward<T>(ws_.outs[i].data(), a, a + N, x, gamma, beta, N, w, l.eps);
   }
 }
 
 template <class T>
 void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
-  ensure_capacity(N);
+  ws_.ensure(g_, N);
   x_ = X;
   // A BatchNorm batch of 1 is refused before anything changes.
   if (mode.training && N < 2)
@@ -134,38 +109,38 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
           const NodeSpec& a = g_.nodes[g_.fused_into[i]];
           ep.act = a.act;
           ep.params = kern::ActParams<T>(a.act_settings);
-          ep.act_out = outs_[g_.fused_into[i]].data();
+          ep.act_out = ws_.outs[g_.fused_into[i]].data();
           ep.ld_act = w;
         }
         (void)l;
-        linear_forward(s.layer, out(s.inputs[0]), N, outs_[i].data(), &ep);
+        linear_forward(s.layer, out(s.inputs[0]), N, ws_.outs[i].data(), &ep);
         break;
       }
       case NodeKind::BatchNorm:
       case NodeKind::LayerNorm: layer_forward(i, N, mode); break;
       case NodeKind::Activation:
-        if (!g_.fused[i]) kern::act_forward<T>(outs_[i].data(), out(s.inputs[0]), N * w, s.act, kern::ActParams<T>(s.act_settings));
+        if (!g_.fused[i]) kern::act_forward<T>(ws_.outs[i].data(), out(s.inputs[0]), N * w, s.act, kern::ActParams<T>(s.act_settings));
         else ops_.forward -= 1;  // done by its Linear
         break;
       case NodeKind::Dropout:
         if (mode.training && s.p > 0) {
           if (!mode.reuse_masks)
             mask_keys_[i] = kern::mix64(seed_ ^ kern::mix64(draws_++ * 0x100000001B3ull + static_cast<uint64_t>(i)));
-          kern::dropout_forward<T>(outs_[i].data(), aux_[i].data(), out(s.inputs[0]), N * w, s.p,
+          kern::dropout_forward<T>(ws_.outs[i].data(), ws_.aux[i].data(), out(s.inputs[0]), N * w, s.p,
                              mask_keys_[i], mode.reuse_masks);
         } else {
-          std::memcpy(outs_[i].data(), out(s.inputs[0]), sizeof(T) * N * w);
+          std::memcpy(ws_.outs[i].data(), out(s.inputs[0]), sizeof(T) * N * w);
         }
         break;
       case NodeKind::Add:
-        kern::add_into<T>(outs_[i].data(), out(s.inputs[0]), N * w, false);
+        kern::add_into<T>(ws_.outs[i].data(), out(s.inputs[0]), N * w, false);
         for (size_t k = 1; k < s.inputs.size(); ++k)
-          kern::add_into<T>(outs_[i].data(), out(s.inputs[k]), N * w, true);
+          kern::add_into<T>(ws_.outs[i].data(), out(s.inputs[k]), N * w, true);
         break;
       case NodeKind::Concat: {
         int64_t c0 = 0;
         for (int j : s.inputs) {
-          kern::concat_forward<T>(outs_[i].data(), out(j), N, w, c0, g_.nodes[j].width);
+          kern::concat_forward<T>(ws_.outs[i].data(), out(j), N, w, c0, g_.nodes[j].width);
           c0 += g_.nodes[j].width;
         }
         break;
@@ -178,14 +153,14 @@ void Model<T>::forward(const T* X, int64_t N, FwdMode mode, int from) {
 template <class T>
 double Model<T>::loss_and_seed(int64_t N, Labels<T> y, bool want_grad) {
   const T* z = out(g_.output);
-  T* g = want_grad ? gouts_[g_.output].data() : nullptr;
+  T* g = want_grad ? ws_.gouts[g_.output].data() : nullptr;
   const int64_t D = out_width();
   switch (loss_) {
-    case LossKind::CrossEntropy: return kern::cross_entropy<T>(g, row_loss_.data(), z, y.cls, y.weight, N, D);
-    case LossKind::MSE: return kern::mse<T>(g, row_loss_.data(), z, y.target, y.weight, N, D);
-    case LossKind::Poisson: return kern::poisson_nll<T>(g, row_loss_.data(), z, y.target, y.weight, N, D);
+    case LossKind::CrossEntropy: return kern::cross_entropy<T>(g, ws_.row_loss.data(), z, y.cls, y.weight, N, D);
+    case LossKind::MSE: return kern::mse<T>(g, ws_.row_loss.data(), z, y.target, y.weight, N, D);
+    case LossKind::Poisson: return kern::poisson_nll<T>(g, ws_.row_loss.data(), z, y.target, y.weight, N, D);
     case LossKind::BCEWithLogits:
-    default: return kern::bce_with_logits<T>(g, row_loss_.data(), z, y.target, y.weight, N, D);
+    default: return kern::bce_with_logits<T>(g, ws_.row_loss.data(), z, y.target, y.weight, N, D);
   }
 }
 
@@ -195,17 +170,17 @@ void Model<T>::norm_backward(int i, int64_t N, bool param_grads, bool want_dx) {
   const int L = s.layer;
   const int64_t w = s.width;
   const int j = s.inputs[0];
-  T* dx = want_dx ? gouts_[j].data() : nullptr;
+  T* dx = want_dx ? ws_.gouts[j].data() : nullptr;
   const bool acc_dx = want_dx && written_[j];
   T* dgamma = param_grads && ps_.w_off[L] >= 0 ? ps_.grads.data() + ps_.w_off[L] : nullptr;
   T* dbeta = param_grads && ps_.b_off[L] >= 0 ? ps_.grads.data() + ps_.b_off[L] : nullptr;
   const T* gamma = ps_.w_off[L] >= 0 ? ps_.params.data() + ps_.w_off[L] : nullptr;
-  const T* a = aux_[i].data();
+  const T* a = ws_.aux[i].data();
   if (s.kind == NodeKind::BatchNorm)
-    kern::batchnorm_backward<T>(dx, dgamma, dbeta, gouts_[i].data(), out(j), a, a + w, gamma, N, w,
+    kern::batchnorm_backward<T>(dx, dgamma, dbeta, ws_.gouts[i].data(), out(j), a, a + w, gamma, N, w,
                                 training_, acc_dx, pwritten_[L]);
   else
-    kern::layernorm_backward<T>(dx, dgamma, dbeta, gouts_[i].data(), out(j), a, a + N, gamma, N, w,
+    kern::layernorm_backward<T>(dx, dgamma, dbeta, ws_.gouts[i].data(), out(j), a, a + N, gamma, N, w,
                                 acc_dx, pwritten_[L]);
   if (dgamma || dbeta) pwritten_[L] = 1;
   if (want_dx) written_[j] = 1;
@@ -221,7 +196,7 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
   for (int i = g_.output; i >= down_to; --i) {
     if (!written_[i] || !g_.needs_grad[i]) continue;
     const NodeSpec& s = g_.nodes[i];
-    const T* dy = gouts_[i].data();
+    const T* dy = ws_.gouts[i].data();
     const int64_t w = s.width;
     ops_.backward += 1;
     switch (s.kind) {
@@ -238,7 +213,7 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
         }
         if (wants(j)) {  // dx (N,IN) = dz (N,OUT) . w (OUT,IN)
           kern::gemm<T>(false, false, N, l.in, l.out, dy, l.out, ps_.params.data() + ps_.w_off[L], l.in,
-                        gouts_[j].data(), l.in, written_[j]);
+                        ws_.gouts[j].data(), l.in, written_[j]);
           written_[j] = 1;
         }
         break;
@@ -253,7 +228,7 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
       case NodeKind::Activation: {
         const int j = s.inputs[0];
         if (wants(j)) {
-          kern::act_backward<T>(gouts_[j].data(), dy, out(j), out(i), N * w, s.act,
+          kern::act_backward<T>(ws_.gouts[j].data(), dy, out(j), out(i), N * w, s.act,
                                 kern::ActParams<T>(s.act_settings), written_[j]);
           written_[j] = 1;
         }
@@ -262,8 +237,8 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
       case NodeKind::Dropout: {
         const int j = s.inputs[0];
         if (wants(j)) {
-          if (training_ && s.p > 0) kern::mul_into<T>(gouts_[j].data(), dy, aux_[i].data(), N * w, written_[j]);
-          else kern::add_into<T>(gouts_[j].data(), dy, N * w, written_[j]);
+          if (training_ && s.p > 0) kern::mul_into<T>(ws_.gouts[j].data(), dy, ws_.aux[i].data(), N * w, written_[j]);
+          else kern::add_into<T>(ws_.gouts[j].data(), dy, N * w, written_[j]);
           written_[j] = 1;
         }
         break;
@@ -271,7 +246,7 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
       case NodeKind::Add:
         for (int j : s.inputs)
           if (wants(j)) {
-            kern::add_into<T>(gouts_[j].data(), dy, N * w, written_[j]);
+            kern::add_into<T>(ws_.gouts[j].data(), dy, N * w, written_[j]);
             written_[j] = 1;
           }
         break;
@@ -280,7 +255,7 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
         for (int j : s.inputs) {
           const int64_t wj = g_.nodes[j].width;
           if (wants(j)) {
-            kern::concat_backward<T>(gouts_[j].data(), dy, N, w, c0, wj, written_[j]);
+            kern::concat_backward<T>(ws_.gouts[j].data(), dy, N, w, c0, wj, written_[j]);
             written_[j] = 1;
           }
           c0 += wj;

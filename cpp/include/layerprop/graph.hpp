@@ -1,4 +1,4 @@
-// The graph part and the parameter store part of a model.
+// The graph, parameter store and workspace parts of a model.
 //
 // Graph: the node and layer specs, checked once (widths, kinds, topological order, settings),
 // and what follows from them: each node's consumers, which node outputs need a gradient, the
@@ -74,6 +74,21 @@ struct ParamStore {
   std::vector<int64_t> w_off, b_off;          // per layer, offsets into params (-1 if none)
   std::vector<int64_t> rm_off, rv_off;        // BatchNorm: offsets into buffers (-1 if none)
   std::vector<std::vector<int>> layer_tensors;  // per layer, indices into tensors
+};
+
+// Workspace: per node, its output and (where a gradient is needed) its gradient for `cap` rows,
+// and its scratch (dropout masks, norm statistics); per row, the loss. Sized for the largest
+// batch seen and reused: a step allocates nothing once the workspace is large enough.
+template <class T>
+struct Workspace {
+  // Room for N rows (MemoryError naming the batch, before anything is allocated, if this
+  // machine cannot hold it); nothing happens when N <= cap.
+  void ensure(const Graph& g, int64_t N);
+
+  std::vector<Buffer<T>> outs, gouts;  // per node, cap x width (node 0: the input, not stored)
+  std::vector<Buffer<T>> aux;          // per node scratch: dropout masks; norm statistics
+  Buffer<T> row_loss;                  // cap
+  int64_t cap = 0;
 };
 
 }  // namespace lp

@@ -102,7 +102,7 @@ class Model {
   T* grads() { return ps_.grads.data(); }
   T* buffers() { return ps_.buffers.data(); }
   int64_t buffer_size() const { return static_cast<int64_t>(ps_.buffers.size()); }
-  int64_t capacity() const { return cap_; }
+  int64_t capacity() const { return ws_.cap; }
   std::mutex& mutex() { return mu_; }
 
   void compile(LossKind loss, const kern::OptConfig& opt, const ScheduleConfig& sched,
@@ -194,7 +194,7 @@ class Model {
   double gradients(const T* X, int64_t N, Labels<T> y, bool update_stats);
   // The workspace: node outputs and their gradients (capacity() rows each).
   T* node_out(int i) { return out(i); }
-  T* node_grad(int i) { return gouts_[i].data(); }
+  T* node_grad(int i) { return ws_.gouts[i].data(); }
   // The parameter store: layer L's bias and its gradient (null without a bias).
   const T* bias(int L) const { return ps_.b_off[L] >= 0 ? ps_.params.data() + ps_.b_off[L] : nullptr; }
   T* bias_grad(int L) { return ps_.b_off[L] >= 0 ? ps_.grads.data() + ps_.b_off[L] : nullptr; }
@@ -206,7 +206,6 @@ class Model {
   void add_ops(int64_t forward, int64_t backward) { ops_.forward += forward; ops_.backward += backward; }
 
  private:
-  void ensure_capacity(int64_t N);
   // The rows of one call or batch, ready for forward(): rows src[r] (or row0 + r when src is
   // null), r < N, of X. Dense rows are used in place (or gathered into xbatch_ when src is
   // set); CSR rows are copied into the model's sparse batch and checked there (indices in
@@ -238,16 +237,15 @@ class Model {
   // One training step of the compiled schedule on staged labels; fault: 0, or 1 (non-finite
   // loss) / 2 (non-finite gradient), in which case nothing the step changed is kept.
   double guarded_step(const T* X, int64_t N, Labels<T> y, int& fault);
-  T* out(int i) { return i == 0 ? const_cast<T*>(x_) : outs_[i].data(); }
+  T* out(int i) { return i == 0 ? const_cast<T*>(x_) : ws_.outs[i].data(); }
   void layer_forward(int i, int64_t N, const FwdMode& mode);
   void norm_backward(int i, int64_t N, bool param_grads, bool want_dx);
 
   Graph g_;                                   // specs, topology, fusion plan (graph.hpp)
   ParamStore<T> ps_;                          // parameters, gradients, buffers, tensor table
   Optimizer<T> optim_;                        // config, named state slots, per-tensor steps
-  std::vector<Buffer<T>> outs_, gouts_;       // per node, cap x width
-  std::vector<Buffer<T>> aux_;                // per node scratch: dropout masks; norm statistics
-  Buffer<T> row_loss_, xbatch_, tbatch_, wbatch_;
+  Workspace<T> ws_;                           // node outputs, gradients, scratch for capacity rows
+  Buffer<T> xbatch_, tbatch_, wbatch_;        // staged inputs, targets, sample weights
   // The staged sparse batch: CSR of the batch's rows.
   std::vector<int64_t> sp_ptr_, sp_idx_, sp_start_;  // sp_start_: each row's checked start in X
   Buffer<T> sp_val_;
@@ -261,7 +259,6 @@ class Model {
   std::vector<char> written_, pwritten_;
   std::vector<uint64_t> mask_keys_;           // per node: key of the current dropout masks
   const T* x_ = nullptr;
-  int64_t cap_ = 0;
   OpCounts ops_;
 
   bool compiled_ = false, grads_ready_ = false;
