@@ -10,6 +10,7 @@ void bind_model(py::module_& m);
 void bind_kernels(py::module_& m);
 void bind_sparse(py::module_& m);
 void bind_protocol(py::module_& m);
+void bind_parts(py::module_& m);
 
 #ifndef LAYERPROP_VERSION
 #define LAYERPROP_VERSION "0.0.0"
@@ -58,4 +59,5 @@ PYBIND11_MODULE(_core, m) {
   bind_model(m);
   bind_kernels(m);
   bind_sparse(m);
+  bind_parts(m);
 }
