@@ -26,8 +26,13 @@ constexpr int64_t kDefaultChunk = 1024;
 // Python thread could change after the GIL is released (the labels' values, the compiled loss).
 template <class T>
 struct Checked {
-  py::array X, y, w;    // held for the call: their buffers stay alive and keep their size
-  py::array Xptr, Xidx; // sparse X: X holds the values, these the CSR index arrays
+  // Held for the call: their buffers stay alive and keep their size. (py::object, not
+  // py::array: a default py::array allocates an empty NumPy array, a cost on every tiny step.)
+  py::object X, y, w;
+  py::object Xptr, Xidx;  // sparse X: X holds the values, these the CSR index arrays
+  const T* xdata = nullptr;
+  const int64_t* ptrdata = nullptr;
+  const int64_t* idxdata = nullptr;
   int64_t N = 0, nnz = 0;
   bool sparse = false;
   Labels<T> labels;     // exactly one of cls / target is set, for the loss compiled at check time
@@ -37,12 +42,12 @@ struct Checked {
     if (labels.target && !kern::all_finite<T>(labels.target, N * m.out_width()))
       throw ValueError("y: contains NaN or Inf");
   }
-  const T* x() const { return static_cast<const T*>(X.data()); }
+  const T* x() const { return xdata; }
   Input<T> input() const {
     if (!sparse) return Input<T>(x());
     CsrRows<T> c;
-    c.indptr = static_cast<const int64_t*>(Xptr.data());
-    c.indices = static_cast<const int64_t*>(Xidx.data());
+    c.indptr = ptrdata;
+    c.indices = idxdata;
     c.values = x();
     c.rows = N;
     c.nnz = nnz;
@@ -95,8 +100,11 @@ void check_sparse_X(Model<T>& m, const py::tuple& t, Checked<T>& c) {
   c.N = N;
   c.nnz = nnz;
   c.X = val;
+  c.xdata = val.data();
   c.Xptr = ptr;
+  c.ptrdata = ptr.data();
   c.Xidx = idx;
+  c.idxdata = idx.data();
 }
 
 // X dense (N, in_width) or sparse (see check_sparse_X).
@@ -109,6 +117,7 @@ void check_input(Model<T>& m, const py::handle& obj, Checked<T>& c) {
   auto X = check_X(m, obj);
   c.N = X.shape(0);
   c.X = X;
+  c.xdata = X.data();
 }
 
 // Class labels in range, with the GIL held: for the calls that must refuse before their first

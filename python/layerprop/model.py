@@ -428,9 +428,11 @@ class Model:
 
     # ------------------------------------------------------------------ data
     def _prepare_X(self, X: object, name: str = "X") -> np.ndarray:
-        """The model's dtype, C-contiguous. float64 data for a float32 model is converted here,
+        """X in the model's dtype (any layout). float64 data for a float32 model is converted here,
         once per call (documented); any other dtype is refused with a TypeError. A scipy.sparse
         X becomes CSR rows the core reads without densifying (layerprop.sparse)."""
+        if type(X) is np.ndarray and X.dtype is self._np_dtype_obj and X.ndim == 2:
+            return X  # as it is (the core copies an array that is not C-contiguous)
         if isinstance(X, CsrRows) or is_sparse(X):
             return as_csr_rows(X, self._np_dtype, name)  # type: ignore[return-value]
         arr = X if isinstance(X, np.ndarray) else np.asarray(X)
