@@ -135,3 +135,13 @@ def lp_optimizer(key):
 
     cls, kw = OPTIMIZERS[key]
     return getattr(lp, cls)(**kw)
+
+
+def read_saved(path):
+    """(tensors, parsed JSON header) of a file model.save wrote."""
+    import json
+    from safetensors import safe_open
+    with safe_open(str(path), framework="numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads(f.metadata()["layerprop"])
+    return tensors, meta

@@ -13,6 +13,7 @@ from layerprop import io as lpio
 
 st = pytest.importorskip("safetensors.numpy")
 from safetensors import safe_open  # noqa: E402
+from conftest import read_saved  # noqa: E402
 
 N_IN, N_OUT = 5, 3
 
@@ -275,9 +276,7 @@ def saved(tmp_path, model=None, compiled=True):
         model.train_step(X, y)
     path = tmp_path / "good.safetensors"
     model.save(path)
-    with safe_open(str(path), framework="numpy") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads(f.metadata()["layerprop"])
+    tensors, meta = read_saved(path)
     return path, tensors, meta
 
 

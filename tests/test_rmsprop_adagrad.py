@@ -9,7 +9,7 @@ import pytest
 
 import layerprop as lp
 import reference
-from conftest import OPTIMIZERS, assert_close, build_mlp, lp_optimizer, make_batch
+from conftest import OPTIMIZERS, assert_close, build_mlp, lp_optimizer, make_batch, read_saved
 from simd_builds import outputs_of_both_builds  # noqa: E402
 
 torch = pytest.importorskip("torch")
@@ -188,16 +188,13 @@ def test_save_load_round_trip_continues_bitwise(opt, tmp_path):
 
 
 def _file(tmp_path, opt):
-    from safetensors import safe_open
     model, _ = build_mlp([4, 6, 3], "tanh", dtype="float32", seed=1)
     model.compile(loss="mse", optimizer=opt)
     X, y = make_batch(np.random.default_rng(0), 8, 4, 3, "mse", "float32")
     model.train_step(X, y)
     path = tmp_path / "m.safetensors"
     model.save(path)
-    with safe_open(str(path), framework="numpy") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads(f.metadata()["layerprop"])
+    tensors, meta = read_saved(path)
     return model, tensors, meta
 
 
