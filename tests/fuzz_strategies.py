@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, FrozenSet, List, Optional, Tuple
 
+import warnings
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -59,8 +61,10 @@ class ModelConfig:
         layers.append(lp.Linear(self.hidden, self.n_out))
         model = lp.Sequential(*layers, dtype=self.dtype, seed=self.seed)
         if self.compiled:
-            model.compile(loss=self.loss, optimizer=make_optimizer(self.optimizer),
-                          schedule=make_schedule(self.schedule))
+            with warnings.catch_warnings():  # LocoProp M before a norm layer or Dropout: documented
+                warnings.filterwarnings("ignore", message=r"LocoProp\('M'\)")
+                model.compile(loss=self.loss, optimizer=make_optimizer(self.optimizer),
+                              schedule=make_schedule(self.schedule))
             rng = np.random.default_rng(self.seed)
             for _ in range(self.warmup):
                 X, y = good_batch(rng, self, 4)

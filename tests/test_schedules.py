@@ -231,7 +231,11 @@ def test_schedules_learn_and_are_thread_independent(sched):
             lp.set_num_threads(nt)
             m = lp.Sequential(lp.Linear(20, 64), lp.BatchNorm1d(64), lp.ReLU(), lp.Linear(64, 64), lp.ReLU(),
                               lp.Linear(64, 3), seed=3)
-            m.compile(loss="cross_entropy", optimizer=lp.Adam(lr=1e-2), schedule=sched)
+            if getattr(sched, "variant", None) == "M":  # the Linear before BatchNorm falls back to S
+                with pytest.warns(UserWarning, match=r"LocoProp\('M'\): the Linear layer\(s\) 0 are"):
+                    m.compile(loss="cross_entropy", optimizer=lp.Adam(lr=1e-2), schedule=sched)
+            else:
+                m.compile(loss="cross_entropy", optimizer=lp.Adam(lr=1e-2), schedule=sched)
             h = m.fit(X, y, epochs=8, batch_size=32, progress=False)
             runs.append((h.history["loss"], [v.copy() for v in m.parameters().values()]))
     finally:
@@ -240,3 +244,32 @@ def test_schedules_learn_and_are_thread_independent(sched):
     assert losses[-1] < 0.6 * losses[0]
     assert runs[0][0] == runs[1][0]
     assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def _fallback_names(model):
+    import warnings as w
+    with w.catch_warnings(record=True) as seen:
+        w.simplefilter("always")
+        model.compile(loss="mse", optimizer=lp.SGD(lr=0.1), schedule=lp.LocoProp("M"))
+    msgs = [str(x.message) for x in seen if "LocoProp('M')" in str(x.message)]
+    assert len(msgs) <= 1
+    return msgs[0].split("layer(s) ")[1].split(" are")[0].split(", ") if msgs else []
+
+
+def test_locoprop_m_warns_once_naming_every_linear_whose_target_falls_back_to_s():
+    # M needs a Linear's transfer function: its only consumer being an activation (or, for the
+    # output layer, the loss's link). Anything else falls back to S's target, with a warning.
+    assert _fallback_names(lp.Sequential(lp.Linear(4, 8), lp.Tanh(), lp.Linear(8, 2))) == []
+    assert _fallback_names(lp.Sequential(lp.Linear(4, 8), lp.BatchNorm1d(8), lp.Tanh(), lp.Linear(8, 2))) == ["0"]
+    assert _fallback_names(lp.Sequential(lp.Linear(4, 8), lp.LayerNorm(8), lp.Tanh(), lp.Linear(8, 2))) == ["0"]
+    assert _fallback_names(lp.Sequential(lp.Linear(4, 8), lp.Dropout(0.1), lp.Tanh(), lp.Linear(8, 2))) == ["0"]
+    x = lp.Input(4)
+    h = lp.Linear(4, 4, name="skip")(x)
+    out = lp.Linear(4, 2, name="head")(lp.add(lp.Tanh()(h), h))  # h read by the Tanh and the add
+    assert _fallback_names(lp.Model(inputs=x, outputs=out)) == ["skip"]
+    # S has no transfer functions to miss; the output layer is never a fallback
+    m = lp.Sequential(lp.Linear(4, 8), lp.BatchNorm1d(8), lp.Tanh(), lp.Linear(8, 2))
+    import warnings as w
+    with w.catch_warnings():
+        w.simplefilter("error")
+        m.compile(loss="mse", optimizer=lp.SGD(lr=0.1), schedule=lp.LocoProp("S"))

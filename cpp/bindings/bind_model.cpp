@@ -439,6 +439,9 @@ void bind_one(py::module_& m, const char* name) {
         return py::make_tuple(r.loss, r.correct, r.total);
       }, py::arg("X"), py::arg("y"), py::arg("batch_size") = 0, py::arg("sample_weight") = py::none(),
          "(mean loss, correct predictions (their weight), total weight)")
+      .def("schedule_fallbacks", &M::schedule_fallbacks,
+           "Stored layers the compiled schedule treats differently from its rule (LocoProp M: Linear "
+           "layers whose target falls back to S's).")
       .def("snapshot", [](M& self) {
         // A consistent copy of everything save() writes, taken under the model mutex (a fit in
         // another thread holds it for a whole chunk of batches), without holding the GIL.

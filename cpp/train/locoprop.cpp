@@ -33,6 +33,22 @@ class LocoProp final : public Schedule<T> {
                          " is shared by " + std::to_string(m.layer_nodes(static_cast<int>(L)).size()) + " nodes");
   }
 
+  // M's rule needs each Linear's transfer function: an activation that is its only consumer,
+  // or, for the output layer, the loss's link (identity for mse). Any other Linear (followed by
+  // a norm layer, Dropout, Add or Concat, or read by several nodes) takes S's target.
+  std::vector<int> fallbacks(const Model<T>& m) const override {
+    std::vector<int> out;
+    if (!M_) return out;
+    for (int L : m.units()) {
+      if (m.layers()[L].kind != LayerKind::Linear) continue;
+      const int i = m.layer_nodes(L).front();
+      const auto& cons = m.consumers(i);
+      const bool act = cons.size() == 1 && m.nodes()[cons[0]].kind == NodeKind::Activation;
+      if (!act && i != m.output()) out.push_back(L);
+    }
+    return out;
+  }
+
   double step(Model<T>& m, const T* x, int64_t N, Labels<T> y, int& fault) override {
     m.reset_ops();
     const bool training = m.training();

@@ -27,6 +27,7 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -195,7 +196,9 @@ def run(tasks: Sequence[str] = tuple(TASKS), schedules: Sequence[str] = SCHEDULE
                 if progress is not None:
                     progress(f"{tname}, {label}, BatchNorm {'yes' if bn else 'no'}")
                 model = lp.Sequential(*task.build(bn), dtype="float32", seed=seed)
-                model.compile(loss=task.loss, optimizer=lp.Adam(lr=LR), schedule=make())
+                with warnings.catch_warnings():  # M's fallback under BatchNorm is documented
+                    warnings.filterwarnings("ignore", message=r"LocoProp\('M'\)")
+                    model.compile(loss=task.loss, optimizer=lp.Adam(lr=LR), schedule=make())
                 timer = _epoch_timer()
                 hist = model.fit(Xtr, y_train, epochs=epochs, batch_size=BATCH, shuffle=True,
                                  callbacks=[timer], progress=False)

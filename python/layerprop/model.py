@@ -416,6 +416,13 @@ class Model:
         self._core.compile(loss=LOSSES[loss], **optimizer.core_args(), **schedule.core_args(),
                            clip_norm=clip["clip_grad_norm"] or 0.0, clip_value=clip["clip_grad_value"] or 0.0)
         self.loss, self.optimizer, self.schedule = loss, optimizer, schedule
+        fallbacks = [self._layer_prefix[id(self._core_layers[L])] for L in self._core.schedule_fallbacks()]
+        if fallbacks:
+            import warnings
+            warnings.warn(
+                f"LocoProp('M'): the Linear layer(s) {', '.join(fallbacks)} are not followed directly by one "
+                "activation (a norm layer, Dropout, add/concat or a second reader comes first), so their "
+                "targets fall back to S's pre-activation targets (docs/schedules.md)", UserWarning, stacklevel=2)
         # the targets as the core takes them: int64 labels (N,) or the model's dtype (N, out)
         self._y_dtype = np.dtype(np.int64) if loss == "cross_entropy" else np.dtype(self._np_dtype)
         self._y_ndim = 1 if loss == "cross_entropy" else 2

@@ -111,6 +111,8 @@ class Model {
   LossKind loss_kind() const { return loss_; }
   const kern::OptConfig& optimizer() const { return optim_.config(); }
   const ScheduleConfig& schedule() const { return sched_; }
+  // Stored layers the compiled schedule treats differently from its rule (Schedule::fallbacks).
+  std::vector<int> schedule_fallbacks() const { return schedule_ ? schedule_->fallbacks(*this) : std::vector<int>{}; }
   const kern::ClipConfig& clipping() const { return clip_; }
   // Units of the update schedules: layers with parameters that the graph uses, in topological
   // order (of their first use).

@@ -33,6 +33,9 @@ class Schedule {
   virtual bool updates_inside_step() const { return true; }
   // Refuses (ValueError) a graph this schedule cannot train; called by compile.
   virtual void validate(const Model<T>& m) const {}
+  // Stored layers this schedule treats differently from its rule for this graph (LocoProp M:
+  // the Linear layers whose target falls back to S's), for the Python side to warn about.
+  virtual std::vector<int> fallbacks(const Model<T>& m) const { return {}; }
 };
 
 // The schedule of a configuration (cpp/train/schedules.cpp).
