@@ -273,3 +273,64 @@ def test_locoprop_m_warns_once_naming_every_linear_whose_target_falls_back_to_s(
     with w.catch_warnings():
         w.simplefilter("error")
         m.compile(loss="mse", optimizer=lp.SGD(lr=0.1), schedule=lp.LocoProp("S"))
+
+
+def _paper_locoprop_s_step(W1, b1, W2, b2, X, Y, loss, gamma, K, base):
+    """One LocoProp-S step written from the paper (float64 NumPy): the loss of a sample sums
+    over its outputs (mse as 1/2 the squared error) and the batch is averaged; targets
+    t = a - gamma dL/da; each layer then takes K plain gradient steps on 1/2 ||x W^T + b - t||^2
+    summed over the batch, at lr base * max(1 - k/K, 0.25), its input fixed."""
+    N = X.shape[0]
+    a1 = X @ W1.T + b1
+    h = np.tanh(a1)
+    z = h @ W2.T + b2
+    dz = ((1 / (1 + np.exp(-z)) - Y) if loss == "bce_with_logits" else (z - Y)) / N
+    da1 = (dz @ W2) * (1 - h * h)
+    targets = [(X, a1 - gamma * da1, W1.copy(), b1.copy()), (h, z - gamma * dz, W2.copy(), b2.copy())]
+    out = []
+    for x, t, W, b in targets:
+        for k in range(K):
+            lr = base * max(1 - k / K, 0.25)
+            d = x @ W.T + b - t
+            W -= lr * d.T @ x
+            b -= lr * d.sum(0)
+        out += [W, b]
+    return out
+
+
+@pytest.mark.parametrize("loss", ["bce_with_logits", "mse"])
+def test_locoprop_target_lr_in_the_papers_units_matches_a_reference_written_from_the_paper(loss):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((16, 6))
+    Y = rng.random((16, 5)) if loss == "bce_with_logits" else rng.standard_normal((16, 5))
+    m = lp.Sequential(lp.Linear(6, 7), lp.Tanh(), lp.Linear(7, 5), dtype="float64", seed=1)
+    p0 = [v.copy() for v in m.parameters().values()]
+    m.compile(loss=loss, optimizer=lp.SGD(lr=0.01),
+              schedule=lp.LocoProp("S", inner_steps=4, target_lr=10.0, units="paper"))
+    m.train_step(X, Y)
+    ref = _paper_locoprop_s_step(*p0, X, Y, loss, gamma=10.0, K=4, base=0.01)
+    for got, want in zip(m.parameters().values(), ref):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    # in layerprop's own units the same number is a D (bce) or D/2 (mse) times smaller step
+    m2 = lp.Sequential(lp.Linear(6, 7), lp.Tanh(), lp.Linear(7, 5), dtype="float64", seed=1)
+    factor = 5 if loss == "bce_with_logits" else 2.5
+    m2.compile(loss=loss, optimizer=lp.SGD(lr=0.01),
+               schedule=lp.LocoProp("S", inner_steps=4, target_lr=10.0 * factor))
+    m2.train_step(X, Y)
+    for got, want in zip(m2.parameters().values(), ref):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_locoprop_units_are_checked_saved_and_loaded(tmp_path):
+    with pytest.raises(ValueError, match="units"):
+        lp.LocoProp("M", units="natural")
+    m = lp.Sequential(lp.Linear(3, 4), lp.Tanh(), lp.Linear(4, 2), dtype="float64", seed=0)
+    m.compile(loss="mse", optimizer=lp.SGD(lr=0.1), schedule=lp.LocoProp("S", units="paper"))
+    m.save(tmp_path / "m.safetensors")
+    back = lp.load(tmp_path / "m.safetensors")
+    assert back.schedule.units == "paper" and "units='paper'" in repr(back.schedule)
+    X = np.random.default_rng(0).standard_normal((8, 3))
+    Y = np.random.default_rng(1).standard_normal((8, 2))
+    assert m.train_step(X, Y) == back.train_step(X, Y)
+    for name, p in m.parameters().items():
+        assert np.array_equal(p, back.parameters()[name])

@@ -224,7 +224,11 @@ def _schedule_from(d: Any) -> Schedule:
     name = _str(d["type"], "compile.schedule.type")
     if name not in _SCHEDULES:
         raise _Bad(f"compile.schedule.type: unknown schedule {name!r:.80} (known: {', '.join(_SCHEDULES)})")
-    c = _dict(d["config"], f"{name} config", _SCHEDULES[name].config_args)
+    args = _SCHEDULES[name].config_args
+    c = _dict(d["config"], f"{name} config")
+    if "units" in args and "units" not in c:  # files from before LocoProp's units: layerprop's
+        args = tuple(a for a in args if a != "units")
+    c = _dict(c, f"{name} config", args)
     for k, v in c.items():  # scalars only; the constructor checks their values
         if not (v is None or isinstance(v, (str, int, float))):
             raise _Bad(f"{name} {k}: expected a number or a string, got {type(v).__name__}")

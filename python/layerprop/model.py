@@ -413,7 +413,7 @@ class Model:
         if (clip["clip_grad_norm"] or clip["clip_grad_value"]) and not isinstance(schedule, Simultaneous):
             raise ValueError("clip_grad_norm / clip_grad_value: gradient clipping applies to the Simultaneous "
                              f"schedule, not {schedule!r} (its layers step on their own recomputed gradients)")
-        self._core.compile(loss=LOSSES[loss], **optimizer.core_args(), **schedule.core_args(),
+        self._core.compile(loss=LOSSES[loss], **optimizer.core_args(), **schedule.core_args(loss, self.out_features),
                            clip_norm=clip["clip_grad_norm"] or 0.0, clip_value=clip["clip_grad_value"] or 0.0)
         self.loss, self.optimizer, self.schedule = loss, optimizer, schedule
         fallbacks = [self._layer_prefix[id(self._core_layers[L])] for L in self._core.schedule_fallbacks()]

@@ -21,7 +21,8 @@ class Schedule:
     # its constructor's arguments for saving (layerprop.io): scalars, checked by the constructor
     config_args: Tuple[str, ...] = ()
 
-    def core_args(self) -> dict:
+    def core_args(self, loss: str = "cross_entropy", out_features: int = 1) -> dict:
+        """The core's schedule settings for a model with this loss and output width."""
         return dict(schedule=self.code, inner_steps=1, inner_lr=0.0, target_lr=0.0)
 
 
@@ -71,12 +72,18 @@ class LocoProp(Schedule):
     Local gradients sum over the batch, as in the paper's code; dL/da carries the 1/N of the
     mean loss. An adaptive optimizer (Adam, AdamW; the paper used RMSprop and Adam) is
     insensitive to that scale; with SGD choose inner_lr about batch_size times smaller than a
-    backprop learning rate, or the local problems diverge."""
+    backprop learning rate, or the local problems diverge.
 
-    config_args = ("variant", "inner_steps", "inner_lr", "target_lr")
+    units: what target_lr means. "layerprop" (the default): dL/da of layerprop's losses, which
+    average over every output element for mse, bce_with_logits and poisson. "paper": the
+    paper's gamma, whose loss sums over a sample's outputs (mse as 1/2 the squared error) and
+    averages over the batch; compile converts it, target_lr * D for bce_with_logits and
+    poisson, * D/2 for mse, * 1 for cross_entropy (D: the model's outputs)."""
+
+    config_args = ("variant", "inner_steps", "inner_lr", "target_lr", "units")
 
     def __init__(self, variant: str = "M", inner_steps: int = 10, inner_lr: Optional[float] = None,
-                 target_lr: float = 10.0) -> None:
+                 target_lr: float = 10.0, units: str = "layerprop") -> None:
         V.choice(variant, "variant", ("S", "M"))
         inner_steps = V.positive_int(inner_steps, "inner_steps")
         if inner_steps > MAX_INNER_STEPS:
@@ -88,16 +95,24 @@ class LocoProp(Schedule):
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr
         self.target_lr = tl
+        self.units = V.choice(units, "units", ("layerprop", "paper"))
         self.code = SCHEDULE["LocoPropS" if variant == "S" else "LocoPropM"]
 
-    def core_args(self) -> dict:
+    def core_target_lr(self, loss: str, out_features: int) -> float:
+        """target_lr in layerprop's units for a model with this loss and output width."""
+        if self.units == "layerprop" or loss == "cross_entropy":
+            return self.target_lr
+        return self.target_lr * out_features / (2.0 if loss == "mse" else 1.0)
+
+    def core_args(self, loss: str = "cross_entropy", out_features: int = 1) -> dict:
         return dict(schedule=self.code, inner_steps=self.inner_steps,
                     inner_lr=0.0 if self.inner_lr is None else self.inner_lr,
-                    target_lr=self.target_lr)
+                    target_lr=self.core_target_lr(loss, out_features))
 
     def __repr__(self) -> str:
+        units = "" if self.units == "layerprop" else f", units={self.units!r}"
         return (f"LocoProp(variant={self.variant!r}, inner_steps={self.inner_steps}, "
-                f"inner_lr={self.inner_lr}, target_lr={self.target_lr})")
+                f"inner_lr={self.inner_lr}, target_lr={self.target_lr}{units})")
 
 
 # Every schedule of the package (layerprop.io saves and loads these by class name).
