@@ -4,6 +4,9 @@
 #include "layerprop/common.hpp"
 #include "layerprop/runtime.hpp"
 
+#include <climits>
+#include <string>
+
 namespace py = pybind11;
 
 void bind_model(py::module_& m);
@@ -53,8 +56,42 @@ PYBIND11_MODULE(_core, m) {
     lp::set_num_threads(n);
   }, py::arg("n"));
   m.def("get_num_threads", &lp::get_num_threads);
+  m.def("_pool_stats", [] {
+    const lp::PoolStats s = lp::pool_stats();
+    py::dict d;
+    d["workers"] = s.workers;
+    d["jobs"] = s.jobs;
+    d["items_by_workers"] = s.items_by_workers;
+    d["spin_us"] = s.spin_us;
+    return d;
+  }, "The pool's workers started, jobs run with workers, items the workers ran, spin time.");
+  m.def("_set_spin_us", [](int us) {
+    if (us < 0 || us > 1000000) throw lp::ValueError("spin_us: expected 0..1000000 microseconds, got " + std::to_string(us));
+    lp::set_spin_us(us);
+  }, py::arg("spin_us"));
+  m.def("_work_thresholds", [] {
+    py::dict d;
+    for (int w = 0; w < static_cast<int>(lp::Work::Count); ++w) {
+      const int64_t v = lp::work_threshold(static_cast<lp::Work>(w));
+      d[lp::work_name(static_cast<lp::Work>(w))] = v == INT64_MAX ? py::object(py::none()) : py::object(py::int_(v));
+    }
+    return d;
+  }, "Units of work per thread for each kind of parallel loop (None: never parallel).");
+  m.def("_set_work_threshold", [](const std::string& name, py::object units) {
+    for (int w = 0; w < static_cast<int>(lp::Work::Count); ++w)
+      if (name == lp::work_name(static_cast<lp::Work>(w))) {
+        int64_t v = 0;
+        if (!units.is_none()) {
+          v = units.cast<int64_t>();
+          if (v < 1) throw lp::ValueError("units: expected a positive count or None, got " + std::to_string(v));
+        }
+        lp::set_work_threshold(static_cast<lp::Work>(w), v);
+        return;
+      }
+    throw lp::ValueError("name: unknown kind of work '" + name + "'");
+  }, py::arg("name"), py::arg("units"));
   m.def("forked_after_pool", &lp::forked_after_pool,
-        "True in a process forked after its parent started OpenMP's threads: kernels run serially here.");
+        "True in a process forked after its parent started layerprop's worker threads: kernels run serially here.");
   bind_protocol(m);
   bind_model(m);
   bind_kernels(m);

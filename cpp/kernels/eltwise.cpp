@@ -63,20 +63,20 @@ const Loops<T>& loops() {
 }
 
 // Threads pay for element-wise loops only on large arrays: cheap activations are memory-bound.
-int64_t act_threshold(Act act) { return act_is_cheap(act) ? (int64_t(1) << 18) : (int64_t(1) << 14); }
+Work act_work(Act act) { return act_is_cheap(act) ? Work::EltCheap : Work::EltCostly; }
 
 }  // namespace
 
 template <class T>
 void act_forward(T* y, const T* x, int64_t n, Act act, ActParams<T> ap) {
   const auto fn = loops<T>().fwd;
-  parallel_range(n, n, act_threshold(act), [&](int64_t b, int64_t e) { fn(y + b, x + b, e - b, act, ap); });
+  parallel_range(n, act_work(act), n, [&](int64_t b, int64_t e) { fn(y + b, x + b, e - b, act, ap); });
 }
 
 template <class T>
 void act_backward(T* dx, const T* dy, const T* x, const T* y, int64_t n, Act act, ActParams<T> ap, bool accumulate) {
   const auto fn = loops<T>().bwd;
-  parallel_range(n, n, act_threshold(act), [&](int64_t b, int64_t e) {
+  parallel_range(n, act_work(act), n, [&](int64_t b, int64_t e) {
     fn(dx + b, dy + b, x + b, y + b, e - b, act, ap, accumulate);
   });
 }
@@ -90,19 +90,19 @@ void bias_act(T* C, int64_t ldc, int64_t mr, int64_t nr, const T* bias, Act act,
 template <class T>
 void add_into(T* y, const T* a, int64_t n, bool accumulate) {
   const auto fn = loops<T>().add;
-  parallel_range(n, n, int64_t(1) << 18, [&](int64_t b, int64_t e) { fn(y + b, a + b, nullptr, e - b, accumulate); });
+  parallel_range(n, Work::EltCheap, n, [&](int64_t b, int64_t e) { fn(y + b, a + b, nullptr, e - b, accumulate); });
 }
 
 template <class T>
 void mul_into(T* y, const T* a, const T* m, int64_t n, bool accumulate) {
   const auto fn = loops<T>().add;
-  parallel_range(n, n, int64_t(1) << 18, [&](int64_t b, int64_t e) { fn(y + b, a + b, m + b, e - b, accumulate); });
+  parallel_range(n, Work::EltCheap, n, [&](int64_t b, int64_t e) { fn(y + b, a + b, m + b, e - b, accumulate); });
 }
 
 template <class T>
 void colsum(T* db, const T* dz, int64_t N, int64_t C, bool accumulate) {
   const auto fn = loops<T>().colsum;
-  parallel_range(C, N * C, int64_t(1) << 18, [&](int64_t j0, int64_t j1) {
+  parallel_range(C, Work::EltCheap, N * C, [&](int64_t j0, int64_t j1) {
     fn(db + j0, dz + j0, N, C, j1 - j0, accumulate);
   });
 }
@@ -111,7 +111,7 @@ template <class T>
 bool all_finite(const T* p, int64_t n) {
   const auto fn = loops<T>().finite;
   std::atomic<bool> ok{true};
-  parallel_range(n, n, int64_t(1) << 20, [&](int64_t b, int64_t e) {
+  parallel_range(n, Work::EltCheap, n / 4, [&](int64_t b, int64_t e) {
     if (!fn(p + b, e - b)) ok.store(false, std::memory_order_relaxed);
   });
   return ok.load();

@@ -8,9 +8,6 @@
 
 #include "layerprop/eltwise.hpp"
 #include "layerprop/runtime.hpp"
-#ifdef LAYERPROP_HAVE_OPENMP
-#include <omp.h>
-#endif
 
 namespace lp::kern {
 namespace generic {
@@ -156,92 +153,96 @@ inline void apply_epilogue(T* C, int64_t ldc, int64_t i0, int64_t mr, int64_t j0
               ep.act_out ? ep.act_out + i0 * ep.ld_act + j0 : nullptr, ep.ld_act);
 }
 
+// One rectangle of C: rows [i0, i1) x columns [j0, j1), the whole depth K. The loops inside
+// are BLIS's (column block jc, depth block pc, row block ic, micro-tiles), with this thread's
+// own packed panels. Every C tile gets the same micro-kernel calls in the same order (the depth
+// blocks depend on K only), so a tile's bits never depend on the rectangle it was part of.
+template <class T>
+void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t K,
+               const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
+               const Epilogue<T>* ep, int64_t mcb, int64_t kcb, Ukernel<T> uk) {
+  using Bk = Blocking<T>;
+  constexpr int64_t MR = Bk::MR, NR = Bk::NR, KC = Bk::KC, MC = Bk::MC, NC = Bk::NC;
+  static thread_local Buffer<T> abuf_store, bbuf_store;
+  T* abuf = scratch(abuf_store, MC * KC + 16);  // slack: the AVX2 packer's last store
+  T* bbuf = scratch(bbuf_store, KC * std::min(NC, (j1 - j0 + NR - 1) / NR * NR));
+  for (int64_t jc = j0; jc < j1; jc += NC) {
+    const int64_t nc = std::min(NC, j1 - jc);
+    const int64_t n_jr = (nc + NR - 1) / NR;
+    for (int64_t pc = 0; pc < K; pc += kcb) {
+      const int64_t kc = std::min(kcb, K - pc);
+      const bool acc_here = accumulate || pc > 0;
+      const bool last_k = pc + kc == K;
+      for (int64_t q = 0; q < n_jr; ++q)
+        pack_b_panel(bbuf + q * NR * kc, tb, B, ldb, pc, kc, jc + q * NR, std::min(NR, nc - q * NR));
+      for (int64_t ic = i0; ic < i1; ic += mcb) {
+        const int64_t mc = std::min(mcb, i1 - ic);
+        pack_a(abuf, ta, A, lda, ic, mc, pc, kc);
+        for (int64_t q = 0; q < n_jr; ++q) {
+          const int64_t jr = q * NR, nr = std::min(NR, nc - jr);
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int64_t mr = std::min(MR, mc - ir);
+            T* ctile = C + (ic + ir) * ldc + jc + jr;
+            if (mr == MR && nr == NR) {
+              uk(kc, abuf + ir * kc, bbuf + q * NR * kc, ctile, ldc, acc_here);
+            } else {
+              alignas(64) T tmp[MR * NR];
+              uk(kc, abuf + ir * kc, bbuf + q * NR * kc, tmp, NR, false);
+              store_part(ctile, ldc, tmp, NR, mr, nr, acc_here);
+            }
+            if (last_k && ep) apply_epilogue(C, ldc, ic + ir, mr, jc + jr, nr, *ep);
+          }
+        }
+      }
+    }
+  }
+}
+
 template <class T>
 void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                  const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
                  const Epilogue<T>* ep) {
   using Bk = Blocking<T>;
-  constexpr int64_t MR = Bk::MR, NR = Bk::NR, KC = Bk::KC, MC = Bk::MC, NC = Bk::NC;
-  static thread_local Buffer<T> bbuf_store;
-  const int64_t ncmax = std::min(NC, (N + NR - 1) / NR * NR);
-  T* bbuf = scratch(bbuf_store, KC * ncmax);
+  constexpr int64_t MR = Bk::MR, NR = Bk::NR, KC = Bk::KC, MC = Bk::MC;
   const Ukernel<T> uk = pick_ukernel<T>();
-  const int nt = threads_for(M * N * K, int64_t(1) << 20);
-  // Equal row blocks, a multiple of the thread count of them (256 rows on 2 threads: 128 + 128,
-  // not 168 + 88; 512 rows on 1 thread: 4 x 128, not 3 x 168 + 8). Row blocking never changes
-  // results.
-  const int64_t blocks = (M + MC * nt - 1) / (MC * nt) * nt;
-  const int64_t mcb = ((M + blocks - 1) / blocks + MR - 1) / MR * MR;
-  const int64_t n_ic = (M + mcb - 1) / mcb;
   // Equal depth blocks (784 = 4 x 196, not 3 x 256 + 16): a thin last block would pay a full
   // load and store of C per tile. Depends on K only, so results stay thread-count independent.
   const int64_t kblocks = (K + KC - 1) / KC;
   const int64_t kcb = (K + kblocks - 1) / kblocks;
-
-  // Thread `tid` of `nthreads` (static split, explicit barriers only in our own region: this
-  // may run inside another parallel region, one GEMM per thread).
-  auto body = [&](int64_t tid, int64_t nthreads) {
-    static thread_local Buffer<T> abuf_store;
-    T* abuf = scratch(abuf_store, MC * KC + 16);  // slack: the AVX2 packer's last store
-    for (int64_t jc = 0; jc < N; jc += NC) {
-      const int64_t nc = std::min(NC, N - jc);
-      const int64_t n_jr = (nc + NR - 1) / NR;
-      for (int64_t pc = 0; pc < K; pc += kcb) {
-        const int64_t kc = std::min(kcb, K - pc);
-        const bool acc_here = accumulate || pc > 0;
-        const bool last_k = pc + kc == K;
-        for (int64_t q = tid * n_jr / nthreads; q < (tid + 1) * n_jr / nthreads; ++q)
-          pack_b_panel(bbuf + q * NR * kc, tb, B, ldb, pc, kc, jc + q * NR,
-                       std::min(NR, nc - q * NR));
-        if (nthreads > 1) {
-#pragma omp barrier
-        }
-        // Work items: A blocks, each split into column chunks when there are fewer blocks
-        // than threads. Every output tile has exactly one writer.
-        const int64_t nsplit = std::max<int64_t>(1, (nthreads + n_ic - 1) / n_ic);
-        const int64_t items = n_ic * nsplit;
-        int64_t packed_ic = -1;
-        for (int64_t it = tid * items / nthreads; it < (tid + 1) * items / nthreads; ++it) {
-          const int64_t ib = it / nsplit, s = it % nsplit;
-          const int64_t q0 = s * n_jr / nsplit, q1 = (s + 1) * n_jr / nsplit;
-          if (q0 >= q1) continue;
-          const int64_t ic = ib * mcb, mc = std::min(mcb, M - ic);
-          if (packed_ic != ic) {
-            pack_a(abuf, ta, A, lda, ic, mc, pc, kc);
-            packed_ic = ic;
-          }
-          for (int64_t q = q0; q < q1; ++q) {
-            const int64_t jr = q * NR, nr = std::min(NR, nc - jr);
-            for (int64_t ir = 0; ir < mc; ir += MR) {
-              const int64_t mr = std::min(MR, mc - ir);
-              T* ctile = C + (ic + ir) * ldc + jc + jr;
-              if (mr == MR && nr == NR) {
-                uk(kc, abuf + ir * kc, bbuf + q * NR * kc, ctile, ldc, acc_here);
-              } else {
-                alignas(64) T tmp[MR * NR];
-                uk(kc, abuf + ir * kc, bbuf + q * NR * kc, tmp, NR, false);
-                store_part(ctile, ldc, tmp, NR, mr, nr, acc_here);
-              }
-              if (last_k && ep) apply_epilogue(C, ldc, ic + ir, mr, jc + jr, nr, *ep);
-            }
-          }
-        }
-        if (nthreads > 1) {  // the packed B panel is reused by the next block
-#pragma omp barrier
-        }
-      }
-    }
-  };
+  // Equal row blocks (512 rows: 4 x 128, not 3 x 168 + 8). Row blocking never changes results.
+  const int64_t mblocks = (M + MC - 1) / MC;
+  const int64_t mcb = ((M + mblocks - 1) / mblocks + MR - 1) / MR * MR;
+  const int nt = threads_for(Work::Gemm, M * N * K);
   if (nt <= 1) {
-    body(0, 1);  // serial: no OpenMP region at all
-  } else {
-#ifdef LAYERPROP_HAVE_OPENMP
-#pragma omp parallel num_threads(nt)
-    body(omp_get_thread_num(), omp_get_num_threads());
-#else
-    body(0, 1);
-#endif
+    gemm_rect<T>(ta, tb, 0, M, 0, N, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb, kcb, uk);
+    return;
   }
+  // C in rectangles, taken by the threads as they come: a grid of rs x cs rectangles, at least
+  // 4 per thread where the shape allows. Each rectangle packs its own panels, so the grid is
+  // chosen to pack least: A is packed once per column of rectangles, B once per row of them.
+  const int64_t row_tiles = (M + MR - 1) / MR, col_tiles = (N + NR - 1) / NR;
+  const int64_t want = std::min<int64_t>(int64_t(4) * nt, row_tiles * col_tiles);
+  int64_t rs = 1, cs = 1;
+  double best = -1;
+  for (int64_t c = 1; c <= std::min(want, col_tiles); ++c) {
+    const int64_t r = std::min(row_tiles, (want + c - 1) / c);
+    if (r * c < std::min<int64_t>(nt, want)) continue;
+    const double packed = double(M) * double(c) + double(N) * double(r);
+    if (best < 0 || packed < best) {
+      best = packed;
+      rs = r;
+      cs = c;
+    }
+  }
+  auto row_at = [&](int64_t r) { return std::min(M, (r * row_tiles / rs) * MR); };
+  auto col_at = [&](int64_t c) { return std::min(N, (c * col_tiles / cs) * NR); };
+  const int64_t mcb_rect = std::min(mcb, ((row_tiles + rs - 1) / rs) * MR);
+  parallel_for(rs * cs, nt, [&](int64_t item) {
+    const int64_t r = item / cs, c = item % cs;
+    const int64_t i0 = row_at(r), i1 = row_at(r + 1), j0 = col_at(c), j1 = col_at(c + 1);
+    if (i0 < i1 && j0 < j1)
+      gemm_rect<T>(ta, tb, i0, i1, j0, j1, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb_rect, kcb, uk);
+  });
 }
 
 }  // namespace
@@ -262,7 +263,7 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t
     static const SmallFn<T> small = pick_small<T>();
     // Thin products (batch-1 inference) split their columns across threads; every output is
     // computed by the same code either way.
-    parallel_range(N, M * N * K, int64_t(1) << 17, [&](int64_t j0, int64_t j1) {
+    parallel_range(N, Work::GemmSmall, M * N * K, [&](int64_t j0, int64_t j1) {
       small(ta, tb, M, j1 - j0, K, A, lda, tb ? B + j0 * ldb : B + j0, ldb, C + j0, ldc, accumulate);
     });
   } else {

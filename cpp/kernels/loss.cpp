@@ -32,7 +32,7 @@ double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* label
                      int64_t N, int64_t C) {
   const T inv_n = T(1) / static_cast<T>(N);
   const double W = weight_total(w, N);
-  parallel_range(N, N * C * 8, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
+  parallel_range(N, Work::Loss, N * C * 8, [&](int64_t lo, int64_t hi) {
   for (int64_t i = lo; i < hi; ++i) {
     const T* z = logits + i * C;
     T m = z[0];
@@ -65,10 +65,10 @@ double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* label
 // per element, for the threading threshold.
 template <class T, class F>
 double elementwise_loss(T* grad, T* row_loss, const T* z, const T* target, const T* w, int64_t N,
-                        int64_t D, double k, int64_t cost, int64_t threshold, F f) {
+                        int64_t D, double k, int64_t cost, F f) {
   const T scale0 = T(k) / static_cast<T>(N * D);
   const double W = weight_total(w, N);
-  parallel_range(N, N * D * cost, threshold, [&](int64_t lo, int64_t hi) {
+  parallel_range(N, Work::Loss, N * D * cost, [&](int64_t lo, int64_t hi) {
   for (int64_t i = lo; i < hi; ++i) {
     const T* x = z + i * D;
     const T* t = target + i * D;
@@ -103,19 +103,19 @@ struct PoissonLogLoss {  // exp(z) - t z; gradient exp(z) - t
 
 template <class T>
 double mse(T* grad, T* row_loss, const T* pred, const T* target, const T* w, int64_t N, int64_t D) {
-  return elementwise_loss(grad, row_loss, pred, target, w, N, D, 2.0, 1, int64_t(1) << 17, SquaredError<T>{});
+  return elementwise_loss(grad, row_loss, pred, target, w, N, D, 2.0, 1, SquaredError<T>{});
 }
 
 template <class T>
 double bce_with_logits(T* grad, T* row_loss, const T* logits, const T* target, const T* w, int64_t N,
                        int64_t D) {
-  return elementwise_loss(grad, row_loss, logits, target, w, N, D, 1.0, 8, int64_t(1) << 16, LogisticLoss<T>{});
+  return elementwise_loss(grad, row_loss, logits, target, w, N, D, 1.0, 8, LogisticLoss<T>{});
 }
 
 template <class T>
 double poisson_nll(T* grad, T* row_loss, const T* logits, const T* target, const T* w, int64_t N,
                    int64_t D) {
-  return elementwise_loss(grad, row_loss, logits, target, w, N, D, 1.0, 8, int64_t(1) << 16, PoissonLogLoss<T>{});
+  return elementwise_loss(grad, row_loss, logits, target, w, N, D, 1.0, 8, PoissonLogLoss<T>{});
 }
 
 template <class T>

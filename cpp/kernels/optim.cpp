@@ -49,7 +49,7 @@ void optimizer_step(const OptConfig& cfg, T* p, const T* g, T* const* slots, int
     return Fn(&generic::optimizer_range<T>);
   }();
   const int64_t work = with_rule(cfg.kind, 1, [](auto r) { return decltype(r)::kWork; });
-  parallel_range(n, work * n, int64_t(1) << 17, [&](int64_t lo, int64_t hi) { fn(cfg, p, g, slots, lo, hi, step); });
+  parallel_range(n, Work::Optim, work * n, [&](int64_t lo, int64_t hi) { fn(cfg, p, g, slots, lo, hi, step); });
 }
 
 int optimizer_num_slots(const OptConfig& cfg) {

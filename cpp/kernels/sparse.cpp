@@ -7,26 +7,15 @@
 
 #include "layerprop/eltwise.hpp"
 #include "layerprop/runtime.hpp"
-#ifdef LAYERPROP_HAVE_OPENMP
-#include <omp.h>
-#endif
 
 namespace lp::kern {
 namespace {
 
-// body(b) for b in [0, n), on `nt` threads taking items dynamically; `tid` picks the thread's
-// scratch (unused by these kernels). The result of each item never depends on which thread
-// computes it.
+// body(b) for b in [0, n): items claimed by the pool's threads; the result of each item
+// never depends on which thread computes it.
 template <class F>
 void parallel_items(int64_t n, int nt, F&& body) {
-#ifdef LAYERPROP_HAVE_OPENMP
-  if (nt > 1 && n > 1) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (int64_t b = 0; b < n; ++b) body(b, omp_get_thread_num());
-    return;
-  }
-#endif
-  for (int64_t b = 0; b < n; ++b) body(b, 0);
+  parallel_for(n, nt, body);
 }
 
 }  // namespace
@@ -38,7 +27,7 @@ template <class T>
 void epilogue(T* y, int64_t ldy, int64_t N, int64_t OUT, const Epilogue<T>* ep) {
   if (!ep || !(ep->bias || ep->act_out)) return;
   const int64_t cost = act_is_cheap(ep->act) ? 1 : 16;
-  parallel_range(N, N * OUT * cost, int64_t(1) << 18, [&](int64_t r0, int64_t r1) {
+  parallel_range(N, Work::EltCheap, N * OUT * cost, [&](int64_t r0, int64_t r1) {
     bias_act<T>(y + r0 * ldy, ldy, r1 - r0, OUT, ep->bias, ep->act, ep->params,
                 ep->act_out ? ep->act_out + r0 * ep->ld_act : nullptr, ep->ld_act);
   });
@@ -57,7 +46,7 @@ void csr_linear_forward(T* y, int64_t ldy, const int64_t* ptr, const int64_t* id
   // 2-4x slower; inference over many rows transposes once per call: csr_linear_forward_t.)
   constexpr int64_t OB = kOutBlock<T>;
   const int64_t nblk = (OUT + OB - 1) / OB;
-  parallel_items(nblk, threads_for(nnz * OUT + IN * OUT / 4, int64_t(1) << 17), [&](int64_t b, int) {
+  parallel_items(nblk, threads_for(Work::Sparse, nnz * OUT + IN * OUT / 4), [&](int64_t b) {
     const int64_t o0 = b * OB, ob = std::min(OB, OUT - o0);
     const T* w = W + o0 * IN;
     if (ob == OB) {
@@ -85,7 +74,7 @@ void csr_linear_forward(T* y, int64_t ldy, const int64_t* ptr, const int64_t* id
 template <class T>
 void transpose(T* wt, const T* W, int64_t OUT, int64_t IN) {
   constexpr int64_t B = 32;
-  parallel_items((IN + B - 1) / B, threads_for(IN * OUT, int64_t(1) << 17), [&](int64_t b, int) {
+  parallel_items((IN + B - 1) / B, threads_for(Work::Sparse, IN * OUT), [&](int64_t b) {
     const int64_t c0 = b * B, c1 = std::min(IN, c0 + B);
     for (int64_t o0 = 0; o0 < OUT; o0 += B) {
       const int64_t o1 = std::min(OUT, o0 + B);
@@ -99,7 +88,7 @@ template <class T>
 void csr_linear_forward_t(T* y, int64_t ldy, const int64_t* ptr, const int64_t* idx, const T* val, int64_t N,
                           const T* Wt, int64_t OUT, const Epilogue<T>* ep) {
   const int64_t nnz = ptr[N] - ptr[0];
-  parallel_range(N, nnz * OUT, int64_t(1) << 16, [&](int64_t r0, int64_t r1) {
+  parallel_range(N, Work::Sparse, nnz * OUT * 2, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       T* __restrict yr = y + r * ldy;
       std::fill(yr, yr + OUT, T(0));
@@ -121,7 +110,7 @@ void csr_weight_grad(T* dW, const T* dZ, int64_t ldz, const int64_t* ptr, const 
   constexpr int64_t OB = kOutBlock<T>;
   const int64_t nnz = ptr[N] - ptr[0];
   const int64_t nblk = (OUT + OB - 1) / OB;
-  parallel_items(nblk, threads_for(nnz * OUT + IN * OUT / 4, int64_t(1) << 17), [&](int64_t b, int) {
+  parallel_items(nblk, threads_for(Work::Sparse, nnz * OUT + IN * OUT / 4), [&](int64_t b) {
     const int64_t o0 = b * OB, ob = std::min(OB, OUT - o0);
     T* d = dW + o0 * IN;
     if (!accumulate) std::fill(d, d + ob * IN, T(0));

@@ -1,8 +1,14 @@
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
 #include <cstdlib>
+#include <exception>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -15,39 +21,286 @@
 
 namespace lp {
 
+// OMP_NUM_THREADS, else the cores this process may run on (its affinity mask).
 static int default_threads() {
   if (const char* env = std::getenv("OMP_NUM_THREADS")) {
     int n = std::atoi(env);
     if (n > 0) return n;
   }
-#ifdef LAYERPROP_HAVE_OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  const unsigned hc = std::thread::hardware_concurrency();
+  return hc > 0 ? static_cast<int>(hc) : 1;
 }
 
-[[maybe_unused]] static std::atomic<int>& thread_setting() {
+static std::atomic<int>& thread_setting() {
   static std::atomic<int> n{default_threads()};
   return n;
 }
 
-// OpenMP after fork: GNU libgomp's worker pool does not survive fork(). A child forked after
-// the parent ran a parallel region (multiprocessing's default start method on Linux) blocks
-// forever in the first region it enters. The child therefore runs every kernel serially:
-// every region is entered only with more than one thread, so no libgomp state is touched.
+// ---- Work thresholds ----------------------------------------------------------------------
+// Units of work per thread, from `layerprop calibrate` on the reference machine (AMD Zen 4,
+// 2 cores): below one thread's worth a loop runs inline, without touching the pool.
 namespace {
+std::atomic<int64_t> g_threshold[static_cast<int>(Work::Count)] = {
+    {int64_t(1) << 20},  // Gemm
+    {int64_t(1) << 17},  // GemmSmall
+    {int64_t(1) << 18},  // EltCheap
+    {int64_t(1) << 14},  // EltCostly
+    {int64_t(1) << 16},  // Loss
+    {int64_t(1) << 17},  // Optim
+    {int64_t(1) << 17},  // Sparse
+};
+const char* const g_work_names[] = {"gemm", "gemm_small", "eltwise_cheap", "eltwise_costly", "loss", "optim", "sparse"};
+static_assert(sizeof(g_work_names) / sizeof(g_work_names[0]) == static_cast<size_t>(Work::Count));
+thread_local bool tl_in_job = false;
+}  // namespace
+
+const char* work_name(Work w) { return g_work_names[static_cast<int>(w)]; }
+int64_t work_threshold(Work w) { return g_threshold[static_cast<int>(w)].load(std::memory_order_relaxed); }
+void set_work_threshold(Work w, int64_t units) {
+  g_threshold[static_cast<int>(w)].store(units <= 0 ? INT64_MAX : units, std::memory_order_relaxed);
+}
+bool in_pool_job() { return tl_in_job; }
+
+int threads_for(Work w, int64_t units) {
+  if (tl_in_job) return 1;
+  const int64_t per = work_threshold(w);
+  if (units < per) return 1;
+  const int nt = get_num_threads();
+  const int64_t want = units / per;
+  return want < nt ? static_cast<int>(want) : nt;
+}
+
+// ---- The pool -------------------------------------------------------------------------------
+// One job at a time. The caller publishes the job (function, context, item count) and a new
+// epoch in `ticket_` = epoch << 32 | next item; every thread, the caller included, claims items
+// by compare-and-swap on that word, so a claim can only succeed for the epoch it read, and the
+// job's description is read while its epoch is live. `done_` counts finished items; the caller
+// returns when it reaches n. A worker spins (bounded: spin_us) for the next epoch, then sleeps
+// on a condition variable; `sleepers_` tells the caller whether a notify is needed.
+// Workers are started on first use, never stopped (the pool is never destroyed: a worker may
+// still be spinning while the process exits). A second thread calling while a job runs (two
+// models trained from two Python threads) runs its items inline instead of waiting.
+// fork(): the child has none of the workers; it runs everything serially (forked_after_pool).
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+int default_spin_us() {
+  if (const char* env = std::getenv("LAYERPROP_SPIN_US")) {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end != env && v >= 0 && v <= 1000000) return static_cast<int>(v);
+  }
+  return 100;
+}
+
 std::atomic<bool> g_pool_started{false};
 std::atomic<bool> g_forked_after_pool{false};
 void on_fork_child() {
   if (g_pool_started.load(std::memory_order_relaxed)) g_forked_after_pool.store(true);
 }
 const bool g_atfork_registered = [] { return pthread_atfork(nullptr, nullptr, on_fork_child) == 0; }();
+
+constexpr uint64_t kPreparing = 0xffffffffu;  // item index while the next job is written
+
+class Pool {
+ public:
+  void run(int64_t n, int nt, ItemFn fn, void* ctx) {
+    bool expected = false;
+    if (!busy_.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
+      run_inline(n, fn, ctx);  // another thread's job holds the pool
+      return;
+    }
+    struct Release {
+      std::atomic<bool>& b;
+      ~Release() { b.store(false, std::memory_order_release); }
+    } release{busy_};
+    const int helpers = static_cast<int>(std::min<int64_t>(nt - 1, n - 1));
+    if (!grow(helpers)) {
+      run_inline(n, fn, ctx);
+      return;
+    }
+    // Close the last epoch first: from here no claim of an older job can succeed, so nobody
+    // runs an item of the old job with the new job's description.
+    const uint64_t epoch = ((ticket_.load(std::memory_order_relaxed) >> 32) + 1) & 0xffffffffu;
+    ticket_.store((epoch << 32) | kPreparing, std::memory_order_seq_cst);
+    fn_.store(fn, std::memory_order_relaxed);
+    ctx_.store(ctx, std::memory_order_relaxed);
+    n_.store(n, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    error_flag_.store(false, std::memory_order_relaxed);
+    seats_.store((epoch << 32) | static_cast<uint64_t>(helpers), std::memory_order_relaxed);
+    ticket_.store(epoch << 32, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lk(m_);
+      cv_.notify_all();
+    }
+    jobs_.fetch_add(1, std::memory_order_relaxed);
+    tl_in_job = true;
+    work(epoch, false);
+    // Only items another thread has claimed and is computing remain.
+    for (int spins = 0; done_.load(std::memory_order_acquire) < n; ++spins) {
+      if (spins < 4096) cpu_relax();
+      else std::this_thread::yield();
+    }
+    tl_in_job = false;
+    if (error_flag_.load(std::memory_order_acquire)) {
+      std::exception_ptr e;
+      {
+        std::lock_guard<std::mutex> lk(m_);
+        std::swap(e, error_);
+      }
+      if (e) std::rethrow_exception(e);
+    }
+  }
+
+  PoolStats stats() {
+    PoolStats s;
+    s.workers = started_.load();
+    s.jobs = jobs_.load();
+    s.items_by_workers = worker_items_.load();
+    s.spin_us = spin_us_.load();
+    return s;
+  }
+  void set_spin(int us) { spin_us_.store(us < 0 ? 0 : us); }
+
+ private:
+  static void run_inline(int64_t n, ItemFn fn, void* ctx) {
+    const bool outer = tl_in_job;
+    tl_in_job = true;
+    struct Restore {
+      bool v;
+      ~Restore() { tl_in_job = v; }
+    } restore{outer};
+    for (int64_t i = 0; i < n; ++i) fn(ctx, i);
+  }
+
+  // Start workers up to `helpers` (called with busy_ held). False if none can be started.
+  bool grow(int helpers) {
+    while (started_.load(std::memory_order_relaxed) < helpers) {
+      g_pool_started.store(true);
+      try {
+        std::thread(&Pool::worker_main, this, ticket_.load(std::memory_order_relaxed) >> 32).detach();
+      } catch (...) {
+        break;  // no more threads: the ones started do the work
+      }
+      started_.fetch_add(1, std::memory_order_relaxed);
+    }
+    return started_.load(std::memory_order_relaxed) > 0;
+  }
+
+  // Claim and run items of `epoch` until none is left.
+  void work(uint64_t epoch, bool worker) {
+    uint64_t t = ticket_.load(std::memory_order_acquire);
+    if ((t >> 32) != epoch || (t & 0xffffffffu) == kPreparing) return;
+    // The job's description, read after its epoch was seen live. If the caller has moved on
+    // meanwhile, these may belong to a later job, but then every claim below fails.
+    const ItemFn fn = fn_.load(std::memory_order_relaxed);
+    void* const ctx = ctx_.load(std::memory_order_relaxed);
+    const uint64_t n = static_cast<uint64_t>(n_.load(std::memory_order_relaxed));
+    for (;;) {
+      if ((t >> 32) != epoch || (t & 0xffffffffu) >= n) return;
+      if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+      try {
+        fn(ctx, static_cast<int64_t>(t & 0xffffffffu));
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(m_);
+        if (!error_) error_ = std::current_exception();
+        error_flag_.store(true, std::memory_order_release);
+      }
+      if (worker) worker_items_.fetch_add(1, std::memory_order_relaxed);
+      done_.fetch_add(1, std::memory_order_acq_rel);
+      t = ticket_.load(std::memory_order_acquire);
+    }
+  }
+
+  // A seat in `epoch`'s job: at most nt - 1 workers take part.
+  bool take_seat(uint64_t epoch) {
+    uint64_t s = seats_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((s >> 32) != epoch || (s & 0xffffffffu) == 0) return false;
+      if (seats_.compare_exchange_weak(s, s - 1, std::memory_order_acq_rel, std::memory_order_acquire)) return true;
+    }
+  }
+
+  void worker_main(uint64_t seen) {
+    tl_in_job = true;  // kernels called from an item run serially
+    auto idle = [&](uint64_t t) { return (t >> 32) == seen || (t & 0xffffffffu) == kPreparing; };
+    for (;;) {
+      uint64_t t = ticket_.load(std::memory_order_acquire);
+      if (idle(t)) {
+        // Spin for the next job, bounded, then sleep.
+        const auto limit = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_.load());
+        int k = 0;
+        while (idle(t)) {
+          cpu_relax();
+          if ((++k & 255) == 0 && std::chrono::steady_clock::now() >= limit) break;
+          t = ticket_.load(std::memory_order_acquire);
+        }
+        if (idle(t)) {
+          std::unique_lock<std::mutex> lk(m_);
+          sleepers_.fetch_add(1, std::memory_order_seq_cst);
+          while (idle(t = ticket_.load(std::memory_order_seq_cst))) cv_.wait(lk);
+          sleepers_.fetch_sub(1, std::memory_order_relaxed);
+        }
+      }
+      seen = t >> 32;
+      if (take_seat(seen)) work(seen, true);
+    }
+  }
+
+  std::atomic<bool> busy_{false};
+  std::atomic<uint64_t> ticket_{0};
+  std::atomic<uint64_t> seats_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<ItemFn> fn_{nullptr};
+  std::atomic<void*> ctx_{nullptr};
+  std::atomic<int64_t> n_{0};
+  std::atomic<int> started_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<int> spin_us_{default_spin_us()};
+  std::atomic<int64_t> jobs_{0};
+  std::atomic<int64_t> worker_items_{0};
+  std::atomic<bool> error_flag_{false};
+  std::exception_ptr error_;
+  std::mutex m_;
+  std::condition_variable cv_;
+};
+
+Pool& pool() {
+  static Pool* p = new Pool();  // never destroyed: see above
+  return *p;
+}
+
 }  // namespace
 
-void note_parallel_region() {
-  if (!g_pool_started.load(std::memory_order_relaxed)) g_pool_started.store(true);
+void run_items(int64_t n, int nt, ItemFn fn, void* ctx) {
+  if (n <= 0) return;
+  if (nt <= 1 || n == 1 || tl_in_job || forked_after_pool() || n >= int64_t(0xffffffff)) {
+    const bool outer = tl_in_job;
+    tl_in_job = true;
+    struct Restore {
+      bool v;
+      ~Restore() { tl_in_job = v; }
+    } restore{outer};
+    for (int64_t i = 0; i < n; ++i) fn(ctx, i);
+    return;
+  }
+  pool().run(n, nt, fn, ctx);
 }
+
+PoolStats pool_stats() { return pool().stats(); }
+void set_spin_us(int us) { pool().set_spin(us); }
+
 bool forked_after_pool() { return g_forked_after_pool.load(std::memory_order_relaxed); }
 
 int64_t physical_memory_bytes() {
@@ -71,25 +324,18 @@ bool have_openmp() {
 #endif
 }
 
-void set_num_threads(int n) {
-#ifdef LAYERPROP_HAVE_OPENMP
-  n = n < 1 ? 1 : n;
-  thread_setting().store(n);
-#else
-  (void)n;
-#endif
-}
+void set_num_threads(int n) { thread_setting().store(n < 1 ? 1 : n); }
 
-// Our own setting, capped by the calling thread's OpenMP limit: a limit set from outside
-// (threadpoolctl, omp_set_num_threads in another library) is honoured.
+// Our own setting, capped by the calling thread's OpenMP limit when OpenMP is linked: a limit
+// set from outside (threadpoolctl, omp_set_num_threads in another library) is honoured.
 int get_num_threads() {
-#ifdef LAYERPROP_HAVE_OPENMP
   if (forked_after_pool()) return 1;
   const int own = thread_setting().load();
+#ifdef LAYERPROP_HAVE_OPENMP
   const int omp = omp_get_max_threads();
   return own < omp ? own : omp;
 #else
-  return 1;
+  return own;
 #endif
 }
 

@@ -67,15 +67,17 @@ class LocoProp final : public Schedule<T> {
     // Targets for every layer before any weight moves.
     for (int L : lin) make_target(m, L, N);
     for (int L : other) m.apply_layer(L);
-    const int nt = std::min<int>(get_num_threads(), static_cast<int>(lin.size()));
+    // The layers' problems are independent given the targets: one pool item each, largest
+    // first so that the last item to start is a small one; the kernels inside run serially.
     const int64_t nlin = static_cast<int64_t>(lin.size());
-    if (nt > 1) {
-      note_parallel_region();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-      for (int64_t u = 0; u < nlin; ++u) local_problem(m, lin[u], N);
-    } else {
-      for (int64_t u = 0; u < nlin; ++u) local_problem(m, lin[u], N);
-    }
+    int64_t local_work = 0;
+    for (int L : lin) local_work += N * m.layers()[L].in * m.layers()[L].out;
+    std::vector<int> by_size(lin);
+    std::stable_sort(by_size.begin(), by_size.end(), [&](int a, int b) {
+      return m.layers()[a].in * m.layers()[a].out > m.layers()[b].in * m.layers()[b].out;
+    });
+    const int nt = std::min<int>(threads_for(Work::Gemm, local_work * cfg_.inner_steps), static_cast<int>(nlin));
+    parallel_for(nlin, nt, [&](int64_t u) { local_problem(m, by_size[u], N); });
     m.add_ops(nlin * cfg_.inner_steps, nlin * cfg_.inner_steps);
     fault = 0;  // judged by the model on the whole step (updates_inside_step)
     return loss;

@@ -22,7 +22,7 @@ inline uint64_t mix64(uint64_t z) {
 template <class T>
 void dropout_forward(T* y, T* mask, const T* x, int64_t n, double p, uint64_t key, bool reuse) {
   const T scale = p < 1 ? T(1.0 / (1.0 - p)) : T(0);
-  parallel_range(n, n, int64_t(1) << 16, [&](int64_t lo, int64_t hi) {
+  parallel_range(n, Work::EltCostly, n / 4, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       if (!reuse) {
         const double u = static_cast<double>(mix64(key ^ mix64(static_cast<uint64_t>(i))) >> 11) * 0x1.0p-53;

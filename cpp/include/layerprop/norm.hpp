@@ -15,7 +15,7 @@ namespace lp::kern {
 template <class T>
 void batchnorm_forward_train(T* y, T* mean, T* invstd, const T* x, const T* gamma, const T* beta,
                              int64_t N, int64_t C, double eps, T* rm, T* rv, double momentum) {
-  parallel_range(C, N * C, int64_t(1) << 16, [&](int64_t j0, int64_t j1) {
+  parallel_range(C, Work::EltCostly, N * C / 4, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) mean[j] = invstd[j] = T(0);
     for (int64_t n = 0; n < N; ++n)
       for (int64_t j = j0; j < j1; ++j) mean[j] += x[n * C + j];
@@ -49,7 +49,7 @@ void batchnorm_forward_eval(T* y, T* mean, T* invstd, const T* x, const T* gamma
     mean[j] = rm[j];
     invstd[j] = T(1) / std::sqrt(rv[j] + T(eps));
   }
-  parallel_range(N, N * C, int64_t(1) << 16, [&](int64_t n0, int64_t n1) {
+  parallel_range(N, Work::EltCostly, N * C / 4, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t j = 0; j < C; ++j) {
         const T xh = (x[n * C + j] - mean[j]) * invstd[j];
@@ -64,7 +64,7 @@ template <class T>
 void batchnorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                         const T* invstd, const T* gamma, int64_t N, int64_t C, bool batch_stats,
                         bool acc_dx, bool acc_params) {
-  parallel_range(C, N * C, int64_t(1) << 16, [&](int64_t j0, int64_t j1) {
+  parallel_range(C, Work::EltCostly, N * C / 4, [&](int64_t j0, int64_t j1) {
     constexpr int64_t W = 64;
     T sdy[W], sdyx[W];
     for (int64_t b0 = j0; b0 < j1; b0 += W) {
@@ -101,7 +101,7 @@ void batchnorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
 template <class T>
 void layernorm_forward(T* y, T* mean, T* invstd, const T* x, const T* gamma, const T* beta,
                        int64_t N, int64_t C, double eps) {
-  parallel_range(N, N * C, int64_t(1) << 16, [&](int64_t n0, int64_t n1) {
+  parallel_range(N, Work::EltCostly, N * C / 4, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const T* r = x + n * C;
       T s = 0;
@@ -122,7 +122,7 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
                         const T* invstd, const T* gamma, int64_t N, int64_t C, bool acc_dx,
                         bool acc_params) {
   if (dx)
-    parallel_range(N, N * C, int64_t(1) << 16, [&](int64_t n0, int64_t n1) {
+    parallel_range(N, Work::EltCostly, N * C / 4, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         const T* r = x + n * C;
         const T* g = dy + n * C;
@@ -142,7 +142,7 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
       }
     });
   if (dgamma)
-    parallel_range(C, N * C, int64_t(1) << 16, [&](int64_t j0, int64_t j1) {
+    parallel_range(C, Work::EltCostly, N * C / 4, [&](int64_t j0, int64_t j1) {
       if (!acc_params)
         for (int64_t j = j0; j < j1; ++j) dgamma[j] = dbeta[j] = T(0);
       for (int64_t n = 0; n < N; ++n)

@@ -1,11 +1,11 @@
-// Run-time facts: CPU features chosen for the kernels, and the thread count.
+// Run-time facts: CPU features chosen for the kernels, the thread count, and the thread pool
+// that runs the kernels' parallel loops (cpp/runtime/threads.cpp, docs/threads.md).
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <string>
-#ifdef LAYERPROP_HAVE_OPENMP
-#include <omp.h>
-#endif
+#include <type_traits>
+#include <utility>
 
 namespace lp {
 
@@ -21,47 +21,90 @@ bool use_avx2();
 std::string simd_name();
 
 bool have_openmp();
-// Called before entering a parallel region with more than one thread.
-void note_parallel_region();
-// True in a process forked after this one's parent had started OpenMP's worker pool: such a
-// child runs serially (get_num_threads() == 1), since the pool cannot be used there.
+// True in a process forked after its parent had started layerprop's worker threads: such a
+// child runs serially (get_num_threads() == 1) and starts no threads of its own.
 bool forked_after_pool();
 void set_num_threads(int n);
+// lp.set_num_threads (default: OMP_NUM_THREADS, else the cores this process may run on),
+// capped by OpenMP's limit for the calling thread (threadpoolctl, omp_set_num_threads).
 int get_num_threads();
-// Threads for a loop of `work` units (roughly flops or bytes): 1 below `threshold`.
-// Inside an active parallel region (LocoProp's per-layer problems) everything runs serially.
-inline int threads_for(int64_t work, int64_t threshold) {
-#ifdef LAYERPROP_HAVE_OPENMP
-  if (omp_in_parallel()) return 1;
-#endif
-  if (work < threshold) return 1;
-  const int nt = get_num_threads();
-  if (nt > 1) note_parallel_region();
-  return nt;
+
+// ---- Work sized to the threads it pays for -------------------------------------------------
+// Each parallel loop names its kind of work and counts it in that kind's units (multiply-adds
+// for the GEMMs, elements for element-wise loops, ...). A kind's `units_per_thread` is the
+// work below which one more thread costs more than it saves; the defaults come from
+// `layerprop calibrate` on the reference machine and a rerun replaces them (set_work_threshold).
+enum class Work : int {
+  Gemm = 0,       // packed GEMM: M*N*K
+  GemmSmall,      // direct (unpacked) small GEMM: M*N*K
+  EltCheap,       // memory-bound element-wise loops (ReLU, add, column sums): elements
+  EltCostly,      // transcendental activations (tanh, sigmoid, GELU...): elements
+  Loss,           // loss rows: elements x per-element cost
+  Optim,          // optimizer update: elements x the rule's cost
+  Sparse,         // CSR products: non-zeros x outputs
+  Count
+};
+const char* work_name(Work w);
+int64_t work_threshold(Work w);
+void set_work_threshold(Work w, int64_t units_per_thread);  // <= 0: never parallel
+// Threads for `units` of work of kind `w`: one per units_per_thread, at most get_num_threads();
+// 1 inside a pool job (nested loops run serially on the thread that runs the item).
+int threads_for(Work w, int64_t units);
+
+// ---- The pool ------------------------------------------------------------------------------
+// run_items(n, nt, fn, ctx) calls fn(ctx, i) once for each i in [0, n), on the calling thread
+// and up to nt - 1 pool workers. Items are claimed one at a time from a shared counter, so the
+// threads present do the work of a thread the OS has descheduled; the caller waits only for
+// items already being computed by others. Which thread computes an item never changes what it
+// computes: callers give every item a fixed range of outputs, never a share that depends on nt.
+// An exception thrown by an item is rethrown in the caller after all items have finished.
+using ItemFn = void (*)(void* ctx, int64_t item);
+void run_items(int64_t n, int nt, ItemFn fn, void* ctx);
+// True on a pool worker and on a caller while its items run.
+bool in_pool_job();
+
+template <class F>
+inline void parallel_for(int64_t n, int nt, F&& body) {
+  if (n <= 0) return;
+  if (nt <= 1 || n == 1) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+  using Fn = std::remove_reference_t<F>;
+  run_items(n, nt, [](void* c, int64_t i) { (*static_cast<Fn*>(c))(i); },
+            const_cast<void*>(static_cast<const void*>(&body)));
 }
 
-// body(begin, end) over [0, n) split into one contiguous range per thread (multiples of 64
-// elements). Below `threshold` units of work it runs inline, without entering OpenMP at all:
-// tiny models pay nothing for threading. Element-wise bodies give the same result for every
-// element whatever the split, so results never depend on the thread count.
+// body(begin, end) over [0, n) in fixed chunks (multiples of 64 elements, independent of the
+// thread count) when `units` of work of kind `w` pay for threads; inline otherwise. Element-wise
+// and row-wise bodies compute each element the same way whatever the split.
 template <class F>
-inline void parallel_range(int64_t n, int64_t work, int64_t threshold, F&& body) {
-  const int nt = threads_for(work, threshold);
-  if (nt <= 1 || n < 128) {
+inline void parallel_range(int64_t n, Work w, int64_t units, F&& body) {
+  const int nt = n < 128 ? 1 : threads_for(w, units);
+  if (nt <= 1) {
     body(int64_t(0), n);
     return;
   }
-#ifdef LAYERPROP_HAVE_OPENMP
-#pragma omp parallel num_threads(nt)
-  {
-    const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t chunk = ((n + T - 1) / T + 63) / 64 * 64;
-    const int64_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
-    if (b < e) body(b, e);
-  }
-#else
-  body(int64_t(0), n);
-#endif
+  // About 8 items per thread that can take part, each at least 64 elements: enough for a thread
+  // that arrives late (or never) to leave its share to the others.
+  const int64_t items = std::max<int64_t>(1, std::min<int64_t>(int64_t(nt) * 8, n / 64));
+  const int64_t chunk = ((n + items - 1) / items + 63) / 64 * 64;
+  const int64_t count = (n + chunk - 1) / chunk;
+  parallel_for(count, nt, [&](int64_t i) {
+    const int64_t b = i * chunk, e = std::min(n, b + chunk);
+    body(b, e);
+  });
 }
+
+// Pool facts for tests and the calibration: workers started, jobs run with workers, and the
+// spin time (microseconds) a worker waits for the next job before it sleeps.
+struct PoolStats {
+  int workers = 0;
+  int64_t jobs = 0;
+  int64_t items_by_workers = 0;
+  int spin_us = 0;
+};
+PoolStats pool_stats();
+void set_spin_us(int us);
 
 }  // namespace lp
