@@ -1,5 +1,6 @@
 // layerprop._core: the C++ core behind a thin boundary (validation and GIL release only).
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "layerprop/common.hpp"
 #include "layerprop/runtime.hpp"
@@ -63,6 +64,8 @@ PYBIND11_MODULE(_core, m) {
     d["jobs"] = s.jobs;
     d["items_by_workers"] = s.items_by_workers;
     d["spin_us"] = s.spin_us;
+    d["waits"] = s.waits;
+    d["wait_ns"] = s.wait_ns;
     return d;
   }, "The pool's workers started, jobs run with workers, items the workers ran, spin time.");
   m.def("_set_spin_us", [](int us) {
@@ -90,6 +93,28 @@ PYBIND11_MODULE(_core, m) {
       }
     throw lp::ValueError("name: unknown kind of work '" + name + "'");
   }, py::arg("name"), py::arg("units"));
+  m.def("_calibrate", [](const std::string& name, double budget_s, double margin) {
+    if (!(budget_s > 0 && budget_s <= 10)) throw lp::ValueError("budget_s: expected seconds in (0, 10]");
+    if (!(margin >= 1 && margin <= 10)) throw lp::ValueError("margin: expected a factor in [1, 10]");
+    for (int w = 0; w < static_cast<int>(lp::Work::Count); ++w)
+      if (name == lp::work_name(static_cast<lp::Work>(w))) {
+        lp::CalibrationResult r;
+        {
+          py::gil_scoped_release release;
+          r = lp::calibrate_work(static_cast<lp::Work>(w), budget_s, margin);
+        }
+        py::dict d;
+        d["kind"] = name;
+        d["threads"] = r.threads;
+        d["units_per_thread"] = r.units_per_thread > 0 ? py::object(py::int_(r.units_per_thread)) : py::object(py::none());
+        d["units"] = r.units;
+        d["serial_s"] = r.serial_s;
+        d["pooled_s"] = r.pooled_s;
+        return d;
+      }
+    throw lp::ValueError("name: unknown kind of work '" + name + "'");
+  }, py::arg("name"), py::arg("budget_s") = 0.05, py::arg("margin") = 1.1,
+        "Measure one kind of work serially and on the pool; returns the threshold it suggests.");
   m.def("forked_after_pool", &lp::forked_after_pool,
         "True in a process forked after its parent started layerprop's worker threads: kernels run serially here.");
   bind_protocol(m);

@@ -42,17 +42,18 @@ static std::atomic<int>& thread_setting() {
 }
 
 // ---- Work thresholds ----------------------------------------------------------------------
-// Units of work per thread, from `layerprop calibrate` on the reference machine (AMD Zen 4,
-// 2 cores): below one thread's worth a loop runs inline, without touching the pool.
+// Units of work per thread, from `layerprop calibrate` (margin 1.3) on the reference machine
+// (AMD Zen 4, 2 cores, f32): below one thread's worth a loop runs inline, without the pool.
+// The pool's speed-up over serial at the crossing is noted for each.
 namespace {
 std::atomic<int64_t> g_threshold[static_cast<int>(Work::Count)] = {
-    {int64_t(1) << 20},  // Gemm
-    {int64_t(1) << 17},  // GemmSmall
-    {int64_t(1) << 18},  // EltCheap
-    {int64_t(1) << 14},  // EltCostly
-    {int64_t(1) << 16},  // Loss
-    {int64_t(1) << 17},  // Optim
-    {int64_t(1) << 17},  // Sparse
+    {int64_t(1) << 18},  // Gemm            (1.30x at 2^19; 1.36x at 2^18 alone, slower in a step)
+    {int64_t(1) << 14},  // GemmSmall       (1.27x at 2^15)
+    {int64_t(1) << 15},  // EltCheap        (1.17x at 2^15, 1.24x at 2^16)
+    {int64_t(1) << 11},  // EltCostly       (1.93x at 2^12)
+    {int64_t(1) << 13},  // Loss            (1.54x at 2^14)
+    {int64_t(1) << 17},  // Optim           (1.20x at 2^17)
+    {int64_t(1) << 15},  // Sparse          (1.89x at 2^16)
 };
 const char* const g_work_names[] = {"gemm", "gemm_small", "eltwise_cheap", "eltwise_costly", "loss", "optim", "sparse"};
 static_assert(sizeof(g_work_names) / sizeof(g_work_names[0]) == static_cast<size_t>(Work::Count));
@@ -148,9 +149,15 @@ class Pool {
     tl_in_job = true;
     work(epoch, false);
     // Only items another thread has claimed and is computing remain.
-    for (int spins = 0; done_.load(std::memory_order_acquire) < n; ++spins) {
-      if (spins < 4096) cpu_relax();
-      else std::this_thread::yield();
+    if (done_.load(std::memory_order_acquire) < n) {
+      const auto w0 = std::chrono::steady_clock::now();
+      for (int spins = 0; done_.load(std::memory_order_acquire) < n; ++spins) {
+        if (spins < 4096) cpu_relax();
+        else std::this_thread::yield();
+      }
+      wait_ns_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - w0).count(),
+                         std::memory_order_relaxed);
+      waits_.fetch_add(1, std::memory_order_relaxed);
     }
     tl_in_job = false;
     if (error_flag_.load(std::memory_order_acquire)) {
@@ -169,6 +176,8 @@ class Pool {
     s.jobs = jobs_.load();
     s.items_by_workers = worker_items_.load();
     s.spin_us = spin_us_.load();
+    s.wait_ns = wait_ns_.load();
+    s.waits = waits_.load();
     return s;
   }
   void set_spin(int us) { spin_us_.store(us < 0 ? 0 : us); }
@@ -270,6 +279,8 @@ class Pool {
   std::atomic<int> spin_us_{default_spin_us()};
   std::atomic<int64_t> jobs_{0};
   std::atomic<int64_t> worker_items_{0};
+  std::atomic<int64_t> wait_ns_{0};
+  std::atomic<int64_t> waits_{0};
   std::atomic<bool> error_flag_{false};
   std::exception_ptr error_;
   std::mutex m_;

@@ -1,12 +1,13 @@
 """layerprop: fast, transparent neural-network training on the CPU.
 
-A C++ core (OpenMP + SIMD kernels) does the matmuls, activations, losses, backprop and
+A C++ core (SIMD kernels on its own thread pool) does the matmuls, activations, losses, backprop and
 in-place optimizer updates; this package is the thin Python layer around it.
 """
 from __future__ import annotations
 
 from . import _core
 from . import explain
+from . import threads
 from . import validation
 from ._core import NonFiniteError
 from .layers import (ELU, GELU, BatchNorm1d, Dropout, Identity, Input, Layer, LayerNorm, LeakyReLU,
@@ -27,7 +28,7 @@ __all__ = [
     "BatchNorm1d", "LayerNorm", "Input", "SymbolicTensor", "add", "concat", "Model", "Sequential",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Schedule", "Simultaneous", "Layerwise", "LocoProp", "Callback", "History",
     "load", "from_torch", "EarlyStopping", "ModelCheckpoint", "LambdaCallback", "MovingTarget",
-    "explain", "NonFiniteError",
+    "explain", "threads", "NonFiniteError",
 ]
 
 NonFiniteError.__doc__ = (
@@ -48,7 +49,7 @@ def set_num_threads(n: int) -> None:
     if n > 1 and _core.forked_after_pool():
         import warnings
         warnings.warn("layerprop runs single-threaded in this process: it was forked after its parent "
-                      "started OpenMP threads, which cannot be used after fork (use the 'spawn' or "
+                      "started layerprop's worker threads, which do not exist in a forked child (use the 'spawn' or "
                       "'forkserver' start method of multiprocessing for threaded children)",
                       RuntimeWarning, stacklevel=2)
     _core.set_num_threads(n)
@@ -57,6 +58,9 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Threads the core uses."""
     return int(_core.get_num_threads())
+
+
+threads.load_config()
 
 
 def __getattr__(name: str):

@@ -21,6 +21,45 @@ def _cmd_info(args: argparse.Namespace) -> int:
     info = lp.build_info()
     for k, v in info.items():
         print(f"{k:12s} {v}")
+    from . import threads
+    cur = threads.thresholds()
+    src = "calibrated" if cur != threads.defaults() else "built-in"
+    print(f"{'thresholds':12s} {src}: " + ", ".join(f"{k}={'never' if v is None else v}" for k, v in cur.items()))
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    import layerprop as lp
+    from . import threads
+    if args.threads:
+        lp.set_num_threads(args.threads)
+    if lp.get_num_threads() < 2:
+        print("layerprop calibrate: running on 1 thread, so there is nothing to calibrate "
+              "(use --threads N or lp.set_num_threads)", file=sys.stderr)
+        return 2
+    before = threads.thresholds()
+
+    def show(kind: str, r: dict) -> None:
+        if args.json:
+            return
+        gains = "  ".join(f"{u:,}:{s / p:.2f}x" for u, s, p in zip(r["units"], r["serial_s"], r["pooled_s"]))
+        found = "never" if r["units_per_thread"] is None else f"{r['units_per_thread']:,}"
+        print(f"{kind:15s} {found:>12s}   (units: pool speed-up) {gains}", flush=True)
+
+    if not args.json:
+        print(f"Calibrating {lp.get_num_threads()} threads, margin {args.margin}x, "
+              f"{args.budget:g} s per measurement. Units per thread by kind of work:")
+    res = threads.calibrate(budget=args.budget, margin=args.margin, apply=True, save=args.save,
+                            path=args.path, progress=show)
+    if args.json:
+        print(json.dumps({"before": before, **res}, indent=2))
+        return 0
+    if args.save:
+        print(f"\nSaved to {args.path or threads.config_path()}; `import layerprop` applies it from now on.")
+    else:
+        print("\nApplied to this process only; --save keeps it for later imports.")
     return 0
 
 
@@ -126,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "weight, and print their reports.")
     s.add_argument("--seed", type=int, default=0, help="initialization and data seed (default 0)")
     s.set_defaults(func=_cmd_explain)
+    s = sub.add_parser("calibrate", help="measure where threads start to pay on this machine",
+                       description="Time each kind of parallel loop serially and on the thread pool at "
+                                   "growing sizes, and set the thresholds from which threads are used "
+                                   "(docs/threads.md). Run it on a quiet machine.")
+    s.add_argument("--threads", type=int, default=0, help="threads to calibrate for (default: all cores)")
+    s.add_argument("--budget", type=float, default=0.05, help="seconds per measurement (default 0.05)")
+    s.add_argument("--margin", type=float, default=1.3,
+                   help="speed-up the pool must show at two sizes in a row (default 1.3)")
+    s.add_argument("--save", action="store_true", help="keep the result for later imports of layerprop")
+    s.add_argument("--path", default=None, help="file to save to (default: lp.threads.config_path())")
+    s.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    s.set_defaults(func=_cmd_calibrate)
     from .bench import add_parser as add_bench_parser
     add_bench_parser(sub)
     from .cli_train import add_parser as add_train_parser

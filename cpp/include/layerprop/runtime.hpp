@@ -6,6 +6,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace lp {
 
@@ -103,8 +104,25 @@ struct PoolStats {
   int64_t jobs = 0;
   int64_t items_by_workers = 0;
   int spin_us = 0;
+  int64_t waits = 0;    // jobs whose caller, out of items, waited for others' items to finish
+  int64_t wait_ns = 0;  // the time those waits took
 };
 PoolStats pool_stats();
+
+// ---- Calibration (cpp/runtime/calibrate.cpp) -----------------------------------------------
+// Runs kind w's kernel at sizes 2^12, 2^13, ... units, serially and on the pool (about
+// budget_s seconds per measurement), and returns the measurements and the threshold: half the
+// first size from which the pool is faster than serial by the factor `margin` at two sizes in a
+// row (0: it never was). Does not change the thresholds in force.
+struct CalibrationResult {
+  Work kind = Work::Gemm;
+  int threads = 1;
+  int64_t units_per_thread = 0;
+  std::vector<int64_t> units;
+  std::vector<double> serial_s, pooled_s;
+};
+CalibrationResult calibrate_work(Work w, double budget_s, double margin);
+
 void set_spin_us(int us);
 
 }  // namespace lp
