@@ -5,8 +5,12 @@
 #include "layerprop/common.hpp"
 #include "layerprop/runtime.hpp"
 
+#include <atomic>
+#include <chrono>
 #include <climits>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace py = pybind11;
 
@@ -115,6 +119,32 @@ PYBIND11_MODULE(_core, m) {
     throw lp::ValueError("name: unknown kind of work '" + name + "'");
   }, py::arg("name"), py::arg("budget_s") = 0.05, py::arg("margin") = 1.1,
         "Measure one kind of work serially and on the pool; returns the threshold it suggests.");
+  m.def("_pool_selftest", [](int64_t n, int threads, int64_t throw_at, int sleep_every, int sleep_us) {
+    if (n < 0 || n > 10000000) throw lp::ValueError("n: expected 0..10000000 items");
+    if (threads < 1) throw lp::ValueError("threads: expected >= 1");
+    if (sleep_every < 0 || sleep_us < 0 || sleep_us > 100000) throw lp::ValueError("sleep_every, sleep_us: out of range");
+    // Every item adds 1 to its own counter (so each must run exactly once) and records whether
+    // it ran on the calling thread; some sleep, as a descheduled thread would.
+    std::vector<std::atomic<int>> runs(static_cast<size_t>(n));
+    std::vector<std::atomic<int>> on_caller(static_cast<size_t>(n));
+    const auto caller = std::this_thread::get_id();
+    {
+      py::gil_scoped_release release;
+      lp::parallel_for(n, threads, [&](int64_t i) {
+        runs[i].fetch_add(1);
+        on_caller[i].store(std::this_thread::get_id() == caller ? 1 : 0);
+        if (sleep_every > 0 && i % sleep_every == 0) std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
+        if (i == throw_at) throw lp::ValueError("item " + std::to_string(i) + " failed on purpose");
+      });
+    }
+    py::list r, c;
+    for (int64_t i = 0; i < n; ++i) {
+      r.append(runs[i].load());
+      c.append(on_caller[i].load());
+    }
+    return py::make_tuple(r, c);
+  }, py::arg("n"), py::arg("threads"), py::arg("throw_at") = -1, py::arg("sleep_every") = 0, py::arg("sleep_us") = 0,
+        "Tests: run n items on the pool; returns (times each item ran, whether it ran on the caller).");
   m.def("forked_after_pool", &lp::forked_after_pool,
         "True in a process forked after its parent started layerprop's worker threads: kernels run serially here.");
   bind_protocol(m);

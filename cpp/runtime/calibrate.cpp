@@ -178,7 +178,7 @@ CalibrationResult calibrate_work(Work w, double budget_s, double margin) {
   } restore{w, saved};
   int64_t crossing = 0;
   int wins = 0;
-  for (int64_t units = int64_t(1) << 12; units <= (int64_t(1) << 26); units *= 2) {
+  for (int64_t units = int64_t(1) << 12; units <= (int64_t(1) << 23); units *= 2) {
     probe->setup(units);
     set_work_threshold(w, 0);  // never parallel
     const double serial = time_call(*probe, budget_s);

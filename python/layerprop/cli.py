@@ -51,7 +51,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"Calibrating {lp.get_num_threads()} threads, margin {args.margin}x, "
               f"{args.budget:g} s per measurement. Units per thread by kind of work:")
-    res = threads.calibrate(budget=args.budget, margin=args.margin, apply=True, save=args.save,
+    kinds = None if args.kinds is None else [k.strip() for k in args.kinds.split(",") if k.strip()]
+    bad = [k for k in kinds or [] if k not in threads.KINDS]
+    if bad or kinds == []:
+        print(f"layerprop calibrate: error: --kinds: expected some of {','.join(threads.KINDS)}, got {args.kinds!r}",
+              file=sys.stderr)
+        return 2
+    res = threads.calibrate(kinds, budget=args.budget, margin=args.margin, apply=True, save=args.save,
                             path=args.path, progress=show)
     if args.json:
         print(json.dumps({"before": before, **res}, indent=2))
@@ -173,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", type=float, default=0.05, help="seconds per measurement (default 0.05)")
     s.add_argument("--margin", type=float, default=1.3,
                    help="speed-up the pool must show at two sizes in a row (default 1.3)")
+    s.add_argument("--kinds", default=None, metavar="KIND[,KIND]",
+                   help="only these kinds of work (default all; see lp.threads.KINDS)")
     s.add_argument("--save", action="store_true", help="keep the result for later imports of layerprop")
     s.add_argument("--path", default=None, help="file to save to (default: lp.threads.config_path())")
     s.add_argument("--json", action="store_true", help="print the measurements as JSON")

@@ -71,7 +71,7 @@ def config_path() -> Path:
 def calibrate(kinds: Optional[Iterable[str]] = None, *, budget: float = 0.05, margin: float = 1.3,
               apply: bool = True, save: bool = False, path: Union[str, os.PathLike, None] = None,
               progress=None) -> Dict[str, Any]:
-    """Measure each kind of work serially and on the pool at sizes 2^12, 2^13, ... units and
+    """Measure each kind of work serially and on the pool at sizes 2^12, 2^13, ..., 2^23 units and
     find the smallest size from which the pool is faster by the factor `margin` at two sizes in
     a row; half of it (two threads' worth) is the kind's threshold. `budget`: seconds per
     measurement. Run it on a quiet machine with the thread count you will train with

@@ -110,7 +110,7 @@ struct PoolStats {
 PoolStats pool_stats();
 
 // ---- Calibration (cpp/runtime/calibrate.cpp) -----------------------------------------------
-// Runs kind w's kernel at sizes 2^12, 2^13, ... units, serially and on the pool (about
+// Runs kind w's kernel at sizes 2^12, 2^13, ..., 2^23 units, serially and on the pool (about
 // budget_s seconds per measurement), and returns the measurements and the threshold: half the
 // first size from which the pool is faster than serial by the factor `margin` at two sizes in a
 // row (0: it never was). Does not change the thresholds in force.

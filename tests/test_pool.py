@@ -1,0 +1,358 @@
+"""The core's thread pool (docs/threads.md): every item runs exactly once whoever takes it,
+errors come back to the caller, concurrent callers and slow threads change no result, and the
+thresholds that size the work are settable, calibrated, saved and read back."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import layerprop as lp
+from layerprop import _core, threads
+
+two = pytest.mark.skipif(os.cpu_count() is None or os.cpu_count() < 2, reason="needs 2 cores")
+
+
+@pytest.fixture
+def restore():
+    old_n, old_t = lp.get_num_threads(), threads.thresholds()
+    old_spin = _core._pool_stats()["spin_us"]
+    yield
+    lp.set_num_threads(old_n)
+    threads.set_thresholds(old_t)
+    _core._set_spin_us(old_spin)
+
+
+def run_fresh(code, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                       timeout=300, env=e)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+# ------------------------------------------------------------------ items, errors, callers
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 17, 1000])
+@pytest.mark.parametrize("nt", [1, 2, 4])
+def test_every_item_runs_exactly_once(n, nt):
+    runs, on_caller = _core._pool_selftest(n, nt)
+    assert runs == [1] * n
+    if nt == 1 or n <= 1:
+        assert on_caller == [1] * n  # inline: no pool at all
+
+
+@two
+def test_slow_items_are_left_to_the_threads_present():
+    # One item in five sleeps 2 ms (a thread the OS took away would look like this): all items
+    # still run once, and the workers take part (not vacuous: some items ran off the caller).
+    seen_worker = False
+    for _ in range(20):
+        runs, on_caller = _core._pool_selftest(200, 2, sleep_every=5, sleep_us=2000)
+        assert runs == [1] * 200
+        seen_worker |= 0 in on_caller
+        if seen_worker:
+            break
+    assert seen_worker
+
+
+def test_an_item_that_raises_reaches_the_caller_and_the_pool_goes_on():
+    with pytest.raises(ValueError, match="item 37 failed on purpose"):
+        _core._pool_selftest(100, 2, throw_at=37)
+    runs, _ = _core._pool_selftest(100, 2)
+    assert runs == [1] * 100
+
+
+def test_callers_on_several_threads_at_once():
+    # One job at a time holds the pool; the others run their items inline. None waits forever
+    # and every item of every call runs once.
+    results, errors = [], []
+
+    def call():
+        try:
+            for _ in range(30):
+                results.append(_core._pool_selftest(300, 2, sleep_every=50, sleep_us=100)[0])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=call) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not errors and not any(t.is_alive() for t in ts)
+    assert len(results) == 120 and all(r == [1] * 300 for r in results)
+
+
+# ------------------------------------------------------------------ same bits, any schedule
+def _train(seed=0, schedule=None, bn=False, steps=3, dtype=np.float32):
+    layers = [lp.Linear(300, 256)]
+    if bn:
+        layers.append(lp.BatchNorm1d(256))
+    layers += [lp.Tanh(), lp.Dropout(0.1), lp.Linear(256, 256), lp.ReLU(), lp.Linear(256, 10)]
+    m = lp.Sequential(*layers, seed=seed, dtype=dtype)
+    m.compile(loss="cross_entropy", optimizer=lp.Adam(lr=1e-3), schedule=schedule)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((512, 300)).astype(dtype)
+    y = rng.integers(0, 10, 512)
+    losses = [m.train_step(X, y) for _ in range(steps)]
+    return losses, [p.copy() for p in m.parameters().values()], m.predict(X)
+
+
+def _same(a, b):
+    la, pa, ya = a
+    lb, pb, yb = b
+    assert la == lb
+    assert all(np.array_equal(x, z) for x, z in zip(pa, pb))
+    assert np.array_equal(ya, yb)
+
+
+@pytest.mark.parametrize("schedule", [None, lp.Layerwise(order="top_down"), lp.LocoProp(variant="S", inner_steps=2)],
+                         ids=["simultaneous", "layerwise", "locoprop"])
+def test_bits_do_not_depend_on_threads_thresholds_or_spinning(schedule, restore):
+    lp.set_num_threads(1)
+    serial = _train(schedule=schedule, bn=True)
+    # Every loop on the pool, however small, and workers that sleep at once (spin 0), then
+    # 3 threads on 2 cores: the split and the thread that computes each item change each run.
+    lp.set_num_threads(2)
+    threads.set_thresholds({k: 1 for k in threads.KINDS})
+    for spin in (0, 100):
+        _core._set_spin_us(spin)
+        _same(serial, _train(schedule=schedule, bn=True))
+    lp.set_num_threads(3)
+    _same(serial, _train(schedule=schedule, bn=True))
+
+
+def test_bits_hold_while_another_thread_competes_for_the_cores(restore):
+    lp.set_num_threads(1)
+    serial = _train(dtype=np.float64)
+    lp.set_num_threads(2)
+    threads.set_thresholds({k: 1 for k in threads.KINDS})
+    stop = threading.Event()
+
+    def busy():  # NumPy work in another thread, releasing the GIL: it competes for cores
+        a = np.random.default_rng(0).standard_normal((200, 200))
+        while not stop.is_set():
+            a @ a
+
+    t = threading.Thread(target=busy)
+    t.start()
+    try:
+        for _ in range(3):
+            _same(serial, _train(dtype=np.float64))
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_two_models_trained_at_once_from_two_threads(restore):
+    lp.set_num_threads(1)
+    want = [_train(seed=s) for s in (1, 2)]
+    lp.set_num_threads(2)
+    threads.set_thresholds({k: 1 for k in threads.KINDS})
+    got = [None, None]
+
+    def go(i, s):
+        got[i] = _train(seed=s)
+
+    ts = [threading.Thread(target=go, args=(i, s)) for i, s in enumerate((1, 2))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(300)
+    for w, g in zip(want, got):
+        _same(w, g)
+
+
+# ------------------------------------------------------------------ thresholds
+def test_thresholds_cover_every_kind_and_start_at_the_defaults():
+    t = threads.thresholds()
+    assert tuple(t) == threads.KINDS
+    assert set(threads.KINDS) == {"gemm", "gemm_small", "eltwise_cheap", "eltwise_costly", "loss", "optim", "sparse"}
+    assert all(v is None or (isinstance(v, int) and v >= 1) for v in t.values())
+    assert set(threads.defaults()) == set(t)
+
+
+def test_set_thresholds_round_trip_and_none_means_never(restore):
+    threads.set_thresholds({"gemm": 12345, "loss": None})
+    t = threads.thresholds()
+    assert t["gemm"] == 12345 and t["loss"] is None
+    threads.set_thresholds({"gemm": np.int64(7)})
+    assert threads.thresholds()["gemm"] == 7
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    ({"gemm": 0}, ValueError, r"values\['gemm'\]"),
+    ({"gemm": -5}, ValueError, r"values\['gemm'\]"),
+    ({"gemm": 2.5}, ValueError, r"values\['gemm'\]"),
+    ({"gemm": True}, ValueError, r"values\['gemm'\]"),
+    ({"matmul": 10}, ValueError, "unknown kind of work 'matmul'"),
+    ([("gemm", 10)], TypeError, "values: expected a mapping"),
+])
+def test_bad_thresholds_are_refused_and_change_nothing(bad, exc, match, restore):
+    before = threads.thresholds()
+    with pytest.raises(exc, match=match):
+        threads.set_thresholds({"optim": 99, **bad} if isinstance(bad, dict) else bad)
+    assert threads.thresholds() == before
+
+
+def test_core_refuses_bad_threshold_names_and_values():
+    with pytest.raises(ValueError, match="name: unknown kind"):
+        _core._set_work_threshold("nope", 5)
+    with pytest.raises(ValueError, match="units"):
+        _core._set_work_threshold("gemm", 0)
+
+
+@two
+def test_calibrate_measures_and_applies(restore, tmp_path):
+    lp.set_num_threads(2)
+    res = threads.calibrate(["eltwise_costly", "optim"], budget=0.002, save=True, path=tmp_path / "t.json")
+    assert res["threads"] == 2 and set(res["kinds"]) == {"eltwise_costly", "optim"}
+    for k, r in res["kinds"].items():
+        assert len(r["units"]) == len(r["serial_s"]) == len(r["pooled_s"]) >= 1
+        assert r["units"][0] == 4096 and all(b == 2 * a for a, b in zip(r["units"], r["units"][1:]))
+        assert all(s > 0 for s in r["serial_s"] + r["pooled_s"])
+        assert threads.thresholds()[k] == r["units_per_thread"]
+        if r["units_per_thread"] is not None:  # half the first of two winning sizes in a row
+            i = r["units"].index(2 * r["units_per_thread"])
+            assert all(r["pooled_s"][j] * 1.3 < r["serial_s"][j] for j in (i, i + 1))
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["format"] == "layerprop-threads-1"
+    assert saved["units_per_thread"] == {k: r["units_per_thread"] for k, r in res["kinds"].items()}
+
+
+def test_calibrate_on_one_thread_changes_nothing(restore):
+    lp.set_num_threads(1)
+    before = threads.thresholds()
+    res = threads.calibrate(["gemm"], budget=0.001)
+    assert res["threads"] == 1 and res["kinds"]["gemm"]["units"] == []
+    assert threads.thresholds() == before
+
+
+@pytest.mark.parametrize("kw, match", [({"budget": 0}, "budget"), ({"budget": 11}, "budget"),
+                                       ({"margin": 0.5}, "margin"), ({"kinds": ["x"]}, "kinds")])
+def test_calibrate_refuses_bad_arguments(kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        threads.calibrate(**kw)
+
+
+def test_saved_thresholds_are_read_at_import(tmp_path):
+    path = tmp_path / "threads.json"
+    threads.save_config({**threads.defaults(), "gemm": 4242, "sparse": None}, path)
+    r = run_fresh("""
+        import json, layerprop as lp
+        print(json.dumps(lp.threads.thresholds()))
+    """, {"LAYERPROP_THREADS_FILE": str(path)})
+    t = json.loads(r.stdout.strip().splitlines()[-1])
+    assert t["gemm"] == 4242 and t["sparse"] is None and t["optim"] == threads.defaults()["optim"]
+
+
+@pytest.mark.parametrize("content", ["not json", '{"format": "other"}',
+                                     '{"format": "layerprop-threads-1", "units_per_thread": {"gemm": -1}}'])
+def test_a_bad_saved_file_warns_and_keeps_the_defaults(tmp_path, content):
+    path = tmp_path / "threads.json"
+    path.write_text(content)
+    r = run_fresh("""
+        import json, warnings
+        warnings.simplefilter("always")
+        import layerprop as lp
+        print(json.dumps(lp.threads.thresholds() == lp.threads.defaults()))
+    """, {"LAYERPROP_THREADS_FILE": str(path)})
+    assert r.stdout.strip().splitlines()[-1] == "true"
+    assert "ignoring the thread thresholds" in r.stderr and "layerprop calibrate --save" in r.stderr
+
+
+def test_load_config_without_a_file_is_a_no_op(tmp_path, restore):
+    before = threads.thresholds()
+    assert threads.load_config(tmp_path / "missing.json") is False
+    assert threads.thresholds() == before
+
+
+# ------------------------------------------------------------------ spinning, neighbours
+@pytest.mark.parametrize("value, want", [("0", 0), ("250", 250), ("junk", 100), ("-3", 100)])
+def test_spin_time_comes_from_the_environment(value, want):
+    r = run_fresh("""
+        from layerprop import _core
+        print(_core._pool_stats()["spin_us"])
+    """, {"LAYERPROP_SPIN_US": value})
+    assert int(r.stdout.strip().splitlines()[-1]) == want
+
+
+@two
+def test_idle_workers_sleep_after_spinning():
+    # After the spin time a worker blocks: the process uses (almost) no CPU while idle.
+    r = run_fresh("""
+        import os, time, numpy as np, layerprop as lp
+        lp.set_num_threads(2)
+        lp.threads.set_thresholds({k: 1 for k in lp.threads.KINDS})
+        a = np.ones((300, 300), np.float32)
+        m = lp.Sequential(lp.Linear(300, 300), seed=0); m.compile(loss="mse", optimizer=lp.SGD(lr=0.01))
+        m.train_step(a, a)
+        assert lp.threads.pool_stats()["workers"] == 1
+        time.sleep(0.05)
+        t0, c0 = time.perf_counter(), time.process_time()
+        time.sleep(0.5)
+        print((time.process_time() - c0) / (time.perf_counter() - t0))
+    """, {"LAYERPROP_SPIN_US": "1000"})
+    assert float(r.stdout.strip().splitlines()[-1]) < 0.2
+
+
+@two
+def test_torch_shares_the_openmp_limit_layerprop_reads():
+    # PyTorch's CPU wheel uses the same OpenMP runtime: torch.set_num_threads(k) in a thread
+    # sets that thread's OpenMP limit, which caps layerprop's threads there (docs/threads.md).
+    pytest.importorskip("torch")
+    r = run_fresh("""
+        import json, torch, layerprop as lp
+        lp.set_num_threads(2)
+        a = lp.get_num_threads()
+        torch.set_num_threads(1)
+        b = lp.get_num_threads()
+        torch.set_num_threads(2)
+        print(json.dumps([a, b, lp.get_num_threads()]))
+    """)
+    a, b, c = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (a, c) == (2, 2)
+    assert b == 1
+
+
+# ------------------------------------------------------------------ the command line
+@two
+def test_cli_calibrate_prints_applies_and_saves(tmp_path, capsys, restore):
+    from layerprop.cli import main
+    path = tmp_path / "t.json"
+    threads.set_thresholds({"optim": 5})
+    assert main(["calibrate", "--threads", "2", "--budget", "0.001", "--json", "--kinds", "loss,eltwise_costly",
+                 "--save", "--path", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["threads"] == 2 and set(out["kinds"]) == {"loss", "eltwise_costly"}
+    assert out["before"]["optim"] == 5 and threads.thresholds()["optim"] == 5  # not calibrated: kept
+    now = threads.thresholds()
+    assert all(now[k] == v["units_per_thread"] for k, v in out["kinds"].items())
+    assert json.loads(path.read_text())["units_per_thread"] == {k: now[k] for k in out["kinds"]}
+
+
+@two
+def test_cli_calibrate_refuses_unknown_kinds(capsys):
+    from layerprop.cli import main
+    assert main(["calibrate", "--threads", "2", "--kinds", "gemm,warp"]) == 2
+    assert "--kinds" in capsys.readouterr().err
+
+
+def test_cli_calibrate_on_one_thread_says_why(capsys, restore):
+    from layerprop.cli import main
+    assert main(["calibrate", "--threads", "1"]) == 2
+    assert "nothing to calibrate" in capsys.readouterr().err
+
+
+def test_cli_info_shows_the_thresholds(capsys):
+    from layerprop.cli import main
+    assert main(["info"]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("thresholds")]
+    assert line and all(f"{k}=" in line[0] for k in threads.KINDS)
