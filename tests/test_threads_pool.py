@@ -1,9 +1,9 @@
-"""layerprop's OpenMP pool next to threadpoolctl, NumPy's BLAS and PyTorch: it is visible,
-lp.set_num_threads is honoured, and pools do not leak into each other.
+"""layerprop's pool next to threadpoolctl, NumPy's BLAS and PyTorch: OpenMP's limit (which
+threadpoolctl sets) caps it, lp.set_num_threads is honoured, and pools do not leak into each
+other.
 
-Worker threads are counted in a fresh interpreter from /proc/self/task: libgomp keeps the
-workers of a parallel region alive afterwards, so the count after training is the pool size
-that was used."""
+Worker threads are counted in a fresh interpreter from /proc/self/task: the pool keeps its
+workers alive afterwards, so the count after training is the pool size that was used."""
 
 import json
 import os
@@ -98,7 +98,7 @@ def test_threadpoolctl_limit_caps_layerprop():
 @linux_only
 @needs_two
 def test_nested_parallelism_stays_within_the_thread_count():
-    # LocoProp solves the layers' problems in one parallel region; the kernels inside it run
+    # LocoProp solves the layers' problems as one pool job; the kernels inside it run
     # serially, so the pool never exceeds lp.get_num_threads() threads.
     if not hasattr(lp, "LocoProp"):
         pytest.skip("no LocoProp schedule in this build")
