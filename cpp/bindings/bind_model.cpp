@@ -21,6 +21,30 @@ namespace {
 
 constexpr int64_t kDefaultChunk = 1024;
 
+// Data-parallel: the reducer a Python communicator provides (lp.distributed). Called from the
+// core's step with the GIL released: it takes the GIL, wraps the buffer in a NumPy array
+// without copying, and calls the Python function, which sums it over the ranks in place.
+template <class T>
+struct PyReducer final : Reducer<T> {
+  py::object sum_fn, scalars_fn, bcast_fn;
+  PyReducer(py::object s, py::object c, py::object b) : sum_fn(std::move(s)), scalars_fn(std::move(c)), bcast_fn(std::move(b)) {}
+  ~PyReducer() override {
+    py::gil_scoped_acquire gil;
+    sum_fn = py::object();
+    scalars_fn = py::object();
+    bcast_fn = py::object();
+  }
+  template <class U>
+  static void call(const py::object& fn, U* data, int64_t n) {
+    py::gil_scoped_acquire gil;
+    py::array_t<U> view({n}, {static_cast<py::ssize_t>(sizeof(U))}, data, py::none());
+    fn(view);
+  }
+  void sum(T* data, int64_t n) override { call(sum_fn, data, n); }
+  void sum_scalars(double* v, int n) override { call(scalars_fn, v, static_cast<int64_t>(n)); }
+  void broadcast(T* data, int64_t n) override { call(bcast_fn, data, n); }
+};
+
 // The arrays of one call, checked with the GIL held (types and shapes; values where that must
 // happen before anything changes). The core checks again, under its mutex, everything a second
 // Python thread could change after the GIL is released (the labels' values, the compiled loss).
@@ -274,6 +298,26 @@ void bind_one(py::module_& m, const char* name) {
         std::lock_guard<std::mutex> lock(self.mutex());
         self.set_training(on);
       })
+      .def("set_reducer", [](M& self, py::object sum_fn, py::object scalars_fn, py::object bcast_fn) {
+        if (sum_fn.is_none()) {
+          std::shared_ptr<Reducer<T>> old;
+          {
+            py::gil_scoped_release nogil;
+            std::lock_guard<std::mutex> lock(self.mutex());
+            self.set_reducer(nullptr);
+          }
+          return;
+        }
+        for (auto* f : {&sum_fn, &scalars_fn, &bcast_fn})
+          if (!PyCallable_Check(f->ptr())) throw TypeError("set_reducer: expected three callables (or None)");
+        auto r = std::make_shared<PyReducer<T>>(sum_fn, scalars_fn, bcast_fn);
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(self.mutex());
+        self.set_reducer(std::move(r));
+      }, py::arg("sum"), py::arg("sum_scalars") = py::none(), py::arg("broadcast") = py::none(),
+         "Data-parallel training (lp.distributed): sum(a), sum_scalars(a) and broadcast(a) replace a "
+         "1-D array in place by its sum over the ranks (broadcast: rank 0's values). None: one process.")
+      .def_property_readonly("distributed", &M::distributed)
       .def("set_seed", [](M& self, uint64_t s) {
         std::lock_guard<std::mutex> lock(self.mutex());
         self.set_seed(s);

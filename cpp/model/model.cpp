@@ -335,15 +335,63 @@ double Model<T>::gradients(const T* X, int64_t N, Labels<T> y, bool update_stats
   if (stats) stats_backup_.assign(ps_.buffers.begin(), ps_.buffers.end());
   const uint64_t draws = draws_;
   forward(X, N, FwdMode{training_, training_ && update_stats, false});
-  const double loss = loss_and_seed(N, y, true);
+  double loss = loss_and_seed(N, y, true);
   backward(N);
+  if (distributed()) {  // the batch's loss and mean gradients, the same on every rank
+    loss = dp_begin(N, y, loss);
+    dp_average(-1);
+  }
   grads_fault_ = !std::isfinite(loss) ? 1 : !kern::all_finite<T>(ps_.grads.data(), static_cast<int64_t>(ps_.grads.size())) ? 2 : 0;
   grads_ready_ = grads_fault_ == 0;
   if (grads_fault_) {  // the forward's side effects are put back; the gradients stay to be seen
     if (stats) std::copy(stats_backup_.begin(), stats_backup_.end(), ps_.buffers.begin());
     draws_ = draws;
+  } else if (stats) {
+    dp_sync_buffers();
   }
   return loss;
+}
+
+template <class T>
+double Model<T>::dp_begin(int64_t N, Labels<T> y, double local_loss) {
+  dp_share_ = 1.0;
+  if (!reducer_) return local_loss;
+  double w = static_cast<double>(N);
+  if (y.weight) {
+    w = 0;
+    for (int64_t i = 0; i < N; ++i) w += static_cast<double>(y.weight[i]);
+  }
+  double v[2] = {w, w * local_loss};
+  reducer_->sum_scalars(v, 2);
+  dp_share_ = v[0] > 0 ? w / v[0] : 0.0;
+  return v[0] > 0 ? v[1] / v[0] : std::numeric_limits<double>::quiet_NaN();
+}
+
+template <class T>
+void Model<T>::dp_average(int L) {
+  if (!reducer_) return;
+  const T share = static_cast<T>(dp_share_);
+  auto one = [&](int64_t off, int64_t n) {
+    T* g = ps_.grads.data() + off;
+    for (int64_t k = 0; k < n; ++k) g[k] *= share;
+    reducer_->sum(g, n);
+  };
+  if (L < 0) {
+    one(0, static_cast<int64_t>(ps_.grads.size()));
+  } else {
+    for (int t : ps_.layer_tensors[L]) one(ps_.tensors[t].offset, ps_.tensors[t].size());
+  }
+}
+
+template <class T>
+void Model<T>::dp_sum(int L) {
+  if (!reducer_) return;
+  for (int t : ps_.layer_tensors[L]) reducer_->sum(ps_.grads.data() + ps_.tensors[t].offset, ps_.tensors[t].size());
+}
+
+template <class T>
+void Model<T>::dp_sync_buffers() {
+  if (reducer_ && !ps_.buffers.empty()) reducer_->broadcast(ps_.buffers.data(), static_cast<int64_t>(ps_.buffers.size()));
 }
 
 template <class T>
@@ -394,6 +442,8 @@ double Model<T>::guarded_step(const T* X, int64_t N, Labels<T> y, int& fault) {
     optim_.restore();
     std::copy(stats_backup_.begin(), stats_backup_.end(), ps_.buffers.begin());
     draws_ = draws;
+  } else if (training_) {
+    dp_sync_buffers();
   }
   return loss;
 }

@@ -25,10 +25,11 @@ class Layerwise final : public Schedule<T> {
     for (int L : units) {
       m.forward(x, N, FwdMode{training, training && first, !first}, dirty_from);
       const double loss = m.loss_and_seed(N, y, true);
-      if (first) first_loss = loss;
+      if (first) first_loss = m.dp_begin(N, y, loss);  // data-parallel: the batch's loss
       first = false;
       const int node = m.layer_nodes(L).front();
       m.backward(N, node, L);
+      m.dp_average(L);  // data-parallel: the batch's mean gradient of this layer
       m.apply_layer(L);
       dirty_from = node;
     }

@@ -53,7 +53,7 @@ class LocoProp final : public Schedule<T> {
     m.reset_ops();
     const bool training = m.training();
     m.forward(x, N, FwdMode{training, training, false});
-    const double loss = m.loss_and_seed(N, y, true);
+    const double loss = m.dp_begin(N, y, m.loss_and_seed(N, y, true));  // data-parallel: the batch's
     m.backward(N);
     std::vector<int> lin, other;
     for (int L : m.units())
@@ -66,7 +66,10 @@ class LocoProp final : public Schedule<T> {
         targets_[L].assign(static_cast<size_t>(2 * cap * m.layers()[L].out), T(0));
     // Targets for every layer before any weight moves.
     for (int L : lin) make_target(m, L, N);
-    for (int L : other) m.apply_layer(L);
+    for (int L : other) {
+      m.dp_average(L);
+      m.apply_layer(L);
+    }
     // The layers' problems are independent given the targets: one pool item each, largest
     // first so that the last item to start is a small one; the kernels inside run serially.
     const int64_t nlin = static_cast<int64_t>(lin.size());
@@ -76,7 +79,10 @@ class LocoProp final : public Schedule<T> {
     std::stable_sort(by_size.begin(), by_size.end(), [&](int a, int b) {
       return m.layers()[a].in * m.layers()[a].out > m.layers()[b].in * m.layers()[b].out;
     });
-    const int nt = std::min<int>(threads_for(Work::Gemm, local_work * cfg_.inner_steps), static_cast<int>(nlin));
+    // Data-parallel: the layers in turn, on this thread (each inner step sums over the ranks,
+    // and the ranks must make their calls in the same order).
+    const int nt = m.distributed() ? 1 : std::min<int>(threads_for(Work::Gemm, local_work * cfg_.inner_steps),
+                                                       static_cast<int>(nlin));
     parallel_for(nlin, nt, [&](int64_t u) { local_problem(m, by_size[u], N); });
     m.add_ops(nlin * cfg_.inner_steps, nlin * cfg_.inner_steps);
     fault = 0;  // judged by the model on the whole step (updates_inside_step)
@@ -114,7 +120,9 @@ class LocoProp final : public Schedule<T> {
     const T* a = m.node_out(i);
     const T* g = m.node_grad(i);
     T* t = targets_[L].data();
-    const T gamma = T(cfg_.target_lr);
+    // Data-parallel: g is this rank's mean gradient; scaled by the rank's share it is the
+    // batch's, so targets and the summed local gradients match one process.
+    const T gamma = T(cfg_.target_lr * m.dp_share());
     const Transfer f = transfer(m, i);
     const T* fa = a;  // S, and M without a transfer function: the pre-activation itself
     if (f.act_node >= 0) {
@@ -165,6 +173,7 @@ class LocoProp final : public Schedule<T> {
       }
       m.linear_weight_grad(L, x, N, d, false);
       if (bias) kern::colsum<T>(m.bias_grad(L), d, N, D, false);
+      m.dp_sum(L);  // data-parallel: summed over every rank's rows
       m.apply_layer(L, base * std::max(1.0 - double(k) / double(cfg_.inner_steps), 0.25));
     }
   }

@@ -64,8 +64,9 @@ threads.load_config()
 
 
 def __getattr__(name: str):
-    # lp.sklearn is imported on first use, so `import layerprop` never imports scikit-learn.
-    if name == "sklearn":
+    # lp.sklearn and lp.distributed are imported on first use, so `import layerprop` never
+    # imports scikit-learn or mpi4py.
+    if name in ("sklearn", "distributed"):
         import importlib
-        return importlib.import_module(".sklearn", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'layerprop' has no attribute {name!r}")

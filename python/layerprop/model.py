@@ -176,6 +176,7 @@ class Model:
         self.clip_grad_value: Optional[float] = None
         self.stop_training = False
         self._fit_rng = np.random.default_rng(self.seed)
+        self._dist: Any = None  # lp.distributed's Context while training is data-parallel
         self._y_dtype: Optional[np.dtype] = None  # set by compile: the targets' dtype and ndim
         self._y_ndim = 0
         self.reset_parameters(self.seed)
@@ -383,7 +384,7 @@ class Model:
     # ------------------------------------------------------------------ compile
     def compile(self, loss: str = "cross_entropy", optimizer: Optional[Optimizer] = None,
                 schedule: Optional[Schedule] = None, *, clip_grad_norm: Optional[float] = None,
-                clip_grad_value: Optional[float] = None) -> "Model":
+                clip_grad_value: Optional[float] = None, distributed: Any = False) -> "Model":
         """Choose the loss, the optimizer (default SGD(lr=0.01)) and the update schedule.
         Compiling again resets the optimizer state. Losses: "cross_entropy" (integer labels),
         "mse", "bce_with_logits", "poisson" (outputs are log rates; targets >= 0; PyTorch's
@@ -393,7 +394,13 @@ class Model:
         clip_grad_value / clip_grad_norm: gradient clipping inside the core before every update
         (Simultaneous schedule), PyTorch's rules: every gradient element clamped to
         [-clip_grad_value, clip_grad_value] (Tensor.clamp_), then all gradients scaled by
-        min(1, clip_grad_norm / (total 2-norm + 1e-6)) (torch.nn.utils.clip_grad_norm_)."""
+        min(1, clip_grad_norm / (total 2-norm + 1e-6)) (torch.nn.utils.clip_grad_norm_).
+
+        distributed: True (MPI.COMM_WORLD) or an mpi4py communicator makes every training call
+        data-parallel across the ranks (lp.distributed, docs/distributed.md): gradients are
+        averaged over the ranks before each update, so N ranks each given their part of a batch
+        match one process given all of it; fit splits every batch over the ranks. The model
+        starts from rank 0's parameters."""
         from .optim import SGD
         if loss not in LOSSES:
             raise ValueError(f"loss: expected one of {sorted(LOSSES)}, got {loss!r}")
@@ -410,6 +417,9 @@ class Model:
         clip: Dict[str, Optional[float]] = {
             name: None if v is None else V.positive_float(v, name, "a finite number > 0 or None")
             for name, v in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value))}
+        if distributed is not False and distributed is not None:
+            from . import distributed as _dist
+            _dist._mpi()  # a clear ImportError before anything changes
         if (clip["clip_grad_norm"] or clip["clip_grad_value"]) and not isinstance(schedule, Simultaneous):
             raise ValueError("clip_grad_norm / clip_grad_value: gradient clipping applies to the Simultaneous "
                              f"schedule, not {schedule!r} (its layers step on their own recomputed gradients)")
@@ -427,6 +437,11 @@ class Model:
         self._y_dtype = np.dtype(np.int64) if loss == "cross_entropy" else np.dtype(self._np_dtype)
         self._y_ndim = 1 if loss == "cross_entropy" else 2
         self.clip_grad_norm, self.clip_grad_value = clip["clip_grad_norm"], clip["clip_grad_value"]
+        from . import distributed as _dist
+        if distributed is not False and distributed is not None:
+            _dist.attach(self, distributed)
+        elif getattr(self, "_dist", None) is not None:
+            _dist.detach(self)
         return self
 
     def _require_compiled(self) -> None:
@@ -494,12 +509,20 @@ class Model:
     def _train_batches(self, X: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int,
                        on_nonfinite: int, sample_weight: Optional[np.ndarray]) -> Tuple[np.ndarray, int, int, int, int]:
         """Train on the batches of prepared (X, y) taken in `order` (int64 row indices), in the
-        core without the GIL: (losses, done, skipped, fault_batch, fault_kind)."""
+        core without the GIL: (losses, done, skipped, fault_batch, fault_kind). Data-parallel:
+        each batch split over the ranks (lp.distributed)."""
+        if self._dist is not None:
+            from . import distributed as _dist
+            return _dist.train_batches(self, X, y, order, batch_size, on_nonfinite, sample_weight)
         return self._core.train_epoch(X, y, order, batch_size, on_nonfinite, sample_weight)  # type: ignore[no-any-return]
 
     def _evaluate_prepared(self, X: np.ndarray, y: np.ndarray, batch_size: int = 0,
                            sample_weight: Optional[np.ndarray] = None) -> Tuple[float, float, float]:
-        """(loss, correct, total) on prepared data, in inference mode."""
+        """(loss, correct, total) on prepared data, in inference mode. Data-parallel: each rank
+        evaluates its part and the totals are reduced over the ranks."""
+        if self._dist is not None:
+            from . import distributed as _dist
+            return _dist.evaluate(self, X, y, batch_size)
         return self._core.evaluate(X, y, batch_size, sample_weight)  # type: ignore[no-any-return]
 
     def _shuffled_order(self, n: int) -> np.ndarray:
@@ -533,18 +556,40 @@ class Model:
         sample_weight (n,): the loss is the weighted mean sum(w_i l_i) / sum(w_i)."""
         # _prepare's fast path, inlined (a tiny step costs ~2.5 us in all); the core refuses a
         # wrong X shape itself, naming X
-        if (sample_weight is None and type(X) is np.ndarray and type(y) is np.ndarray
+        if (sample_weight is None and type(X) is np.ndarray and type(y) is np.ndarray and self._dist is None
                 and X.dtype is self._np_dtype_obj and y.dtype is self._y_dtype and y.ndim == self._y_ndim):
             return self._core.train_step(X, y)  # type: ignore[no-any-return]
+        if self._dist is not None:
+            Xa, ya, wa = self._collective_prepare(X, y, sample_weight, "train_step")
+            return float(self._core.train_step(Xa, ya, wa))
         Xa, ya = self._prepare(X, y)
         if sample_weight is None:
             return self._core.train_step(Xa, ya)  # type: ignore[no-any-return]
         return float(self._core.train_step(Xa, ya, self._prepare_weights(sample_weight, Xa.shape[0])))
 
     def compute_gradients(self, X: np.ndarray, y: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> float:
-        """Forward and backward only: fills gradients(); returns the loss."""
+        """Forward and backward only: fills gradients(); returns the loss. Data-parallel: the
+        gradients and loss of the whole batch (every rank's part), the same on every rank."""
+        if self._dist is not None:
+            Xa, ya, wa = self._collective_prepare(X, y, sample_weight, "compute_gradients")
+            return float(self._core.compute_gradients(Xa, ya, sample_weight=wa))
         Xa, ya = self._prepare(X, y)
         return float(self._core.compute_gradients(Xa, ya, sample_weight=self._prepare_weights(sample_weight, Xa.shape[0])))
+
+    def _collective_prepare(self, X: object, y: object, sample_weight: object, what: str):
+        """Data-parallel: prepare and fully check this rank's part, then agree with the other
+        ranks; if any rank's part is refused, every rank raises before the collective step."""
+        from . import distributed as _dist
+        err: Optional[BaseException] = None
+        Xa = ya = wa = None
+        try:
+            Xa, ya = self._prepare(X, y)
+            wa = self._prepare_weights(sample_weight, Xa.shape[0])
+            self._validate(Xa, ya, wa)
+        except (ValueError, TypeError, RuntimeError, MemoryError) as e:
+            err = e
+        _dist.agree(self._dist, err, what)
+        return Xa, ya, wa
 
     def apply_gradients(self) -> None:
         """Update the parameters with the gradients of the last compute_gradients."""
@@ -562,6 +607,10 @@ class Model:
                        sample_weight: Optional[np.ndarray] = None) -> Tuple[float, Dict[str, np.ndarray]]:
         """Loss and a copy of every gradient; no update (parameters, optimizer state and
         BatchNorm running statistics stay as they are)."""
+        if self._dist is not None:
+            Xa, ya, wa = self._collective_prepare(X, y, sample_weight, "loss_and_grads")
+            loss = float(self._core.compute_gradients(Xa, ya, update_stats=False, sample_weight=wa))
+            return loss, OrderedDict((n, g.copy()) for n, g in self._grads.items())
         Xa, ya = self._prepare(X, y)
         loss = float(self._core.compute_gradients(Xa, ya, update_stats=False,
                                                   sample_weight=self._prepare_weights(sample_weight, Xa.shape[0])))

@@ -221,6 +221,9 @@ class ModelCheckpoint(_Monitor):
             if not self._improved(value):
                 return
             self.best = value
+        dist = getattr(self.model, "_dist", None)
+        if dist is not None and dist.rank != 0:  # data-parallel: rank 0 writes the checkpoints
+            return
         try:
             path = self.path.format(epoch=epoch + 1, **(logs or {}))
         except (KeyError, IndexError, ValueError) as e:
@@ -402,10 +405,14 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
     model.stop_training = False
     for cb in cbs:
         cb.on_train_begin()
+    dist = getattr(model, "_dist", None)
+    if dist is not None and batch_size < dist.size:
+        raise ValueError(f"batch_size: {batch_size} is less than the {dist.size} ranks; each rank needs at least "
+                         "one row of every batch")
     n_batches = (n + batch_size - 1) // batch_size
     sizes = np.full(n_batches, batch_size, dtype=np.float64)
     sizes[-1] = n - batch_size * (n_batches - 1)
-    show = _show_progress(progress)
+    show = _show_progress(progress) and (dist is None or dist.rank == 0)  # data-parallel: rank 0 shows
     policy = 1 if on_nonfinite == "skip" else 0
     # Chunks of whole batches per call into the core: the GIL is free while a chunk trains,
     # and a progress bar, if any, moves between chunks.
@@ -461,6 +468,9 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
                 logs["val_accuracy"] = float(correct) / float(total)
         if bar is not None and fault is None:
             bar.close(logs, n / max(time.perf_counter() - t0, 1e-9))
+        if dist is not None:  # data-parallel: the ranks must still hold the same parameters
+            from .distributed import check_in_step
+            check_in_step(dist, model, f"fit: epoch {epoch + 1}")
         for cb in cbs:
             cb.on_epoch_end(epoch, logs)
         if model.stop_training:

@@ -86,6 +86,16 @@ struct FwdMode {
   bool reuse_masks = false;  // dropout: same masks as the previous forward of this step
 };
 
+// Data-parallel training (docs/distributed.md): sums buffers over the ranks of a job. Every
+// rank calls the same methods in the same order; each returns the same values on every rank.
+template <class T>
+struct Reducer {
+  virtual ~Reducer() = default;
+  virtual void sum(T* data, int64_t n) = 0;             // in place
+  virtual void sum_scalars(double* v, int n) = 0;       // in place
+  virtual void broadcast(T* data, int64_t n) = 0;       // rank 0's values, in place
+};
+
 template <class T>
 class Model {
  public:
@@ -204,6 +214,21 @@ class Model {
   // (N, out) with the epilogue, and the weight gradient from dz (N, out).
   void linear_forward(int L, const T* x, int64_t N, T* y, const kern::Epilogue<T>* ep);
   void linear_weight_grad(int L, const T* x, int64_t N, const T* dz, bool accumulate);
+  // Data-parallel: with a reducer set, every gradient a step computes from this rank's rows
+  // is combined with the other ranks' before it is used, so N ranks given the parts of a
+  // batch match one process given all of it. dp_begin (once per step, after the first loss):
+  // this rank's weight (rows, or the sum of its sample weights) and loss -> the batch's loss;
+  // dp_share() is then this rank's weight over the total. dp_average: gradients of layer L
+  // (-1: all) computed as this rank's weighted mean -> the batch's mean. dp_sum: gradients
+  // summed over this rank's rows -> summed over all rows. Without a reducer all are no-ops.
+  void set_reducer(std::shared_ptr<Reducer<T>> r) { reducer_ = std::move(r); }
+  bool distributed() const { return reducer_ != nullptr; }
+  double dp_begin(int64_t N, Labels<T> y, double local_loss);
+  double dp_share() const { return dp_share_; }
+  void dp_average(int L = -1);
+  void dp_sum(int L);
+  // Rank 0's BatchNorm running statistics to every rank (after each applied step).
+  void dp_sync_buffers();
   void reset_ops() { ops_ = {}; }
   void add_ops(int64_t forward, int64_t backward) { ops_.forward += forward; ops_.backward += backward; }
 
@@ -267,6 +292,8 @@ class Model {
   int grads_fault_ = 0;
   bool training_ = true;
   uint64_t seed_ = 0, draws_ = 0;
+  std::shared_ptr<Reducer<T>> reducer_;       // data-parallel: null in one process
+  double dp_share_ = 1.0;
   LossKind loss_ = LossKind::CrossEntropy;
   ScheduleConfig sched_;
   std::unique_ptr<Schedule<T>> schedule_;     // the compiled schedule (train/<name>.cpp)
