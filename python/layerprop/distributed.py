@@ -122,6 +122,17 @@ def _install_abort_hook(ctx: Context) -> None:
     _HOOKED = True
 
 
+def resolve_comm(comm: Any) -> Any:
+    """The communicator `comm` names: None or True -> MPI.COMM_WORLD; an mpi4py communicator as
+    it is; anything else a TypeError."""
+    MPI = _mpi()
+    if comm is None or comm is True:
+        return MPI.COMM_WORLD
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError(f"comm: expected an mpi4py communicator (or True for MPI.COMM_WORLD), got {comm!r:.80}")
+    return comm
+
+
 def init(comm: Any = None, *, threads: Optional[int] = None, abort_on_error: bool = True) -> Context:
     """Join the job: `comm` an mpi4py communicator (default MPI.COMM_WORLD). Sets this rank's
     core threads (`threads`, default :func:`threads_per_rank`) and, with `abort_on_error`, an
@@ -129,10 +140,7 @@ def init(comm: Any = None, *, threads: Optional[int] = None, abort_on_error: boo
     Context; calling it again returns the same one (for the same communicator)."""
     global _CTX
     MPI = _mpi()
-    if comm is None or comm is True:
-        comm = MPI.COMM_WORLD
-    if not isinstance(comm, MPI.Comm):
-        raise TypeError(f"comm: expected an mpi4py communicator, got {type(comm).__name__}")
+    comm = resolve_comm(comm)
     if _CTX is not None and _CTX.comm == comm and threads is None:
         return _CTX
     from . import set_num_threads, validation

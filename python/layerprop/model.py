@@ -419,7 +419,7 @@ class Model:
             for name, v in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value))}
         if distributed is not False and distributed is not None:
             from . import distributed as _dist
-            _dist._mpi()  # a clear ImportError before anything changes
+            _dist.resolve_comm(distributed)  # an ImportError or TypeError before anything changes
         if (clip["clip_grad_norm"] or clip["clip_grad_value"]) and not isinstance(schedule, Simultaneous):
             raise ValueError("clip_grad_norm / clip_grad_value: gradient clipping applies to the Simultaneous "
                              f"schedule, not {schedule!r} (its layers step on their own recomputed gradients)")
