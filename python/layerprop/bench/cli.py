@@ -57,6 +57,8 @@ def add_parser(subparsers) -> None:
     s.add_argument("--cases", type=_case_list, default=list(CASES), metavar="CASE[,CASE...]",
                    help=f"which cases (default all: {','.join(CASES)})")
     s.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README)")
+    s.add_argument("--ranks", type=int, choices=[0, 2], default=0,
+                   help="2: also time M and L as 2 MPI ranks x 1 thread (needs the [mpi] extra)")
     s.set_defaults(func=_cmd_bench)
 
 
@@ -68,4 +70,9 @@ def _cmd_bench(args) -> int:
 
     report = run(args.cases, args.bench_threads, quick=args.quick, progress=progress)
     print(format_table(report, markdown=args.markdown))
+    if args.ranks:
+        from .distributed import two_rank_line
+        progress("2 ranks x 1 thread (mpiexec)")
+        line = two_rank_line(0.2 if args.quick else 1.0)
+        print(f"\n{line}" if line else "\n2 ranks: skipped (no mpi4py or mpiexec; pip install 'layerprop[mpi]')")
     return 0
