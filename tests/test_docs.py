@@ -17,6 +17,7 @@ PAGES = {  # page -> modules its examples need
     "callbacks.md": ["safetensors", "matplotlib"],
     "cli.md": ["safetensors", "sklearn"],
     "reliability.md": [],
+    "distributed.md": ["mpi4py", "sklearn", "safetensors"],
 }
 BLOCK = re.compile(r"^```(python|console)\n(.*?)^```", re.S | re.M)
 
@@ -91,6 +92,6 @@ def test_page_examples_run(page, tmp_path, monkeypatch, capsys):
 
 
 def test_every_user_guide_page_is_tested():
-    mine = {"saving.md", "interop.md", "sklearn.md", "callbacks.md", "cli.md", "reliability.md"}
+    mine = {"saving.md", "interop.md", "sklearn.md", "callbacks.md", "cli.md", "reliability.md", "distributed.md"}
     assert mine <= set(os.listdir(DOCS))
     assert mine == set(PAGES)
