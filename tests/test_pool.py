@@ -170,6 +170,32 @@ def test_two_models_trained_at_once_from_two_threads(restore):
         _same(w, g)
 
 
+def test_pool_under_thread_sanitizer(tmp_path):
+    # The pool's lock-free claiming, checked by ThreadSanitizer on the real source
+    # (cpp/runtime/threads.cpp) with concurrent callers, exceptions and changing spin times.
+    import shutil
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("needs g++")
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    exe = tmp_path / "pool_stress"
+    # Not the sanitizer build's preloaded AddressSanitizer (when this file runs under .ci/sanitize)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+    build = subprocess.run([gxx, "-std=c++17", "-O1", "-g", "-fsanitize=thread", "-I", os.path.join(root, "cpp", "include"),
+                            os.path.join(root, "tests", "pool_stress.cpp"), os.path.join(root, "cpp", "runtime", "threads.cpp"),
+                            "-o", str(exe), "-lpthread"], capture_output=True, text=True, timeout=300, env=env)
+    if build.returncode != 0 and "tsan" in build.stderr.lower():
+        pytest.skip("this compiler has no ThreadSanitizer runtime")
+    assert build.returncode == 0, build.stderr
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300,
+                       env={**env, "TSAN_OPTIONS": "halt_on_error=1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "WARNING: ThreadSanitizer" not in r.stderr
+    assert r.stdout.startswith("bad=0 ")
+    jobs, items = (int(x.split("=")[1]) for x in r.stdout.split()[1:3])
+    assert jobs > 0 and items > 0  # the pool's workers did take part
+
+
 # ------------------------------------------------------------------ thresholds
 def test_thresholds_cover_every_kind_and_start_at_the_defaults():
     t = threads.thresholds()

@@ -113,6 +113,26 @@ const bool g_atfork_registered = [] { return pthread_atfork(nullptr, nullptr, on
 
 constexpr uint64_t kPreparing = 0xffffffffu;  // item index while the next job is written
 
+// Every item on the calling thread, nested loops serial; as on the pool, an exception does not
+// stop the other items: the first is rethrown once all have run.
+void run_all_inline(int64_t n, ItemFn fn, void* ctx) {
+  const bool outer = tl_in_job;
+  tl_in_job = true;
+  struct Restore {
+    bool v;
+    ~Restore() { tl_in_job = v; }
+  } restore{outer};
+  std::exception_ptr first;
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      fn(ctx, i);
+    } catch (...) {
+      if (!first) first = std::current_exception();
+    }
+  }
+  if (first) std::rethrow_exception(first);
+}
+
 class Pool {
  public:
   void run(int64_t n, int nt, ItemFn fn, void* ctx) {
@@ -183,15 +203,7 @@ class Pool {
   void set_spin(int us) { spin_us_.store(us < 0 ? 0 : us); }
 
  private:
-  static void run_inline(int64_t n, ItemFn fn, void* ctx) {
-    const bool outer = tl_in_job;
-    tl_in_job = true;
-    struct Restore {
-      bool v;
-      ~Restore() { tl_in_job = v; }
-    } restore{outer};
-    for (int64_t i = 0; i < n; ++i) fn(ctx, i);
-  }
+  static void run_inline(int64_t n, ItemFn fn, void* ctx) { run_all_inline(n, fn, ctx); }
 
   // Start workers up to `helpers` (called with busy_ held). False if none can be started.
   bool grow(int helpers) {
@@ -297,13 +309,7 @@ Pool& pool() {
 void run_items(int64_t n, int nt, ItemFn fn, void* ctx) {
   if (n <= 0) return;
   if (nt <= 1 || n == 1 || tl_in_job || forked_after_pool() || n >= int64_t(0xffffffff)) {
-    const bool outer = tl_in_job;
-    tl_in_job = true;
-    struct Restore {
-      bool v;
-      ~Restore() { tl_in_job = v; }
-    } restore{outer};
-    for (int64_t i = 0; i < n; ++i) fn(ctx, i);
+    run_all_inline(n, fn, ctx);
     return;
   }
   pool().run(n, nt, fn, ctx);

@@ -67,8 +67,8 @@ bool in_pool_job();
 template <class F>
 inline void parallel_for(int64_t n, int nt, F&& body) {
   if (n <= 0) return;
-  if (nt <= 1 || n == 1) {
-    for (int64_t i = 0; i < n; ++i) body(i);
+  if (n == 1) {
+    body(int64_t(0));
     return;
   }
   using Fn = std::remove_reference_t<F>;
