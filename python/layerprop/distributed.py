@@ -173,30 +173,16 @@ def attach(model: Any, comm: Any = None) -> Context:
     model loaded from a checkpoint (any number of ranks wrote it): `lp.distributed.attach(lp.load(path))`."""
     model._require_compiled()
     ctx = init(comm) if comm is not None and comm is not True else (_CTX or init())
-    if ctx.size > 1 and model.schedule is not None:
-        ctx.comm.Barrier()
     # Everything that must be equal on every rank: rank 0's.
-    for arr in model.parameters().values():
-        ctx.comm.Bcast(arr, root=0)
-    for arr in model.buffers().values():
-        ctx.comm.Bcast(arr, root=0)
-    for name in model._optimizer_state_names():
-        ctx.comm.Bcast(model._core.state_view(name), root=0)
-    steps = np.asarray(model._core.steps(), dtype=np.int64)
-    ctx.comm.Bcast(steps, root=0)
-    model._core.set_steps([int(s) for s in steps])
-    state = ctx.comm.bcast(model.rng_state if ctx.rank == 0 else None, root=0)
-    seed, draws = state["core"]
-    model.rng_state = {"shuffle": state["shuffle"], "core": (_rank_seed(int(seed), ctx.rank), int(draws))}
-    model._core.set_reducer(ctx._sum, ctx._sum, ctx._bcast)
-    model._dist = ctx
+    model._dist_sync(lambda a: ctx.comm.Bcast(a, root=0), lambda obj: ctx.comm.bcast(obj if ctx.rank == 0 else None, root=0),
+                     lambda seed: _rank_seed(seed, ctx.rank))
+    model._dist_attach(ctx)
     return ctx
 
 
 def detach(model: Any) -> None:
     """Back to one process: training calls no longer communicate."""
-    model._core.set_reducer(None)
-    model._dist = None
+    model._dist_attach(None)
 
 
 # ------------------------------------------------------------------ collective checks
@@ -243,7 +229,7 @@ def train_batches(model: Any, X: Any, y: np.ndarray, order: np.ndarray, batch_si
     ranks; returns what Model._train_batches returns, with every batch's loss the global one."""
     from . import NonFiniteError
     from .sparse import take_rows
-    ctx = model._dist
+    ctx = model._distributed()
     n = len(order)
     nb = (n + batch_size - 1) // batch_size
     losses = np.full(nb, np.nan)
@@ -262,7 +248,7 @@ def train_batches(model: Any, X: Any, y: np.ndarray, order: np.ndarray, batch_si
         Xb = take_rows(X, mine)
         yb = y[mine]
         try:
-            losses[b] = model._core.train_step(Xb, yb, None if w is None else w[mine])
+            losses[b] = model._train_step_prepared(Xb, yb, None if w is None else w[mine])
         except NonFiniteError as e:
             kind = 1 if "loss is not finite" in str(e) else 2
             if policy == 1:
@@ -275,10 +261,10 @@ def train_batches(model: Any, X: Any, y: np.ndarray, order: np.ndarray, batch_si
 def evaluate(model: Any, X: Any, y: np.ndarray, batch_size: int) -> Tuple[float, float, float]:
     """(loss, correct, total) over every rank's part of (X, y), the same on every rank."""
     from .sparse import take_rows
-    ctx = model._dist
+    ctx = model._distributed()
     mine = share(ctx, np.arange(y.shape[0], dtype=np.int64))
     if len(mine):
-        loss, correct, total = model._core.evaluate(take_rows(X, mine), y[mine], batch_size, None)
+        loss, correct, total = model._evaluate_prepared(take_rows(X, mine), y[mine], batch_size, None, local=True)
     else:
         loss, correct, total = 0.0, 0.0, 0.0
     s = ctx.allreduce([loss * total, correct, total])

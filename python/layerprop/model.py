@@ -3,7 +3,7 @@ evaluated and inspected through it."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class Model:
     INTERNAL_API = ("_from_graph", "_prepare", "_prepare_weights", "_require_compiled",
                     "_validate", "_train_batches", "_evaluate_prepared", "_shuffled_order",
                     "_reseed_dropout", "_loss", "_snapshot", "_optimizer_state_names", "_optimizer_state_nonneg",
-                    "_apply_penalized")
+                    "_apply_penalized", "_distributed", "_dist_attach", "_dist_sync", "_train_step_prepared")
 
     def __init__(self, inputs: SymbolicTensor, outputs: SymbolicTensor, dtype: str = "float32",
                  seed: Optional[int] = None) -> None:
@@ -517,13 +517,47 @@ class Model:
         return self._core.train_epoch(X, y, order, batch_size, on_nonfinite, sample_weight)  # type: ignore[no-any-return]
 
     def _evaluate_prepared(self, X: np.ndarray, y: np.ndarray, batch_size: int = 0,
-                           sample_weight: Optional[np.ndarray] = None) -> Tuple[float, float, float]:
-        """(loss, correct, total) on prepared data, in inference mode. Data-parallel: each rank
-        evaluates its part and the totals are reduced over the ranks."""
-        if self._dist is not None:
+                           sample_weight: Optional[np.ndarray] = None, local: bool = False) -> Tuple[float, float, float]:
+        """(loss, correct, total) on prepared data, in inference mode. Data-parallel (unless
+        `local`): each rank evaluates its part and the totals are reduced over the ranks."""
+        if self._dist is not None and not local:
             from . import distributed as _dist
             return _dist.evaluate(self, X, y, batch_size)
         return self._core.evaluate(X, y, batch_size, sample_weight)  # type: ignore[no-any-return]
+
+    def _train_step_prepared(self, X: Any, y: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> float:
+        """One guarded training step on prepared data (data-parallel: collective)."""
+        return float(self._core.train_step(X, y, sample_weight))
+
+    def _distributed(self) -> Any:
+        """lp.distributed's Context while training is data-parallel, else None."""
+        return self._dist
+
+    def _dist_attach(self, ctx: Any) -> None:
+        """Route every gradient the core computes through ctx's all-reduce (None: one process)."""
+        if ctx is None:
+            self._core.set_reducer(None)
+        else:
+            self._core.set_reducer(ctx._sum, ctx._sum, ctx._bcast)
+        self._dist = ctx
+
+    def _dist_sync(self, bcast: Callable[[np.ndarray], None], bcast_object: Callable[[Any], Any],
+                   rank_seed: Callable[[int], int]) -> None:
+        """Make this model rank 0's: parameters, buffers, optimizer state and step counts
+        (bcast: in place), the shuffling generator (bcast_object); the dropout stream from
+        rank 0's seed mixed by rank_seed."""
+        for arr in self._params.values():
+            bcast(arr)
+        for arr in self._buffers.values():
+            bcast(arr)
+        for name in self._optimizer_state_names():
+            bcast(self._core.state_view(name))
+        steps = np.asarray(self._core.steps(), dtype=np.int64)
+        bcast(steps)
+        self._core.set_steps([int(v) for v in steps])
+        state = bcast_object(self.rng_state)
+        seed, draws = state["core"]
+        self.rng_state = {"shuffle": state["shuffle"], "core": (rank_seed(int(seed)), int(draws))}
 
     def _shuffled_order(self, n: int) -> np.ndarray:
         """A permutation of range(n) from fit's shuffling generator (advances it)."""

@@ -221,7 +221,7 @@ class ModelCheckpoint(_Monitor):
             if not self._improved(value):
                 return
             self.best = value
-        dist = getattr(self.model, "_dist", None)
+        dist = self.model._distributed()
         if dist is not None and dist.rank != 0:  # data-parallel: rank 0 writes the checkpoints
             return
         try:
@@ -405,7 +405,7 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
     model.stop_training = False
     for cb in cbs:
         cb.on_train_begin()
-    dist = getattr(model, "_dist", None)
+    dist = model._distributed()
     if dist is not None and batch_size < dist.size:
         raise ValueError(f"batch_size: {batch_size} is less than the {dist.size} ranks; each rank needs at least "
                          "one row of every batch")
