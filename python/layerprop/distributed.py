@@ -201,7 +201,7 @@ def agree(ctx: Context, error: Optional[BaseException], what: str) -> None:
 def parameters_checksum(model: Any) -> int:
     crc = 0
     for arr in model.parameters().values():
-        crc = zlib.crc32(np.ascontiguousarray(arr).view(np.uint8), crc)
+        crc = zlib.crc32(np.ascontiguousarray(arr).tobytes(), crc)
     return crc
 
 

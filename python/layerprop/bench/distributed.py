@@ -28,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -69,7 +69,7 @@ def _time_collective(ctx, step, seconds: float) -> float:
     step()
     first = ctx.comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
     reps = int(max(5, min(2000, seconds / max(first, 1e-9))))
-    ts = []
+    ts: List[float] = []
     for _ in range(reps):
         t0 = time.perf_counter()
         step()
@@ -80,7 +80,7 @@ def _time_collective(ctx, step, seconds: float) -> float:
 def _time_steps(step, seconds: float, min_reps: int = 5) -> float:
     for _ in range(2):
         step()
-    ts = []
+    ts: List[float] = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(ts) < min_reps:
         t0 = time.perf_counter()
@@ -99,7 +99,7 @@ def rank_main(seconds: float) -> None:
     import layerprop as lp
     from mpi4py import MPI
     ctx = lp.distributed.init(threads=1)
-    out: Dict[str, object] = {"size": ctx.size, "steps": {}, "allreduce": {}}
+    out: Dict[str, Any] = {"size": ctx.size, "steps": {}, "allreduce": {}}
     for key in MODELS:
         m, loss = _model(key)
         m.compile(loss=loss, optimizer=lp.Adam(lr=1e-4), distributed=True)
