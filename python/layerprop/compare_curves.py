@@ -77,7 +77,7 @@ class Budget:
 
 
 FULL = Budget(rows=5000, n_test=N_TEST, batch=1000, epochs=8, long_epochs=32, sweep_epochs=2, seeds=(0, 1))
-QUICK = Budget(rows=64, n_test=32, batch=32, epochs=1, long_epochs=2, sweep_epochs=1, seeds=(0,),
+QUICK = Budget(rows=64, n_test=32, batch=32, epochs=1, long_epochs=4, sweep_epochs=1, seeds=(0,),
                sizes=QUICK_SIZES)
 
 
