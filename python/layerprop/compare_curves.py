@@ -58,8 +58,8 @@ GRIDS: Dict[str, Tuple[float, ...]] = {
     "sgd": (0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
     "adam": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
     "rmsprop": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-    "locoprop_s": (1e-4, 3e-4, 1e-3, 3e-3),
-    "locoprop_m": (1e-4, 3e-4, 1e-3, 3e-3),
+    "locoprop_s": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
+    "locoprop_m": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
 }
 
 
