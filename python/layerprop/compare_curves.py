@@ -362,7 +362,7 @@ CURVES_COLUMNS = ("schedule", "optimizer", "BN", "loss @E", "train BCE @E", "tes
 
 
 def _curves_rows(report: CurvesReport) -> List[Tuple[str, ...]]:
-    rows = []
+    rows: List[Tuple[str, ...]] = []
     for bn in dict.fromkeys(r.bn for r in report.runs):
         T = equal_time(report, bn)
         group = [r for r in report.runs if r.bn == bn]
