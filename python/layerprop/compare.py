@@ -20,6 +20,10 @@ the end: lp.explain.moving_target on a fixed probe batch (the first 256 training
 plain gradient step of --probe-lr, the mean over layers of the cosine between a layer's
 gradient before and after the other layers step, and the largest relative drift of a layer
 input's variance with that step.
+
+The "curves" task (`--task curves`, not in the default set) is the LocoProp paper's deep
+autoencoder on CURVES-style images, against first-order baselines with swept learning rates;
+see layerprop.compare_curves.
 """
 from __future__ import annotations
 
