@@ -103,8 +103,8 @@ def test_run_is_reproducible():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--tasks", "mnist"], "argument --tasks: unknown task 'mnist' (choose from digits, autoencoder)"),
-    (["--schedules", "simultaneous,adam"], "argument --schedules: unknown schedule 'adam'"),
+    (["--tasks", "mnist"], "argument --tasks/--task: unknown task 'mnist' (choose from digits, autoencoder, curves)"),
+    (["--schedules", "simultaneous,adamw"], "argument --schedules: unknown schedule 'adamw'"),
     (["--schedules", ","], "argument --schedules: expected a comma-separated list of schedules"),
     (["--no-bn", "--bn-only"], "argument --bn-only: not allowed with argument --no-bn"),
     (["--epochs", "0"], "--epochs: expected a positive number"),
@@ -128,5 +128,5 @@ def test_help_lists_the_options(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     for opt in ("--epochs", "--tasks", "--schedules", "--no-bn", "--bn-only", "--quick", "--markdown",
-                "--plot", "--probe-lr"):
+                "--plot", "--probe-lr", "--seeds", "--rows", "--long-epochs", "--sweep-epochs", "--json"):
         assert opt in out

@@ -20,6 +20,10 @@ the end: lp.explain.moving_target on a fixed probe batch (the first 256 training
 plain gradient step of --probe-lr, the mean over layers of the cosine between a layer's
 gradient before and after the other layers step, and the largest relative drift of a layer
 input's variance with that step.
+
+The "curves" task (`--task curves`, not in the default set) is the LocoProp paper's deep
+autoencoder on CURVES-style images, against first-order baselines with swept learning rates;
+see layerprop.compare_curves.
 """
 from __future__ import annotations
 
@@ -325,8 +329,27 @@ class _DefaultEpochs(int):
     """The default of --epochs, told apart from an explicit value (--quick runs 1 epoch)."""
 
 
+def _int_list(text: str) -> List[int]:
+    try:
+        items = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        items = []
+    if not items or any(v < 0 for v in items):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of seeds >= 0, got {text!r}")
+    return list(dict.fromkeys(items))
+
+
+TASK_CHOICES = (*TASKS, "curves")
+
+
+def _all_schedules() -> Tuple[str, ...]:
+    from .compare_curves import SCHEDULES as CURVES_SCHEDULES
+    return tuple(dict.fromkeys((*SCHEDULES, *CURVES_SCHEDULES)))
+
+
 def add_parser(subparsers: Any) -> None:
     """Register `layerprop compare` on the CLI's subparsers."""
+    from . import compare_curves as C
     s = subparsers.add_parser(
         "compare", help="train one network under every update schedule, with and without BatchNorm",
         description="Train a digits classifier (64-128-128-10 ReLU) and a deep digits autoencoder "
@@ -334,40 +357,114 @@ def add_parser(subparsers: Any) -> None:
                     "top_down and bottom_up, and LocoProp S and M updates, with and without "
                     "BatchNorm (Adam lr=1e-3, batch 32, fixed seeds). Print one table (training "
                     "loss, test metric, time per epoch, node operations per step, moving-target "
-                    "cosine and input drift) and write a loss-curve plot.")
+                    "cosine and input drift) and write a loss-curve plot. "
+                    "--task curves instead trains the LocoProp paper's deep autoencoder "
+                    "(784-1000-500-250-30-250-500-1000-784 tanh, BCE, batch 1000) on CURVES-style "
+                    "images: SGD-momentum, Adam and RMSprop with learning rates tuned by a sweep, "
+                    "LocoProp S and M (K=10, gamma=10 in the paper's units, RMSprop) and Layerwise, "
+                    "over several seeds; training loss against epochs and wall time, and ms per step.")
     s.add_argument("--epochs", type=int, default=_DefaultEpochs(DEFAULT_EPOCHS),
-                   help=f"training epochs per run (default {DEFAULT_EPOCHS}; 1 with --quick)")
-    s.add_argument("--tasks", type=_choice_list(tuple(TASKS), "tasks"), default=list(TASKS),
-                   metavar="TASK[,TASK]", help=f"which tasks (default all: {','.join(TASKS)})")
-    s.add_argument("--schedules", type=_choice_list(SCHEDULES, "schedules"), default=list(SCHEDULES),
-                   metavar="S[,S...]", help=f"which schedules (default all: {','.join(SCHEDULES)})")
+                   help=f"training epochs per run (default {DEFAULT_EPOCHS}, curves {C.FULL.epochs}; "
+                        f"1 with --quick)")
+    s.add_argument("--tasks", "--task", type=_choice_list(TASK_CHOICES, "tasks"), default=list(TASKS),
+                   metavar="TASK[,TASK]", help=f"which tasks: {', '.join(TASK_CHOICES)} (default: "
+                                               f"{','.join(TASKS)})")
+    s.add_argument("--schedules", type=_choice_list(_all_schedules(), "schedules"), default=None,
+                   metavar="S[,S...]", help=f"which schedules (default all of a task's: digits and "
+                                            f"autoencoder {','.join(SCHEDULES)}; curves {','.join(C.SCHEDULES)})")
     bn = s.add_mutually_exclusive_group()
     bn.add_argument("--no-bn", action="store_true", help="only the networks without BatchNorm")
     bn.add_argument("--bn-only", action="store_true", help="only the networks with BatchNorm")
     s.add_argument("--quick", action="store_true",
-                   help=f"a tiny run for CI: {QUICK_ROWS} training rows, 1 epoch unless --epochs")
+                   help=f"a tiny run for CI: {QUICK_ROWS} training rows, 1 epoch unless --epochs "
+                        f"(curves: {C.QUICK.rows} images, batch {C.QUICK.batch}, the network "
+                        f"{'-'.join(map(str, C.QUICK_SIZES))}, seed 0, 1 sweep epoch)")
     s.add_argument("--markdown", action="store_true", help="print a Markdown table")
     s.add_argument("--plot", default="compare.png", metavar="PATH",
-                   help="loss-curve PNG to write (default compare.png; needs matplotlib)")
+                   help="loss-curve PNG to write (default compare.png; needs matplotlib; with both "
+                        "kinds of task the curves plot goes to PATH's stem + _curves.png)")
     s.add_argument("--no-plot", action="store_true", help="write no plot")
     s.add_argument("--probe-lr", type=_positive_float, default=0.1, metavar="LR",
                    help="step of the moving-target probe (plain gradient step, default 0.1)")
-    s.add_argument("--seed", type=int, default=0, help="initialization and shuffling seed (default 0)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="initialization and shuffling seed of digits and autoencoder (default 0)")
+    s.add_argument("--seeds", type=_int_list, default=None, metavar="S[,S...]",
+                   help=f"curves: the seeds (default {','.join(map(str, C.FULL.seeds))}; --quick 0); "
+                        f"the sweep uses the first")
+    s.add_argument("--rows", type=int, default=None, metavar="N",
+                   help=f"curves: training images (default {C.FULL.rows}; --quick {C.QUICK.rows}); "
+                        f"{C.N_TEST} more are held out ({C.QUICK.n_test} with --quick)")
+    s.add_argument("--long-epochs", type=int, default=None, metavar="N",
+                   help="curves: epochs of the first-order baselines, for the equal-time comparison "
+                        "(default 4 x --epochs)")
+    s.add_argument("--sweep-epochs", type=int, default=None, metavar="N",
+                   help=f"curves: epochs per learning rate of the sweep (default {C.FULL.sweep_epochs}; "
+                        f"--quick {C.QUICK.sweep_epochs})")
+    s.add_argument("--json", default=None, metavar="PATH",
+                   help="curves: also write every figure of the run (sweep, per-epoch losses and "
+                        "times per run) to PATH as JSON")
     s.add_argument("--threads", type=int, default=0, help="threads for the core (default: all cores)")
     s.set_defaults(func=_cmd_compare)
 
 
+def _curves_budget(args: argparse.Namespace, epochs: Optional[int]):
+    """The curves Budget from the options, or an error message."""
+    from dataclasses import replace
+    from . import compare_curves as C
+    b = C.QUICK if args.quick else C.FULL
+    if epochs is not None:
+        b = replace(b, epochs=epochs)
+    for name in ("rows", "long_epochs", "sweep_epochs"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            return f"--{name.replace('_', '-')}: expected a positive number"
+    rows = args.rows if args.rows is not None else b.rows
+    long_epochs = args.long_epochs if args.long_epochs is not None else 4 * b.epochs
+    if long_epochs < b.epochs:
+        return f"--long-epochs: expected at least --epochs ({b.epochs}), got {long_epochs}"
+    return replace(b, rows=rows, long_epochs=long_epochs,
+                   sweep_epochs=args.sweep_epochs if args.sweep_epochs is not None else b.sweep_epochs,
+                   seeds=tuple(args.seeds) if args.seeds is not None else b.seeds)
+
+
+def _curves_plot_path(path: str, both: bool) -> str:
+    if not both:
+        return path
+    stem, dot, ext = path.rpartition(".")
+    return f"{stem}_curves.{ext}" if dot else f"{path}_curves.png"
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     import layerprop as lp
+    from . import compare_curves as C
     prog = "layerprop compare"
-    if isinstance(args.epochs, _DefaultEpochs):  # --epochs not given
-        args.epochs = 1 if args.quick else DEFAULT_EPOCHS
-    elif args.epochs < 1:
-        print(f"{prog}: error: --epochs: expected a positive number (see --help)", file=sys.stderr)
+
+    def fail(msg: str) -> int:
+        print(f"{prog}: error: {msg} (see --help)", file=sys.stderr)
         return 2
+
+    explicit_epochs = None if isinstance(args.epochs, _DefaultEpochs) else args.epochs
+    if explicit_epochs is not None and explicit_epochs < 1:
+        return fail("--epochs: expected a positive number")
+    args.epochs = explicit_epochs or (1 if args.quick else DEFAULT_EPOCHS)
     if args.threads < 0:
-        print(f"{prog}: error: --threads: expected a number >= 0 (see --help)", file=sys.stderr)
-        return 2
+        return fail("--threads: expected a number >= 0")
+    classic = [t for t in args.tasks if t in TASKS]
+    curves = "curves" in args.tasks
+    chosen = args.schedules
+    classic_schedules = list(SCHEDULES) if chosen is None else [s for s in chosen if s in SCHEDULES]
+    curves_schedules = list(C.SCHEDULES) if chosen is None else [s for s in chosen if s in C.SCHEDULES]
+    if classic and not classic_schedules:
+        return fail(f"--schedules: none applies to {' and '.join(classic)} (choose from {', '.join(SCHEDULES)})")
+    if curves and not curves_schedules:
+        return fail(f"--schedules: none applies to curves (choose from {', '.join(C.SCHEDULES)})")
+    budget = None
+    if curves:
+        budget = _curves_budget(args, explicit_epochs)
+        if isinstance(budget, str):
+            return fail(budget)
+    elif any(getattr(args, n) is not None for n in ("seeds", "rows", "long_epochs", "sweep_epochs", "json")):
+        return fail("--seeds, --rows, --long-epochs, --sweep-epochs and --json apply to --task curves only")
     if args.threads:
         lp.set_num_threads(args.threads)
     bn_modes = (False,) if args.no_bn else (True,) if args.bn_only else (False, True)
@@ -375,19 +472,35 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(f"{prog}: training {msg} ...", file=sys.stderr, flush=True)
 
-    try:
-        report = run(args.tasks, args.schedules, bn_modes, args.epochs, quick=args.quick,
-                     seed=args.seed, probe_lr=args.probe_lr, progress=progress)
-    except ImportError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    print(format_table(report, markdown=args.markdown))
-    if not args.no_plot:
+    def write_plot(fn: Callable[[Any, str], None], report: Any, path: str) -> None:
         try:
-            plot(report, args.plot)
+            fn(report, path)
         except ImportError:
             print(f"{prog}: matplotlib is not installed, so no plot was written "
                   f"(pip install 'layerprop[plot]')", file=sys.stderr)
         else:
-            print(f"loss curves written to {args.plot}")
+            print(f"loss curves written to {path}")
+
+    if classic:
+        try:
+            report = run(classic, classic_schedules, bn_modes, args.epochs, quick=args.quick,
+                         seed=args.seed, probe_lr=args.probe_lr, progress=progress)
+        except ImportError as e:
+            print(f"{prog}: {e}", file=sys.stderr)
+            return 2
+        print(format_table(report, markdown=args.markdown))
+        if not args.no_plot:
+            write_plot(plot, report, args.plot)
+    if curves:
+        creport = C.run_curves(curves_schedules, bn_modes, budget, quick=args.quick,  # type: ignore[arg-type]
+                               progress=progress)
+        if classic:
+            print()
+        print(C.format_curves(creport, markdown=args.markdown))
+        if args.json:
+            with open(args.json, "w") as f:
+                f.write(creport.to_json() + "\n")
+            print(f"figures written to {args.json}")
+        if not args.no_plot:
+            write_plot(C.plot_curves, creport, _curves_plot_path(args.plot, bool(classic)))
     return 0
