@@ -30,7 +30,7 @@ def restore():
 
 
 def run_fresh(code, env=None):
-    e = dict(os.environ)
+    e = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     e.update(env or {})
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                        timeout=300, env=e)
@@ -332,7 +332,8 @@ def test_idle_workers_sleep_after_spinning():
 @two
 def test_torch_shares_the_openmp_limit_layerprop_reads():
     # PyTorch's CPU wheel uses the same OpenMP runtime: torch.set_num_threads(k) in a thread
-    # sets that thread's OpenMP limit, which caps layerprop's threads there (docs/threads.md).
+    # sets that thread's OpenMP limit, which caps layerprop's threads there (docs/threads.md);
+    # OMP_NUM_THREADS is only layerprop's default: lp.set_num_threads(2) wins over it.
     pytest.importorskip("torch")
     r = run_fresh("""
         import json, torch, layerprop as lp
@@ -346,6 +347,13 @@ def test_torch_shares_the_openmp_limit_layerprop_reads():
     a, b, c = json.loads(r.stdout.strip().splitlines()[-1])
     assert (a, c) == (2, 2)
     assert b == 1
+    r = run_fresh("""
+        import json, layerprop as lp
+        d = lp.get_num_threads()
+        lp.set_num_threads(2)
+        print(json.dumps([d, lp.get_num_threads()]))
+    """, {"OMP_NUM_THREADS": "1"})
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [1, 2]
 
 
 # ------------------------------------------------------------------ the command line

@@ -343,17 +343,23 @@ bool have_openmp() {
 
 void set_num_threads(int n) { thread_setting().store(n < 1 ? 1 : n); }
 
-// Our own setting, capped by the calling thread's OpenMP limit when OpenMP is linked: a limit
-// set from outside (threadpoolctl, omp_set_num_threads in another library) is honoured.
+#ifdef LAYERPROP_HAVE_OPENMP
+// OpenMP's limit as the process started (OMP_NUM_THREADS or the cores): a limit equal to it is
+// no limit; it only seeds our default (default_threads).
+static const int g_omp_initial = omp_get_max_threads();
+#endif
+
+// Our own setting, capped by the calling thread's OpenMP limit when something changed that
+// limit at run time (threadpoolctl, torch.set_num_threads, omp_set_num_threads in another
+// library): such a limit is honoured. OMP_NUM_THREADS itself is only the default.
 int get_num_threads() {
   if (forked_after_pool()) return 1;
   const int own = thread_setting().load();
 #ifdef LAYERPROP_HAVE_OPENMP
   const int omp = omp_get_max_threads();
-  return own < omp ? own : omp;
-#else
-  return own;
+  if (omp != g_omp_initial && omp < own) return omp;
 #endif
+  return own;
 }
 
 }  // namespace lp
