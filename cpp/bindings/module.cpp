@@ -70,6 +70,7 @@ PYBIND11_MODULE(_core, m) {
     d["spin_us"] = s.spin_us;
     d["waits"] = s.waits;
     d["wait_ns"] = s.wait_ns;
+    d["stalls"] = s.stalls;
     return d;
   }, "The pool's workers started, jobs run with workers, items the workers ran, spin time.");
   m.def("_set_spin_us", [](int us) {

@@ -112,6 +112,12 @@ void on_fork_child() {
 const bool g_atfork_registered = [] { return pthread_atfork(nullptr, nullptr, on_fork_child) == 0; }();
 
 constexpr uint64_t kPreparing = 0xffffffffu;  // item index while the next job is written
+// A stall: the caller waited longer than 4 of its own items plus this slack.
+constexpr int64_t kStallSlackNs = 200'000;
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 // Every item on the calling thread, nested loops serial; as on the pool, an exception does not
 // stop the other items: the first is rethrown once all have run.
@@ -146,6 +152,7 @@ class Pool {
       ~Release() { b.store(false, std::memory_order_release); }
     } release{busy_};
     const int helpers = static_cast<int>(std::min<int64_t>(nt - 1, n - 1));
+    const int64_t now = now_ns();
     if (!grow(helpers)) {
       run_inline(n, fn, ctx);
       return;
@@ -167,17 +174,23 @@ class Pool {
     }
     jobs_.fetch_add(1, std::memory_order_relaxed);
     tl_in_job = true;
-    work(epoch, false);
+    const int64_t mine = work(epoch, false);
     // Only items another thread has claimed and is computing remain.
     if (done_.load(std::memory_order_acquire) < n) {
-      const auto w0 = std::chrono::steady_clock::now();
+      const int64_t w0 = now_ns();
       for (int spins = 0; done_.load(std::memory_order_acquire) < n; ++spins) {
         if (spins < 4096) cpu_relax();
         else std::this_thread::yield();
       }
-      wait_ns_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - w0).count(),
-                         std::memory_order_relaxed);
+      const int64_t waited = now_ns() - w0;
+      wait_ns_.fetch_add(waited, std::memory_order_relaxed);
       waits_.fetch_add(1, std::memory_order_relaxed);
+      // A wait much longer than one of our own items: the worker was descheduled in the
+      // middle of one (another process, or another library's spinning threads, holds the
+      // cores). Counted for pool_stats. (Backing off to inline jobs for a while after such a
+      // stall was measured: it lost more in quiet runs than it saved in shared ones.)
+      const int64_t per_item = mine > 0 ? (w0 - now) / mine : 0;
+      if (waited > 4 * per_item + kStallSlackNs) stalls_.fetch_add(1, std::memory_order_relaxed);
     }
     tl_in_job = false;
     if (error_flag_.load(std::memory_order_acquire)) {
@@ -198,6 +211,7 @@ class Pool {
     s.spin_us = spin_us_.load();
     s.wait_ns = wait_ns_.load();
     s.waits = waits_.load();
+    s.stalls = stalls_.load();
     return s;
   }
   void set_spin(int us) { spin_us_.store(us < 0 ? 0 : us); }
@@ -219,18 +233,20 @@ class Pool {
     return started_.load(std::memory_order_relaxed) > 0;
   }
 
-  // Claim and run items of `epoch` until none is left.
-  void work(uint64_t epoch, bool worker) {
+  // Claim and run items of `epoch` until none is left; returns how many this thread ran.
+  int64_t work(uint64_t epoch, bool worker) {
+    int64_t ran = 0;
     uint64_t t = ticket_.load(std::memory_order_acquire);
-    if ((t >> 32) != epoch || (t & 0xffffffffu) == kPreparing) return;
+    if ((t >> 32) != epoch || (t & 0xffffffffu) == kPreparing) return 0;
     // The job's description, read after its epoch was seen live. If the caller has moved on
     // meanwhile, these may belong to a later job, but then every claim below fails.
     const ItemFn fn = fn_.load(std::memory_order_relaxed);
     void* const ctx = ctx_.load(std::memory_order_relaxed);
     const uint64_t n = static_cast<uint64_t>(n_.load(std::memory_order_relaxed));
     for (;;) {
-      if ((t >> 32) != epoch || (t & 0xffffffffu) >= n) return;
+      if ((t >> 32) != epoch || (t & 0xffffffffu) >= n) return ran;
       if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+      ++ran;
       try {
         fn(ctx, static_cast<int64_t>(t & 0xffffffffu));
       } catch (...) {
@@ -293,6 +309,8 @@ class Pool {
   std::atomic<int64_t> worker_items_{0};
   std::atomic<int64_t> wait_ns_{0};
   std::atomic<int64_t> waits_{0};
+  std::atomic<int64_t> stalls_{0};
+
   std::atomic<bool> error_flag_{false};
   std::exception_ptr error_;
   std::mutex m_;

@@ -53,8 +53,10 @@ def set_thresholds(values: Mapping[str, Optional[int]]) -> None:
 
 def pool_stats() -> Dict[str, int]:
     """The pool's counters: workers started, jobs run with workers, items the workers computed,
-    jobs whose caller waited for another thread's item, the time those waits took (ns), and the
-    spin time (microseconds) before an idle worker sleeps (LAYERPROP_SPIN_US)."""
+    jobs whose caller waited for another thread's item ("waits"), the time those waits took
+    ("wait_ns"), waits far longer than the caller's own items ("stalls": a worker the OS
+    descheduled mid-item), and the spin time (microseconds) before an idle worker sleeps
+    (LAYERPROP_SPIN_US)."""
     return dict(_core._pool_stats())
 
 

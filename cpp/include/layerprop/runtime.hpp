@@ -106,6 +106,7 @@ struct PoolStats {
   int spin_us = 0;
   int64_t waits = 0;    // jobs whose caller, out of items, waited for others' items to finish
   int64_t wait_ns = 0;  // the time those waits took
+  int64_t stalls = 0;   // waits far longer than the caller's own items: a worker descheduled mid-item
 };
 PoolStats pool_stats();
 
