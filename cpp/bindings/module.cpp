@@ -71,6 +71,7 @@ PYBIND11_MODULE(_core, m) {
     d["waits"] = s.waits;
     d["wait_ns"] = s.wait_ns;
     d["stalls"] = s.stalls;
+    d["preempted_spins"] = s.preempted_spins;
     return d;
   }, "The pool's workers started, jobs run with workers, items the workers ran, spin time.");
   m.def("_set_spin_us", [](int us) {

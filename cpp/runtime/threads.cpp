@@ -114,6 +114,10 @@ const bool g_atfork_registered = [] { return pthread_atfork(nullptr, nullptr, on
 constexpr uint64_t kPreparing = 0xffffffffu;  // item index while the next job is written
 // A stall: the caller waited longer than 4 of its own items plus this slack.
 constexpr int64_t kStallSlackNs = 200'000;
+// A spinning worker that sees more than kPreemptedNs between two looks at the clock (256
+// pauses, a few microseconds) was descheduled: it stops spinning for kCalmNs.
+constexpr int64_t kPreemptedNs = 50'000;
+constexpr int64_t kCalmNs = 50'000'000;
 
 inline int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -212,6 +216,7 @@ class Pool {
     s.wait_ns = wait_ns_.load();
     s.waits = waits_.load();
     s.stalls = stalls_.load();
+    s.preempted_spins = preempted_.load();
     return s;
   }
   void set_spin(int us) { spin_us_.store(us < 0 ? 0 : us); }
@@ -272,15 +277,29 @@ class Pool {
   void worker_main(uint64_t seen) {
     tl_in_job = true;  // kernels called from an item run serially
     auto idle = [&](uint64_t t) { return (t >> 32) == seen || (t & 0xffffffffu) == kPreparing; };
+    int64_t calm_after_ns = 0;  // until then, no spinning (see below)
     for (;;) {
       uint64_t t = ticket_.load(std::memory_order_acquire);
       if (idle(t)) {
-        // Spin for the next job, bounded, then sleep.
-        const auto limit = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_.load());
+        // Spin for the next job, bounded, then sleep. A spin that finds itself descheduled
+        // (a gap between two looks at the clock) means other threads want these cores: this
+        // worker then sleeps at once after its jobs for a while, instead of taking CPU time
+        // from them and from its own caller.
+        int64_t last = now_ns();
+        const int64_t limit = last < calm_after_ns ? last : last + int64_t(spin_us_.load()) * 1000;
         int k = 0;
-        while (idle(t)) {
+        while (idle(t) && limit > last) {
           cpu_relax();
-          if ((++k & 255) == 0 && std::chrono::steady_clock::now() >= limit) break;
+          if ((++k & 255) == 0) {
+            const int64_t now = now_ns();
+            if (now - last > kPreemptedNs) {
+              calm_after_ns = now + kCalmNs;
+              preempted_.fetch_add(1, std::memory_order_relaxed);
+              break;
+            }
+            last = now;
+            if (now >= limit) break;
+          }
           t = ticket_.load(std::memory_order_acquire);
         }
         if (idle(t)) {
@@ -310,6 +329,7 @@ class Pool {
   std::atomic<int64_t> wait_ns_{0};
   std::atomic<int64_t> waits_{0};
   std::atomic<int64_t> stalls_{0};
+  std::atomic<int64_t> preempted_{0};
 
   std::atomic<bool> error_flag_{false};
   std::exception_ptr error_;

@@ -107,6 +107,7 @@ struct PoolStats {
   int64_t waits = 0;    // jobs whose caller, out of items, waited for others' items to finish
   int64_t wait_ns = 0;  // the time those waits took
   int64_t stalls = 0;   // waits far longer than the caller's own items: a worker descheduled mid-item
+  int64_t preempted_spins = 0;  // idle spins cut short: the worker was descheduled while spinning
 };
 PoolStats pool_stats();
 
