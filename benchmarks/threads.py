@@ -36,9 +36,10 @@ MODELS = {
 }
 
 
-def _spin(stop) -> None:  # the "busy" neighbour: one core, all the time
+def _spin(stop, parent: int) -> None:  # the "busy" neighbour: one core, all the time
+    import os
     x = 0
-    while not stop.is_set():
+    while not stop.is_set() and os.getppid() == parent:  # never outlives the benchmark
         for _ in range(10000):
             x += 1
 
@@ -133,7 +134,8 @@ def run(models: List[str], settings: List[str], libs: List[str], rounds: int, bu
         if setting == "busy":
             ctx = mp.get_context("spawn")
             stop = ctx.Event()
-            proc = ctx.Process(target=_spin, args=(stop,), daemon=True)
+            import os
+            proc = ctx.Process(target=_spin, args=(stop, os.getpid()), daemon=True)
             proc.start()
             time.sleep(0.3)
         between = _interleave() if setting == "interleaved" else None

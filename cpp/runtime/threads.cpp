@@ -67,10 +67,24 @@ void set_work_threshold(Work w, int64_t units) {
 }
 bool in_pool_job() { return tl_in_job; }
 
+// Set by a worker that found itself descheduled while spinning (other threads want the
+// cores): until then, a loop needs kSharedFactor times its usual work to use threads, since a
+// worker that may be descheduled mid-item makes small jobs lose more than they gain.
+static std::atomic<int64_t> g_shared_until_ns{0};
+static constexpr int64_t kSharedFactor = 16;
+
+static int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 int threads_for(Work w, int64_t units) {
   if (tl_in_job) return 1;
-  const int64_t per = work_threshold(w);
+  int64_t per = work_threshold(w);
   if (units < per) return 1;
+  if (g_shared_until_ns.load(std::memory_order_relaxed) > steady_ns()) {
+    if (per > INT64_MAX / kSharedFactor || units < per * kSharedFactor) return 1;
+    per *= kSharedFactor / 2;  // two threads from kSharedFactor thresholds' worth
+  }
   const int nt = get_num_threads();
   const int64_t want = units / per;
   return want < nt ? static_cast<int>(want) : nt;
@@ -294,6 +308,7 @@ class Pool {
             const int64_t now = now_ns();
             if (now - last > kPreemptedNs) {
               calm_after_ns = now + kCalmNs;
+              g_shared_until_ns.store(calm_after_ns, std::memory_order_relaxed);
               preempted_.fetch_add(1, std::memory_order_relaxed);
               break;
             }
