@@ -147,11 +147,13 @@ class Report:
 
 
 def _epoch_timer():
+    """A callback recording each epoch's wall time (training only) and training loss."""
     from .training import Callback
 
     class EpochTimer(Callback):
         def __init__(self) -> None:
             self.seconds: List[float] = []
+            self.losses: List[float] = []
             self._t0 = 0.0
 
         def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
@@ -159,6 +161,7 @@ def _epoch_timer():
 
         def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
             self.seconds.append(time.perf_counter() - self._t0)
+            self.losses.append(float((logs or {}).get("loss", math.nan)))
 
     return EpochTimer()
 

@@ -234,31 +234,12 @@ def _model(schedule: str, opt: Any, bn: bool, seed: int, sizes: Sequence[int]):
     return model
 
 
-def _recorder():
-    from .training import Callback
-
-    class Recorder(Callback):
-        """Each epoch's training loss and wall time (training only)."""
-        def __init__(self) -> None:
-            self.losses: List[float] = []
-            self.seconds: List[float] = []
-            self._t0 = 0.0
-
-        def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
-            self._t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
-            self.seconds.append(time.perf_counter() - self._t0)
-            self.losses.append(float((logs or {}).get("loss", math.nan)))
-
-    return Recorder()
-
-
 def _fit(model, X, epochs: int, batch: int, initial_epoch: int = 0) -> Tuple[List[float], List[float]]:
     """(training loss per epoch, seconds per epoch). A step with a non-finite loss or gradient
     ends the run: its epoch's loss is nan."""
     from ._core import NonFiniteError
-    rec = _recorder()
+    from .compare import _epoch_timer
+    rec = _epoch_timer()
     try:
         model.fit(X, X, epochs=epochs, batch_size=batch, shuffle=True, callbacks=[rec], progress=False,
                   initial_epoch=initial_epoch)
