@@ -254,8 +254,8 @@ def format_table(report: Report, markdown: bool = False) -> str:
             f"Adam(lr={LR:g}), {report.threads} thread{'s' * (report.threads != 1)}, "
             f"{report.n_train} training / {report.n_test} test digits"
             + (" (--quick)" if report.quick else ""))
-    foot = [f"ms/epoch: median wall time of an epoch; ops/step: node forward+backward executions of "
-            f"one training step (model.step_cost())",
+    foot = ["ms/epoch: median wall time of an epoch; ops/step: node forward+backward executions of "
+            "one training step (model.step_cost())",
             f"MT: lp.explain.moving_target at the end on {64 if report.quick else PROBE_ROWS} "
             f"training rows, plain gradient step lr={report.probe_lr:g}: mean cosine over layers, "
             f"largest input-variance drift",

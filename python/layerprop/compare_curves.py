@@ -405,8 +405,8 @@ def format_curves(report: CurvesReport, markdown: bool = False) -> str:
             table.append(line(row))
     ts = ", ".join(f"{'with' if bn else 'without'} BN {equal_time(report, bn):.1f} s"
                    for bn in dict.fromkeys(r.bn for r in report.runs))
-    foot = [f"loss @E: training loss of epoch E as fit reports it (mean over the epoch's batches); "
-            f"train/test BCE @E: the whole training set / the held-out images after E epochs",
+    foot = ["loss @E: training loss of epoch E as fit reports it (mean over the epoch's batches); "
+            "train/test BCE @E: the whole training set / the held-out images after E epochs",
             f"loss @T: training loss of the last epoch finished within T of training, T = the shortest "
             f"mean training time of the schedules ({ts}); epochs by T: per seed",
             "ms/step: median epoch time / steps per epoch; ops/step: node forward+backward executions of "

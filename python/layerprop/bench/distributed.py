@@ -120,7 +120,7 @@ def rank_main(seconds: float) -> None:
 
 def launch(n: int, seconds: float) -> Optional[dict]:
     try:
-        import mpi4py  # noqa: F401
+        import mpi4py  # noqa: F401  (is it installed?)
     except ImportError:
         print("(skipped: no mpi4py; pip install 'layerprop[mpi]')")
         return None
@@ -215,12 +215,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if two:
             line += f", 2 ranks x 1 thread {two['steps'][key] * 1e3:.2f} ms"
         print(line)
-    fit = None
     if two:
         sizes = np.array([int(k) for k in two["allreduce"]], dtype=np.float64) * 4
         times = np.array(list(two["allreduce"].values()))
         lat, bw = float(times[0]), float(sizes[-1] / times[-1])
-        fit = {"latency_us": lat * 1e6, "GBps": bw / 1e9}
         print(f"All-reduce between 2 ranks here: {lat * 1e6:.1f} us for {int(sizes[0])} B, "
               f"{bw / 1e9:.2f} GB/s at {int(sizes[-1]) >> 20} MiB")
         for key in MODELS:
