@@ -195,8 +195,9 @@ CalibrationResult calibrate_work(Work w, double budget_s, double margin) {
       crossing = 0;
     }
   }
-  // Two threads from `crossing` on: threads_for gives one per units_per_thread.
-  r.units_per_thread = crossing > 0 ? std::max<int64_t>(1, crossing / 2) : 0;
+  // Two threads from `crossing` on: threads_for gives one per units_per_thread. A win at the
+  // largest size alone is not confirmed by a second one: never parallel.
+  r.units_per_thread = wins >= 2 && crossing > 0 ? std::max<int64_t>(1, crossing / 2) : 0;
   return r;
 }
 
