@@ -286,6 +286,28 @@ def case_repro():
     out({"checksum": D.parameters_checksum(m)})
 
 
+def case_scale():
+    """At MNIST size: 60,000 x 784 float32, one epoch of fit at batch 600 split over the ranks,
+    against one process (float32: summation order differs, so a tolerance, not 1e-12)."""
+    rng = np.random.default_rng(0)
+    X = rng.random((60000, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 60000)
+
+    def build():
+        return lp.Sequential(lp.Linear(784, 128), lp.ReLU(), lp.Linear(128, 10), seed=1)
+
+    m = build()
+    m.compile(optimizer=lp.Adam(lr=1e-3), distributed=True)
+    h = m.fit(X, y, epochs=1, batch_size=600, progress=False)
+    equal = same_on_all_ranks(m)
+    if rank == 0:
+        ref = build()
+        ref.compile(optimizer=lp.Adam(lr=1e-3))
+        hr = ref.fit(X, y, epochs=1, batch_size=600, progress=False)
+        out({"params": maxdiff(m, ref), "loss": abs(h.history["loss"][0] - hr.history["loss"][0]),
+             "ranks_equal": equal, "loss_value": h.history["loss"][0]})
+
+
 def case_threads():
     out({"threads": ctx.threads, "lp": lp.get_num_threads(), "local_size": ctx.local_size,
          "cpus": len(os.sched_getaffinity(0)), "size": size})
