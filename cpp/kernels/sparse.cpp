@@ -9,16 +9,6 @@
 #include "layerprop/runtime.hpp"
 
 namespace lp::kern {
-namespace {
-
-// body(b) for b in [0, n): items claimed by the pool's threads; the result of each item
-// never depends on which thread computes it.
-template <class F>
-void parallel_items(int64_t n, int nt, F&& body) {
-  parallel_for(n, nt, body);
-}
-
-}  // namespace
 
 // Outputs per pass over the batch's entries: OB rows of W (or of dW) stay in the L2 cache while
 // every entry of the batch gathers from (or adds into) them.
@@ -46,7 +36,7 @@ void csr_linear_forward(T* y, int64_t ldy, const int64_t* ptr, const int64_t* id
   // 2-4x slower; inference over many rows transposes once per call: csr_linear_forward_t.)
   constexpr int64_t OB = kOutBlock<T>;
   const int64_t nblk = (OUT + OB - 1) / OB;
-  parallel_items(nblk, threads_for(Work::Sparse, nnz * OUT + IN * OUT / 4), [&](int64_t b) {
+  parallel_for(nblk, threads_for(Work::Sparse, nnz * OUT + IN * OUT / 4), [&](int64_t b) {
     const int64_t o0 = b * OB, ob = std::min(OB, OUT - o0);
     const T* w = W + o0 * IN;
     if (ob == OB) {
@@ -74,7 +64,7 @@ void csr_linear_forward(T* y, int64_t ldy, const int64_t* ptr, const int64_t* id
 template <class T>
 void transpose(T* wt, const T* W, int64_t OUT, int64_t IN) {
   constexpr int64_t B = 32;
-  parallel_items((IN + B - 1) / B, threads_for(Work::Sparse, IN * OUT), [&](int64_t b) {
+  parallel_for((IN + B - 1) / B, threads_for(Work::Sparse, IN * OUT), [&](int64_t b) {
     const int64_t c0 = b * B, c1 = std::min(IN, c0 + B);
     for (int64_t o0 = 0; o0 < OUT; o0 += B) {
       const int64_t o1 = std::min(OUT, o0 + B);
@@ -110,7 +100,7 @@ void csr_weight_grad(T* dW, const T* dZ, int64_t ldz, const int64_t* ptr, const 
   constexpr int64_t OB = kOutBlock<T>;
   const int64_t nnz = ptr[N] - ptr[0];
   const int64_t nblk = (OUT + OB - 1) / OB;
-  parallel_items(nblk, threads_for(Work::Sparse, nnz * OUT + IN * OUT / 4), [&](int64_t b) {
+  parallel_for(nblk, threads_for(Work::Sparse, nnz * OUT + IN * OUT / 4), [&](int64_t b) {
     const int64_t o0 = b * OB, ob = std::min(OB, OUT - o0);
     T* d = dW + o0 * IN;
     if (!accumulate) std::fill(d, d + ob * IN, T(0));

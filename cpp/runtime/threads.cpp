@@ -65,7 +65,6 @@ int64_t work_threshold(Work w) { return g_threshold[static_cast<int>(w)].load(st
 void set_work_threshold(Work w, int64_t units) {
   g_threshold[static_cast<int>(w)].store(units <= 0 ? INT64_MAX : units, std::memory_order_relaxed);
 }
-bool in_pool_job() { return tl_in_job; }
 
 // Set by a worker that found itself descheduled while spinning (other threads want the
 // cores): until then, a loop needs kSharedFactor times its usual work to use threads, since a
@@ -73,7 +72,7 @@ bool in_pool_job() { return tl_in_job; }
 static std::atomic<int64_t> g_shared_until_ns{0};
 static constexpr int64_t kSharedFactor = 16;
 
-static int64_t steady_ns() {
+static int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
@@ -81,7 +80,7 @@ int threads_for(Work w, int64_t units) {
   if (tl_in_job) return 1;
   int64_t per = work_threshold(w);
   if (units < per) return 1;
-  if (g_shared_until_ns.load(std::memory_order_relaxed) > steady_ns()) {
+  if (g_shared_until_ns.load(std::memory_order_relaxed) > now_ns()) {
     if (per > INT64_MAX / kSharedFactor || units < per * kSharedFactor) return 1;
     per *= kSharedFactor / 2;  // two threads from kSharedFactor thresholds' worth
   }
@@ -133,9 +132,6 @@ constexpr int64_t kStallSlackNs = 200'000;
 constexpr int64_t kPreemptedNs = 50'000;
 constexpr int64_t kCalmNs = 50'000'000;
 
-inline int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // Every item on the calling thread, nested loops serial; as on the pool, an exception does not
 // stop the other items: the first is rethrown once all have run.
@@ -162,7 +158,7 @@ class Pool {
   void run(int64_t n, int nt, ItemFn fn, void* ctx) {
     bool expected = false;
     if (!busy_.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
-      run_inline(n, fn, ctx);  // another thread's job holds the pool
+      run_all_inline(n, fn, ctx);  // another thread's job holds the pool
       return;
     }
     struct Release {
@@ -172,7 +168,7 @@ class Pool {
     const int helpers = static_cast<int>(std::min<int64_t>(nt - 1, n - 1));
     const int64_t now = now_ns();
     if (!grow(helpers)) {
-      run_inline(n, fn, ctx);
+      run_all_inline(n, fn, ctx);
       return;
     }
     // Close the last epoch first: from here no claim of an older job can succeed, so nobody
@@ -236,7 +232,6 @@ class Pool {
   void set_spin(int us) { spin_us_.store(us < 0 ? 0 : us); }
 
  private:
-  static void run_inline(int64_t n, ItemFn fn, void* ctx) { run_all_inline(n, fn, ctx); }
 
   // Start workers up to `helpers` (called with busy_ held). False if none can be started.
   bool grow(int helpers) {

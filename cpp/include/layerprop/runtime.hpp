@@ -61,8 +61,6 @@ int threads_for(Work w, int64_t units);
 // An exception thrown by an item is rethrown in the caller after all items have finished.
 using ItemFn = void (*)(void* ctx, int64_t item);
 void run_items(int64_t n, int nt, ItemFn fn, void* ctx);
-// True on a pool worker and on a caller while its items run.
-bool in_pool_job();
 
 template <class F>
 inline void parallel_for(int64_t n, int nt, F&& body) {
