@@ -1,0 +1,283 @@
+"""JAX as a peer: the reference models' training loop compiled whole (jax.jit over lax.scan).
+
+This is the strongest CPU peer for small work: XLA fuses the step and the loop runs with no
+Python between steps. The fair comparison on our side is the core's epoch loop (what `fit`
+runs), so both sides take the same K batches, from the same initial parameters, with the same
+optimizer rules (PyTorch's SGD, momentum and Adam), and both report the loss of every step.
+
+JAX is optional (`pip install 'layerprop[jax]'`). XLA sizes its thread pool from the CPUs the
+process may use when it starts, so every thread count runs in a child process confined to that
+many CPUs:
+`python -m layerprop.bench.jaxpeer --key S --threads 1` prints one JSON line. Nothing here
+imports JAX into the calling process, where it would bring a third thread pool.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .specs import MODELS, OPTIMIZERS
+
+PEER = "JAX jit+scan"
+# Steps per compiled loop: enough that one call is well above timer and dispatch noise.
+STEPS = {"T1": 400, "T32": 400, "S": 200, "M": 20, "L": 3}
+
+
+def available() -> bool:
+    """Whether JAX can be imported (without importing it here)."""
+    return importlib.util.find_spec("jax") is not None
+
+
+def loop_data(key: str, steps: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """`steps` batches of reference model `key`, stacked: X (steps*batch, in), y."""
+    spec = MODELS[key]
+    rng = np.random.default_rng(seed + 1)
+    n = spec.batch * steps
+    X = rng.standard_normal((n, spec.sizes[0]), dtype=np.float32)
+    if spec.loss == "cross_entropy":
+        y = rng.integers(0, spec.sizes[-1], size=n).astype(np.int64)
+    else:
+        y = rng.standard_normal((n, spec.sizes[-1]), dtype=np.float32)
+    return X, y
+
+
+@dataclass
+class LoopCase:
+    """Our side: the core's epoch loop over the batches of `loop_data` (no Python per step)."""
+    key: str
+    steps: int
+    model: object
+    X: np.ndarray
+    y: np.ndarray
+
+    def __call__(self) -> np.ndarray:
+        order = np.arange(self.X.shape[0], dtype=np.int64)
+        losses, done, _skipped, _fb, fault = self.model._core.train_epoch(
+            self.X, self.y, order, MODELS[self.key].batch)
+        if done != self.steps or fault:
+            raise RuntimeError(f"{self.key}: the epoch stopped after {done} of {self.steps} steps")
+        return losses
+
+
+def loop_case(key: str, steps: Optional[int] = None, seed: int = 0) -> LoopCase:
+    from .twins import build_model
+    spec = MODELS[key]
+    steps = steps or STEPS[key]
+    model = build_model(spec.sizes, spec.loss, spec.optimizer, seed=seed)
+    X, y = loop_data(key, steps, seed)
+    return LoopCase(key, steps, model, X, y)
+
+
+# --------------------------------------------------------------------------------------------
+# The JAX side (runs in the child process).
+
+def _jax_loop(key: str, params: List[Tuple[np.ndarray, np.ndarray]]):
+    """(epoch, state): epoch(state, Xs, ys) -> (state, losses) compiled with jit over lax.scan."""
+    import jax
+    import jax.numpy as jnp
+
+    spec = MODELS[key]
+    _cls, kw = OPTIMIZERS[spec.optimizer]
+    lr = kw["lr"]
+    n_layers = len(params)
+
+    def forward(ps, x):
+        for i, (w, b) in enumerate(ps):
+            x = x @ w.T + b
+            if i < n_layers - 1:
+                x = jnp.maximum(x, 0.0)
+        return x
+
+    if spec.loss == "cross_entropy":
+        def loss_fn(ps, x, y):
+            z = forward(ps, x)
+            logp = jax.nn.log_softmax(z, axis=-1)
+            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+    else:
+        def loss_fn(ps, x, y):
+            return jnp.mean((forward(ps, x) - y) ** 2)
+
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def zeros():  # a new buffer each call: donated state must not alias
+        return jax.tree_util.tree_map(jnp.zeros_like, params)
+
+    if spec.optimizer == "sgd":
+        state0 = (params,)
+
+        def update(state, g):
+            (ps,) = state
+            return (jax.tree_util.tree_map(lambda p, d: p - lr * d, ps, g),)
+    elif spec.optimizer == "sgd_momentum":
+        mu = kw["momentum"]
+        state0 = (params, zeros())
+
+        def update(state, g):  # PyTorch: buf = mu buf + g (buf = g at the first step), p -= lr buf
+            ps, buf = state
+            buf = jax.tree_util.tree_map(lambda m, d: mu * m + d, buf, g)
+            return (jax.tree_util.tree_map(lambda p, m: p - lr * m, ps, buf), buf)
+    else:
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        state0 = (params, zeros(), zeros(), jnp.zeros((), jnp.float32))
+
+        def update(state, g):  # PyTorch's Adam: p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
+            ps, m, v, t = state
+            t = t + 1.0
+            m = jax.tree_util.tree_map(lambda a, d: b1 * a + (1 - b1) * d, m, g)
+            v = jax.tree_util.tree_map(lambda a, d: b2 * a + (1 - b2) * d * d, v, g)
+            step = lr / (1 - b1 ** t)
+            root_bc2 = jnp.sqrt(1 - b2 ** t)
+            ps = jax.tree_util.tree_map(lambda p, a, c: p - step * a / (jnp.sqrt(c) / root_bc2 + eps), ps, m, v)
+            return (ps, m, v, t)
+
+    def body(state, xy):
+        x, y = xy
+        loss, g = grad_fn(state[0], x, y)
+        return update(state, g), loss
+
+    def epoch(state, Xs, ys):
+        return jax.lax.scan(body, state, (Xs, ys))
+
+    return jax.jit(epoch, donate_argnums=(0,)), state0
+
+
+def _child(key: str, steps: int, reps: int, seed: int) -> Dict[str, object]:
+    import jax
+    import jax.numpy as jnp
+
+    case = loop_case(key, steps, seed)     # our model, for its initial parameters and the data
+    spec = MODELS[key]
+    params_np = case.model.parameters()
+    params = []
+    for i in range(len(spec.layers)):
+        w = params_np[f"{2 * i}.weight"]
+        b = params_np[f"{2 * i}.bias"]
+        params.append((jnp.asarray(np.array(w)), jnp.asarray(np.array(b))))
+    b = spec.batch
+    Xs = jnp.asarray(case.X.reshape(steps, b, spec.sizes[0]))
+    ys = jnp.asarray(case.y.reshape((steps, b) if spec.loss == "cross_entropy" else (steps, b, spec.sizes[-1])))
+    epoch, state = _jax_loop(key, params)
+    t0 = time.perf_counter()
+    state, losses = epoch(state, Xs, ys)
+    first_losses = np.asarray(jax.block_until_ready(losses), dtype=np.float64)
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        state, losses = epoch(state, Xs, ys)
+        jax.block_until_ready(losses)
+        times.append((time.perf_counter() - t0) / steps)
+    return {"key": key, "steps": steps, "times": times, "first_losses": first_losses.tolist(),
+            "compile_s": compile_s, "jax": jax.__version__}
+
+
+def child_cpus(threads: int) -> List[int]:
+    """The CPUs the child is confined to so that XLA runs `threads` threads. XLA's CPU backend
+    sizes its pool from the CPUs it may use and has no flag that caps it (measured:
+    --xla_cpu_multi_thread_eigen=false still runs a 1024^2 matmul on two cores), so fewer
+    threads than CPUs means an affinity mask. [] means no mask."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return allowed[:threads] if 0 < threads < len(allowed) else []
+
+
+@dataclass
+class JaxResult:
+    key: str
+    threads: int
+    steps: int
+    times: List[float]          # seconds per step, one per timed call of the compiled loop
+    first_losses: np.ndarray    # the losses of the first call, from our initial parameters
+    compile_s: float
+    version: str
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.times))
+
+
+def run_jax(key: str, threads: int, steps: Optional[int] = None, reps: int = 7, seed: int = 0,
+            timeout: float = 600.0) -> JaxResult:
+    """Time JAX's compiled loop for reference model `key` in a child process on `threads`
+    threads. Raises RuntimeError when JAX is missing or the child fails."""
+    if key not in MODELS:
+        raise ValueError(f"key: expected one of {sorted(MODELS)}, got {key!r}")
+    if not available():
+        raise RuntimeError("JAX is not installed: pip install 'layerprop[jax]'")
+    steps = steps or STEPS[key]
+    cmd = [sys.executable, "-m", "layerprop.bench.jaxpeer", "--key", key, "--steps", str(steps),
+           "--reps", str(reps), "--seed", str(seed)]
+    cpus = child_cpus(threads)
+    if cpus:
+        cmd += ["--cpus", ",".join(map(str, cpus))]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_NUM_THREADS=str(threads))
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        raise RuntimeError(f"the JAX child failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
+    d = json.loads(lines[-1])
+    return JaxResult(key, threads, int(d["steps"]), [float(t) for t in d["times"]],
+                     np.asarray(d["first_losses"]), float(d["compile_s"]), str(d["jax"]))
+
+
+def time_ours(case: LoopCase, reps: int) -> Tuple[List[float], np.ndarray]:
+    """Per-step seconds of `reps` calls of our loop, after a first call whose losses are
+    returned (the comparison with JAX's first call, from the same parameters)."""
+    first = np.asarray(case(), dtype=np.float64)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        case()
+        times.append((time.perf_counter() - t0) / case.steps)
+    return times, first
+
+
+def compare(key: str, threads: int, reps: int = 7, progress: Optional[Callable[[str], None]] = None):
+    """(ours per-step times, JaxResult, max relative loss difference over the first loop).
+    Ours runs in this process at `threads` threads, before and after the JAX child, so that
+    drift between the two halves hits both."""
+    import layerprop as lp
+    old = lp.get_num_threads()
+    lp.set_num_threads(threads)
+    try:
+        case = loop_case(key)
+        t_a, first = time_ours(case, max(1, reps // 2))
+        res = run_jax(key, threads, case.steps, reps)
+        t_b, _ = time_ours(loop_case(key), reps - max(1, reps // 2))
+    finally:
+        lp.set_num_threads(old)
+    rel = float(np.max(np.abs(first - res.first_losses) / np.maximum(np.abs(res.first_losses), 1e-12)))
+    return t_a + t_b, res, rel
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m layerprop.bench.jaxpeer",
+                                 description="Time JAX's compiled training loop for one reference model; "
+                                             "prints one JSON line. --cpus sets how many threads XLA runs.")
+    ap.add_argument("--key", required=True, choices=sorted(MODELS))
+    ap.add_argument("--steps", type=int, default=0)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpus", default="", help="comma-separated CPUs to run on (before JAX starts)")
+    a = ap.parse_args(argv)
+    if a.steps < 0 or a.reps < 1:
+        ap.error("--steps must be >= 0 and --reps >= 1")
+    if a.cpus:
+        try:
+            os.sched_setaffinity(0, {int(c) for c in a.cpus.split(",")})
+        except (ValueError, OSError) as e:
+            ap.error(f"--cpus {a.cpus!r}: {e}")
+    print(json.dumps(_child(a.key, a.steps or STEPS[a.key], a.reps, a.seed)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
