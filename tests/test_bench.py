@@ -26,7 +26,11 @@ def test_bench_quick_t1_prints_the_table(capsys):
     assert "GEMM peak (measured):" in out and "1024^3" in out
     header, rows = _table(out)
     assert re.split(r"\s{2,}", header.strip()) == COLUMNS
-    assert len(rows) == 1
+    # With JAX installed, a second row: the core's loop against JAX's compiled loop.
+    assert len(rows) == (2 if bench.jaxpeer.available() else 1), rows
+    if len(rows) == 2:
+        assert re.match(r"loop T b1(?: \[noisy: IQR \d+% of median\])?\s+1\s+[\d.]+ (us|ms)\s+JAX jit\+scan\s+"
+                        r"[\d.]+ (us|ms)\s+[\d.]+x\s+[\d.]+\s+\d+%$", rows[1]), rows[1]
     m = re.match(r"train T b1(?: \[noisy: IQR \d+% of median\])?\s+1\s+([\d.]+) (us|ms|s)\s+PyTorch eager\s+([\d.]+) (us|ms|s)\s+"
                  r"([\d.]+)x\s+([\d.]+)\s+(\d+)%$", rows[0])
     assert m, rows[0]
@@ -48,6 +52,7 @@ def test_bench_markdown(capsys):
 
 def test_missing_peer_says_na(monkeypatch):
     monkeypatch.setattr(bench.twins, "torch_twin", lambda model, sizes: None)  # where the cases look it up
+    monkeypatch.setattr(bench.jaxpeer, "available", lambda: False)             # no JAX row either
     report = bench.run(["T1"], [1], quick=True)
     (row,) = report.rows
     assert row.peer_s is None and row.ratio is None

@@ -20,6 +20,7 @@ same thread count: the best GFLOP/s of `_core._gemm` on a 1024x1024x1024 float32
 """
 from __future__ import annotations
 
+from . import jaxpeer
 from .cli import add_parser
 from .harness import FULL, QUICK, Report, Row, Settings, run
 from .specs import (CASES, DIGITS_BATCH, DIGITS_SIZES, GEMM_SHAPES, GEMM_SQUARE, INFER_MODELS, MODELS,
@@ -34,5 +35,5 @@ __all__ = [
     "MODELS", "CASES", "GEMM_SHAPES", "ModelSpec", "TrainCase", "InferCase", "Row",
     "threads", "train_flops", "infer_flops", "build_model", "torch_twin", "train_case",
     "infer_case", "gemm_operands", "gemm_reference", "digits_data", "digits_case",
-    "settle", "interleaved", "measure_peak", "Report", "run", "format_table", "add_parser",
+    "settle", "interleaved", "measure_peak", "Report", "run", "format_table", "add_parser", "jaxpeer",
 ]

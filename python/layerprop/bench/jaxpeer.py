@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -150,31 +150,40 @@ def _jax_loop(key: str, params: List[Tuple[np.ndarray, np.ndarray]]):
     return jax.jit(epoch, donate_argnums=(0,)), state0
 
 
-def _child(key: str, steps: int, reps: int, seed: int) -> Dict[str, object]:
+def jax_loop_case(key: str, steps: int, seed: int = 0):
+    """(run, first_losses): run() makes one call of JAX's compiled loop over the same batches as
+    `loop_case(key, steps, seed)`, from our model's initial parameters, and returns the loop's
+    losses; first_losses are those of the first call (which also compiles). Imports JAX."""
     import jax
     import jax.numpy as jnp
 
     case = loop_case(key, steps, seed)     # our model, for its initial parameters and the data
     spec = MODELS[key]
     params_np = case.model.parameters()
-    params = []
-    for i in range(len(spec.layers)):
-        w = params_np[f"{2 * i}.weight"]
-        b = params_np[f"{2 * i}.bias"]
-        params.append((jnp.asarray(np.array(w)), jnp.asarray(np.array(b))))
+    params = [(jnp.asarray(np.array(params_np[f"{2 * i}.weight"])), jnp.asarray(np.array(params_np[f"{2 * i}.bias"])))
+              for i in range(len(spec.layers))]
     b = spec.batch
     Xs = jnp.asarray(case.X.reshape(steps, b, spec.sizes[0]))
     ys = jnp.asarray(case.y.reshape((steps, b) if spec.loss == "cross_entropy" else (steps, b, spec.sizes[-1])))
-    epoch, state = _jax_loop(key, params)
+    epoch, state0 = _jax_loop(key, params)
+    holder = [state0]
+
+    def run() -> np.ndarray:
+        holder[0], losses = epoch(holder[0], Xs, ys)
+        return np.asarray(jax.block_until_ready(losses), dtype=np.float64)
+
+    return run, run()
+
+
+def _child(key: str, steps: int, reps: int, seed: int) -> Dict[str, object]:
+    import jax
     t0 = time.perf_counter()
-    state, losses = epoch(state, Xs, ys)
-    first_losses = np.asarray(jax.block_until_ready(losses), dtype=np.float64)
+    run, first_losses = jax_loop_case(key, steps, seed)
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        state, losses = epoch(state, Xs, ys)
-        jax.block_until_ready(losses)
+        run()
         times.append((time.perf_counter() - t0) / steps)
     return {"key": key, "steps": steps, "times": times, "first_losses": first_losses.tolist(),
             "compile_s": compile_s, "jax": jax.__version__}
@@ -240,7 +249,7 @@ def time_ours(case: LoopCase, reps: int) -> Tuple[List[float], np.ndarray]:
     return times, first
 
 
-def compare(key: str, threads: int, reps: int = 7, progress: Optional[Callable[[str], None]] = None):
+def compare(key: str, threads: int, reps: int = 7, steps: Optional[int] = None):
     """(ours per-step times, JaxResult, max relative loss difference over the first loop).
     Ours runs in this process at `threads` threads, before and after the JAX child, so that
     drift between the two halves hits both."""
@@ -248,10 +257,10 @@ def compare(key: str, threads: int, reps: int = 7, progress: Optional[Callable[[
     old = lp.get_num_threads()
     lp.set_num_threads(threads)
     try:
-        case = loop_case(key)
+        case = loop_case(key, steps)
         t_a, first = time_ours(case, max(1, reps // 2))
         res = run_jax(key, threads, case.steps, reps)
-        t_b, _ = time_ours(loop_case(key), reps - max(1, reps // 2))
+        t_b, _ = time_ours(loop_case(key, steps), max(1, reps - reps // 2))
     finally:
         lp.set_num_threads(old)
     rel = float(np.max(np.abs(first - res.first_losses) / np.maximum(np.abs(res.first_losses), 1e-12)))
