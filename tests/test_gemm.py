@@ -134,3 +134,60 @@ def test_portable_fallback_kernels_agree():
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_swapped_nt_product_gives_the_same_bits():
+    """x @ W^T with few rows runs as C^T = W x^T, W read in place (swap_nt). The fma chain of
+    every output is unchanged, so the bits must equal the unswapped product's
+    (LAYERPROP_GEMM_SWAP_ROWS=0 turns the swap off at import): plain, accumulating, through a
+    Linear + ReLU forward with its bias epilogue, and over training steps at 1 and 2 threads."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys, numpy as np, layerprop as lp
+        from layerprop import _core
+        rng = np.random.default_rng(0)
+        out = {}
+        for m, n, k in ((1, 300, 200), (5, 40, 130), (16, 512, 784), (31, 70, 300), (32, 128, 784),
+                        (90, 1000, 129), (96, 97, 256), (13, 600, 1000)):
+            a = rng.standard_normal((m, k), dtype=np.float32)
+            b = rng.standard_normal((n, k), dtype=np.float32)
+            c = rng.standard_normal((m, n), dtype=np.float32)
+            g = out[f"g{m}_{n}_{k}"] = _core._gemm(a, b, False, True)
+            out[f"c{m}_{n}_{k}"] = _core._gemm(a, b, False, True, c=c)
+            ref = a.astype(np.float64) @ b.astype(np.float64).T
+            assert np.abs(g - ref).max() <= 1e-5 * np.abs(ref).max(), (m, n, k)
+        for sizes in ((784, 512, 512, 10), (300, 200, 7)):
+            model = lp.Sequential(lp.Linear(sizes[0], sizes[1]), lp.ReLU(), lp.Linear(sizes[1], sizes[2]), seed=1)
+            for bsz in (1, 7, 16, 64, 96, 200):
+                out[f"p{sizes[0]}_{bsz}"] = model.predict(rng.standard_normal((bsz, sizes[0]), dtype=np.float32))
+        for nt in (1, 2):
+            lp.set_num_threads(nt)
+            model = lp.Sequential(lp.Linear(784, 128), lp.ReLU(), lp.Linear(128, 10), seed=2)
+            model.compile(loss="cross_entropy", optimizer=lp.Adam(lr=1e-3))
+            X = rng.standard_normal((32 * 6, 784), dtype=np.float32)
+            y = rng.integers(0, 10, 32 * 6)
+            model.fit(X, y, epochs=1, batch_size=32, shuffle=False, progress=False)
+            for name, v in model.parameters().items():
+                out[f"t{nt}{name}"] = np.array(v)
+        np.savez(sys.argv[1], **out)
+    """)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        paths = []
+        for rows in (None, "0"):
+            env = dict(os.environ)
+            env.pop("LAYERPROP_GEMM_SWAP_ROWS", None)
+            if rows is not None:
+                env["LAYERPROP_GEMM_SWAP_ROWS"] = rows
+            path = os.path.join(d, f"{rows}.npz")
+            r = subprocess.run([sys.executable, "-c", code, path], env=env, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+            paths.append(path)
+        swapped, plain = np.load(paths[0]), np.load(paths[1])
+        assert sorted(swapped.files) == sorted(plain.files)
+        differ = [k for k in swapped.files if not np.array_equal(swapped[k], plain[k])]
+        assert not differ, differ

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -25,6 +26,7 @@ void small_f64(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, co
                int64_t, double*, int64_t, bool);
 void pack_b_trans_f32(float*, const float*, int64_t, int64_t, int64_t, int64_t);
 void pack_a_rows_f32(float*, const float*, int64_t, int64_t, int64_t, int64_t);
+void ukernel_rows_f32(int64_t, const float*, int64_t, const float*, float*, int64_t, bool);
 }  // namespace avx2
 #endif
 
@@ -45,6 +47,17 @@ Ukernel<T> pick_ukernel() {
   }
 #endif
   return &generic::ukernel_generic<T>;
+}
+// A micro-kernel reading its 6 x kc block of A in place (row r at a + r * lda), or nullptr.
+template <class T>
+using UkRows = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool);
+template <class T>
+UkRows<T> pick_ukernel_rows() {
+#ifdef LAYERPROP_HAVE_AVX2
+  if constexpr (std::is_same_v<T, float>)
+    if (use_avx2()) return &avx2::ukernel_rows_f32;
+#endif
+  return nullptr;
 }
 template <class T>
 SmallFn<T> pick_small() {
@@ -145,6 +158,19 @@ void store_part(T* __restrict c, int64_t ldc, const T* __restrict t, int64_t ldt
   }
 }
 
+// c[j * ldc + r] (+)= t[r * ldt + j]: a tile stored transposed.
+template <class T>
+void store_part_t(T* __restrict c, int64_t ldc, const T* __restrict t, int64_t ldt, int64_t mr, int64_t nr,
+                  bool acc) {
+  for (int64_t j = 0; j < nr; ++j) {
+    T* __restrict cj = c + j * ldc;
+    if (acc)
+      for (int64_t r = 0; r < mr; ++r) cj[r] += t[r * ldt + j];
+    else
+      for (int64_t r = 0; r < mr; ++r) cj[r] = t[r * ldt + j];
+  }
+}
+
 // Final values of a tile: bias, then the activation into act_out.
 template <class T>
 inline void apply_epilogue(T* C, int64_t ldc, int64_t i0, int64_t mr, int64_t j0, int64_t nr,
@@ -157,15 +183,18 @@ inline void apply_epilogue(T* C, int64_t ldc, int64_t i0, int64_t mr, int64_t j0
 // are BLIS's (column block jc, depth block pc, row block ic, micro-tiles), with this thread's
 // own packed panels. Every C tile gets the same micro-kernel calls in the same order (the depth
 // blocks depend on K only), so a tile's bits never depend on the rectangle it was part of.
+// With `ukr`, full 6-row tiles read A in place instead of from a packed block (same bits).
+// With `ct`, the product is C^T: tile (r, j) goes to C[j * ldc + r] and the epilogue sees C.
 template <class T>
 void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t K,
                const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
-               const Epilogue<T>* ep, int64_t mcb, int64_t kcb, Ukernel<T> uk) {
+               const Epilogue<T>* ep, int64_t mcb, int64_t kcb, Ukernel<T> uk, UkRows<T> ukr, bool ct) {
   using Bk = Blocking<T>;
   constexpr int64_t MR = Bk::MR, NR = Bk::NR, KC = Bk::KC, MC = Bk::MC, NC = Bk::NC;
   static thread_local Buffer<T> abuf_store, bbuf_store;
   T* abuf = scratch(abuf_store, MC * KC + 16);  // slack: the AVX2 packer's last store
   T* bbuf = scratch(bbuf_store, KC * std::min(NC, (j1 - j0 + NR - 1) / NR * NR));
+  const bool direct = ukr != nullptr && !ta;
   for (int64_t jc = j0; jc < j1; jc += NC) {
     const int64_t nc = std::min(NC, j1 - jc);
     const int64_t n_jr = (nc + NR - 1) / NR;
@@ -177,17 +206,34 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
         pack_b_panel(bbuf + q * NR * kc, tb, B, ldb, pc, kc, jc + q * NR, std::min(NR, nc - q * NR));
       for (int64_t ic = i0; ic < i1; ic += mcb) {
         const int64_t mc = std::min(mcb, i1 - ic);
-        pack_a(abuf, ta, A, lda, ic, mc, pc, kc);
+        if (!direct) pack_a(abuf, ta, A, lda, ic, mc, pc, kc);
         for (int64_t q = 0; q < n_jr; ++q) {
           const int64_t jr = q * NR, nr = std::min(NR, nc - jr);
+          const T* bq = bbuf + q * NR * kc;
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int64_t mr = std::min(MR, mc - ir);
+            const T* ap = abuf + ir * kc;
+            if (direct && mr < MR) {  // a short row tile: pack just its micro-panel
+              pack_a(abuf, ta, A, lda, ic + ir, mr, pc, kc);
+              ap = abuf;
+            }
+            auto tile = [&](T* dst, int64_t ld, bool acc) {
+              if (direct && mr == MR) ukr(kc, A + (ic + ir) * lda + pc, lda, bq, dst, ld, acc);
+              else uk(kc, ap, bq, dst, ld, acc);
+            };
+            if (ct) {
+              alignas(64) T tmp[MR * NR];
+              tile(tmp, NR, false);
+              store_part_t(C + (jc + jr) * ldc + ic + ir, ldc, tmp, NR, mr, nr, acc_here);
+              if (last_k && ep) apply_epilogue(C, ldc, jc + jr, nr, ic + ir, mr, *ep);
+              continue;
+            }
             T* ctile = C + (ic + ir) * ldc + jc + jr;
             if (mr == MR && nr == NR) {
-              uk(kc, abuf + ir * kc, bbuf + q * NR * kc, ctile, ldc, acc_here);
+              tile(ctile, ldc, acc_here);
             } else {
               alignas(64) T tmp[MR * NR];
-              uk(kc, abuf + ir * kc, bbuf + q * NR * kc, tmp, NR, false);
+              tile(tmp, NR, false);
               store_part(ctile, ldc, tmp, NR, mr, nr, acc_here);
             }
             if (last_k && ep) apply_epilogue(C, ldc, ic + ir, mr, jc + jr, nr, *ep);
@@ -201,10 +247,12 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
 template <class T>
 void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                  const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
-                 const Epilogue<T>* ep) {
+                 const Epilogue<T>* ep, bool ct = false) {
   using Bk = Blocking<T>;
   constexpr int64_t MR = Bk::MR, NR = Bk::NR, KC = Bk::KC, MC = Bk::MC;
   const Ukernel<T> uk = pick_ukernel<T>();
+  // A in place only for the swapped product (A = the weights, read where they are).
+  const UkRows<T> ukr = ct ? pick_ukernel_rows<T>() : nullptr;
   // Equal depth blocks (784 = 4 x 196, not 3 x 256 + 16): a thin last block would pay a full
   // load and store of C per tile. Depends on K only, so results stay thread-count independent.
   const int64_t kblocks = (K + KC - 1) / KC;
@@ -214,7 +262,7 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
   const int64_t mcb = ((M + mblocks - 1) / mblocks + MR - 1) / MR * MR;
   const int nt = threads_for(Work::Gemm, M * N * K);
   if (nt <= 1) {
-    gemm_rect<T>(ta, tb, 0, M, 0, N, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb, kcb, uk);
+    gemm_rect<T>(ta, tb, 0, M, 0, N, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb, kcb, uk, ukr, ct);
     return;
   }
   // C in rectangles, taken by the threads as they come: a grid of rs x cs rectangles, at least
@@ -241,11 +289,20 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
     const int64_t r = item / cs, c = item % cs;
     const int64_t i0 = row_at(r), i1 = row_at(r + 1), j0 = col_at(c), j1 = col_at(c + 1);
     if (i0 < i1 && j0 < j1)
-      gemm_rect<T>(ta, tb, i0, i1, j0, j1, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb_rect, kcb, uk);
+      gemm_rect<T>(ta, tb, i0, i1, j0, j1, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb_rect, kcb, uk, ukr, ct);
   });
 }
 
 }  // namespace
+
+bool swap_nt(int64_t M, int64_t N, int64_t K) {
+  static const int64_t max_rows = [] {
+    const char* env = std::getenv("LAYERPROP_GEMM_SWAP_ROWS");  // measurement hook
+    return env ? std::atoll(env) : int64_t(96);
+  }();
+  // Packing W costs about 1/M of the product, the transposed stores of C about 1/K.
+  return M <= max_rows && N >= M && K >= 128;
+}
 
 bool gemm_uses_direct(int64_t M, int64_t N, int64_t K) {
   // Packing pays once a packed panel is reused enough; tiny products go direct.
@@ -267,6 +324,13 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t
       small(ta, tb, M, j1 - j0, K, A, lda, tb ? B + j0 * ldb : B + j0, ldb, C + j0, ldc, accumulate);
     });
   } else {
+    // x @ W^T with few rows and many columns (a Linear's forward at small batch): compute
+    // C^T = W x^T instead, reading W in place and packing only x. Packing W would otherwise
+    // copy the whole weight matrix on every call. Same fma chains, same bits.
+    if (!ta && tb && pick_ukernel_rows<T>() != nullptr && swap_nt(M, N, K)) {
+      gemm_packed<T>(false, true, N, M, K, B, ldb, A, lda, C, ldc, accumulate, ep, true);
+      return;
+    }
     gemm_packed<T>(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate, ep);
     return;
   }

@@ -61,8 +61,8 @@ class LoopCase:
 
     def __call__(self) -> np.ndarray:
         order = np.arange(self.X.shape[0], dtype=np.int64)
-        losses, done, _skipped, _fb, fault = self.model._core.train_epoch(
-            self.X, self.y, order, MODELS[self.key].batch)
+        losses, done, _skipped, _fb, fault = self.model._train_batches(  # fit's loop
+            self.X, self.y, order, MODELS[self.key].batch, 0, None)
         if done != self.steps or fault:
             raise RuntimeError(f"{self.key}: the epoch stopped after {done} of {self.steps} steps")
         return losses
