@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -43,6 +43,7 @@ def loop_data(key: str, steps: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarr
     rng = np.random.default_rng(seed + 1)
     n = spec.batch * steps
     X = rng.standard_normal((n, spec.sizes[0]), dtype=np.float32)
+    y: np.ndarray
     if spec.loss == "cross_entropy":
         y = rng.integers(0, spec.sizes[-1], size=n).astype(np.int64)
     else:
@@ -55,7 +56,7 @@ class LoopCase:
     """Our side: the core's epoch loop over the batches of `loop_data` (no Python per step)."""
     key: str
     steps: int
-    model: object
+    model: Any
     X: np.ndarray
     y: np.ndarray
 
@@ -80,7 +81,7 @@ def loop_case(key: str, steps: Optional[int] = None, seed: int = 0) -> LoopCase:
 # --------------------------------------------------------------------------------------------
 # The JAX side (runs in the child process).
 
-def _jax_loop(key: str, params: List[Tuple[np.ndarray, np.ndarray]]):
+def _jax_loop(key: str, params: Any) -> Tuple[Any, Any]:
     """(epoch, state): epoch(state, Xs, ys) -> (state, losses) compiled with jit over lax.scan."""
     import jax
     import jax.numpy as jnp
@@ -111,6 +112,7 @@ def _jax_loop(key: str, params: List[Tuple[np.ndarray, np.ndarray]]):
     def zeros():  # a new buffer each call: donated state must not alias
         return jax.tree_util.tree_map(jnp.zeros_like, params)
 
+    state0: Tuple[Any, ...]
     if spec.optimizer == "sgd":
         state0 = (params,)
 

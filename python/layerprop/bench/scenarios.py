@@ -141,6 +141,7 @@ class _Neighbour:
 def _batch(spec: ModelSpec) -> Tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((spec.batch, spec.sizes[0]), dtype=np.float32)
+    y: np.ndarray
     if spec.loss == "cross_entropy":
         y = rng.integers(0, spec.sizes[-1], size=spec.batch).astype(np.int64)
     else:
@@ -290,8 +291,8 @@ def run_scenarios(models: Sequence[str] = tuple(SCENARIO_MODELS), settings: Sequ
                 between = _interleave() if setting == "interleaved" else None
                 for key in models:
                     fixed = key in FIXED_STEP_MODELS
-                    kw = dict(warmup=budget.fixed_warmup, min_steps=budget.fixed_steps, seconds=0.0) \
-                        if fixed else dict(warmup=budget.warmup, min_steps=budget.min_steps, seconds=budget_s)
+                    warmup, min_steps, seconds = ((budget.fixed_warmup, budget.fixed_steps, 0.0) if fixed
+                                                  else (budget.warmup, budget.min_steps, budget_s))
                     for lib in libs:
                         step = _stepper(key, lib)
                         if step is None:
@@ -302,7 +303,7 @@ def run_scenarios(models: Sequence[str] = tuple(SCENARIO_MODELS), settings: Sequ
                         for _ in range(n_rounds):
                             for n in (1, 2):
                                 _set_threads(lib, n)
-                                t[n].append(_measure(step, between, **kw))
+                                t[n].append(_measure(step, between, warmup=warmup, min_steps=min_steps, seconds=seconds))
                         rows.append(ScenarioRow(setting, key, lib, statistics.median(t[1]),
                                                 statistics.median(t[2])))
             finally:
