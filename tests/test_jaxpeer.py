@@ -44,9 +44,9 @@ def test_run_jax_refuses_an_unknown_model():
 
 
 def test_child_refuses_bad_arguments():
-    p = subprocess.run([sys.executable, "-m", "layerprop.bench.jaxpeer", "--key", "S", "--reps", "0"],
+    p = subprocess.run([sys.executable, "-m", "layerprop.bench.jaxpeer", "--key", "S", "--steps", "-1"],
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and "--reps" in p.stderr
+    assert p.returncode == 2 and "--steps" in p.stderr
 
 
 @pytest.mark.parametrize("key", ["T32", "S", "M", "L"])
@@ -77,3 +77,17 @@ def test_without_jax_the_peer_says_how_to_install(monkeypatch):
         jaxpeer.run_jax("S", 1)
     from layerprop.bench import harness
     assert harness._jax_rows("S", 1, 100.0, harness.QUICK) == []   # the bench skips the rows
+
+
+def test_a_child_that_dies_raises_with_its_message():
+    pytest.importorskip("jax")
+    with pytest.raises(RuntimeError, match=r"--steps"):
+        jaxpeer.JaxChild("S", 1, steps=-1)
+
+
+def test_the_child_serves_calls_until_closed():
+    pytest.importorskip("jax")
+    with jaxpeer.JaxChild("T32", 1, steps=5) as child:
+        times = [child.time_one() for _ in range(3)]
+        assert all(t > 0 for t in times) and child.result().times == times
+    assert child._p.returncode == 0        # finished on "quit", not killed

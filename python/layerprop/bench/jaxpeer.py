@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -177,18 +177,26 @@ def jax_loop_case(key: str, steps: int, seed: int = 0):
     return run, run()
 
 
-def _child(key: str, steps: int, reps: int, seed: int) -> Dict[str, object]:
+def _serve(key: str, steps: int, seed: int) -> None:
+    """The child: compile, say so with one JSON line, then time one call of the loop per "run"
+    line read from stdin (printing seconds per step), until "quit" or end of input."""
     import jax
+
+    from .timing import settle
     t0 = time.perf_counter()
     run, first_losses = jax_loop_case(key, steps, seed)
     compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(reps):
+    print(json.dumps({"key": key, "steps": steps, "first_losses": first_losses.tolist(),
+                      "compile_s": compile_s, "jax": jax.__version__}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
         t0 = time.perf_counter()
         run()
-        times.append((time.perf_counter() - t0) / steps)
-    return {"key": key, "steps": steps, "times": times, "first_losses": first_losses.tolist(),
-            "compile_s": compile_s, "jax": jax.__version__}
+        t = (time.perf_counter() - t0) / steps
+        settle()   # answer once XLA's workers have stopped spinning: they would share the
+        print(repr(t), flush=True)   # CPUs with the parent's next call
+
 
 
 def child_cpus(threads: int) -> List[int]:
@@ -215,28 +223,105 @@ class JaxResult:
         return float(np.median(self.times))
 
 
+class JaxChild:
+    """JAX's compiled loop for reference model `key`, in a child process on `threads` threads,
+    timed one call at a time (`time_one`), so that its calls can alternate with ours."""
+
+    def __init__(self, key: str, threads: int, steps: Optional[int] = None, seed: int = 0,
+                 timeout: float = 600.0) -> None:
+        if key not in MODELS:
+            raise ValueError(f"key: expected one of {sorted(MODELS)}, got {key!r}")
+        if not available():
+            raise RuntimeError("JAX is not installed: pip install 'layerprop[jax]'")
+        self.key, self.threads, self.steps = key, threads, steps or STEPS[key]
+        cmd = [sys.executable, "-m", "layerprop.bench.jaxpeer", "--key", key, "--steps", str(self.steps),
+               "--seed", str(seed)]
+        cpus = child_cpus(threads)
+        if cpus:
+            cmd += ["--cpus", ",".join(map(str, cpus))]
+        env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_NUM_THREADS=str(threads))
+        self._timeout = timeout
+        self._p = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, bufsize=1)
+        head = self._line()
+        try:
+            d = json.loads(head)
+        except ValueError:
+            self._fail(f"unexpected first line {head!r}")
+        self.first_losses = np.asarray(d["first_losses"], dtype=np.float64)
+        self.compile_s = float(d["compile_s"])
+        self.version = str(d["jax"])
+        self.times: List[float] = []
+
+    def _line(self) -> str:
+        import selectors
+        assert self._p.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._p.stdout, selectors.EVENT_READ)
+            if not sel.select(self._timeout):
+                self._fail(f"no answer within {self._timeout:.0f} s")
+        line = self._p.stdout.readline()
+        if not line:
+            self._fail("it exited")
+        return line.strip()
+
+    def _fail(self, why: str) -> None:
+        if self._p.poll() is None:
+            self._p.kill()
+        self._p.wait()
+        err = self._p.stderr.read() if self._p.stderr is not None else ""
+        self.close()
+        raise RuntimeError(f"the JAX child failed ({why}, exit {self._p.returncode}): {err.strip()[-2000:]}")
+
+    def time_one(self) -> float:
+        """Seconds per step of one call of the compiled loop."""
+        assert self._p.stdin is not None
+        self._p.stdin.write("run\n")
+        self._p.stdin.flush()
+        t = float(self._line())
+        self.times.append(t)
+        return t
+
+    def close(self) -> None:
+        """Ask the child to finish (kill it if it does not within 10 s) and close the pipes."""
+        if self._p.poll() is None:
+            try:
+                if self._p.stdin is not None and not self._p.stdin.closed:
+                    self._p.stdin.write("quit\n")
+                    self._p.stdin.flush()
+            except OSError:
+                pass
+            try:
+                self._p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._p.kill()
+                self._p.wait()
+        for f in (self._p.stdin, self._p.stdout, self._p.stderr):
+            if f is not None and not f.closed:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    def __enter__(self) -> "JaxChild":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def result(self) -> JaxResult:
+        return JaxResult(self.key, self.threads, self.steps, list(self.times), self.first_losses,
+                         self.compile_s, self.version)
+
+
 def run_jax(key: str, threads: int, steps: Optional[int] = None, reps: int = 7, seed: int = 0,
             timeout: float = 600.0) -> JaxResult:
-    """Time JAX's compiled loop for reference model `key` in a child process on `threads`
-    threads. Raises RuntimeError when JAX is missing or the child fails."""
-    if key not in MODELS:
-        raise ValueError(f"key: expected one of {sorted(MODELS)}, got {key!r}")
-    if not available():
-        raise RuntimeError("JAX is not installed: pip install 'layerprop[jax]'")
-    steps = steps or STEPS[key]
-    cmd = [sys.executable, "-m", "layerprop.bench.jaxpeer", "--key", key, "--steps", str(steps),
-           "--reps", str(reps), "--seed", str(seed)]
-    cpus = child_cpus(threads)
-    if cpus:
-        cmd += ["--cpus", ",".join(map(str, cpus))]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_NUM_THREADS=str(threads))
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        raise RuntimeError(f"the JAX child failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
-    d = json.loads(lines[-1])
-    return JaxResult(key, threads, int(d["steps"]), [float(t) for t in d["times"]],
-                     np.asarray(d["first_losses"]), float(d["compile_s"]), str(d["jax"]))
+    """Time `reps` calls of JAX's compiled loop for reference model `key` in a child process on
+    `threads` threads. Raises RuntimeError when JAX is missing or the child fails."""
+    with JaxChild(key, threads, steps, seed, timeout) as child:
+        for _ in range(reps):
+            child.time_one()
+        return child.result()
 
 
 def time_ours(case: LoopCase, reps: int) -> Tuple[List[float], np.ndarray]:
@@ -253,40 +338,56 @@ def time_ours(case: LoopCase, reps: int) -> Tuple[List[float], np.ndarray]:
 
 def compare(key: str, threads: int, reps: int = 7, steps: Optional[int] = None):
     """(ours per-step times, JaxResult, max relative loss difference over the first loop).
-    Ours runs in this process at `threads` threads, before and after the JAX child, so that
-    drift between the two halves hits both."""
+    Ours runs in this process at `threads` threads; the two sides alternate call by call
+    (A/B, then B/A), each waiting while the other runs, so drift hits both alike."""
     import layerprop as lp
+
+    from .timing import settle
     old = lp.get_num_threads()
     lp.set_num_threads(threads)
     try:
         case = loop_case(key, steps)
-        t_a, first = time_ours(case, max(1, reps // 2))
-        res = run_jax(key, threads, case.steps, reps)
-        t_b, _ = time_ours(loop_case(key, steps), max(1, reps - reps // 2))
+        with JaxChild(key, threads, case.steps) as child:
+            ours, first = time_ours(case, 1)      # warm: workspace, pages, the pool
+            child.time_one()
+            ours, child.times = [], []
+            for r in range(reps):
+                if r % 2:
+                    child.time_one()
+                ours += time_ours_once(case)
+                if not r % 2:
+                    child.time_one()
+            res = child.result()
     finally:
         lp.set_num_threads(old)
     rel = float(np.max(np.abs(first - res.first_losses) / np.maximum(np.abs(res.first_losses), 1e-12)))
-    return t_a + t_b, res, rel
+    return ours, res, rel
+
+
+def time_ours_once(case: LoopCase) -> List[float]:
+    t0 = time.perf_counter()
+    case()
+    return [(time.perf_counter() - t0) / case.steps]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m layerprop.bench.jaxpeer",
-                                 description="Time JAX's compiled training loop for one reference model; "
-                                             "prints one JSON line. --cpus sets how many threads XLA runs.")
+                                 description="Serve JAX's compiled training loop for one reference model: one "
+                                             "JSON line once compiled, then one call timed per 'run' line on "
+                                             "stdin (seconds per step). --cpus sets how many threads XLA runs.")
     ap.add_argument("--key", required=True, choices=sorted(MODELS))
     ap.add_argument("--steps", type=int, default=0)
-    ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpus", default="", help="comma-separated CPUs to run on (before JAX starts)")
     a = ap.parse_args(argv)
-    if a.steps < 0 or a.reps < 1:
-        ap.error("--steps must be >= 0 and --reps >= 1")
+    if a.steps < 0:
+        ap.error("--steps must be >= 0")
     if a.cpus:
         try:
             os.sched_setaffinity(0, {int(c) for c in a.cpus.split(",")})
         except (ValueError, OSError) as e:
             ap.error(f"--cpus {a.cpus!r}: {e}")
-    print(json.dumps(_child(a.key, a.steps or STEPS[a.key], a.reps, a.seed)), flush=True)
+    _serve(a.key, a.steps or STEPS[a.key], a.seed)
     return 0
 
 
