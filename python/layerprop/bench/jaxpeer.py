@@ -354,6 +354,7 @@ def compare(key: str, threads: int, reps: int = 7, steps: Optional[int] = None):
             for r in range(reps):
                 if r % 2:
                     child.time_one()
+                settle()
                 ours += time_ours_once(case)
                 if not r % 2:
                     child.time_one()
