@@ -389,3 +389,83 @@ def test_cli_info_shows_the_thresholds(capsys):
     assert main(["info"]) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("thresholds")]
     assert line and all(f"{k}=" in line[0] for k in threads.KINDS)
+
+
+_FOREIGN_CODE = r"""
+import hashlib, json, os, threading, time
+import numpy as np
+import layerprop as lp
+from layerprop import _core
+
+lp.set_num_threads(2)
+model = lp.Sequential(lp.Linear(784, 512), lp.ReLU(), lp.Linear(512, 10), seed=0)
+model.compile(loss="cross_entropy", optimizer=lp.SGD(lr=0.01))
+rng = np.random.default_rng(0)
+X = rng.standard_normal((256, 784), dtype=np.float32)
+y = rng.integers(0, 10, 256)
+
+def steps(seconds):
+    before = _core._pool_stats()
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        model.train_step(X, y)
+        n += 1
+    after = _core._pool_stats()
+    d = {k: after[k] - before[k] for k in ("jobs", "foreign_samples", "foreign_busy_samples")}
+    d["steps"] = n
+    return d
+
+def hashing(stop):  # another thread of this process, busy without the GIL
+    data = b"x" * (1 << 22)
+    while not stop.is_set():
+        hashlib.sha256(data).digest()
+
+steps(0.2)
+out = {"quiet": steps(1.0)}
+stop = threading.Event()
+t = threading.Thread(target=hashing, args=(stop,))
+t.start()
+try:
+    time.sleep(0.05)
+    out["busy"] = steps(1.0)
+    _core._set_foreign_probe(False)
+    out["off"] = steps(0.5)
+    _core._set_foreign_probe(True)
+finally:
+    stop.set()
+    t.join()
+print(json.dumps(out))
+"""
+
+
+def test_other_busy_threads_of_the_process_take_their_cores():
+    """The pool samples the CPU time of the process's other threads (docs/threads.md): with a
+    thread busy hashing beside it on 2 cores, loops run on one thread; quiet, they use both; with
+    the probe off, nothing is sampled."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    env = dict(os.environ)
+    env.pop("LAYERPROP_FOREIGN_PROBE", None)
+    env.pop("OMP_NUM_THREADS", None)
+    r = subprocess.run([sys.executable, "-c", _FOREIGN_CODE], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    quiet, busy, off = d["quiet"], d["busy"], d["off"]
+    assert quiet["steps"] > 0 and busy["steps"] > 0 and off["steps"] > 0
+    # quiet: sampled, rarely busy, and the steps' GEMMs go to the pool
+    assert quiet["foreign_samples"] >= 3, quiet
+    assert quiet["foreign_busy_samples"] <= quiet["foreign_samples"] // 2, quiet
+    assert quiet["jobs"] >= quiet["steps"], quiet
+    # another busy thread: most samples see it, and most steps run without the pool
+    assert busy["foreign_samples"] >= 3, busy
+    assert busy["foreign_busy_samples"] >= busy["foreign_samples"] // 2 + 1, busy
+    assert busy["jobs"] < 0.5 * busy["steps"] * quiet["jobs"] / quiet["steps"], (busy, quiet)
+    # probe off: no samples, loops threaded again
+    assert off["foreign_samples"] == 0, off
+    assert off["jobs"] >= off["steps"], off

@@ -72,8 +72,12 @@ PYBIND11_MODULE(_core, m) {
     d["wait_ns"] = s.wait_ns;
     d["stalls"] = s.stalls;
     d["preempted_spins"] = s.preempted_spins;
+    d["foreign_samples"] = s.foreign_samples;
+    d["foreign_busy_samples"] = s.foreign_busy_samples;
     return d;
   }, "The pool's workers started, jobs run with workers, items the workers ran, spin time.");
+  m.def("_set_foreign_probe", [](bool on) { lp::set_foreign_probe(on); }, py::arg("on"),
+        "Turn the probe of other busy threads in this process on or off (it is on by default).");
   m.def("_set_spin_us", [](int us) {
     if (us < 0 || us > 1000000) throw lp::ValueError("spin_us: expected 0..1000000 microseconds, got " + std::to_string(us));
     lp::set_spin_us(us);

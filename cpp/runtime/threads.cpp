@@ -76,15 +76,111 @@ static int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// ---- Other threads of this process -----------------------------------------------------
+// Another library's pool in this process (NumPy's OpenBLAS, PyTorch's OpenMP) keeps its
+// workers spinning for a while after each of its calls, on the same cores; so does any other
+// busy thread. A loop that hands items to our worker then waits whenever that worker is
+// descheduled mid-item: measured, S's step took 0.5x its 1-thread time with a NumPy and a
+// torch call between steps. So the CPU time the process used that neither the calling thread
+// nor our workers account for is sampled, in cores (CPU time over wall time); until the next
+// sample, loops leave that many cores (rounded) to the other threads: on 2 cores, over half a
+// core of other work means loops run on the calling thread only. The kernel adds other threads' running time to the
+// process clock only at its ticks (4 ms here), so one sample spans 16 ms per worker: an error
+// of a tick per running worker stays under a quarter of it.
+namespace {
+constexpr int kMaxProbedWorkers = 256;
+constexpr int64_t kProbeNs = 16000000;  // per worker (see above)
+std::atomic<clockid_t> g_worker_clock[kMaxProbedWorkers];  // 0 until set (0 is CLOCK_REALTIME,
+                                                           // never a thread's CPU clock)
+std::atomic<int> g_worker_slots{0};
+std::atomic<int> g_worker_clocks{0};
+std::atomic<int64_t> g_probe_next_ns{0};
+std::atomic<int> g_foreign_cores{0};  // other threads' use, in cores, rounded
+std::atomic<bool> g_probing{false};
+std::atomic<int64_t> g_foreign_samples{0};
+std::atomic<int64_t> g_foreign_busy_samples{0};
+std::atomic<bool> g_probe_on{[] {
+  const char* env = std::getenv("LAYERPROP_FOREIGN_PROBE");  // "0": off (measurements)
+  return !(env && std::string(env) == "0");
+}()};
+struct ProbeSample {
+  int64_t wall = 0, process = 0, workers = 0, epoch = -1;
+};
+ProbeSample g_last;                  // guarded by g_probing
+std::atomic<int64_t> g_probe_epoch{0};
+thread_local int64_t tl_probe_epoch = -2;
+thread_local int64_t tl_probe_cpu = 0;
+
+int64_t cpu_ns(clockid_t c) {
+  timespec ts;
+  if (clock_gettime(c, &ts) != 0) return -1;
+  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+void register_worker_clock() {
+  clockid_t c;
+  if (pthread_getcpuclockid(pthread_self(), &c) != 0) return;
+  const int i = g_worker_slots.fetch_add(1);
+  if (i >= kMaxProbedWorkers) return;  // its time then counts as other threads' (many cores)
+  g_worker_clock[i].store(c);
+  g_worker_clocks.fetch_add(1);  // slots fill in any order: read only the stored ones
+}
+
+// The cores other threads of the process are using (rounded), sampled at most every
+// kProbeNs per worker.
+int foreign_cores(int64_t now) {
+  if (!g_probe_on.load(std::memory_order_relaxed)) return 0;
+  if (now < g_probe_next_ns.load(std::memory_order_relaxed)) return g_foreign_cores.load(std::memory_order_relaxed);
+  if (g_probing.exchange(true, std::memory_order_acquire)) return g_foreign_cores.load(std::memory_order_relaxed);
+  ProbeSample cur;
+  cur.wall = now;
+  cur.process = cpu_ns(CLOCK_PROCESS_CPUTIME_ID);
+  const int nw = g_worker_clocks.load();
+  const int slots = std::min(g_worker_slots.load(), kMaxProbedWorkers);
+  for (int i = 0; i < slots; ++i) {
+    const clockid_t c = g_worker_clock[i].load();
+    const int64_t t = c != 0 ? cpu_ns(c) : -1;
+    if (t > 0) cur.workers += t;
+  }
+  const int64_t mine = cpu_ns(CLOCK_THREAD_CPUTIME_ID);
+  // Deltas only when this thread also took the previous sample (its own CPU time is known).
+  if (tl_probe_epoch == g_last.epoch && g_last.process >= 0 && cur.process >= 0 && mine >= 0) {
+    const int64_t wall = cur.wall - g_last.wall;
+    const int64_t foreign = (cur.process - g_last.process) - (cur.workers - g_last.workers) - (mine - tl_probe_cpu);
+    const int cores = wall > 0 && foreign > 0 ? static_cast<int>((foreign + wall / 2) / wall) : 0;
+    g_foreign_cores.store(cores, std::memory_order_relaxed);
+    g_foreign_samples.fetch_add(1, std::memory_order_relaxed);
+    if (cores > 0) g_foreign_busy_samples.fetch_add(1, std::memory_order_relaxed);
+  }
+  cur.epoch = g_probe_epoch.fetch_add(1, std::memory_order_relaxed) + 1;
+  g_last = cur;
+  tl_probe_epoch = cur.epoch;
+  tl_probe_cpu = mine;
+  g_probe_next_ns.store(now + kProbeNs * (nw > 1 ? nw : 1), std::memory_order_relaxed);
+  g_probing.store(false, std::memory_order_release);
+  return g_foreign_cores.load(std::memory_order_relaxed);
+}
+}  // namespace
+
+void set_foreign_probe(bool on) {
+  g_probe_on.store(on);
+  if (!on) g_foreign_cores.store(0);
+}
+
 int threads_for(Work w, int64_t units) {
   if (tl_in_job) return 1;
   int64_t per = work_threshold(w);
   if (units < per) return 1;
+
   if (g_shared_until_ns.load(std::memory_order_relaxed) > now_ns()) {
     if (per > INT64_MAX / kSharedFactor || units < per * kSharedFactor) return 1;
     per *= kSharedFactor / 2;  // two threads from kSharedFactor thresholds' worth
   }
-  const int nt = get_num_threads();
+  int nt = get_num_threads();
+  if (nt > 1) {
+    nt -= foreign_cores(now_ns());
+    if (nt <= 1) return 1;
+  }
   const int64_t want = units / per;
   return want < nt ? static_cast<int>(want) : nt;
 }
@@ -227,6 +323,8 @@ class Pool {
     s.waits = waits_.load();
     s.stalls = stalls_.load();
     s.preempted_spins = preempted_.load();
+    s.foreign_samples = g_foreign_samples.load();
+    s.foreign_busy_samples = g_foreign_busy_samples.load();
     return s;
   }
   void set_spin(int us) { spin_us_.store(us < 0 ? 0 : us); }
@@ -285,6 +383,7 @@ class Pool {
 
   void worker_main(uint64_t seen) {
     tl_in_job = true;  // kernels called from an item run serially
+    register_worker_clock();
     auto idle = [&](uint64_t t) { return (t >> 32) == seen || (t & 0xffffffffu) == kPreparing; };
     int64_t calm_after_ns = 0;  // until then, no spinning (see below)
     for (;;) {

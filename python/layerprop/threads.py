@@ -55,8 +55,12 @@ def pool_stats() -> Dict[str, int]:
     """The pool's counters: workers started, jobs run with workers, items the workers computed,
     jobs whose caller waited for another thread's item ("waits"), the time those waits took
     ("wait_ns"), waits far longer than the caller's own items ("stalls": a worker the OS
-    descheduled mid-item), and the spin time (microseconds) before an idle worker sleeps
-    (LAYERPROP_SPIN_US)."""
+    descheduled mid-item), the spin time (microseconds) before an idle worker sleeps
+    (LAYERPROP_SPIN_US), and the probe of other threads of the process: "foreign_samples"
+    (every 16 ms at most per worker, while loops are large enough for threads) and
+    "foreign_busy_samples" (those where other threads used over half a core, so loops ran on one
+    thread until the next sample).
+    LAYERPROP_FOREIGN_PROBE=0 turns the probe off."""
     return dict(_core._pool_stats())
 
 

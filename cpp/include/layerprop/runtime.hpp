@@ -106,7 +106,11 @@ struct PoolStats {
   int64_t wait_ns = 0;  // the time those waits took
   int64_t stalls = 0;   // waits far longer than the caller's own items: a worker descheduled mid-item
   int64_t preempted_spins = 0;  // idle spins cut short: the worker was descheduled while spinning
+  int64_t foreign_samples = 0;       // samples of the CPU time other threads of the process used
+  int64_t foreign_busy_samples = 0;  // ... that found them busy (loops then ran on one thread)
 };
+// The probe of other busy threads in this process (on by default; LAYERPROP_FOREIGN_PROBE=0).
+void set_foreign_probe(bool on);
 PoolStats pool_stats();
 
 // ---- Calibration (cpp/runtime/calibrate.cpp) -----------------------------------------------
