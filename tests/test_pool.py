@@ -435,14 +435,23 @@ try:
 finally:
     stop.set()
     t.join()
+import subprocess, sys
+spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # another process
+try:
+    time.sleep(0.3)
+    out["other_process"] = steps(1.5)
+finally:
+    spinner.kill()
+    spinner.wait()
 print(json.dumps(out))
 """
 
 
 def test_other_busy_threads_of_the_process_take_their_cores():
-    """The pool samples the CPU time of the process's other threads (docs/threads.md): with a
-    thread busy hashing beside it on 2 cores, loops run on one thread; quiet, they use both; with
-    the probe off, nothing is sampled."""
+    """The pool samples the CPU time of the process's other threads and of other processes
+    (docs/threads.md): with a thread busy hashing beside it, or another process spinning, on 2
+    cores, loops run on one thread; quiet, they use both; with the probe off, nothing is
+    sampled."""
     import json
     import os
     import subprocess
@@ -469,3 +478,7 @@ def test_other_busy_threads_of_the_process_take_their_cores():
     # probe off: no samples, loops threaded again
     assert off["foreign_samples"] == 0, off
     assert off["jobs"] >= off["steps"], off
+    # another process busy on one of the 2 cores (seen in /proc/stat over 100 ms windows)
+    other = d["other_process"]
+    assert other["foreign_busy_samples"] >= other["foreign_samples"] // 2 + 1, other
+    assert other["jobs"] < 0.5 * other["steps"] * quiet["jobs"] / quiet["steps"], (other, quiet)

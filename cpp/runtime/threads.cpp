@@ -6,6 +6,7 @@
 #include <chrono>
 #include <climits>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
@@ -82,9 +83,10 @@ static int64_t now_ns() {
 // busy thread. A loop that hands items to our worker then waits whenever that worker is
 // descheduled mid-item: measured, S's step took 0.5x its 1-thread time with a NumPy and a
 // torch call between steps. So the CPU time the process used that neither the calling thread
-// nor our workers account for is sampled, in cores (CPU time over wall time); until the next
-// sample, loops leave that many cores (rounded) to the other threads: on 2 cores, over half a
-// core of other work means loops run on the calling thread only. The kernel adds other threads' running time to the
+// nor our workers account for is sampled, in cores (CPU time over wall time), and so is the
+// machine's busy time outside this process (another process spinning on a core took the S step
+// to 0.85x); until the next sample, loops leave that many cores (rounded) to the others: on 2
+// cores, over half a core of other work means loops run on the calling thread only. The kernel adds other threads' running time to the
 // process clock only at its ticks (4 ms here), so one sample spans 16 ms per worker: an error
 // of a tick per running worker stays under a quarter of it.
 namespace {
@@ -126,8 +128,46 @@ void register_worker_clock() {
   g_worker_clocks.fetch_add(1);  // slots fill in any order: read only the stored ones
 }
 
-// The cores other threads of the process are using (rounded), sampled at most every
-// kProbeNs per worker.
+// Other processes: the busy CPU time of the whole machine (/proc/stat, in clock ticks of 10 ms)
+// minus this process's, over windows of at least 100 ms and 25 ms per CPU, so that the ticks'
+// rounding (one per CPU) stays under half a core. Returns -1 where /proc/stat is unreadable.
+int64_t system_busy_ns() {
+  FILE* f = std::fopen("/proc/stat", "r");
+  if (!f) return -1;
+  unsigned long long v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  const int got = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                              &v[4], &v[5], &v[6], &v[7]);
+  std::fclose(f);
+  if (got < 8) return -1;
+  static const long hz = sysconf(_SC_CLK_TCK);
+  if (hz <= 0) return -1;
+  // user nice system idle iowait irq softirq steal: all but idle and iowait are busy
+  const unsigned long long busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+  return static_cast<int64_t>(busy) * (1000000000 / hz);
+}
+std::atomic<int> g_other_procs{0};     // cores other processes are using, rounded
+struct SystemSample {
+  int64_t wall = 0, busy = -1, process = -1;
+};
+SystemSample g_sys_last;               // guarded by g_probing
+
+void probe_system(int64_t now, int64_t process) {
+  static const int64_t window = [] {
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return std::max<int64_t>(100000000, int64_t(25000000) * (n > 0 ? n : 1));
+  }();
+  if (g_sys_last.busy >= 0 && now - g_sys_last.wall < window) return;
+  SystemSample cur{now, system_busy_ns(), process};
+  if (cur.busy >= 0 && g_sys_last.busy >= 0 && cur.process >= 0 && g_sys_last.process >= 0) {
+    const int64_t wall = cur.wall - g_sys_last.wall;
+    const int64_t others = (cur.busy - g_sys_last.busy) - (cur.process - g_sys_last.process);
+    g_other_procs.store(others > 0 ? static_cast<int>((others + wall / 2) / wall) : 0, std::memory_order_relaxed);
+  }
+  g_sys_last = cur;
+}
+
+// The cores other threads of the process and other processes are using (rounded), sampled at
+// most every kProbeNs per worker.
 int foreign_cores(int64_t now) {
   if (!g_probe_on.load(std::memory_order_relaxed)) return 0;
   if (now < g_probe_next_ns.load(std::memory_order_relaxed)) return g_foreign_cores.load(std::memory_order_relaxed);
@@ -148,9 +188,11 @@ int foreign_cores(int64_t now) {
     const int64_t wall = cur.wall - g_last.wall;
     const int64_t foreign = (cur.process - g_last.process) - (cur.workers - g_last.workers) - (mine - tl_probe_cpu);
     const int cores = wall > 0 && foreign > 0 ? static_cast<int>((foreign + wall / 2) / wall) : 0;
-    g_foreign_cores.store(cores, std::memory_order_relaxed);
+    probe_system(now, cur.process);
+    const int all = cores + g_other_procs.load(std::memory_order_relaxed);
+    g_foreign_cores.store(all, std::memory_order_relaxed);
     g_foreign_samples.fetch_add(1, std::memory_order_relaxed);
-    if (cores > 0) g_foreign_busy_samples.fetch_add(1, std::memory_order_relaxed);
+    if (all > 0) g_foreign_busy_samples.fetch_add(1, std::memory_order_relaxed);
   }
   cur.epoch = g_probe_epoch.fetch_add(1, std::memory_order_relaxed) + 1;
   g_last = cur;
@@ -164,7 +206,10 @@ int foreign_cores(int64_t now) {
 
 void set_foreign_probe(bool on) {
   g_probe_on.store(on);
-  if (!on) g_foreign_cores.store(0);
+  if (!on) {
+    g_foreign_cores.store(0);
+    g_other_procs.store(0);
+  }
 }
 
 int threads_for(Work w, int64_t units) {

@@ -56,10 +56,10 @@ def pool_stats() -> Dict[str, int]:
     jobs whose caller waited for another thread's item ("waits"), the time those waits took
     ("wait_ns"), waits far longer than the caller's own items ("stalls": a worker the OS
     descheduled mid-item), the spin time (microseconds) before an idle worker sleeps
-    (LAYERPROP_SPIN_US), and the probe of other threads of the process: "foreign_samples"
+    (LAYERPROP_SPIN_US), and the probe of other busy threads and processes: "foreign_samples"
     (every 16 ms at most per worker, while loops are large enough for threads) and
-    "foreign_busy_samples" (those where other threads used over half a core, so loops ran on one
-    thread until the next sample).
+    "foreign_busy_samples" (those that found other work: loops then leave that many cores to it,
+    rounded, until the next sample).
     LAYERPROP_FOREIGN_PROBE=0 turns the probe off."""
     return dict(_core._pool_stats())
 
