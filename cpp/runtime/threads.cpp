@@ -158,7 +158,9 @@ void probe_system(int64_t now, int64_t process) {
   }();
   if (g_sys_last.busy >= 0 && now - g_sys_last.wall < window) return;
   SystemSample cur{now, system_busy_ns(), process};
-  if (cur.busy >= 0 && g_sys_last.busy >= 0 && cur.process >= 0 && g_sys_last.process >= 0) {
+  if (now - g_sys_last.wall > window * 3 / 2) {
+    g_other_procs.store(0, std::memory_order_relaxed);  // stale (see foreign_cores)
+  } else if (cur.busy >= 0 && g_sys_last.busy >= 0 && cur.process >= 0 && g_sys_last.process >= 0) {
     const int64_t wall = cur.wall - g_sys_last.wall;
     const int64_t others = (cur.busy - g_sys_last.busy) - (cur.process - g_sys_last.process);
     g_other_procs.store(others > 0 ? static_cast<int>((others + wall / 2) / wall) : 0, std::memory_order_relaxed);
@@ -184,7 +186,16 @@ int foreign_cores(int64_t now) {
   }
   const int64_t mine = cpu_ns(CLOCK_THREAD_CPUTIME_ID);
   // Deltas only when this thread also took the previous sample (its own CPU time is known).
-  if (tl_probe_epoch == g_last.epoch && g_last.process >= 0 && cur.process >= 0 && mine >= 0) {
+  // A sample spans the time since the previous one. When that is much longer than the
+  // interval, layerprop ran no parallel loop meanwhile, and the other threads' work it saw (a
+  // peer timed between our calls, the user's own code) may be long over: start again, with
+  // nothing assumed busy.
+  const int64_t interval = kProbeNs * (nw > 1 ? nw : 1);
+  if (cur.wall - g_last.wall > interval * 3 / 2) {
+    g_foreign_cores.store(0, std::memory_order_relaxed);
+    g_sys_last = SystemSample{now, system_busy_ns(), cur.process};
+    g_other_procs.store(0, std::memory_order_relaxed);
+  } else if (tl_probe_epoch == g_last.epoch && g_last.process >= 0 && cur.process >= 0 && mine >= 0) {
     const int64_t wall = cur.wall - g_last.wall;
     const int64_t foreign = (cur.process - g_last.process) - (cur.workers - g_last.workers) - (mine - tl_probe_cpu);
     const int cores = wall > 0 && foreign > 0 ? static_cast<int>((foreign + wall / 2) / wall) : 0;
@@ -198,7 +209,7 @@ int foreign_cores(int64_t now) {
   g_last = cur;
   tl_probe_epoch = cur.epoch;
   tl_probe_cpu = mine;
-  g_probe_next_ns.store(now + kProbeNs * (nw > 1 ? nw : 1), std::memory_order_relaxed);
+  g_probe_next_ns.store(now + interval, std::memory_order_relaxed);
   g_probing.store(false, std::memory_order_release);
   return g_foreign_cores.load(std::memory_order_relaxed);
 }
