@@ -20,12 +20,17 @@ two = pytest.mark.skipif(os.cpu_count() is None or os.cpu_count() < 2, reason="n
 
 @pytest.fixture
 def restore():
+    """Restores threads, thresholds and spin time; meanwhile the probe of other busy threads
+    is off, so that loops forced onto the pool run there even beside a competing thread (the
+    probe would rightly run them serially)."""
     old_n, old_t = lp.get_num_threads(), threads.thresholds()
     old_spin = _core._pool_stats()["spin_us"]
+    _core._set_foreign_probe(False)
     yield
     lp.set_num_threads(old_n)
     threads.set_thresholds(old_t)
     _core._set_spin_us(old_spin)
+    _core._set_foreign_probe(os.environ.get("LAYERPROP_FOREIGN_PROBE") != "0")
 
 
 def run_fresh(code, env=None):
@@ -142,12 +147,14 @@ def test_bits_hold_while_another_thread_competes_for_the_cores(restore):
 
     t = threading.Thread(target=busy)
     t.start()
+    jobs = _core._pool_stats()["jobs"]
     try:
         for _ in range(3):
             _same(serial, _train(dtype=np.float64))
     finally:
         stop.set()
         t.join()
+    assert _core._pool_stats()["jobs"] > jobs   # the loops did go to the pool
 
 
 def test_two_models_trained_at_once_from_two_threads(restore):
