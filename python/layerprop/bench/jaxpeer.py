@@ -7,9 +7,9 @@ optimizer rules (PyTorch's SGD, momentum and Adam), and both report the loss of 
 
 JAX is optional (`pip install 'layerprop[jax]'`). XLA sizes its thread pool from the CPUs the
 process may use when it starts, so every thread count runs in a child process confined to that
-many CPUs:
-`python -m layerprop.bench.jaxpeer --key S --threads 1` prints one JSON line. Nothing here
-imports JAX into the calling process, where it would bring a third thread pool.
+many CPUs (`JaxChild`; `python -m layerprop.bench.jaxpeer --key S --cpus 0` serves one model:
+a JSON line once compiled, then one timed call per "run" line on stdin). Nothing here imports
+JAX into the calling process, where it would bring a third thread pool.
 """
 from __future__ import annotations
 
@@ -196,7 +196,6 @@ def _serve(key: str, steps: int, seed: int) -> None:
         t = (time.perf_counter() - t0) / steps
         settle()   # answer once XLA's workers have stopped spinning: they would share the
         print(repr(t), flush=True)   # CPUs with the parent's next call
-
 
 
 def child_cpus(threads: int) -> List[int]:
