@@ -27,6 +27,7 @@ void small_f64(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, co
 void pack_b_trans_f32(float*, const float*, int64_t, int64_t, int64_t, int64_t);
 void pack_a_rows_f32(float*, const float*, int64_t, int64_t, int64_t, int64_t);
 void ukernel_rows_f32(int64_t, const float*, int64_t, const float*, float*, int64_t, bool);
+void store_tile_t_f32(float*, int64_t, const float*, bool);
 }  // namespace avx2
 #endif
 
@@ -236,11 +237,19 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
               if (direct && mr == MR) ukr(kc, A + (ic + ir) * lda + pc, lda, bq, dst, ld, acc);
               else uk(kc, ap, bq, dst, ld, acc);
             };
-            if (ct) {
+            if (ct) {  // the epilogue runs once over the rectangle, below
               alignas(64) T tmp[MR * NR];
               tile(tmp, NR, false);
-              store_part_t(C + (jc + jr) * ldc + ic + ir, ldc, tmp, NR, mr, nr, acc_here);
-              if (last_k && ep) apply_epilogue(C, ldc, jc + jr, nr, ic + ir, mr, *ep);
+              T* cdst = C + (jc + jr) * ldc + ic + ir;
+#ifdef LAYERPROP_HAVE_AVX2
+              if constexpr (std::is_same_v<T, float>) {
+                if (mr == MR && nr == NR) {  // ct implies the AVX2 kernels (pick_ukernel_rows)
+                  avx2::store_tile_t_f32(cdst, ldc, tmp, acc_here);
+                  continue;
+                }
+              }
+#endif
+              store_part_t(cdst, ldc, tmp, NR, mr, nr, acc_here);
               continue;
             }
             T* ctile = C + (ic + ir) * ldc + jc + jr;
@@ -257,6 +266,8 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
       }
     }
   }
+  // C^T's tiles are 16 rows by 6 columns of C: one pass over the rectangle's rows instead.
+  if (ct && ep) apply_epilogue(C, ldc, j0, j1 - j0, i0, i1 - i0, *ep);
 }
 
 template <class T>

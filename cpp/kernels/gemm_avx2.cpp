@@ -299,6 +299,28 @@ void pack_b_trans_f32(float* dst, const float* B, int64_t ldb, int64_t p0, int64
   }
 }
 
+// c[j * ldc + r] (+)= t[r * 16 + j], r < 6, j < 16: a full tile of C^T stored into C (the
+// swapped x @ W^T). Two 8x8 transposes; each of the 16 rows of C gets 6 contiguous floats.
+void store_tile_t_f32(float* c, int64_t ldc, const float* t, bool acc) {
+  for (int h = 0; h < 2; ++h) {
+    __m256 r[8];
+    for (int q = 0; q < 6; ++q) r[q] = _mm256_loadu_ps(t + q * 16 + 8 * h);
+    r[6] = r[7] = _mm256_setzero_ps();
+    transpose8(r);  // r[j]: column 8h + j of the tile, its 6 values in lanes 0..5
+    for (int j = 0; j < 8; ++j) {
+      float* cj = c + (8 * h + j) * ldc;
+      __m128 lo = _mm256_castps256_ps128(r[j]);
+      __m128 hi = _mm256_extractf128_ps(r[j], 1);
+      if (acc) {
+        lo = _mm_add_ps(_mm_loadu_ps(cj), lo);
+        hi = _mm_add_ps(_mm_loadl_pi(_mm_setzero_ps(), reinterpret_cast<const __m64*>(cj + 4)), hi);
+      }
+      _mm_storeu_ps(cj, lo);
+      _mm_storel_pi(reinterpret_cast<__m64*>(cj + 4), hi);
+    }
+  }
+}
+
 // Pack a 6-row micro-panel of A (row-major, rows i0..i0+6, columns p0..p0+kc) into k-major
 // order: dst[k*6 + r] = A[(i0+r)*lda + p0+k]. Each 8-float store leaves 2 lanes of junk that
 // the next store overwrites; the caller's buffer has 8 floats of slack after the panel.
