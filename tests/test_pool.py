@@ -466,6 +466,11 @@ def test_other_busy_threads_of_the_process_take_their_cores():
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 CPUs")
+    if "libasan" in os.environ.get("LD_PRELOAD", ""):
+        # The probe's windows assume a step of milliseconds; under AddressSanitizer one takes
+        # ~25 ms, longer than the gap after which a sample restarts, so what this test counts
+        # is not what it measures there. The probe's code still runs in every other test.
+        pytest.skip("timing-dependent: not under AddressSanitizer")
     env = dict(os.environ)
     env.pop("LAYERPROP_FOREIGN_PROBE", None)
     env.pop("OMP_NUM_THREADS", None)
