@@ -29,18 +29,7 @@ def _thread_list(text: str) -> List[int]:
 
 
 def _case_list(text: str) -> List[str]:
-    import argparse
-    by_lower = {c.lower(): c for c in CASES}
-    out = []
-    for part in text.split(","):
-        c = by_lower.get(part.strip().lower())
-        if c is None:
-            raise argparse.ArgumentTypeError(
-                f"unknown case {part.strip()!r} in {text!r}; expected a comma-separated list of "
-                f"{','.join(CASES)}")
-        if c not in out:
-            out.append(c)
-    return out
+    return _choice_list(text, CASES, "case")
 
 
 def _choice_list(text: str, allowed, what: str) -> List[str]:

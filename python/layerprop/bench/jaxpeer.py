@@ -39,16 +39,9 @@ def available() -> bool:
 
 def loop_data(key: str, steps: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """`steps` batches of reference model `key`, stacked: X (steps*batch, in), y."""
+    from .twins import batch
     spec = MODELS[key]
-    rng = np.random.default_rng(seed + 1)
-    n = spec.batch * steps
-    X = rng.standard_normal((n, spec.sizes[0]), dtype=np.float32)
-    y: np.ndarray
-    if spec.loss == "cross_entropy":
-        y = rng.integers(0, spec.sizes[-1], size=n).astype(np.int64)
-    else:
-        y = rng.standard_normal((n, spec.sizes[-1]), dtype=np.float32)
-    return X, y
+    return batch(spec, seed + 1, rows=spec.batch * steps)
 
 
 @dataclass
@@ -327,11 +320,9 @@ def time_ours(case: LoopCase, reps: int) -> Tuple[List[float], np.ndarray]:
     """Per-step seconds of `reps` calls of our loop, after a first call whose losses are
     returned (the comparison with JAX's first call, from the same parameters)."""
     first = np.asarray(case(), dtype=np.float64)
-    times = []
+    times: List[float] = []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        case()
-        times.append((time.perf_counter() - t0) / case.steps)
+        times += time_ours_once(case)
     return times, first
 
 

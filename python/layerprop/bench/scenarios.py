@@ -138,23 +138,12 @@ class _Neighbour:
 # --------------------------------------------------------------------------------------------
 # Steps.
 
-def _batch(spec: ModelSpec) -> Tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((spec.batch, spec.sizes[0]), dtype=np.float32)
-    y: np.ndarray
-    if spec.loss == "cross_entropy":
-        y = rng.integers(0, spec.sizes[-1], size=spec.batch).astype(np.int64)
-    else:
-        y = rng.standard_normal((spec.batch, spec.sizes[-1]), dtype=np.float32)
-    return X, y
-
-
 def _stepper(key: str, lib: str) -> Optional[Callable[[], object]]:
     """One training step of model `key` in `lib`, or None if `lib` is not installed."""
-    from .twins import build_model, torch_twin
+    from .twins import batch, build_model, torch_twin
     spec = SCENARIO_MODELS[key]
     model = build_model(spec.sizes, spec.loss, spec.optimizer, seed=0)
-    X, y = _batch(spec)
+    X, y = batch(spec)
     if lib == "layerprop":
         return lambda: model.train_step(X, y)
     net = torch_twin(model, spec.sizes)

@@ -51,14 +51,17 @@ def torch_twin(model, sizes: Sequence[int]):
     return net
 
 
-def batch(spec: ModelSpec, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+def batch(spec: ModelSpec, seed: int = 0, rows: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Random float32 inputs and targets (class labels for cross-entropy) for `spec`: one batch,
+    or `rows` rows."""
+    n = spec.batch if rows is None else rows
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((spec.batch, spec.sizes[0]), dtype=np.float32)
+    X = rng.standard_normal((n, spec.sizes[0]), dtype=np.float32)
     y: np.ndarray
     if spec.loss == "cross_entropy":
-        y = rng.integers(0, spec.sizes[-1], size=spec.batch).astype(np.int64)
+        y = rng.integers(0, spec.sizes[-1], size=n).astype(np.int64)
     else:
-        y = rng.standard_normal((spec.batch, spec.sizes[-1]), dtype=np.float32)
+        y = rng.standard_normal((n, spec.sizes[-1]), dtype=np.float32)
     return X, y
 
 
