@@ -7,9 +7,21 @@
 namespace lp::kern::avx2 {
 #include "gemm_impl.hpp"
 
-// c (6 x 16 floats) (+)= a_panel (kc x 6) . b_panel (kc x 16): 12 ymm accumulators.
-void ukernel_f32(int64_t kc, const float* __restrict a, const float* __restrict b,
-                 float* __restrict c, int64_t ldc, bool accumulate) {
+namespace {
+// c (6 x 16 floats) (+)= A (6 x kc) . b_panel (kc x 16): 12 ymm accumulators. Row r's k-th
+// value of A is a[k * 6 + r] from a packed panel, or a[r * lda + k] read in place: the same
+// fma chain over k in the same order either way, so the same bits.
+template <bool kInPlace>
+[[gnu::always_inline]] inline void tile_6x16(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b,
+                      float* __restrict c, int64_t ldc, bool accumulate) {
+  const int64_t rs = kInPlace ? lda : 1;  // step between rows of A
+  const int64_t ks = kInPlace ? 1 : 6;    // step between k
+  const float* a0 = a;
+  const float* a1 = a + rs;
+  const float* a2 = a + 2 * rs;
+  const float* a3 = a + 3 * rs;
+  const float* a4 = a + 4 * rs;
+  const float* a5 = a + 5 * rs;
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
   __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
   __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -18,14 +30,14 @@ void ukernel_f32(int64_t kc, const float* __restrict a, const float* __restrict 
   __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    const int64_t o = k * ks;
     __m256 av;
-    av = _mm256_broadcast_ss(a + 0); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
-    av = _mm256_broadcast_ss(a + 1); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
-    av = _mm256_broadcast_ss(a + 2); c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
-    av = _mm256_broadcast_ss(a + 3); c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
-    av = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
-    av = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
-    a += 6;
+    av = _mm256_broadcast_ss(a0 + o); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
+    av = _mm256_broadcast_ss(a1 + o); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
+    av = _mm256_broadcast_ss(a2 + o); c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
+    av = _mm256_broadcast_ss(a3 + o); c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
+    av = _mm256_broadcast_ss(a4 + o); c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
+    av = _mm256_broadcast_ss(a5 + o); c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
     b += 16;
   }
   __m256 acc[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
@@ -40,45 +52,18 @@ void ukernel_f32(int64_t kc, const float* __restrict a, const float* __restrict 
     }
   }
 }
+}  // namespace
 
-// The same tile with A read in place: row r of the 6 x kc block starts at a + r * lda (no
-// packed panel). The same fma chain over k in the same order, so the same bits as above.
+// c (6 x 16 floats) (+)= a_panel (kc x 6) . b_panel (kc x 16).
+void ukernel_f32(int64_t kc, const float* __restrict a, const float* __restrict b,
+                 float* __restrict c, int64_t ldc, bool accumulate) {
+  tile_6x16<false>(kc, a, 0, b, c, ldc, accumulate);
+}
+
+// The same tile with A read in place: row r of the 6 x kc block starts at a + r * lda.
 void ukernel_rows_f32(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b,
                       float* __restrict c, int64_t ldc, bool accumulate) {
-  const float* a0 = a;
-  const float* a1 = a + lda;
-  const float* a2 = a + 2 * lda;
-  const float* a3 = a + 3 * lda;
-  const float* a4 = a + 4 * lda;
-  const float* a5 = a + 5 * lda;
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-    __m256 av;
-    av = _mm256_broadcast_ss(a0 + k); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
-    av = _mm256_broadcast_ss(a1 + k); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
-    av = _mm256_broadcast_ss(a2 + k); c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
-    av = _mm256_broadcast_ss(a3 + k); c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
-    av = _mm256_broadcast_ss(a4 + k); c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
-    av = _mm256_broadcast_ss(a5 + k); c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
-    b += 16;
-  }
-  __m256 acc[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-  for (int r = 0; r < 6; ++r) {
-    float* cr = c + r * ldc;
-    if (accumulate) {
-      _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), acc[r][0]));
-      _mm256_storeu_ps(cr + 8, _mm256_add_ps(_mm256_loadu_ps(cr + 8), acc[r][1]));
-    } else {
-      _mm256_storeu_ps(cr, acc[r][0]);
-      _mm256_storeu_ps(cr + 8, acc[r][1]);
-    }
-  }
+  tile_6x16<true>(kc, a, lda, b, c, ldc, accumulate);
 }
 
 // c (6 x 8 doubles) (+)= a_panel (kc x 6) . b_panel (kc x 8).
