@@ -81,25 +81,25 @@ static int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// ---- Other threads of this process -----------------------------------------------------
+// ---- Other busy threads and processes -------------------------------------------------
 // Another library's pool in this process (NumPy's OpenBLAS, PyTorch's OpenMP) keeps its
 // workers spinning for a while after each of its calls, on the same cores; so does any other
 // busy thread. A loop that hands items to our worker then waits whenever that worker is
 // descheduled mid-item: measured, S's step took 0.5x its 1-thread time with a NumPy and a
-// torch call between steps. So the CPU time the process used that neither the calling thread
-// nor our workers account for is sampled, in cores (CPU time over wall time), and so is the
-// machine's busy time outside this process (another process spinning on a core took the S step
-// to 0.85x); until the next sample, loops leave that many cores (rounded) to the others: on 2
-// cores, over half a core of other work means loops run on the calling thread only. The kernel adds other threads' running time to the
-// process clock only at its ticks (4 ms here), so one sample spans 16 ms per worker: an error
-// of a tick per running worker stays under a quarter of it.
+// torch call between steps, and 0.85x next to another process spinning on a core. So two
+// things are sampled, in cores (CPU time over wall time): the CPU time of the process that
+// neither the calling thread nor our workers account for, and the machine's busy time outside
+// this process. Until the next sample, loops leave that many cores (rounded) to the others: on
+// 2 cores, over half a core of other work means loops run on the calling thread only. The
+// kernel adds other threads' running time to the process clock only at its ticks (4 ms here),
+// so one sample spans 16 ms per worker: an error of a tick per running worker stays under a
+// quarter of it.
 namespace {
 constexpr int kMaxProbedWorkers = 256;
 constexpr int64_t kProbeNs = 16000000;  // per worker (see above)
 std::atomic<clockid_t> g_worker_clock[kMaxProbedWorkers];  // 0 until set (0 is CLOCK_REALTIME,
                                                            // never a thread's CPU clock)
-std::atomic<int> g_worker_slots{0};
-std::atomic<int> g_worker_clocks{0};
+std::atomic<int> g_worker_slots{0};  // workers registered (slots past kMaxProbedWorkers unused)
 std::atomic<int64_t> g_probe_next_ns{0};
 std::atomic<int> g_foreign_cores{0};  // other threads' use, in cores, rounded
 std::atomic<bool> g_probing{false};
@@ -128,8 +128,12 @@ void register_worker_clock() {
   if (pthread_getcpuclockid(pthread_self(), &c) != 0) return;
   const int i = g_worker_slots.fetch_add(1);
   if (i >= kMaxProbedWorkers) return;  // its time then counts as other threads' (many cores)
-  g_worker_clock[i].store(c);
-  g_worker_clocks.fetch_add(1);  // slots fill in any order: read only the stored ones
+  g_worker_clock[i].store(c);  // slots fill in any order: unset ones read as 0 and are skipped
+}
+
+// `ns` of CPU time over `wall` ns, in cores, rounded; 0 for none.
+int cores_of(int64_t ns, int64_t wall) {
+  return wall > 0 && ns > 0 ? static_cast<int>((ns + wall / 2) / wall) : 0;
 }
 
 // Other processes: the busy CPU time of the whole machine (/proc/stat, in clock ticks of 10 ms)
@@ -167,7 +171,7 @@ void probe_system(int64_t now, int64_t process) {
   } else if (cur.busy >= 0 && g_sys_last.busy >= 0 && cur.process >= 0 && g_sys_last.process >= 0) {
     const int64_t wall = cur.wall - g_sys_last.wall;
     const int64_t others = (cur.busy - g_sys_last.busy) - (cur.process - g_sys_last.process);
-    g_other_procs.store(others > 0 ? static_cast<int>((others + wall / 2) / wall) : 0, std::memory_order_relaxed);
+    g_other_procs.store(cores_of(others, wall), std::memory_order_relaxed);
   }
   g_sys_last = cur;
 }
@@ -181,19 +185,19 @@ int foreign_cores(int64_t now) {
   ProbeSample cur;
   cur.wall = now;
   cur.process = cpu_ns(CLOCK_PROCESS_CPUTIME_ID);
-  const int nw = g_worker_clocks.load();
-  const int slots = std::min(g_worker_slots.load(), kMaxProbedWorkers);
+  const int nw = g_worker_slots.load();
+  const int slots = std::min(nw, kMaxProbedWorkers);
   for (int i = 0; i < slots; ++i) {
     const clockid_t c = g_worker_clock[i].load();
     const int64_t t = c != 0 ? cpu_ns(c) : -1;
     if (t > 0) cur.workers += t;
   }
   const int64_t mine = cpu_ns(CLOCK_THREAD_CPUTIME_ID);
-  // Deltas only when this thread also took the previous sample (its own CPU time is known).
   // A sample spans the time since the previous one. When that is much longer than the
   // interval, layerprop ran no parallel loop meanwhile, and the other threads' work it saw (a
   // peer timed between our calls, the user's own code) may be long over: start again, with
-  // nothing assumed busy.
+  // nothing assumed busy. Otherwise, deltas only when this thread also took the previous
+  // sample (its own CPU time is then known).
   const int64_t interval = kProbeNs * (nw > 1 ? nw : 1);
   if (cur.wall - g_last.wall > interval * 3 / 2) {
     g_foreign_cores.store(0, std::memory_order_relaxed);
@@ -202,9 +206,8 @@ int foreign_cores(int64_t now) {
   } else if (tl_probe_epoch == g_last.epoch && g_last.process >= 0 && cur.process >= 0 && mine >= 0) {
     const int64_t wall = cur.wall - g_last.wall;
     const int64_t foreign = (cur.process - g_last.process) - (cur.workers - g_last.workers) - (mine - tl_probe_cpu);
-    const int cores = wall > 0 && foreign > 0 ? static_cast<int>((foreign + wall / 2) / wall) : 0;
     probe_system(now, cur.process);
-    const int all = cores + g_other_procs.load(std::memory_order_relaxed);
+    const int all = cores_of(foreign, wall) + g_other_procs.load(std::memory_order_relaxed);
     g_foreign_cores.store(all, std::memory_order_relaxed);
     g_foreign_samples.fetch_add(1, std::memory_order_relaxed);
     if (all > 0) g_foreign_busy_samples.fetch_add(1, std::memory_order_relaxed);
