@@ -92,23 +92,24 @@ def _train_rows(key: str, n: int, peak: float, st: Settings) -> List[Row]:
 
 def _jax_rows(key: str, n: int, peak: float, st: Settings) -> List[Row]:
     """Our core's epoch loop (what `fit` runs) against JAX's compiled loop (jit over lax.scan),
-    when JAX is installed. JAX runs in a child process on `n` CPUs; ours here, before and after."""
+    when JAX is installed. JAX runs in a child process on `n` CPUs; the two alternate call by
+    call (jaxpeer.compare)."""
     from . import jaxpeer
     if not jaxpeer.available():
         return []
     from .specs import train_flops
+    name, flops = f"loop {MODELS[key].name}", train_flops(MODELS[key])
     reps = 3 if st is QUICK else 9
     steps = max(2, jaxpeer.STEPS[key] // (10 if st is QUICK else 1))
     try:
         ours, res, rel = jaxpeer.compare(key, n, reps=reps, steps=steps)
     except RuntimeError as e:
-        return [Row(f"loop {MODELS[key].name}", n, jaxpeer.PEER, Timing([float("nan")]), None,
-                    train_flops(MODELS[key]), peak, f"JAX failed: {str(e).splitlines()[0][:80]}")]
+        return [Row(name, n, jaxpeer.PEER, Timing([float("nan")]), None, flops, peak,
+                    f"JAX failed: {str(e).splitlines()[0][:80]}")]
     # Adam from the same start drifts by float32 rounding over the loop; a wrong rule would not
     # stay within this.
     note = "" if rel <= 1e-3 else f"losses differ by {rel:.1e}"
-    return [Row(f"loop {MODELS[key].name}", n, jaxpeer.PEER, Timing(ours), Timing(res.times),
-                train_flops(MODELS[key]), peak, note)]
+    return [Row(name, n, jaxpeer.PEER, Timing(ours), Timing(res.times), flops, peak, note)]
 
 
 def _infer_rows(n: int, peak: float, st: Settings) -> List[Row]:
