@@ -136,11 +136,13 @@ def test_portable_fallback_kernels_agree():
     assert r.stdout.strip() == "ok"
 
 
-def test_swapped_nt_product_gives_the_same_bits():
-    """x @ W^T with few rows runs as C^T = W x^T, W read in place (swap_nt). The fma chain of
-    every output is unchanged, so the bits must equal the unswapped product's
-    (LAYERPROP_GEMM_SWAP_ROWS=0 turns the swap off at import): plain, accumulating, through a
-    Linear + ReLU forward with its bias epilogue, and over training steps at 1 and 2 threads."""
+def test_kernel_choices_give_the_same_bits():
+    """The kernel choices made at import must not change a bit (every output is the same fma
+    chain over k, in the same order): x @ W^T with few rows runs as C^T = W x^T, W read in place
+    (swap_nt; LAYERPROP_GEMM_SWAP_ROWS=0 turns it off), and on CPUs with AVX-512F two 6-row
+    micro-panels run at once in a 12 x 16 kernel (LAYERPROP_SIMD=avx2 turns it off). Checked:
+    products of every transposition, plain and accumulating, a Linear + ReLU forward with its
+    bias epilogue, and training steps at 1 and 2 threads."""
     import os
     import subprocess
     import sys
@@ -160,6 +162,14 @@ def test_swapped_nt_product_gives_the_same_bits():
             out[f"c{m}_{n}_{k}"] = _core._gemm(a, b, False, True, c=c)
             ref = a.astype(np.float64) @ b.astype(np.float64).T
             assert np.abs(g - ref).max() <= 1e-5 * np.abs(ref).max(), (m, n, k)
+        for m, n, k in ((12, 16, 40), (250, 33, 517), (200, 100, 300), (130, 70, 257), (512, 96, 700)):
+            for ta in (False, True):
+                for tb in (False, True):
+                    a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
+                    b = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
+                    c = rng.standard_normal((m, n), dtype=np.float32)
+                    out[f"q{m}_{n}_{k}_{ta}_{tb}"] = _core._gemm(a, b, ta, tb)
+                    out[f"r{m}_{n}_{k}_{ta}_{tb}"] = _core._gemm(a, b, ta, tb, c=c)
         for sizes in ((784, 512, 512, 10), (300, 200, 7)):
             model = lp.Sequential(lp.Linear(sizes[0], sizes[1]), lp.ReLU(), lp.Linear(sizes[1], sizes[2]), seed=1)
             for bsz in (1, 7, 16, 64, 96, 200):
@@ -174,20 +184,27 @@ def test_swapped_nt_product_gives_the_same_bits():
             for name, v in model.parameters().items():
                 out[f"t{nt}{name}"] = np.array(v)
         np.savez(sys.argv[1], **out)
+        print(lp.build_info()["gemm_avx512"])
     """)
     import tempfile
+    import layerprop as lp
+    has_avx512 = lp.build_info()["cpu"]["avx512f"] and lp.build_info()["simd"] == "avx2+fma"
     with tempfile.TemporaryDirectory() as d:
-        paths = []
-        for rows in (None, "0"):
-            env = dict(os.environ)
-            env.pop("LAYERPROP_GEMM_SWAP_ROWS", None)
-            if rows is not None:
-                env["LAYERPROP_GEMM_SWAP_ROWS"] = rows
-            path = os.path.join(d, f"{rows}.npz")
+        variants = {"default": {}, "no swap": {"LAYERPROP_GEMM_SWAP_ROWS": "0"},
+                    "avx2": {"LAYERPROP_SIMD": "avx2"},
+                    "avx2, no swap": {"LAYERPROP_SIMD": "avx2", "LAYERPROP_GEMM_SWAP_ROWS": "0"}}
+        results = {}
+        for name, extra in variants.items():
+            env = {k: v for k, v in os.environ.items() if k not in ("LAYERPROP_GEMM_SWAP_ROWS", "LAYERPROP_SIMD")}
+            env.update(extra)
+            path = os.path.join(d, name.replace(", ", "_").replace(" ", "_") + ".npz")
             r = subprocess.run([sys.executable, "-c", code, path], env=env, capture_output=True, text=True, timeout=300)
             assert r.returncode == 0, r.stderr
-            paths.append(path)
-        swapped, plain = np.load(paths[0]), np.load(paths[1])
-        assert sorted(swapped.files) == sorted(plain.files)
-        differ = [k for k in swapped.files if not np.array_equal(swapped[k], plain[k])]
-        assert not differ, differ
+            # the variant ran the kernels it names
+            assert r.stdout.split()[-1] == str(has_avx512 and "avx2" not in name), (name, r.stdout)
+            results[name] = np.load(path)
+        base = results["default"]
+        for name, other in results.items():
+            assert sorted(other.files) == sorted(base.files)
+            differ = [k for k in base.files if not np.array_equal(base[k], other[k])]
+            assert not differ, (name, differ)

@@ -336,6 +336,42 @@ def test_idle_workers_sleep_after_spinning():
 
 
 @two
+def test_sleeping_workers_are_kept_off_the_callers_cpu_and_get_their_affinity_back():
+    # After a pause the workers sleep; waking them, the caller narrows their affinity so they
+    # do not land on its own CPU, and each worker widens it again once its job is done. So
+    # after the calls, every thread of the process may run where it could before, and the
+    # moves were counted; the results are unchanged.
+    r = run_fresh("""
+        import os, time, numpy as np, layerprop as lp
+        lp.set_num_threads(2)
+        lp.threads.set_thresholds({k: 1 for k in lp.threads.KINDS})
+        def masks():
+            out = {}
+            for t in os.listdir("/proc/self/task"):
+                try:
+                    out[int(t)] = os.sched_getaffinity(int(t))
+                except OSError:
+                    pass
+            return out
+        before = os.sched_getaffinity(0)
+        m = lp.Sequential(lp.Linear(300, 300), lp.ReLU(), lp.Linear(300, 10), seed=0)
+        x = np.ones((64, 300), np.float32)
+        ref = m.predict(x)
+        for _ in range(20):
+            time.sleep(0.005)  # past the spin time: the worker sleeps
+            assert np.array_equal(m.predict(x), ref)
+        moves = lp.threads.pool_stats()["moves"]
+        time.sleep(0.05)
+        wide = all(v == before for v in masks().values())
+        print(moves, wide, lp.threads.pool_stats()["workers"])
+    """, {"LAYERPROP_SPIN_US": "100", "LAYERPROP_FOREIGN_PROBE": "0"})
+    moves, wide, workers = r.stdout.split()[-3:]
+    assert int(workers) == 1
+    assert int(moves) >= 10, r.stdout  # nearly every call woke a sleeping worker
+    assert wide == "True"
+
+
+@two
 def test_torch_shares_the_openmp_limit_layerprop_reads():
     # PyTorch's CPU wheel uses the same OpenMP runtime: torch.set_num_threads(k) in a thread
     # sets that thread's OpenMP limit, which caps layerprop's threads there (docs/threads.md);

@@ -45,6 +45,7 @@ PYBIND11_MODULE(_core, m) {
     py::dict d;
     d["version"] = LAYERPROP_VERSION;
     d["simd"] = lp::simd_name();
+    d["gemm_avx512"] = lp::use_avx512();
     d["openmp"] = lp::have_openmp();
     d["num_threads"] = lp::get_num_threads();
     d["compiler"] = LAYERPROP_COMPILER;
@@ -72,6 +73,7 @@ PYBIND11_MODULE(_core, m) {
     d["wait_ns"] = s.wait_ns;
     d["stalls"] = s.stalls;
     d["preempted_spins"] = s.preempted_spins;
+    d["moves"] = s.moves;
     d["foreign_samples"] = s.foreign_samples;
     d["foreign_busy_samples"] = s.foreign_busy_samples;
     return d;

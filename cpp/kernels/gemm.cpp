@@ -30,6 +30,12 @@ void ukernel_rows_f32(int64_t, const float*, int64_t, const float*, float*, int6
 void store_tile_t_f32(float*, int64_t, const float*, bool);
 }  // namespace avx2
 #endif
+#ifdef LAYERPROP_HAVE_AVX512
+namespace avx512 {
+void ukernel2_f32(int64_t, const float*, const float*, float*, int64_t, bool);
+void ukernel2_rows_f32(int64_t, const float*, int64_t, const float*, float*, int64_t, bool);
+}  // namespace avx512
+#endif
 
 namespace {
 
@@ -59,6 +65,25 @@ UkRows<T> pick_ukernel_rows() {
     if (use_avx2()) return &avx2::ukernel_rows_f32;
 #endif
   return nullptr;
+}
+// Kernels for two micro-panels at once (a 2*MR x NR tile, the MR-row kernels' bits), packed
+// and in place, or nullptrs.
+template <class T>
+struct Pair {
+  Ukernel<T> packed = nullptr;
+  UkRows<T> rows = nullptr;
+};
+template <class T>
+Pair<T> pick_pair() {
+  Pair<T> p;
+#ifdef LAYERPROP_HAVE_AVX512
+  if constexpr (std::is_same_v<T, float>)
+    if (use_avx512()) {
+      p.packed = &avx512::ukernel2_f32;
+      p.rows = &avx512::ukernel2_rows_f32;
+    }
+#endif
+  return p;
 }
 template <class T>
 SmallFn<T> pick_small() {
@@ -190,7 +215,8 @@ inline void apply_epilogue(T* C, int64_t ldc, int64_t i0, int64_t mr, int64_t j0
 template <class T>
 void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t K,
                const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
-               const Epilogue<T>* ep, int64_t mcb, int64_t kcb, Ukernel<T> uk, UkRows<T> ukr, bool ct) {
+               const Epilogue<T>* ep, int64_t mcb, int64_t kcb, Ukernel<T> uk, UkRows<T> ukr, Pair<T> pair,
+               bool ct) {
   using Bk = Blocking<T>;
   constexpr int64_t MR = Bk::MR, NR = Bk::NR, KC = Bk::KC, MC = Bk::MC, NC = Bk::NC;
   static thread_local Buffer<T> abuf_store, bbuf_store;
@@ -216,41 +242,51 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
         for (int64_t q = 0; q < n_jr; ++q) {
           const int64_t jr = q * NR, nr = std::min(NR, nc - jr);
           const T* bq = bbuf + q * NR * kc;
-          for (int64_t ir = 0; ir < mc; ir += MR) {
+          for (int64_t ir = 0; ir < mc;) {
             const int64_t mr = std::min(MR, mc - ir);
+            // Two full micro-panels at once where a pair kernel exists: same bits per tile.
+            const bool two = pair.packed != nullptr && mc - ir >= 2 * MR;
+            const int64_t rows = two ? 2 * MR : mr;
             const T* ap = abuf + ir * kc;
             if (direct && mr < MR) {  // a short row tile: pack just its micro-panel
               pack_a(abuf, ta, A, lda, ic + ir, mr, pc, kc);
               ap = abuf;
             }
             auto tile = [&](T* dst, int64_t ld, bool acc) {
-              if (direct && mr == MR) ukr(kc, A + (ic + ir) * lda + pc, lda, bq, dst, ld, acc);
+              const T* ad = A + (ic + ir) * lda + pc;
+              if (two && direct) pair.rows(kc, ad, lda, bq, dst, ld, acc);
+              else if (two) pair.packed(kc, ap, bq, dst, ld, acc);
+              else if (direct && mr == MR) ukr(kc, ad, lda, bq, dst, ld, acc);
               else uk(kc, ap, bq, dst, ld, acc);
             };
             if (ct) {  // the epilogue runs once over the rectangle, below
-              alignas(64) T tmp[MR * NR];
+              alignas(64) T tmp[2 * MR * NR];
               tile(tmp, NR, false);
               T* cdst = C + (jc + jr) * ldc + ic + ir;
 #ifdef LAYERPROP_HAVE_AVX2
               if constexpr (std::is_same_v<T, float>) {
                 if (mr == MR && nr == NR) {  // ct implies the AVX2 kernels (pick_ukernel_rows)
                   avx2::store_tile_t_f32(cdst, ldc, tmp, acc_here);
+                  if (two) avx2::store_tile_t_f32(cdst + MR, ldc, tmp + MR * NR, acc_here);
+                  ir += rows;
                   continue;
                 }
               }
 #endif
-              store_part_t(cdst, ldc, tmp, NR, mr, nr, acc_here);
+              store_part_t(cdst, ldc, tmp, NR, rows, nr, acc_here);
+              ir += rows;
               continue;
             }
             T* ctile = C + (ic + ir) * ldc + jc + jr;
-            if (mr == MR && nr == NR) {
+            if ((two || mr == MR) && nr == NR) {
               tile(ctile, ldc, acc_here);
             } else {
-              alignas(64) T tmp[MR * NR];
+              alignas(64) T tmp[2 * MR * NR];
               tile(tmp, NR, false);
-              store_part(ctile, ldc, tmp, NR, mr, nr, acc_here);
+              store_part(ctile, ldc, tmp, NR, rows, nr, acc_here);
             }
-            if (last_k && ep) apply_epilogue(C, ldc, ic + ir, mr, jc + jr, nr, *ep);
+            if (last_k && ep) apply_epilogue(C, ldc, ic + ir, rows, jc + jr, nr, *ep);
+            ir += rows;
           }
         }
       }
@@ -269,16 +305,18 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
   const Ukernel<T> uk = pick_ukernel<T>();
   // A in place only for the swapped product (A = the weights, read where they are).
   const UkRows<T> ukr = ct ? pick_ukernel_rows<T>() : nullptr;
+  const Pair<T> pair = pick_pair<T>();
+  const int64_t mr_step = pair.packed ? 2 * MR : MR;
   // Equal depth blocks (784 = 4 x 196, not 3 x 256 + 16): a thin last block would pay a full
   // load and store of C per tile. Depends on K only, so results stay thread-count independent.
   const int64_t kblocks = (K + KC - 1) / KC;
   const int64_t kcb = (K + kblocks - 1) / kblocks;
   // Equal row blocks (512 rows: 4 x 128, not 3 x 168 + 8). Row blocking never changes results.
   const int64_t mblocks = (M + MC - 1) / MC;
-  const int64_t mcb = ((M + mblocks - 1) / mblocks + MR - 1) / MR * MR;
+  const int64_t mcb = ((M + mblocks - 1) / mblocks + mr_step - 1) / mr_step * mr_step;
   const int nt = threads_for(Work::Gemm, M * N * K);
   if (nt <= 1) {
-    gemm_rect<T>(ta, tb, 0, M, 0, N, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb, kcb, uk, ukr, ct);
+    gemm_rect<T>(ta, tb, 0, M, 0, N, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb, kcb, uk, ukr, pair, ct);
     return;
   }
   // C in rectangles, taken by the threads as they come: a grid of rs x cs rectangles, at least
@@ -305,7 +343,7 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
     const int64_t r = item / cs, c = item % cs;
     const int64_t i0 = row_at(r), i1 = row_at(r + 1), j0 = col_at(c), j1 = col_at(c + 1);
     if (i0 < i1 && j0 < j1)
-      gemm_rect<T>(ta, tb, i0, i1, j0, j1, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb_rect, kcb, uk, ukr, ct);
+      gemm_rect<T>(ta, tb, i0, i1, j0, j1, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb_rect, kcb, uk, ukr, pair, ct);
   });
 }
 

@@ -31,6 +31,19 @@ bool use_avx2() {
 #endif
 }
 
+bool use_avx512() {
+#ifdef LAYERPROP_HAVE_AVX512
+  static const bool on = [] {
+    const char* env = std::getenv("LAYERPROP_SIMD");  // "avx2" keeps to the AVX2 kernels
+    if (env && std::string(env) == "avx2") return false;
+    return use_avx2() && cpu_features().avx512f;
+  }();
+  return on;
+#else
+  return false;
+#endif
+}
+
 std::string simd_name() { return use_avx2() ? "avx2+fma" : "scalar"; }
 
 }  // namespace lp

@@ -1,7 +1,9 @@
 #include <pthread.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -342,6 +344,7 @@ class Pool {
     seats_.store((epoch << 32) | static_cast<uint64_t>(helpers), std::memory_order_relaxed);
     ticket_.store(epoch << 32, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      keep_off_my_cpu(helpers);
       std::lock_guard<std::mutex> lk(m_);
       cv_.notify_all();
     }
@@ -386,6 +389,7 @@ class Pool {
     s.waits = waits_.load();
     s.stalls = stalls_.load();
     s.preempted_spins = preempted_.load();
+    s.moves = moves_.load();
     s.foreign_samples = g_foreign_samples.load();
     s.foreign_busy_samples = g_foreign_busy_samples.load();
     return s;
@@ -435,6 +439,39 @@ class Pool {
     }
   }
 
+  // Before waking sleeping workers: each of them may not run on the caller's CPU until its
+  // job is done (then its own affinity is given back, restore_home). Linux places a thread it
+  // wakes next to its waker when that looks cache-friendly; until the load balancer separates
+  // them (a tick or more: 4 ms here) caller and worker share one core while the other idles.
+  // Measured on 2 cores, predict on M b256 with a 20 ms pause before each call: 4.8 ms on 2
+  // threads against 4.4 ms on 1; with the threads pinned apart, 2.5 ms.
+  void keep_off_my_cpu(int helpers) {
+    const int cpu = sched_getcpu();
+    if (cpu < 0) return;
+    const int n = std::min({helpers, started_.load(std::memory_order_relaxed), kMaxHomes});
+    for (int i = 0; i < n; ++i) {
+      Home& h = homes_[i];
+      const pid_t tid = h.tid.load(std::memory_order_acquire);
+      if (tid == 0 || h.narrowed.load(std::memory_order_acquire)) continue;
+      cpu_set_t m;
+      if (sched_getaffinity(tid, sizeof(m), &m) != 0 || !CPU_ISSET(cpu, &m) || CPU_COUNT(&m) < 2) continue;
+      h.mask = m;
+      CPU_CLR(cpu, &m);
+      if (sched_setaffinity(tid, sizeof(m), &m) == 0) {
+        h.narrowed.store(true, std::memory_order_release);
+        moves_.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+  }
+  // The worker's own affinity back, as it was before keep_off_my_cpu narrowed it.
+  void restore_home(int slot) {
+    if (slot >= kMaxHomes) return;
+    Home& h = homes_[slot];
+    if (!h.narrowed.load(std::memory_order_acquire)) return;
+    sched_setaffinity(0, sizeof(h.mask), &h.mask);
+    h.narrowed.store(false, std::memory_order_release);
+  }
+
   // A seat in `epoch`'s job: at most nt - 1 workers take part.
   bool take_seat(uint64_t epoch) {
     uint64_t s = seats_.load(std::memory_order_acquire);
@@ -447,6 +484,8 @@ class Pool {
   void worker_main(uint64_t seen) {
     tl_in_job = true;  // kernels called from an item run serially
     register_worker_clock();
+    const int slot = slots_.fetch_add(1);
+    if (slot < kMaxHomes) homes_[slot].tid.store(static_cast<pid_t>(syscall(SYS_gettid)), std::memory_order_release);
     auto idle = [&](uint64_t t) { return (t >> 32) == seen || (t & 0xffffffffu) == kPreparing; };
     int64_t calm_after_ns = 0;  // until then, no spinning (see below)
     for (;;) {
@@ -483,6 +522,7 @@ class Pool {
       }
       seen = t >> 32;
       if (take_seat(seen)) work(seen, true);
+      restore_home(slot);
     }
   }
 
@@ -502,6 +542,16 @@ class Pool {
   std::atomic<int64_t> waits_{0};
   std::atomic<int64_t> stalls_{0};
   std::atomic<int64_t> preempted_{0};
+  std::atomic<int64_t> moves_{0};
+  // Workers' thread ids and the affinity keep_off_my_cpu took from them.
+  static constexpr int kMaxHomes = 64;
+  struct Home {
+    std::atomic<pid_t> tid{0};
+    std::atomic<bool> narrowed{false};
+    cpu_set_t mask;
+  };
+  Home homes_[kMaxHomes];
+  std::atomic<int> slots_{0};
 
   std::atomic<bool> error_flag_{false};
   std::exception_ptr error_;

@@ -38,8 +38,9 @@ NonFiniteError.__doc__ = (
 
 
 def build_info() -> dict:
-    """What this build runs: version, simd ("avx2+fma" or "scalar"), openmp, num_threads,
-    compiler, and the CPU's features."""
+    """What this build runs: version, simd ("avx2+fma" or "scalar"), gemm_avx512 (the GEMM's
+    AVX-512 micro-kernels, same results as AVX2), openmp, num_threads, compiler, and the CPU's
+    features."""
     return _core.build_info()
 
 

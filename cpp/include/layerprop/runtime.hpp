@@ -18,6 +18,9 @@ struct CpuFeatures {
 const CpuFeatures& cpu_features();
 // True when the AVX2+FMA kernels are compiled in and the CPU runs them.
 bool use_avx2();
+// True when, on top of that, the AVX-512F GEMM micro-kernels are compiled in and the CPU runs
+// them (LAYERPROP_SIMD=avx2 turns them off). They give the AVX2 kernels' bits.
+bool use_avx512();
 // "avx2+fma" or "scalar": what the kernels actually run.
 std::string simd_name();
 
@@ -106,6 +109,7 @@ struct PoolStats {
   int64_t wait_ns = 0;  // the time those waits took
   int64_t stalls = 0;   // waits far longer than the caller's own items: a worker descheduled mid-item
   int64_t preempted_spins = 0;  // idle spins cut short: the worker was descheduled while spinning
+  int64_t moves = 0;  // sleeping workers kept off their caller's CPU for a job (see threads.cpp)
   int64_t foreign_samples = 0;       // samples of the CPU time other threads of the process used
   int64_t foreign_busy_samples = 0;  // ... that found them busy (loops then ran on one thread)
 };
