@@ -60,7 +60,9 @@ def pool_stats() -> Dict[str, int]:
     (every 16 ms at most per worker, while loops are large enough for threads) and
     "foreign_busy_samples" (those that found other work: loops then leave that many cores to it,
     rounded, until the next sample).
-    LAYERPROP_FOREIGN_PROBE=0 turns the probe off."""
+    LAYERPROP_FOREIGN_PROBE=0 turns the probe off. "moves": sleeping workers that the caller
+    waking them kept off its own CPU for that job ("preempted_spins": idle spins cut short
+    because the worker was descheduled)."""
     return dict(_core._pool_stats())
 
 
