@@ -154,7 +154,7 @@ def test_kernel_choices_give_the_same_bits():
         rng = np.random.default_rng(0)
         out = {}
         for m, n, k in ((1, 300, 200), (5, 40, 130), (16, 512, 784), (31, 70, 300), (32, 128, 784),
-                        (90, 1000, 129), (96, 97, 256), (13, 600, 1000)):
+                        (90, 1000, 129), (96, 97, 256), (13, 600, 1000), (128, 512, 784), (125, 130, 200)):
             a = rng.standard_normal((m, k), dtype=np.float32)
             b = rng.standard_normal((n, k), dtype=np.float32)
             c = rng.standard_normal((m, n), dtype=np.float32)
@@ -172,7 +172,7 @@ def test_kernel_choices_give_the_same_bits():
                     out[f"r{m}_{n}_{k}_{ta}_{tb}"] = _core._gemm(a, b, ta, tb, c=c)
         for sizes in ((784, 512, 512, 10), (300, 200, 7)):
             model = lp.Sequential(lp.Linear(sizes[0], sizes[1]), lp.ReLU(), lp.Linear(sizes[1], sizes[2]), seed=1)
-            for bsz in (1, 7, 16, 64, 96, 200):
+            for bsz in (1, 7, 16, 64, 96, 128, 200):
                 out[f"p{sizes[0]}_{bsz}"] = model.predict(rng.standard_normal((bsz, sizes[0]), dtype=np.float32))
         for nt in (1, 2):
             lp.set_num_threads(nt)
