@@ -122,6 +122,8 @@ def test_bad_scenario_options_exit_2(capsys, argv, message):
 @pytest.mark.parametrize("argv, message", [
     (["--models", "D"], "--models applies only with --scenarios"),
     (["--no-torch"], "--no-torch applies only with --scenarios"),
+    (["--blas-threads", "1"], "--blas-threads applies only with --scenarios"),
+    (["--scenarios", "--blas-threads", "0"], "--blas-threads must be >= 1"),
     (["--scenarios", "--cases", "M"], "--cases does not apply with --scenarios"),
     (["--scenarios", "--threads", "1"], "--threads does not apply with --scenarios"),
 ])
@@ -139,3 +141,27 @@ def test_script_wrapper_rejects_unknown_models(capsys):
         mod.main(["--models", "D", "X"])
     assert exc.value.code == 2
     assert "argument --models: unknown value 'X'" in capsys.readouterr().err
+
+
+def test_blas_threads_limits_numpys_pool_for_the_run_only(capsys):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("NumPy has no BLAS pool threadpoolctl can see")
+    seen = []
+    rows = scenarios.run_scenarios(["D"], ["interleaved"], torch=False, quick=True, blas_threads=1,
+                                   progress=lambda msg: seen.append(blas_threads()))
+    assert [r.setting for r in rows] == ["interleaved"]
+    assert seen and all(v == [1] * len(before) for v in seen)  # limited while the cells ran
+    assert blas_threads() == before                              # and given back after
+    with pytest.raises(ValueError, match="blas_threads must be an integer >= 1"):
+        scenarios.run_scenarios(["D"], ["quiet"], quick=True, blas_threads=0)
+    assert main(["bench", "--scenarios", "--quick", "--models", "D", "--settings", "quiet",
+                 "--blas-threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "NumPy's BLAS limited to 1 thread(s) (--blas-threads)" in out
+    assert blas_threads() == before

@@ -87,6 +87,9 @@ def add_parser(subparsers) -> None:
                    help="which settings (default all: quiet,busy,interleaved)")
     g.add_argument("--no-torch", dest="no_torch", action="store_true",
                    help="leave out PyTorch's rows (interleaved still calls PyTorch if installed)")
+    g.add_argument("--blas-threads", dest="blas_threads", type=int, default=None, metavar="N",
+                   help="limit NumPy's BLAS to N threads for the run (threadpoolctl), so that its "
+                        "idle workers do not hold a core after each call (see docs/threads.md)")
     s.set_defaults(func=_cmd_bench)
 
 
@@ -99,7 +102,7 @@ def _cmd_bench(args) -> int:
     if args.scenarios:
         return _cmd_scenarios(args, progress)
     for name, value in (("--models", args.scenario_models), ("--settings", args.scenario_settings),
-                        ("--no-torch", args.no_torch)):
+                        ("--no-torch", args.no_torch), ("--blas-threads", args.blas_threads)):
         if value:
             print(f"layerprop bench: error: {name} applies only with --scenarios", file=sys.stderr)
             return 2
@@ -124,8 +127,23 @@ def _cmd_scenarios(args, progress) -> int:
             print(f"layerprop bench: error: {name} does not apply with --scenarios "
                   "(it always runs at 1 and 2 threads)", file=sys.stderr)
             return 2
-    rows = run_scenarios(args.scenario_models or list(SCENARIO_MODELS),
-                         args.scenario_settings or list(SETTINGS),
-                         torch=not args.no_torch, quick=args.quick, progress=progress)
+    if args.blas_threads is not None and args.blas_threads < 1:
+        print("layerprop bench: error: --blas-threads must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        rows = run_scenarios(args.scenario_models or list(SCENARIO_MODELS),
+                             args.scenario_settings or list(SETTINGS), torch=not args.no_torch,
+                             quick=args.quick, blas_threads=args.blas_threads, progress=progress)
+    except ImportError as e:
+        print(f"layerprop bench: error: {e}", file=sys.stderr)
+        return 2
     print(format_scenarios(rows, markdown=args.markdown))
+    import os
+    tamed = []
+    if args.blas_threads is not None:
+        tamed.append(f"NumPy's BLAS limited to {args.blas_threads} thread(s) (--blas-threads)")
+    if os.environ.get("OMP_WAIT_POLICY"):
+        tamed.append(f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} (PyTorch's OpenMP workers)")
+    if tamed:
+        print(("\n" if args.markdown else "") + "Neighbours set: " + "; ".join(tamed) + ".")
     return 0

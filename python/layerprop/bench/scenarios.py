@@ -249,15 +249,17 @@ def _checked(values: Sequence[str], allowed: Sequence[str], what: str) -> List[s
 
 def run_scenarios(models: Sequence[str] = tuple(SCENARIO_MODELS), settings: Sequence[str] = SETTINGS,
                   *, torch: bool = True, quick: bool = False, rounds: Optional[int] = None,
-                  seconds: Optional[float] = None,
+                  seconds: Optional[float] = None, blas_threads: Optional[int] = None,
                   progress: Optional[Callable[[str], None]] = None) -> List[ScenarioRow]:
     """Time every (setting, model, library) cell at 1 and 2 threads, A/B alternating rounds.
 
     `torch=False` leaves out PyTorch's rows (the interleaved setting still calls PyTorch if it is
     installed: that is part of the setting). `quick` takes few steps (a smoke run, rough
     figures); `rounds` and `seconds` override the rounds per cell and the time budget of one
-    measurement. The thread counts of layerprop and PyTorch are restored afterwards, and the
-    busy neighbour process is stopped and joined whatever happens."""
+    measurement. `blas_threads` limits NumPy's BLAS pool to that many threads for the run
+    (threadpoolctl): its idle workers then hold no core between steps (docs/threads.md). The
+    thread counts of layerprop, PyTorch and the BLAS are restored afterwards, and the busy
+    neighbour process is stopped and joined whatever happens."""
     import layerprop as lp
     models = _checked(models, tuple(SCENARIO_MODELS), "model")
     settings = _checked(settings, SETTINGS, "setting")
@@ -266,6 +268,15 @@ def run_scenarios(models: Sequence[str] = tuple(SCENARIO_MODELS), settings: Sequ
     if n_rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {n_rounds}")
     budget_s = budget.seconds if seconds is None else seconds
+    blas_limit = None
+    if blas_threads is not None:
+        if isinstance(blas_threads, bool) or not isinstance(blas_threads, int) or blas_threads < 1:
+            raise ValueError(f"blas_threads must be an integer >= 1, got {blas_threads!r}")
+        try:
+            import threadpoolctl
+        except ImportError:
+            raise ImportError("blas_threads needs threadpoolctl (pip install threadpoolctl)") from None
+        blas_limit = threadpoolctl.threadpool_limits(blas_threads, user_api="blas")
     torch_mod = _torch_or_none()
     libs = [lib for lib in LIBRARIES if lib == "layerprop" or (torch and torch_mod is not None)]
     old_lp = lp.get_num_threads()
@@ -302,6 +313,8 @@ def run_scenarios(models: Sequence[str] = tuple(SCENARIO_MODELS), settings: Sequ
         lp.set_num_threads(old_lp)
         if torch_mod is not None:
             torch_mod.set_num_threads(old_torch)
+        if blas_limit is not None:
+            blas_limit.restore_original_limits()
     return rows
 
 
