@@ -75,3 +75,31 @@ def test_train_steps_match_reference_optimizer(opt, loss, rng):
         want_params = ref.params()
         for name, p in model.parameters().items():
             assert_close(p, want_params[name], TOL, f"step {step} {name}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cross_entropy_with_logits_far_apart(dtype):
+    # Logits 100 to 500 apart: the exponentials of the losing classes round to 0 (the core skips
+    # libm there, exp_nonpos). Loss and gradient still match the float64 twin, and nothing is NaN.
+    import layerprop as lp
+    model = lp.Sequential(lp.Linear(2, 3), seed=0, dtype=dtype)
+    model.compile(loss="cross_entropy", optimizer=lp.SGD(lr=0.0))
+    W = np.array([[150.0, 0.5], [0.0, 0.0], [-100.0, -0.5]])
+    model.parameters()["0.weight"][:] = W
+    model.parameters()["0.bias"][:] = 0
+    X = np.array([[2.0, 1.0], [1.0, -1.0], [-1.0, 0.0], [0.7, 0.3]], dtype=dtype)
+    y = np.array([0, 1, 2, 0])
+    loss, grads = model.loss_and_grads(X, y)
+    z = X.astype(np.float64) @ W.T
+    m = z.max(axis=1, keepdims=True)
+    e = np.exp(z - m)
+    lse = m[:, 0] + np.log(e.sum(axis=1))
+    ref_loss = np.mean(lse - z[np.arange(4), y])
+    dz = e / e.sum(axis=1, keepdims=True)
+    dz[np.arange(4), y] -= 1
+    dz /= 4
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert np.isfinite(loss) and abs(loss - ref_loss) <= tol * abs(ref_loss)
+    g = grads["0.weight"]
+    assert np.all(np.isfinite(g))
+    assert np.allclose(g, dz.T @ X.astype(np.float64), rtol=tol, atol=tol * np.abs(dz.T @ X).max())

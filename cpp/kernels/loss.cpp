@@ -27,6 +27,16 @@ double weight_total(const T* w, int64_t N) {
   return w ? sum_rows(w, N) : static_cast<double>(N);
 }
 
+// exp(d) for d = z - max(z) <= 0. Below the point where the exponential rounds to +0 (float
+// about -103.97, double -745.13) the result is 0 without calling libm, whose underflow path
+// (errno and a floating-point flag raised on purpose) took 1.2% of a digits epoch once the
+// model was confident. The value is the same either way; NaN still goes to std::exp.
+template <class T>
+inline T exp_nonpos(T d) {
+  constexpr T zero_below = std::is_same_v<T, float> ? T(-104) : T(-746);
+  return d < zero_below ? T(0) : std::exp(d);
+}
+
 template <class T>
 double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* labels, const T* w,
                      int64_t N, int64_t C) {
@@ -41,11 +51,11 @@ double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* label
     T* g = grad ? grad + i * C : nullptr;
     if (g) {  // each exponential once: kept in the gradient row until it is scaled
       for (int64_t j = 0; j < C; ++j) {
-        g[j] = std::exp(z[j] - m);
+        g[j] = exp_nonpos(z[j] - m);
         s += g[j];
       }
     } else {
-      for (int64_t j = 0; j < C; ++j) s += std::exp(z[j] - m);
+      for (int64_t j = 0; j < C; ++j) s += exp_nonpos(z[j] - m);
     }
     const T lse = m + std::log(s);
     row_loss[i] = w ? (lse - z[labels[i]]) * w[i] : lse - z[labels[i]];
@@ -141,7 +151,7 @@ void softmax_rows(T* out, const T* z, int64_t N, int64_t D) {
     T* o = out + r * D;
     const T m = *std::max_element(zr, zr + D);
     T sum = 0;
-    for (int64_t c = 0; c < D; ++c) sum += (o[c] = std::exp(zr[c] - m));
+    for (int64_t c = 0; c < D; ++c) sum += (o[c] = exp_nonpos(zr[c] - m));
     for (int64_t c = 0; c < D; ++c) o[c] = o[c] / sum;
   }
 }
