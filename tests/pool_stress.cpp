@@ -1,6 +1,7 @@
 // The pool under ThreadSanitizer (tests/test_pool.py builds and runs this with
 // -fsanitize=thread): three threads call parallel_for 3,000 times each at once, on 3 threads,
-// with items that yield and, now and then, throw, while the spin time changes. Every item must
+// with items that yield and, now and then, throw, while the spin time changes and short loops
+// wake sleeping workers ahead of their jobs. Every item must
 // run exactly once per call, an exception must reach its caller, and TSan must report nothing.
 #include <atomic>
 #include <cstdio>
@@ -29,6 +30,9 @@ int main() {
       }
       for (int64_t i = 0; i < n; ++i) if (hits[i] != 1) bad++;
       if (it % 500 == 0) lp::set_spin_us(it % 1000 == 0 ? 0 : 50);
+      // A short loop's thread count: while the workers sleep this wakes them ahead (prewarm),
+      // racing the other threads' jobs.
+      if (it % 3 == 0) (void)lp::threads_for(lp::Work::GemmSmall, 40000);
     }
   };
   std::vector<std::thread> ts;

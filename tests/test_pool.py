@@ -22,14 +22,17 @@ two = pytest.mark.skipif(os.cpu_count() is None or os.cpu_count() < 2, reason="n
 def restore():
     """Restores threads, thresholds and spin time; meanwhile the probe of other busy threads
     is off, so that loops forced onto the pool run there even beside a competing thread (the
-    probe would rightly run them serially)."""
+    probe would rightly run them serially), and so is the rule that leaves sleeping workers
+    asleep for short loops."""
     old_n, old_t = lp.get_num_threads(), threads.thresholds()
     old_spin = _core._pool_stats()["spin_us"]
     _core._set_foreign_probe(False)
+    _core._set_keep_workers_asleep(False)  # forced-pool tests: short loops go to the pool too
     yield
     lp.set_num_threads(old_n)
     threads.set_thresholds(old_t)
     _core._set_spin_us(old_spin)
+    _core._set_keep_workers_asleep(True)
     _core._set_foreign_probe(os.environ.get("LAYERPROP_FOREIGN_PROBE") != "0")
 
 
@@ -369,6 +372,45 @@ def test_sleeping_workers_are_kept_off_the_callers_cpu_and_get_their_affinity_ba
     assert int(workers) == 1
     assert int(moves) >= 10, r.stdout  # nearly every call woke a sleeping worker
     assert wide == "True"
+
+
+@two
+def test_short_loops_leave_sleeping_workers_asleep_and_wake_them_for_the_next():
+    # While the worker sleeps, a loop estimated under 50 us (batch-1 predict through 784 -> 512)
+    # runs on the caller and wakes the worker to spin (a prewarm); a stream of such calls then
+    # gets the worker. With the rule off, the same call after a pause goes to the pool at once.
+    # Results are the same in every case.
+    r = run_fresh("""
+        import time, numpy as np, layerprop as lp
+        from layerprop import _core
+        lp.set_num_threads(2)
+        m = lp.Sequential(lp.Linear(784, 512), seed=0)
+        x = np.linspace(-1, 1, 784, dtype=np.float32)[None, :]
+        lp.set_num_threads(1)
+        ref = m.predict(x)                               # batch 1 on one thread
+        lp.set_num_threads(2)
+        m.predict(np.repeat(x, 256, axis=0))             # a large call: starts the worker
+        st = lp.threads.pool_stats
+        assert st()["workers"] == 1
+        time.sleep(0.05)                                 # the worker sleeps
+        s0 = st(); y = m.predict(x); s1 = st()
+        assert np.array_equal(y[0], ref[0])
+        print("inline", s1["jobs"] - s0["jobs"], s1["prewarms"] - s0["prewarms"])
+        s2 = st()
+        for _ in range(300):
+            assert np.array_equal(m.predict(x)[0], ref[0])
+        s3 = st()
+        print("stream", s3["items_by_workers"] - s2["items_by_workers"])
+        _core._set_keep_workers_asleep(False)
+        time.sleep(0.05)
+        s4 = st(); y = m.predict(x); s5 = st()
+        assert np.array_equal(y[0], ref[0])
+        print("rule off", s5["jobs"] - s4["jobs"])
+    """, {"LAYERPROP_SPIN_US": "100", "LAYERPROP_FOREIGN_PROBE": "0"})
+    lines = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines())
+    assert lines["inline"].split() == ["0", "1"]  # no pool job, one prewarm
+    assert int(lines["stream"]) > 0                # the woken worker took items
+    assert int(lines["rule"].split()[-1]) >= 1       # "rule off": a pool job
 
 
 @two

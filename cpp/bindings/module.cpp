@@ -74,10 +74,12 @@ PYBIND11_MODULE(_core, m) {
     d["stalls"] = s.stalls;
     d["preempted_spins"] = s.preempted_spins;
     d["moves"] = s.moves;
+    d["prewarms"] = s.prewarms;
     d["foreign_samples"] = s.foreign_samples;
     d["foreign_busy_samples"] = s.foreign_busy_samples;
     return d;
   }, "The pool's workers started, jobs run with workers, items the workers ran, spin time.");
+  m.def("_set_keep_workers_asleep", [](bool on) { lp::set_keep_workers_asleep(on); }, py::arg("on"));
   m.def("_set_foreign_probe", [](bool on) { lp::set_foreign_probe(on); }, py::arg("on"),
         "Turn the probe of other busy threads in this process on or off (it is on by default).");
   m.def("_set_spin_us", [](int us) {

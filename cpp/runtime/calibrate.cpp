@@ -171,10 +171,16 @@ CalibrationResult calibrate_work(Work w, double budget_s, double margin) {
     return r;
   }
   auto probe = probe_for(w);
+  // Pooled measurements follow a serial one, after which the workers sleep: the rule that
+  // keeps them asleep for short loops would turn the small pooled sizes serial.
+  set_keep_workers_asleep(false);
   struct Restore {
     Work w;
     int64_t v;
-    ~Restore() { set_work_threshold(w, v == INT64_MAX ? 0 : v); }
+    ~Restore() {
+      set_work_threshold(w, v == INT64_MAX ? 0 : v);
+      set_keep_workers_asleep(true);
+    }
   } restore{w, saved};
   int64_t crossing = 0;
   int wins = 0;

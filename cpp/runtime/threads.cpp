@@ -232,6 +232,34 @@ void set_foreign_probe(bool on) {
   }
 }
 
+// ---- Short loops leave sleeping workers asleep ---------------------------------------------
+// The thresholds are measured with warm workers, spinning for the next job. A worker that has
+// gone to sleep (no job for LAYERPROP_SPIN_US) takes tens of microseconds to wake: a futex
+// call, and on a virtual machine the wake of an idle virtual CPU. Measured, predict on M at
+// batch 1 after a 1 ms pause: 50-87 us on 1 thread, 70-108 us on 2. So while every worker
+// sleeps, a loop whose serial time is estimated under kWakeWorthNs runs on the caller, and the
+// workers are woken to spin for the loops that follow (prewarm): a stream of short loops (a
+// Python loop of batch-1 predicts) gets its threads from the second loop on, and an isolated
+// call pays only the wake's system call. The estimate is units times a rough cost per unit of
+// each kind (the serial timings of `layerprop calibrate` on the reference machine, at its
+// largest sizes).
+namespace {
+constexpr int64_t kWakeWorthNs = 50000;
+constexpr double g_ns_per_unit[static_cast<int>(Work::Count)] = {
+    0.022,  // Gemm
+    0.037,  // GemmSmall
+    0.08,   // EltCheap
+    9.6,    // EltCostly
+    0.52,   // Loss
+    0.05,   // Optim
+    0.5,    // Sparse
+};
+std::atomic<bool> g_keep_asleep{true};
+}  // namespace
+bool workers_asleep();   // the pool's (below)
+void prewarm_workers();  // wakes them to spin for the next loop (below)
+void set_keep_workers_asleep(bool on) { g_keep_asleep.store(on, std::memory_order_relaxed); }
+
 int threads_for(Work w, int64_t units) {
   if (tl_in_job) return 1;
   int64_t per = work_threshold(w);
@@ -247,6 +275,12 @@ int threads_for(Work w, int64_t units) {
     if (nt <= 1) return 1;
   }
   const int64_t want = units / per;
+  if (want < 2) return 1;
+  if (double(units) * g_ns_per_unit[static_cast<int>(w)] < double(kWakeWorthNs) &&
+      g_keep_asleep.load(std::memory_order_relaxed) && workers_asleep()) {
+    prewarm_workers();
+    return 1;
+  }
   return want < nt ? static_cast<int>(want) : nt;
 }
 
@@ -379,6 +413,27 @@ class Pool {
     }
   }
 
+  // Every started worker sleeps (none spins for the next job).
+  bool asleep() const {
+    const int n = started_.load(std::memory_order_relaxed);
+    return n > 0 && sleepers_.load(std::memory_order_relaxed) >= n;
+  }
+
+  // Wake the sleeping workers without a job: they spin for the next one (spin_us), kept off
+  // this thread's CPU as for a job. Skipped while another thread's job holds the pool.
+  void prewarm() {
+    bool expected = false;
+    if (!busy_.compare_exchange_strong(expected, true, std::memory_order_acquire)) return;
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      keep_off_my_cpu(started_.load(std::memory_order_relaxed));
+      std::lock_guard<std::mutex> lk(m_);
+      wake_gen_.fetch_add(1, std::memory_order_relaxed);
+      cv_.notify_all();
+      prewarms_.fetch_add(1, std::memory_order_relaxed);
+    }
+    busy_.store(false, std::memory_order_release);
+  }
+
   PoolStats stats() {
     PoolStats s;
     s.workers = started_.load();
@@ -390,6 +445,7 @@ class Pool {
     s.stalls = stalls_.load();
     s.preempted_spins = preempted_.load();
     s.moves = moves_.load();
+    s.prewarms = prewarms_.load();
     s.foreign_samples = g_foreign_samples.load();
     s.foreign_busy_samples = g_foreign_busy_samples.load();
     return s;
@@ -446,6 +502,7 @@ class Pool {
   // Measured on 2 cores, predict on M b256 with a 20 ms pause before each call: 4.8 ms on 2
   // threads against 4.4 ms on 1; with the threads pinned apart, 2.5 ms.
   void keep_off_my_cpu(int helpers) {
+    static const bool off = std::getenv("LP_NOKEEP") != nullptr; if (off) return;
     const int cpu = sched_getcpu();
     if (cpu < 0) return;
     const int n = std::min({helpers, started_.load(std::memory_order_relaxed), kMaxHomes});
@@ -515,9 +572,15 @@ class Pool {
         }
         if (idle(t)) {
           std::unique_lock<std::mutex> lk(m_);
+          const uint64_t gen = wake_gen_.load(std::memory_order_relaxed);
           sleepers_.fetch_add(1, std::memory_order_seq_cst);
-          while (idle(t = ticket_.load(std::memory_order_seq_cst))) cv_.wait(lk);
+          while (idle(t = ticket_.load(std::memory_order_seq_cst)) && wake_gen_.load(std::memory_order_relaxed) == gen)
+            cv_.wait(lk);
           sleepers_.fetch_sub(1, std::memory_order_relaxed);
+        }
+        if (idle(t)) {  // woken ahead of a job (prewarm): spin for it
+          restore_home(slot);
+          continue;
         }
       }
       seen = t >> 32;
@@ -543,6 +606,8 @@ class Pool {
   std::atomic<int64_t> stalls_{0};
   std::atomic<int64_t> preempted_{0};
   std::atomic<int64_t> moves_{0};
+  std::atomic<int64_t> prewarms_{0};
+  std::atomic<uint64_t> wake_gen_{0};  // bumped (under m_) to wake sleepers without a job
   // Workers' thread ids and the affinity keep_off_my_cpu took from them.
   static constexpr int kMaxHomes = 64;
   struct Home {
@@ -576,6 +641,8 @@ void run_items(int64_t n, int nt, ItemFn fn, void* ctx) {
 }
 
 PoolStats pool_stats() { return pool().stats(); }
+bool workers_asleep() { return pool().asleep(); }
+void prewarm_workers() { pool().prewarm(); }
 void set_spin_us(int us) { pool().set_spin(us); }
 
 bool forked_after_pool() { return g_forked_after_pool.load(std::memory_order_relaxed); }

@@ -62,7 +62,8 @@ def pool_stats() -> Dict[str, int]:
     rounded, until the next sample).
     LAYERPROP_FOREIGN_PROBE=0 turns the probe off. "moves": sleeping workers that the caller
     waking them kept off its own CPU for that job ("preempted_spins": idle spins cut short
-    because the worker was descheduled)."""
+    because the worker was descheduled). "prewarms": loops too short to wait for a sleeping
+    worker, which ran on the caller and woke the workers for the loops after them."""
     return dict(_core._pool_stats())
 
 

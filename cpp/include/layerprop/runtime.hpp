@@ -109,6 +109,7 @@ struct PoolStats {
   int64_t wait_ns = 0;  // the time those waits took
   int64_t stalls = 0;   // waits far longer than the caller's own items: a worker descheduled mid-item
   int64_t preempted_spins = 0;  // idle spins cut short: the worker was descheduled while spinning
+  int64_t prewarms = 0;  // sleeping workers woken ahead of loops that ran on the caller
   int64_t moves = 0;  // sleeping workers kept off their caller's CPU for a job (see threads.cpp)
   int64_t foreign_samples = 0;       // samples of the CPU time other threads of the process used
   int64_t foreign_busy_samples = 0;  // ... that found them busy (loops then ran on one thread)
@@ -116,6 +117,9 @@ struct PoolStats {
 // The probe of other busy threads in this process (on by default; LAYERPROP_FOREIGN_PROBE=0).
 void set_foreign_probe(bool on);
 PoolStats pool_stats();
+// While every worker sleeps, loops estimated under 50 us serially run on the caller (waking a
+// worker costs more); on by default, off during calibration and for tests (_core hook).
+void set_keep_workers_asleep(bool on);
 
 // ---- Calibration (cpp/runtime/calibrate.cpp) -----------------------------------------------
 // Runs kind w's kernel at sizes 2^12, 2^13, ..., 2^23 units, serially and on the pool (about
