@@ -278,7 +278,7 @@ int threads_for(Work w, int64_t units) {
   if (want < 2) return 1;
   if (double(units) * g_ns_per_unit[static_cast<int>(w)] < double(kWakeWorthNs) &&
       g_keep_asleep.load(std::memory_order_relaxed) && workers_asleep()) {
-    prewarm_workers();
+    prewarm_workers();  // (at most once a millisecond: see Pool::prewarm)
     return 1;
   }
   return want < nt ? static_cast<int>(want) : nt;
@@ -420,10 +420,15 @@ class Pool {
   }
 
   // Wake the sleeping workers without a job: they spin for the next one (spin_us), kept off
-  // this thread's CPU as for a job. Skipped while another thread's job holds the pool.
+  // this thread's CPU as for a job. At most once a millisecond (workers asleep again soon after
+  // one did not stay to spin: calm after a preemption, or spin time 0), and not while another
+  // thread's job holds the pool.
   void prewarm() {
+    const int64_t now = now_ns();
+    if (now - last_prewarm_ns_.load(std::memory_order_relaxed) < kPrewarmGapNs) return;
     bool expected = false;
     if (!busy_.compare_exchange_strong(expected, true, std::memory_order_acquire)) return;
+    last_prewarm_ns_.store(now, std::memory_order_relaxed);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) {
       keep_off_my_cpu(started_.load(std::memory_order_relaxed));
       std::lock_guard<std::mutex> lk(m_);
@@ -607,6 +612,8 @@ class Pool {
   std::atomic<int64_t> preempted_{0};
   std::atomic<int64_t> moves_{0};
   std::atomic<int64_t> prewarms_{0};
+  std::atomic<int64_t> last_prewarm_ns_{INT64_MIN / 2};
+  static constexpr int64_t kPrewarmGapNs = 1000000;
   std::atomic<uint64_t> wake_gen_{0};  // bumped (under m_) to wake sleepers without a job
   // Workers' thread ids and the affinity keep_off_my_cpu took from them.
   static constexpr int kMaxHomes = 64;
