@@ -86,7 +86,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     Xtr, Xte, ytr, yte = split
-    print(f"layerprop {lp.__version__} ({lp.build_info()['simd']}, {lp.get_num_threads()} threads)")
+    info = lp.build_info()
+    simd = info["simd"] + (", AVX-512 GEMM" if info.get("gemm_avx512") else "")
+    print(f"layerprop {lp.__version__} ({simd}, {lp.get_num_threads()} threads)")
     print(f"Digits: {len(Xtr)} training and {len(Xte)} test images of 8x8 pixels, 10 classes.\n")
     model = lp.Sequential(lp.Linear(64, 128), lp.ReLU(), lp.Linear(128, 10), seed=args.seed)
     model.compile(loss="cross_entropy", optimizer=lp.Adam(lr=1e-3))

@@ -74,7 +74,8 @@ def machine_lines(report: Report) -> List[str]:
         if report.other_load >= 0.1:
             load += " (expect noise)"
     lines = [
-        f"layerprop {info['version']} ({info['simd']}, own thread pool, "
+        f"layerprop {info['version']} ({info['simd']}"
+        f"{', AVX-512 GEMM micro-kernels' if info.get('gemm_avx512') else ''}, own thread pool, "
         f"{info['compiler']}); {', '.join(peers)}",
         f"{cpu}, {os.cpu_count()} CPUs{load}"
         + ("; --quick: few samples, rough figures" if report.quick else ""),
