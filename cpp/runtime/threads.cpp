@@ -510,7 +510,9 @@ class Pool {
     static const bool off = std::getenv("LP_NOKEEP") != nullptr; if (off) return;
     const int cpu = sched_getcpu();
     if (cpu < 0) return;
-    const int n = std::min({helpers, started_.load(std::memory_order_relaxed), kMaxHomes});
+    // Two system calls per worker on the caller's path: at most kMaxNarrowed workers (on a
+    // large machine the scheduler usually finds the others an idle CPU of their own).
+    const int n = std::min({helpers, started_.load(std::memory_order_relaxed), kMaxNarrowed});
     for (int i = 0; i < n; ++i) {
       Home& h = homes_[i];
       const pid_t tid = h.tid.load(std::memory_order_acquire);
@@ -617,6 +619,7 @@ class Pool {
   std::atomic<uint64_t> wake_gen_{0};  // bumped (under m_) to wake sleepers without a job
   // Workers' thread ids and the affinity keep_off_my_cpu took from them.
   static constexpr int kMaxHomes = 64;
+  static constexpr int kMaxNarrowed = 4;
   struct Home {
     std::atomic<pid_t> tid{0};
     std::atomic<bool> narrowed{false};
