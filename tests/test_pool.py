@@ -339,11 +339,12 @@ def test_idle_workers_sleep_after_spinning():
 
 
 @two
-def test_sleeping_workers_are_kept_off_the_callers_cpu_and_get_their_affinity_back():
+@pytest.mark.parametrize("keep_off", ["1", "0"])
+def test_sleeping_workers_are_kept_off_the_callers_cpu_and_get_their_affinity_back(keep_off):
     # After a pause the workers sleep; waking them, the caller narrows their affinity so they
     # do not land on its own CPU, and each worker widens it again once its job is done. So
     # after the calls, every thread of the process may run where it could before, and the
-    # moves were counted; the results are unchanged.
+    # moves were counted; the results are unchanged. LAYERPROP_KEEP_OFF_CALLER=0 turns it off.
     r = run_fresh("""
         import os, time, numpy as np, layerprop as lp
         lp.set_num_threads(2)
@@ -367,10 +368,13 @@ def test_sleeping_workers_are_kept_off_the_callers_cpu_and_get_their_affinity_ba
         time.sleep(0.05)
         wide = all(v == before for v in masks().values())
         print(moves, wide, lp.threads.pool_stats()["workers"])
-    """, {"LAYERPROP_SPIN_US": "100", "LAYERPROP_FOREIGN_PROBE": "0"})
+    """, {"LAYERPROP_SPIN_US": "100", "LAYERPROP_FOREIGN_PROBE": "0", "LAYERPROP_KEEP_OFF_CALLER": keep_off})
     moves, wide, workers = r.stdout.split()[-3:]
     assert int(workers) == 1
-    assert int(moves) >= 10, r.stdout  # nearly every call woke a sleeping worker
+    if keep_off == "1":
+        assert int(moves) >= 10, r.stdout  # nearly every call woke a sleeping worker
+    else:
+        assert int(moves) == 0, r.stdout   # LAYERPROP_KEEP_OFF_CALLER=0: never narrowed
     assert wide == "True"
 
 

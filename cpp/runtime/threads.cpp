@@ -507,7 +507,11 @@ class Pool {
   // Measured on 2 cores, predict on M b256 with a 20 ms pause before each call: 4.8 ms on 2
   // threads against 4.4 ms on 1; with the threads pinned apart, 2.5 ms.
   void keep_off_my_cpu(int helpers) {
-    static const bool off = std::getenv("LP_NOKEEP") != nullptr; if (off) return;
+    static const bool on = [] {
+      const char* env = std::getenv("LAYERPROP_KEEP_OFF_CALLER");  // "0": never narrow
+      return !(env && std::string(env) == "0");
+    }();
+    if (!on) return;
     const int cpu = sched_getcpu();
     if (cpu < 0) return;
     // Two system calls per worker on the caller's path: at most kMaxNarrowed workers (on a
