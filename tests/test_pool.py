@@ -379,6 +379,36 @@ def test_sleeping_workers_are_kept_off_the_callers_cpu_and_get_their_affinity_ba
 
 
 @two
+def test_a_forked_child_leaves_the_parents_workers_alone():
+    # A child forked after the pool started runs serially. Its short loops must not try to
+    # wake or narrow "its" workers: their thread ids are the parent's, and narrowing them would
+    # pin the parent's worker for good. The parent's threads keep their affinity.
+    r = run_fresh("""
+        import os, time, numpy as np, layerprop as lp
+        lp.set_num_threads(2)
+        m = lp.Sequential(lp.Linear(784, 512), seed=0)
+        x = np.ones((1, 784), np.float32)
+        m.predict(np.ones((256, 784), np.float32))       # starts the worker
+        assert lp.threads.pool_stats()["workers"] == 1
+        before = {int(t): os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")}
+        time.sleep(0.1)                                  # the worker sleeps
+        pid = os.fork()
+        if pid == 0:
+            ok = lp.get_num_threads() == 1
+            for _ in range(5):
+                m.predict(x)
+                time.sleep(0.002)
+            os._exit(0 if ok and lp.threads.pool_stats()["prewarms"] == 0 else 3)
+        _, status = os.waitpid(pid, 0)
+        alive = {int(t) for t in os.listdir("/proc/self/task")} & set(before)
+        print(os.waitstatus_to_exitcode(status), all(os.sched_getaffinity(t) == before[t] for t in alive) and len(alive) > 1)
+    """, {"LAYERPROP_SPIN_US": "100", "LAYERPROP_FOREIGN_PROBE": "0"})
+    code, same = r.stdout.split()[-2:]
+    assert code == "0"      # the child ran serially and woke nothing
+    assert same == "True"   # the parent's threads may still run on every CPU they could
+
+
+@two
 def test_short_loops_leave_sleeping_workers_asleep_and_wake_them_for_the_next():
     # While the worker sleeps, a loop estimated under 50 us (batch-1 predict through 784 -> 512)
     # runs on the caller and wakes the worker to spin (a prewarm); a stream of such calls then

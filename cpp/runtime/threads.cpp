@@ -269,11 +269,10 @@ int threads_for(Work w, int64_t units) {
     if (per > INT64_MAX / kSharedFactor || units < per * kSharedFactor) return 1;
     per *= kSharedFactor / 2;  // two threads from kSharedFactor thresholds' worth
   }
-  int nt = get_num_threads();
-  if (nt > 1) {
-    nt -= foreign_cores(now_ns());
-    if (nt <= 1) return 1;
-  }
+  int nt = get_num_threads();  // 1 in a child forked after the pool started
+  if (nt <= 1) return 1;
+  nt -= foreign_cores(now_ns());
+  if (nt <= 1) return 1;
   const int64_t want = units / per;
   if (want < 2) return 1;
   if (double(units) * g_ns_per_unit[static_cast<int>(w)] < double(kWakeWorthNs) &&
@@ -424,6 +423,8 @@ class Pool {
   // one did not stay to spin: calm after a preemption, or spin time 0), and not while another
   // thread's job holds the pool.
   void prewarm() {
+    // A forked child has none of the workers: their thread ids are the parent's.
+    if (forked_after_pool()) return;
     const int64_t now = now_ns();
     if (now - last_prewarm_ns_.load(std::memory_order_relaxed) < kPrewarmGapNs) return;
     bool expected = false;
