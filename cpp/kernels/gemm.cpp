@@ -242,11 +242,12 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
         for (int64_t q = 0; q < n_jr; ++q) {
           const int64_t jr = q * NR, nr = std::min(NR, nc - jr);
           const T* bq = bbuf + q * NR * kc;
-          for (int64_t ir = 0; ir < mc;) {
+          int64_t rows = 0;  // of this tile: MR (or fewer at the edge), or 2 MR for a pair
+          for (int64_t ir = 0; ir < mc; ir += rows) {
             const int64_t mr = std::min(MR, mc - ir);
             // Two full micro-panels at once where a pair kernel exists: same bits per tile.
             const bool two = pair.packed != nullptr && mc - ir >= 2 * MR;
-            const int64_t rows = two ? 2 * MR : mr;
+            rows = two ? 2 * MR : mr;
             const T* ap = abuf + ir * kc;
             if (direct && mr < MR) {  // a short row tile: pack just its micro-panel
               pack_a(abuf, ta, A, lda, ic + ir, mr, pc, kc);
@@ -263,18 +264,17 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
               alignas(64) T tmp[2 * MR * NR];
               tile(tmp, NR, false);
               T* cdst = C + (jc + jr) * ldc + ic + ir;
+              bool stored = false;
 #ifdef LAYERPROP_HAVE_AVX2
               if constexpr (std::is_same_v<T, float>) {
                 if (mr == MR && nr == NR) {  // ct implies the AVX2 kernels (pick_ukernel_rows)
                   avx2::store_tile_t_f32(cdst, ldc, tmp, acc_here);
                   if (two) avx2::store_tile_t_f32(cdst + MR, ldc, tmp + MR * NR, acc_here);
-                  ir += rows;
-                  continue;
+                  stored = true;
                 }
               }
 #endif
-              store_part_t(cdst, ldc, tmp, NR, rows, nr, acc_here);
-              ir += rows;
+              if (!stored) store_part_t(cdst, ldc, tmp, NR, rows, nr, acc_here);
               continue;
             }
             T* ctile = C + (ic + ir) * ldc + jc + jr;
@@ -286,7 +286,6 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
               store_part(ctile, ldc, tmp, NR, rows, nr, acc_here);
             }
             if (last_k && ep) apply_epilogue(C, ldc, ic + ir, rows, jc + jr, nr, *ep);
-            ir += rows;
           }
         }
       }

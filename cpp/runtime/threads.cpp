@@ -376,11 +376,7 @@ class Pool {
     error_flag_.store(false, std::memory_order_relaxed);
     seats_.store((epoch << 32) | static_cast<uint64_t>(helpers), std::memory_order_relaxed);
     ticket_.store(epoch << 32, std::memory_order_seq_cst);
-    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
-      keep_off_my_cpu(helpers);
-      std::lock_guard<std::mutex> lk(m_);
-      cv_.notify_all();
-    }
+    wake_sleepers(helpers, false);
     jobs_.fetch_add(1, std::memory_order_relaxed);
     tl_in_job = true;
     const int64_t mine = work(epoch, false);
@@ -430,13 +426,7 @@ class Pool {
     bool expected = false;
     if (!busy_.compare_exchange_strong(expected, true, std::memory_order_acquire)) return;
     last_prewarm_ns_.store(now, std::memory_order_relaxed);
-    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
-      keep_off_my_cpu(started_.load(std::memory_order_relaxed));
-      std::lock_guard<std::mutex> lk(m_);
-      wake_gen_.fetch_add(1, std::memory_order_relaxed);
-      cv_.notify_all();
-      prewarms_.fetch_add(1, std::memory_order_relaxed);
-    }
+    if (wake_sleepers(started_.load(std::memory_order_relaxed), true)) prewarms_.fetch_add(1, std::memory_order_relaxed);
     busy_.store(false, std::memory_order_release);
   }
 
@@ -499,6 +489,18 @@ class Pool {
       done_.fetch_add(1, std::memory_order_acq_rel);
       t = ticket_.load(std::memory_order_acquire);
     }
+  }
+
+  // Wakes the sleeping workers (called with busy_ held), first keeping up to `helpers` of them
+  // off this thread's CPU. For a job they find it in ticket_; `ahead` (no job yet) bumps
+  // wake_gen_ so that they leave their wait anyway and spin. False if none slept.
+  bool wake_sleepers(int helpers, bool ahead) {
+    if (sleepers_.load(std::memory_order_seq_cst) == 0) return false;
+    keep_off_my_cpu(helpers);
+    std::lock_guard<std::mutex> lk(m_);
+    if (ahead) wake_gen_.fetch_add(1, std::memory_order_relaxed);
+    cv_.notify_all();
+    return true;
   }
 
   // Before waking sleeping workers: each of them may not run on the caller's CPU until its
