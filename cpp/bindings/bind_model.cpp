@@ -455,7 +455,7 @@ void bind_one(py::module_& m, const char* name) {
          "Guarded steps over batches of X[order]: (losses, batches done, batches skipped, batch that "
          "stopped the epoch or -1, its fault: 1 loss, 2 gradient). on_nonfinite 0 stops at the first "
          "non-finite step, 1 skips it.")
-      .def("predict", [](M& self, const py::handle& X_obj, int64_t batch) {
+      .def("predict", [](M& self, const py::handle& X_obj, int64_t batch, uint64_t cache_token) {
         Checked<T> c;
         check_input(self, X_obj, c);
         const int64_t N = c.N;
@@ -466,11 +466,28 @@ void bind_one(py::module_& m, const char* name) {
           py::gil_scoped_release nogil;
           c.finite_or_throw(self);
           std::lock_guard<std::mutex> lock(self.mutex());
-          self.predict(c.input(), N, dst, batch);
+          self.predict(c.input(), N, dst, batch, cache_token);
         }
         return out;
-      }, py::arg("X"), py::arg("batch_size") = 0)
-      .def("evaluate", [](M& self, const py::handle& X, const py::handle& y, int64_t batch, const py::handle& w) {
+      }, py::arg("X"), py::arg("batch_size") = 0, py::arg("cache_token") = 0,
+         "cache_token: param_version() when nothing outside the model holds a view of the parameters "
+         "(then the call may keep the weights packed for the next calls), else 0")
+      .def("param_version", &M::param_version,
+           "Bumped before any write to the parameters: by the core's updates, and by params_changed()")
+      .def("params_changed", &M::params_changed,
+           "Note that the parameters may be written through a view (invalidates predict's packed weights)")
+      .def("packed_stats", [](const M& self) {
+        const auto st = self.packed_stats();
+        py::dict d;
+        d["builds"] = st.builds;
+        d["uses"] = st.uses;
+        d["bytes"] = st.bytes;
+        d["valid"] = st.valid;
+        return d;
+      }, "predict's packed weights: calls that packed them (builds), calls that used them, bytes held, "
+         "whether they match the current parameters")
+      .def("evaluate", [](M& self, const py::handle& X, const py::handle& y, int64_t batch, const py::handle& w,
+                          uint64_t cache_token) {
         auto c = check_Xy(self, X, y, true, w);
         if (batch <= 0) batch = std::min<int64_t>(c.N, std::max<int64_t>(self.capacity(), kDefaultChunk));
         typename M::Evaluation r;
@@ -478,10 +495,11 @@ void bind_one(py::module_& m, const char* name) {
           py::gil_scoped_release nogil;
           c.finite_or_throw(self);
           std::lock_guard<std::mutex> lock(self.mutex());
-          r = self.evaluate(c.input(), c.N, c.labels, batch);
+          r = self.evaluate(c.input(), c.N, c.labels, batch, cache_token);
         }
         return py::make_tuple(r.loss, r.correct, r.total);
       }, py::arg("X"), py::arg("y"), py::arg("batch_size") = 0, py::arg("sample_weight") = py::none(),
+         py::arg("cache_token") = 0,
          "(mean loss, correct predictions (their weight), total weight)")
       .def("schedule_fallbacks", &M::schedule_fallbacks,
            "Stored layers the compiled schedule treats differently from its rule (LocoProp M: Linear "
@@ -497,7 +515,7 @@ void bind_one(py::module_& m, const char* name) {
         {
           py::gil_scoped_release nogil;
           std::lock_guard<std::mutex> lock(self.mutex());
-          p.assign(self.params(), self.params() + self.num_params());
+          p.assign(self.params_read(), self.params_read() + self.num_params());
           b.assign(self.buffers(), self.buffers() + self.buffer_size());
           for (int k = 0; k < kern::kMaxStateSlots; ++k)
             slots.emplace_back(self.optim().slot(k).begin(), self.optim().slot(k).end());

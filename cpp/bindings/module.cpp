@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "layerprop/common.hpp"
+#include "layerprop/model.hpp"
 #include "layerprop/runtime.hpp"
 
 #include <atomic>
@@ -79,6 +80,9 @@ PYBIND11_MODULE(_core, m) {
     d["foreign_busy_samples"] = s.foreign_busy_samples;
     return d;
   }, "The pool's workers started, jobs run with workers, items the workers ran, spin time.");
+  m.def("_set_packed_weights", [](bool on) { lp::set_packed_weights(on); }, py::arg("on"),
+        "Whether predict and evaluate may keep a model's weights packed between calls "
+        "(LAYERPROP_PACKED_WEIGHTS=0: off)");
   m.def("_set_keep_workers_asleep", [](bool on) { lp::set_keep_workers_asleep(on); }, py::arg("on"));
   m.def("_set_foreign_probe", [](bool on) { lp::set_foreign_probe(on); }, py::arg("on"),
         "Turn the probe of other busy threads in this process on or off (it is on by default).");

@@ -206,6 +206,14 @@ inline void apply_epilogue(T* C, int64_t ldc, int64_t i0, int64_t mr, int64_t j0
               ep.act_out ? ep.act_out + i0 * ep.ld_act + j0 : nullptr, ep.ld_act);
 }
 
+// Equal depth blocks (784 = 4 x 196, not 3 x 256 + 16): a thin last block would pay a full
+// load and store of C per tile. Depends on K only, so results stay thread-count independent.
+template <class T>
+int64_t depth_block(int64_t K) {
+  const int64_t kblocks = (K + Blocking<T>::KC - 1) / Blocking<T>::KC;
+  return (K + kblocks - 1) / kblocks;
+}
+
 // One rectangle of C: rows [i0, i1) x columns [j0, j1), the whole depth K. The loops inside
 // are BLIS's (column block jc, depth block pc, row block ic, micro-tiles), with this thread's
 // own packed panels. Every C tile gets the same micro-kernel calls in the same order (the depth
@@ -216,12 +224,12 @@ template <class T>
 void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t K,
                const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
                const Epilogue<T>* ep, int64_t mcb, int64_t kcb, Ukernel<T> uk, UkRows<T> ukr, Pair<T> pair,
-               bool ct) {
+               bool ct, const PackedNT<T>* pre = nullptr) {
   using Bk = Blocking<T>;
   constexpr int64_t MR = Bk::MR, NR = Bk::NR, KC = Bk::KC, MC = Bk::MC, NC = Bk::NC;
   static thread_local Buffer<T> abuf_store, bbuf_store;
   T* abuf = scratch(abuf_store, MC * KC + 16);  // slack: the AVX2 packer's last store
-  T* bbuf = scratch(bbuf_store, KC * std::min(NC, (j1 - j0 + NR - 1) / NR * NR));
+  T* bbuf = pre ? nullptr : scratch(bbuf_store, KC * std::min(NC, (j1 - j0 + NR - 1) / NR * NR));
   const bool direct = ukr != nullptr && !ta;
   for (int64_t jc = j0; jc < j1; jc += NC) {
     const int64_t nc = std::min(NC, j1 - jc);
@@ -230,7 +238,11 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
       const int64_t kc = std::min(kcb, K - pc);
       const bool acc_here = accumulate || pc > 0;
       const bool last_k = pc + kc == K;
-      if (tb) {
+      if (pre) {
+        // op(B)'s panels were packed once (pack_nt): depth block pc of panel col starts at
+        // pc * padded N + col * kc, the same values this loop would have packed.
+        bbuf = const_cast<T*>(pre->data.data()) + pc * pre->n_pad + jc * kc;
+      } else if (tb) {
         for (int64_t q = 0; q < n_jr; ++q)
           pack_b_trans_panel(bbuf + q * NR * kc, B, ldb, pc, kc, jc + q * NR, std::min(NR, nc - q * NR));
       } else {
@@ -243,7 +255,14 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
           const int64_t jr = q * NR, nr = std::min(NR, nc - jr);
           const T* bq = bbuf + q * NR * kc;
           int64_t rows = 0;  // of this tile: MR (or fewer at the edge), or 2 MR for a pair
+          // Packed once, the next panel is not in cache (the per-call packing has just written
+          // it): each tile asks for its share of the next panel's lines, into L2.
+          const int64_t pf_lines = pre && q + 1 < n_jr ? (NR * kc * int64_t(sizeof(T)) + 63) / 64 : 0;
+          const int64_t pf_step = (pf_lines * 2 * MR + mc - 1) / mc;
+          int64_t pf_at = 0;
           for (int64_t ir = 0; ir < mc; ir += rows) {
+            for (const int64_t pf_end = std::min(pf_lines, pf_at + pf_step); pf_at < pf_end; ++pf_at)
+              __builtin_prefetch(reinterpret_cast<const char*>(bq + NR * kc) + pf_at * 64, 0, 2);
             const int64_t mr = std::min(MR, mc - ir);
             // Two full micro-panels at once where a pair kernel exists: same bits per tile.
             const bool two = pair.packed != nullptr && mc - ir >= 2 * MR;
@@ -298,7 +317,7 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
 template <class T>
 void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                  const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
-                 const Epilogue<T>* ep, bool ct = false) {
+                 const Epilogue<T>* ep, bool ct = false, const PackedNT<T>* pre = nullptr) {
   using Bk = Blocking<T>;
   constexpr int64_t MR = Bk::MR, NR = Bk::NR, KC = Bk::KC, MC = Bk::MC;
   const Ukernel<T> uk = pick_ukernel<T>();
@@ -306,16 +325,13 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
   const UkRows<T> ukr = ct ? pick_ukernel_rows<T>() : nullptr;
   const Pair<T> pair = pick_pair<T>();
   const int64_t mr_step = pair.packed ? 2 * MR : MR;
-  // Equal depth blocks (784 = 4 x 196, not 3 x 256 + 16): a thin last block would pay a full
-  // load and store of C per tile. Depends on K only, so results stay thread-count independent.
-  const int64_t kblocks = (K + KC - 1) / KC;
-  const int64_t kcb = (K + kblocks - 1) / kblocks;
+  const int64_t kcb = depth_block<T>(K);
   // Equal row blocks (512 rows: 4 x 128, not 3 x 168 + 8). Row blocking never changes results.
   const int64_t mblocks = (M + MC - 1) / MC;
   const int64_t mcb = ((M + mblocks - 1) / mblocks + mr_step - 1) / mr_step * mr_step;
   const int nt = threads_for(Work::Gemm, M * N * K);
   if (nt <= 1) {
-    gemm_rect<T>(ta, tb, 0, M, 0, N, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb, kcb, uk, ukr, pair, ct);
+    gemm_rect<T>(ta, tb, 0, M, 0, N, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb, kcb, uk, ukr, pair, ct, pre);
     return;
   }
   // C in rectangles, taken by the threads as they come: a grid of rs x cs rectangles, at least
@@ -342,7 +358,7 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
     const int64_t r = item / cs, c = item % cs;
     const int64_t i0 = row_at(r), i1 = row_at(r + 1), j0 = col_at(c), j1 = col_at(c + 1);
     if (i0 < i1 && j0 < j1)
-      gemm_rect<T>(ta, tb, i0, i1, j0, j1, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb_rect, kcb, uk, ukr, pair, ct);
+      gemm_rect<T>(ta, tb, i0, i1, j0, j1, K, A, lda, B, ldb, C, ldc, accumulate, ep, mcb_rect, kcb, uk, ukr, pair, ct, pre);
   });
 }
 
@@ -393,6 +409,39 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t
 }
 
 template <class T>
+bool nt_packs_b(int64_t M, int64_t N, int64_t K) {
+  if (M <= 0 || N <= 0 || K <= 0 || gemm_uses_direct(M, N, K)) return false;
+  return !(pick_ukernel_rows<T>() != nullptr && swap_nt(M, N, K));
+}
+
+template <class T>
+void pack_nt(PackedNT<T>& p, const T* W, int64_t ldw, int64_t N, int64_t K) {
+  constexpr int64_t NR = Blocking<T>::NR;
+  const int64_t kcb = depth_block<T>(K), n_pad = (N + NR - 1) / NR * NR;
+  const int64_t panels = n_pad / NR;
+  p.N = N;
+  p.K = K;
+  p.n_pad = n_pad;
+  if (static_cast<int64_t>(p.data.size()) != n_pad * K) p.data.assign(static_cast<size_t>(n_pad * K), T(0));
+  T* base = p.data.data();
+  // Panels are independent: any thread packs any of them, the same values either way.
+  parallel_range(panels * ((K + kcb - 1) / kcb), Work::EltCheap, N * K, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t pc = (u / panels) * kcb, col = (u % panels) * NR;
+      const int64_t kc = std::min(kcb, K - pc);
+      pack_b_trans_panel(base + pc * n_pad + col * kc, W, ldw, pc, kc, col, std::min(NR, N - col));
+    }
+  });
+}
+
+template <class T>
+void gemm_nt_packed(int64_t M, const T* A, int64_t lda, const PackedNT<T>& B, T* C, int64_t ldc, bool accumulate,
+                    const Epilogue<T>* ep) {
+  if (M <= 0 || B.N <= 0) return;
+  gemm_packed<T>(false, true, M, B.N, B.K, A, lda, nullptr, 0, C, ldc, accumulate, ep, false, &B);
+}
+
+template <class T>
 void gemm_naive(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                 const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
                 const Epilogue<T>* ep) {
@@ -411,6 +460,14 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, const float*, i
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t,
                            const double*, int64_t, double*, int64_t, bool,
                            const Epilogue<double>*);
+template bool nt_packs_b<float>(int64_t, int64_t, int64_t);
+template bool nt_packs_b<double>(int64_t, int64_t, int64_t);
+template void pack_nt<float>(PackedNT<float>&, const float*, int64_t, int64_t, int64_t);
+template void pack_nt<double>(PackedNT<double>&, const double*, int64_t, int64_t, int64_t);
+template void gemm_nt_packed<float>(int64_t, const float*, int64_t, const PackedNT<float>&, float*, int64_t, bool,
+                                    const Epilogue<float>*);
+template void gemm_nt_packed<double>(int64_t, const double*, int64_t, const PackedNT<double>&, double*, int64_t, bool,
+                                     const Epilogue<double>*);
 template void gemm_naive<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,
                                 const float*, int64_t, float*, int64_t, bool,
                                 const Epilogue<float>*);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 
@@ -403,6 +404,7 @@ double Model<T>::loss_only(const Input<T>& X, int64_t N, Labels<T> y) {
 
 template <class T>
 void Model<T>::apply_layer(int L, double lr, double l2_weights) {
+  params_changed();
   for (int t : ps_.layer_tensors[L]) {
     const bool weight = l2_weights != 0 && g_.layers[L].kind == LayerKind::Linear && ps_.tensors[t].offset == ps_.w_off[L];
     optim_.step(t, OptTensor{ps_.tensors[t].offset, ps_.tensors[t].size()}, ps_.params.data(), ps_.grads.data(), lr,
@@ -438,6 +440,7 @@ double Model<T>::guarded_step(const T* X, int64_t N, Labels<T> y, int& fault) {
   grads_fault_ = fault;
   grads_ready_ = false;
   if (fault) {
+    params_changed();
     std::copy(params_backup_.begin(), params_backup_.end(), ps_.params.begin());
     optim_.restore();
     std::copy(stats_backup_.begin(), stats_backup_.end(), ps_.buffers.begin());
@@ -510,10 +513,11 @@ typename Model<T>::EpochResult Model<T>::train_epoch(const Input<T>& X, int64_t 
 }
 
 template <class T>
-void Model<T>::predict(const Input<T>& X, int64_t N, T* dst, int64_t batch) {
+void Model<T>::predict(const Input<T>& X, int64_t N, T* dst, int64_t batch, uint64_t cache_token) {
   const int64_t D = out_width();
   batch = std::min(batch, N);
   SparseInference inference(*this, X);
+  DenseInference dense(*this, X, batch, cache_token);
   for (int64_t s = 0; s < N; s += batch) {
     const int64_t nb = std::min(batch, N - s);
     forward(stage_input(X, nb, nullptr, s), nb, FwdMode{});
@@ -522,10 +526,12 @@ void Model<T>::predict(const Input<T>& X, int64_t N, T* dst, int64_t batch) {
 }
 
 template <class T>
-typename Model<T>::Evaluation Model<T>::evaluate(const Input<T>& X, int64_t N, Labels<T> y, int64_t batch) {
+typename Model<T>::Evaluation Model<T>::evaluate(const Input<T>& X, int64_t N, Labels<T> y, int64_t batch,
+                                                 uint64_t cache_token) {
   const int64_t D = out_width();
   batch = std::min(batch, N);
   SparseInference inference(*this, X);
+  DenseInference dense(*this, X, batch, cache_token);
   Evaluation e;
   for (int64_t s = 0; s < N; s += batch) {
     const int64_t nb = std::min(batch, N - s);
@@ -617,8 +623,71 @@ void Model<T>::linear_forward(int L, const T* x, int64_t N, T* y, const kern::Ep
                                   l.out, ep);
   else if (x == sparse_marker())
     kern::csr_linear_forward<T>(y, l.out, sp_ptr_.data(), sp_idx_.data(), sp_val_.data(), N, W, l.out, l.in, ep);
+  else if (packed_on_ && packed_[L].N == l.out && kern::nt_packs_b<T>(N, l.out, l.in))
+    kern::gemm_nt_packed<T>(N, x, l.in, packed_[L], y, l.out, false, ep);
   else
     kern::gemm<T>(false, true, N, l.out, l.in, x, l.in, W, l.in, y, l.out, false, ep);
+}
+
+namespace {
+std::atomic<bool> g_packed_weights{[] {
+  const char* env = std::getenv("LAYERPROP_PACKED_WEIGHTS");
+  return !(env && std::string(env) == "0");
+}()};
+}  // namespace
+
+void set_packed_weights(bool on) { g_packed_weights = on; }
+
+template <class T>
+typename Model<T>::PackedStats Model<T>::packed_stats() const {
+  PackedStats st;
+  st.builds = packed_builds_;
+  st.uses = packed_uses_;
+  st.valid = packed_version_ != 0 && packed_version_ == param_version();
+  for (const auto& p : packed_) st.bytes += static_cast<int64_t>(p.data.size() * sizeof(T));
+  return st;
+}
+
+template <class T>
+Model<T>::DenseInference::DenseInference(Model<T>& m, const Input<T>& X, int64_t rows, uint64_t token) : m_(m) {
+  m.packed_on_ = false;
+  if (X.sparse() || rows <= 0 || !g_packed_weights) return;
+  const uint64_t v = m.param_version();
+  if (m.packed_version_ != v) {  // written since: what is packed is stale
+    m.packed_version_ = 0;
+    for (auto& p : m.packed_) p.N = 0;
+  }
+  if (m.packed_.size() != m.g_.layers.size()) m.packed_.resize(m.g_.layers.size());
+  // Only a call whose token is the current version may pack (and so keep) weights: the
+  // caller saw no view of the parameters outside the model, and any view handed out since,
+  // or any write here, has bumped the version.
+  const bool may_pack = token != 0 && token == v;
+  if (!may_pack && m.packed_version_ == 0)  // stale and cannot be rebuilt: give the memory back
+    for (auto& p : m.packed_) Buffer<T>().swap(p.data);
+  bool any = false, built = false;
+  for (size_t L = 0; L < m.g_.layers.size(); ++L) {
+    const LayerSpec& l = m.g_.layers[L];
+    if (l.kind != LayerKind::Linear || !kern::nt_packs_b<T>(rows, l.out, l.in)) continue;
+    if (m.packed_[L].N == 0 && may_pack) {
+      const std::string what = "the packed weights of layer " + std::to_string(L);
+      check_allocation(checked_mul(checked_mul(l.out + 16, l.in, what), static_cast<int64_t>(sizeof(T)), what), what);
+      kern::pack_nt<T>(m.packed_[L], m.ps_.params.data() + m.ps_.w_off[L], l.in, l.out, l.in);
+      built = true;
+    }
+    any = any || m.packed_[L].N != 0;
+  }
+  if (!any) return;
+  if (built) {
+    if (m.param_version() != v) {  // a view was handed out while packing: keep nothing
+      for (auto& p : m.packed_) p.N = 0;
+      m.packed_version_ = 0;
+      return;
+    }
+    m.packed_version_ = v;
+    ++m.packed_builds_;
+  }
+  ++m.packed_uses_;
+  m.packed_on_ = true;
 }
 
 template <class T>

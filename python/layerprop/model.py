@@ -2,6 +2,7 @@
 evaluated and inspected through it."""
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -165,7 +166,10 @@ class Model:
         self._param_names: List[str] = [f"{used[li]}.{pname}" for li, pname, _o, _s in self._core.tensors()]
         self._buffer_names: List[str] = [f"{used[li]}.{bname}" for li, bname, _o, _s in self._core.buffer_tensors()]
         self._layer_prefix: Dict[int, str] = {id(l): used[i] for i, l in enumerate(self._core_layers)}
-        self._params = OrderedDict((n, self._core.param_view(i)) for i, n in enumerate(self._param_names))
+        # The only persistent references to the parameter views: `_params` hands them out (and
+        # notes that they may be written), `_cache_token` counts who else holds them.
+        self._param_views = OrderedDict((n, self._core.param_view(i)) for i, n in enumerate(self._param_names))
+        self._view_refs = self._param_view_refs()
         self._grads = OrderedDict((n, self._core.grad_view(i)) for i, n in enumerate(self._param_names))
         self._buffers = OrderedDict((n, self._core.buffer_view(i)) for i, n in enumerate(self._buffer_names))
         self.training = True
@@ -204,6 +208,24 @@ class Model:
     @property
     def layers(self) -> List[Layer]:
         return list(self._layers)
+
+    @property
+    def _params(self) -> "OrderedDict[str, np.ndarray]":
+        # Whoever gets the views may write through them: the core's parameter version moves on
+        # first, so weights that predict kept packed are not used again.
+        self._core.params_changed()
+        return self._param_views
+
+    def _param_view_refs(self) -> List[int]:
+        return [sys.getrefcount(v) for v in self._param_views.values()]
+
+    def _cache_token(self) -> int:
+        """The core's parameter version if no view of the parameters is held outside the model
+        (so none can be written without the version moving on: see _params), else 0. A view
+        taken from one (a slice, np.asarray, a memoryview, torch.from_numpy) holds a reference
+        to it. The version is read first: a view handed out after it makes it stale."""
+        version = int(self._core.param_version())
+        return version if self._param_view_refs() == self._view_refs else 0
 
     def parameters(self) -> "OrderedDict[str, np.ndarray]":
         """Ordered, zero-copy, writable views of the parameters (PyTorch state_dict names)."""
@@ -654,7 +676,7 @@ class Model:
         """Raw outputs (logits for cross_entropy) for every row of X."""
         Xa = self._prepare_X(X)
         bs = 0 if batch_size is None else V.positive_int(batch_size, "batch_size")
-        return self._core.predict(Xa, bs)
+        return self._core.predict(Xa, bs, self._cache_token())
 
     def evaluate(self, X: np.ndarray, y: np.ndarray, batch_size: Optional[int] = None,
                  sample_weight: Optional[np.ndarray] = None) -> Dict[str, float]:
@@ -662,7 +684,8 @@ class Model:
         sample_weight when given)."""
         Xa, ya = self._prepare(X, y)
         bs = 0 if batch_size is None else V.positive_int(batch_size, "batch_size")
-        loss, correct, total = self._core.evaluate(Xa, ya, bs, self._prepare_weights(sample_weight, Xa.shape[0]))
+        loss, correct, total = self._core.evaluate(Xa, ya, bs, self._prepare_weights(sample_weight, Xa.shape[0]),
+                                                   self._cache_token())
         out = {"loss": float(loss)}
         if self.loss == "cross_entropy":
             out["accuracy"] = float(correct) / float(total)

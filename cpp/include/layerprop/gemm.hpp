@@ -29,6 +29,23 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* 
           const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
           const Epilogue<T>* ep = nullptr);
 
+// x @ W^T with op(B) = W^T packed once, for repeated products with the same W (a model's
+// inference, Model::predict). The panels are the ones gemm packs on every call: same bits.
+template <class T>
+struct PackedNT {
+  int64_t N = 0, K = 0, n_pad = 0;  // W is N x K; panels padded to n_pad columns
+  Buffer<T> data;                   // depth block by depth block, panel by panel
+};
+// Whether gemm(false, true, M, N, K, ...) packs op(B) on every call (so a PackedNT serves it).
+template <class T>
+bool nt_packs_b(int64_t M, int64_t N, int64_t K);
+template <class T>
+void pack_nt(PackedNT<T>& p, const T* W, int64_t ldw, int64_t N, int64_t K);
+// gemm(false, true, M, B.N, B.K, A, lda, W, ldw, C, ldc, accumulate, ep) for the W B was
+// packed from; only for shapes where nt_packs_b(M, B.N, B.K).
+template <class T>
+void gemm_nt_packed(int64_t M, const T* A, int64_t lda, const PackedNT<T>& B, T* C, int64_t ldc, bool accumulate,
+                    const Epilogue<T>* ep = nullptr);
 // Straightforward triple loop: the twin the tests compare the fast path with.
 template <class T>
 void gemm_naive(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,

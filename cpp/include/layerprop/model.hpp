@@ -3,6 +3,7 @@
 // loss, the optimizer and the update schedule. A Sequential is the chain special case of the
 // same graph.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "layerprop/common.hpp"
+#include "layerprop/gemm.hpp"
 #include "layerprop/graph.hpp"
 #include "layerprop/optim.hpp"
 #include "layerprop/schedule.hpp"
@@ -96,6 +98,10 @@ struct Reducer {
   virtual void broadcast(T* data, int64_t n) = 0;       // rank 0's values, in place
 };
 
+// Whether predict and evaluate may keep weights packed between calls (default on;
+// LAYERPROP_PACKED_WEIGHTS=0 turns it off): for tests and measurements.
+void set_packed_weights(bool on);
+
 template <class T>
 class Model {
  public:
@@ -108,7 +114,25 @@ class Model {
   const std::vector<ParamTensor>& tensors() const { return ps_.tensors; }
   const std::vector<ParamTensor>& buffer_tensors() const { return ps_.buffer_tensors; }
   const std::vector<LayerSpec>& layers() const { return g_.layers; }
-  T* params() { return ps_.params.data(); }
+  // Every way to write the parameters goes through here or bumps the version itself (an
+  // optimizer step, a faulty step put back); predict's packed weights are valid for one version.
+  T* params() {
+    params_changed();
+    return ps_.params.data();
+  }
+  const T* params_read() const { return ps_.params.data(); }
+  // The parameter version: bumped (atomically, by any thread) before any write to the
+  // parameters. The Python layer bumps it whenever it hands out a view of them.
+  uint64_t param_version() const { return param_version_.load(); }
+  void params_changed() { param_version_.fetch_add(1); }
+  // predict's packed weights (docs/threads.md): built by a call whose cache_token is the
+  // current version (the caller's promise that nothing outside holds a view of the
+  // parameters), used while the version stays the same.
+  struct PackedStats {
+    int64_t builds = 0, uses = 0, bytes = 0;
+    bool valid = false;
+  };
+  PackedStats packed_stats() const;
   T* grads() { return ps_.grads.data(); }
   T* buffers() { return ps_.buffers.data(); }
   int64_t buffer_size() const { return static_cast<int64_t>(ps_.buffers.size()); }
@@ -160,13 +184,13 @@ class Model {
   EpochResult train_epoch(const Input<T>& X, int64_t rows, Labels<T> y, const int64_t* order, int64_t n,
                           int64_t batch, double* losses, OnNonFinite policy);
   // Forward only (inference mode); out (N, out_width).
-  void predict(const Input<T>& X, int64_t N, T* out, int64_t batch);
+  void predict(const Input<T>& X, int64_t N, T* out, int64_t batch, uint64_t cache_token = 0);
   // Mean (weighted) loss, (cross-entropy) the number or weight of correct argmax predictions,
   // and the total weight (N without weights), in batches.
   struct Evaluation {
     double loss = 0, correct = 0, total = 0;
   };
-  Evaluation evaluate(const Input<T>& X, int64_t N, Labels<T> y, int64_t batch);
+  Evaluation evaluate(const Input<T>& X, int64_t N, Labels<T> y, int64_t batch, uint64_t cache_token = 0);
   // Loss of the batch in the current mode, no gradients, no update.
   double loss_only(const Input<T>& X, int64_t N, Labels<T> y);
   // Update only the tensors of layer L with the current gradients (one optimizer step each),
@@ -251,6 +275,16 @@ class Model {
     SparseInference& operator=(const SparseInference&) = delete;
     Model<T>& m_;
   };
+  // For one dense inference call (predict, evaluate) in batches of `rows`: the Linear weights
+  // that gemm would pack on every batch, packed once and kept while the parameter version
+  // stays the same (built only when token is the current version); off when the call ends.
+  struct DenseInference {
+    DenseInference(Model<T>& m, const Input<T>& X, int64_t rows, uint64_t token);
+    ~DenseInference() { m_.packed_on_ = false; }
+    DenseInference(const DenseInference&) = delete;
+    DenseInference& operator=(const DenseInference&) = delete;
+    Model<T>& m_;
+  };
   // Labels the compiled loss reads, copied into lbatch_ (class labels, range-checked) for rows
   // src[r] (or row0 + r when src is null), r < N; src must be the model's own, already checked
   // indices (rows_), never a caller's array. Targets are passed through (rows of out_width
@@ -299,6 +333,11 @@ class Model {
   std::unique_ptr<Schedule<T>> schedule_;     // the compiled schedule (train/<name>.cpp)
   kern::ClipConfig clip_;
   std::mutex mu_;
+  std::atomic<uint64_t> param_version_{1};
+  std::vector<kern::PackedNT<T>> packed_;     // per layer (N == 0: not packed)
+  uint64_t packed_version_ = 0;               // the version packed_ holds (0: none)
+  bool packed_on_ = false;                    // inside a DenseInference that may use packed_
+  int64_t packed_builds_ = 0, packed_uses_ = 0;
 };
 
 }  // namespace lp

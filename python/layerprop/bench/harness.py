@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .procstat import _cpu_snapshot, _other_load
-from .specs import CASES, GEMM_SHAPES, INFER_MODELS, MODELS, gemm_operands
+from .specs import CASES, GEMM_SHAPES, INFER_BATCHES, INFER_MODELS, MODELS, gemm_operands
 from .timing import Timing, interleaved, measure_peak, threads
 from .twins import digits_case, digits_data, digits_flops, gemm_calls, infer_case, onnx_peer, train_case
 
@@ -124,10 +124,11 @@ def _infer_rows(n: int, peak: float, st: Settings) -> List[Row]:
             note = "" if np.allclose(case.ours(), case.peer(), rtol=1e-4, atol=1e-5) else "outputs differ"
             t_ours, t_peer = _measure([case.ours, case.peer], st)
             rows.append(Row(name, n, "PyTorch no_grad", t_ours, t_peer, case.flops, peak, note))
-        # onnxruntime on the exported graph, at batch 1 and 256
+        # onnxruntime on the exported graph, at batch 1 and the larger batches of INFER_BATCHES
         model = case.model
-        xb = np.random.default_rng(1).standard_normal((256, case.sizes[0]), dtype=np.float32)
-        for b, x in ((1, case.x), (256, xb)):
+        rng = np.random.default_rng(1)
+        for b in INFER_BATCHES[key]:
+            x = case.x if b == 1 else rng.standard_normal((b, case.sizes[0]), dtype=np.float32)
             ort_call = onnx_peer(model, x, n)
             if ort_call is None:
                 break

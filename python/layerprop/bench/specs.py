@@ -38,6 +38,8 @@ OPTIMIZERS = {
     "adam": ("Adam", dict(lr=1e-3)),
 }
 INFER_MODELS = ("T", "M")          # batch-1 inference
+# Batches at which predict is timed against onnxruntime (the graph exported by to_onnx).
+INFER_BATCHES = {"T": (1, 256), "M": (1, 16, 64, 256, 1024)}
 CASES = ("T1", "T32", "S", "M", "L", "gemm", "infer", "digits")
 
 # GEMM shapes: (label, m, n, k, trans_a, trans_b) for op(a) (m,k) @ op(b) (k,n).
