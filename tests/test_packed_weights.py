@@ -168,6 +168,19 @@ def test_kept_weights_are_in_use_after_ordinary_work():
     assert stats(model)["valid"] and stats(model)["builds"] == 1, stats(model)
 
 
+def test_small_calls_use_but_do_not_build():
+    """Calls under 128 rows do not pay for the view check: they never build, but use a copy a
+    larger call kept."""
+    model = fresh()
+    X, _ = data()
+    check(model, X[:100])
+    assert stats(model)["builds"] == 0
+    check(model, X)
+    uses = stats(model)["uses"]
+    check(model, X[:100])
+    assert stats(model)["builds"] == 1 and stats(model)["uses"] > uses
+
+
 def test_switch_off_by_environment():
     code = ("import numpy as np, layerprop as lp\n"
             "m = lp.Sequential(lp.Linear(40, 64), lp.ReLU(), lp.Linear(64, 10))\n"

@@ -219,11 +219,15 @@ class Model:
     def _param_view_refs(self) -> List[int]:
         return [sys.getrefcount(v) for v in self._param_views.values()]
 
-    def _cache_token(self) -> int:
+    def _cache_token(self, rows: int) -> int:
         """The core's parameter version if no view of the parameters is held outside the model
         (so none can be written without the version moving on: see _params), else 0. A view
         taken from one (a slice, np.asarray, a memoryview, torch.from_numpy) holds a reference
-        to it. The version is read first: a view handed out after it makes it stale."""
+        to it. The version is read first: a view handed out after it makes it stale.
+        Below 128 rows the products read the weights in place or are too small for packing to
+        matter, and the check (about 1 us) would cost more than it could save: 0."""
+        if rows < 128:
+            return 0
         version = int(self._core.param_version())
         return version if self._param_view_refs() == self._view_refs else 0
 
@@ -676,7 +680,7 @@ class Model:
         """Raw outputs (logits for cross_entropy) for every row of X."""
         Xa = self._prepare_X(X)
         bs = 0 if batch_size is None else V.positive_int(batch_size, "batch_size")
-        return self._core.predict(Xa, bs, self._cache_token())
+        return self._core.predict(Xa, bs, self._cache_token(Xa.shape[0]))
 
     def evaluate(self, X: np.ndarray, y: np.ndarray, batch_size: Optional[int] = None,
                  sample_weight: Optional[np.ndarray] = None) -> Dict[str, float]:
@@ -685,7 +689,7 @@ class Model:
         Xa, ya = self._prepare(X, y)
         bs = 0 if batch_size is None else V.positive_int(batch_size, "batch_size")
         loss, correct, total = self._core.evaluate(Xa, ya, bs, self._prepare_weights(sample_weight, Xa.shape[0]),
-                                                   self._cache_token())
+                                                   self._cache_token(Xa.shape[0]))
         out = {"loss": float(loss)}
         if self.loss == "cross_entropy":
             out["accuracy"] = float(correct) / float(total)
