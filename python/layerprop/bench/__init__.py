@@ -23,7 +23,7 @@ from __future__ import annotations
 from . import jaxpeer
 from .cli import add_parser
 from .harness import FULL, QUICK, Report, Row, Settings, run
-from .specs import (CASES, DIGITS_BATCH, DIGITS_SIZES, GEMM_SHAPES, GEMM_SQUARE, INFER_MODELS, MODELS,
+from .specs import (CASES, DIGITS_BATCH, DIGITS_SIZES, GEMM_SHAPES, GEMM_SQUARE, INFER_BATCHES, INFER_MODELS, MODELS,
                     OPTIMIZERS, ModelSpec, gemm_operands, infer_flops, train_flops)
 from .table import COLUMNS, NOISY, format_table, machine_lines
 from .timing import Timing, interleaved, measure_peak, settle, threads
@@ -32,7 +32,7 @@ from .twins import (InferCase, TrainCase, batch, build_model, digits_case, digit
                     train_case)
 
 __all__ = [
-    "MODELS", "CASES", "GEMM_SHAPES", "ModelSpec", "TrainCase", "InferCase", "Row",
+    "MODELS", "CASES", "GEMM_SHAPES", "INFER_BATCHES", "INFER_MODELS", "ModelSpec", "TrainCase", "InferCase", "Row",
     "threads", "train_flops", "infer_flops", "build_model", "torch_twin", "train_case",
     "infer_case", "gemm_operands", "gemm_reference", "digits_data", "digits_case",
     "settle", "interleaved", "measure_peak", "Report", "run", "format_table", "add_parser", "jaxpeer",
