@@ -258,7 +258,7 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
           // Packed once, the next panel is not in cache (the per-call packing has just written
           // it): each tile asks for its share of the next panel's lines, into L2.
           const int64_t pf_lines = pre && q + 1 < n_jr ? (NR * kc * int64_t(sizeof(T)) + 63) / 64 : 0;
-          const int64_t pf_step = (pf_lines * 2 * MR + mc - 1) / mc;
+          const int64_t pf_step = pf_lines ? (pf_lines * 2 * MR + mc - 1) / mc : 0;
           int64_t pf_at = 0;
           for (int64_t ir = 0; ir < mc; ir += rows) {
             for (const int64_t pf_end = std::min(pf_lines, pf_at + pf_step); pf_at < pf_end; ++pf_at)
