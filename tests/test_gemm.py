@@ -140,7 +140,8 @@ def test_kernel_choices_give_the_same_bits():
     """The kernel choices made at import must not change a bit (every output is the same fma
     chain over k, in the same order): x @ W^T with few rows runs as C^T = W x^T, W read in place
     (swap_nt; LAYERPROP_GEMM_SWAP_ROWS=0 turns it off), and on CPUs with AVX-512F two 6-row
-    micro-panels run at once in a 12 x 16 kernel (LAYERPROP_SIMD=avx2 turns it off). Checked:
+    micro-panels run at once in a 12 x 16 kernel, and a row block's last 1-11 rows in one kernel
+    of that many rows (LAYERPROP_SIMD=avx2 turns both off). Checked:
     products of every transposition, plain and accumulating, a Linear + ReLU forward with its
     bias epilogue, and training steps at 1 and 2 threads."""
     import os
@@ -162,7 +163,9 @@ def test_kernel_choices_give_the_same_bits():
             out[f"c{m}_{n}_{k}"] = _core._gemm(a, b, False, True, c=c)
             ref = a.astype(np.float64) @ b.astype(np.float64).T
             assert np.abs(g - ref).max() <= 1e-5 * np.abs(ref).max(), (m, n, k)
-        for m, n, k in ((12, 16, 40), (250, 33, 517), (200, 100, 300), (130, 70, 257), (512, 96, 700)):
+        # 13..24 rows: every remainder of a 12-row tile (the AVX-512 tail kernel's 1..11 rows)
+        for m, n, k in ((12, 16, 40), (250, 33, 517), (200, 100, 300), (130, 70, 257), (512, 96, 700),
+                        *((m, 40, 50) for m in range(13, 25))):
             for ta in (False, True):
                 for tb in (False, True):
                     a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)

@@ -34,6 +34,7 @@ void store_tile_t_f32(float*, int64_t, const float*, bool);
 namespace avx512 {
 void ukernel2_f32(int64_t, const float*, const float*, float*, int64_t, bool);
 void ukernel2_rows_f32(int64_t, const float*, int64_t, const float*, float*, int64_t, bool);
+void ukernel_tail_f32(int64_t, const float*, const float*, float*, int64_t, bool, int);
 }  // namespace avx512
 #endif
 
@@ -72,6 +73,8 @@ template <class T>
 struct Pair {
   Ukernel<T> packed = nullptr;
   UkRows<T> rows = nullptr;
+  // The last 1-11 rows of a packed row block, exactly those rows (the AVX2 kernel pads to 6).
+  void (*tail)(int64_t, const T*, const T*, T*, int64_t, bool, int) = nullptr;
 };
 template <class T>
 Pair<T> pick_pair() {
@@ -81,6 +84,7 @@ Pair<T> pick_pair() {
     if (use_avx512()) {
       p.packed = &avx512::ukernel2_f32;
       p.rows = &avx512::ukernel2_rows_f32;
+      p.tail = &avx512::ukernel_tail_f32;
     }
 #endif
   return p;
@@ -266,7 +270,8 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
             const int64_t mr = std::min(MR, mc - ir);
             // Two full micro-panels at once where a pair kernel exists: same bits per tile.
             const bool two = pair.packed != nullptr && mc - ir >= 2 * MR;
-            rows = two ? 2 * MR : mr;
+            const bool tail = !two && !ct && !direct && pair.tail != nullptr;
+            rows = two ? 2 * MR : tail ? mc - ir : mr;
             const T* ap = abuf + ir * kc;
             if (direct && mr < MR) {  // a short row tile: pack just its micro-panel
               pack_a(abuf, ta, A, lda, ic + ir, mr, pc, kc);
@@ -276,6 +281,7 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
               const T* ad = A + (ic + ir) * lda + pc;
               if (two && direct) pair.rows(kc, ad, lda, bq, dst, ld, acc);
               else if (two) pair.packed(kc, ap, bq, dst, ld, acc);
+              else if (tail) pair.tail(kc, ap, bq, dst, ld, acc, static_cast<int>(rows));
               else if (direct && mr == MR) ukr(kc, ad, lda, bq, dst, ld, acc);
               else uk(kc, ap, bq, dst, ld, acc);
             };
@@ -297,7 +303,7 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
               continue;
             }
             T* ctile = C + (ic + ir) * ldc + jc + jr;
-            if ((two || mr == MR) && nr == NR) {
+            if ((two || tail || mr == MR) && nr == NR) {
               tile(ctile, ldc, acc_here);
             } else {
               alignas(64) T tmp[2 * MR * NR];

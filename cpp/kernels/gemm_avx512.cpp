@@ -12,29 +12,38 @@
 namespace lp::kern::avx512 {
 
 namespace {
-inline void store_12x16(const __m512 (&acc)[12], float* __restrict c, int64_t ldc, bool accumulate) {
+// An R x 16 tile (R <= 12): zero accumulators, for each k one 16-float load of B and the R fmas
+// `rows(k, bv, acc)` (each reading its A value where that kernel keeps it), then R rows stored.
+template <int R, class Rows>
+[[gnu::always_inline]] inline void tile_r16(int64_t kc, const float* __restrict b, float* __restrict c, int64_t ldc,
+                                            bool accumulate, Rows rows) {
+  __m512 acc[R];
 #pragma GCC unroll 12
-  for (int r = 0; r < 12; ++r) {
-    float* cr = c + r * ldc;
-    _mm512_storeu_ps(cr, accumulate ? _mm512_add_ps(_mm512_loadu_ps(cr), acc[r]) : acc[r]);
-  }
-}
-}  // namespace
-
-namespace {
-// The 12 x 16 tile: zero accumulators, for each k one 16-float load of B and the twelve fmas
-// `rows(k, bv, acc)` (each reading its A value where that kernel keeps it), then the store.
-template <class Rows>
-[[gnu::always_inline]] inline void tile_12x16(int64_t kc, const float* __restrict b, float* __restrict c,
-                                              int64_t ldc, bool accumulate, Rows rows) {
-  __m512 acc[12];
-#pragma GCC unroll 12
-  for (int r = 0; r < 12; ++r) acc[r] = _mm512_setzero_ps();
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     rows(k, _mm512_loadu_ps(b), acc);
     b += 16;
   }
-  store_12x16(acc, c, ldc, accumulate);
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) {
+    float* cr = c + r * ldc;
+    _mm512_storeu_ps(cr, accumulate ? _mm512_add_ps(_mm512_loadu_ps(cr), acc[r]) : acc[r]);
+  }
+}
+
+// R rows of two consecutive packed 6-row micro-panels: row r's k-th value is a[k * 6 + r] for
+// r < 6, a[6 * kc + k * 6 + r - 6] after (the second panel is read only when R > 6).
+template <int R>
+void panels_r16(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c, int64_t ldc,
+                bool accumulate) {
+  const float* a1 = a + 6 * kc;
+  tile_r16<R>(kc, b, c, ldc, accumulate, [&](int64_t k, __m512 bv, __m512 (&acc)[R]) {
+    const float* p0 = a + k * 6;
+    const float* p1 = a1 + k * 6;
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(r < 6 ? p0[r] : p1[r - 6]), bv, acc[r]);
+  });
 }
 }  // namespace
 
@@ -42,15 +51,28 @@ template <class Rows>
 // (kc x 16): row r's k-th value is a[k * 6 + r] for r < 6, a[6 * kc + k * 6 + r - 6] after.
 void ukernel2_f32(int64_t kc, const float* __restrict a, const float* __restrict b,
                   float* __restrict c, int64_t ldc, bool accumulate) {
-  const float* a1 = a + 6 * kc;
-  tile_12x16(kc, b, c, ldc, accumulate, [&](int64_t k, __m512 bv, __m512 (&acc)[12]) {
-    const float* p0 = a + k * 6;
-    const float* p1 = a1 + k * 6;
-#pragma GCC unroll 6
-    for (int r = 0; r < 6; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p0[r]), bv, acc[r]);
-#pragma GCC unroll 6
-    for (int r = 0; r < 6; ++r) acc[6 + r] = _mm512_fmadd_ps(_mm512_set1_ps(p1[r]), bv, acc[6 + r]);
-  });
+  panels_r16<12>(kc, a, b, c, ldc, accumulate);
+}
+
+// The last rows of a row block (1 to 11 of them, `rows`), same layout: only those rows are
+// computed and stored. Each output is the same fma chain as in the full tiles, so the bits do
+// not depend on where a row falls; the AVX2 kernel would compute 6-row tiles on zero padding.
+void ukernel_tail_f32(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+                      int64_t ldc, bool accumulate, int rows) {
+  switch (rows) {
+    case 1: return panels_r16<1>(kc, a, b, c, ldc, accumulate);
+    case 2: return panels_r16<2>(kc, a, b, c, ldc, accumulate);
+    case 3: return panels_r16<3>(kc, a, b, c, ldc, accumulate);
+    case 4: return panels_r16<4>(kc, a, b, c, ldc, accumulate);
+    case 5: return panels_r16<5>(kc, a, b, c, ldc, accumulate);
+    case 6: return panels_r16<6>(kc, a, b, c, ldc, accumulate);
+    case 7: return panels_r16<7>(kc, a, b, c, ldc, accumulate);
+    case 8: return panels_r16<8>(kc, a, b, c, ldc, accumulate);
+    case 9: return panels_r16<9>(kc, a, b, c, ldc, accumulate);
+    case 10: return panels_r16<10>(kc, a, b, c, ldc, accumulate);
+    case 11: return panels_r16<11>(kc, a, b, c, ldc, accumulate);
+    default: return panels_r16<12>(kc, a, b, c, ldc, accumulate);
+  }
 }
 
 // The same tile with A read in place: row r of the 12 x kc block starts at a + r * lda (four
@@ -58,7 +80,7 @@ void ukernel2_f32(int64_t kc, const float* __restrict a, const float* __restrict
 void ukernel2_rows_f32(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b,
                        float* __restrict c, int64_t ldc, bool accumulate) {
   const float* base[4] = {a, a + 3 * lda, a + 6 * lda, a + 9 * lda};
-  tile_12x16(kc, b, c, ldc, accumulate, [&](int64_t k, __m512 bv, __m512 (&acc)[12]) {
+  tile_r16<12>(kc, b, c, ldc, accumulate, [&](int64_t k, __m512 bv, __m512 (&acc)[12]) {
 #pragma GCC unroll 4
     for (int g = 0; g < 4; ++g) {
       const float* q = base[g] + k;
