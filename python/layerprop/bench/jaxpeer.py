@@ -245,6 +245,10 @@ class JaxChild:
         self.version = str(d["jax"])
         self.times: List[float] = []
 
+    @property
+    def pid(self) -> int:
+        return int(self._p.pid)
+
     def _line(self) -> str:
         import selectors
         assert self._p.stdout is not None
@@ -341,12 +345,17 @@ def compare(key: str, threads: int, reps: int = 7, steps: Optional[int] = None):
             ours, first = time_ours(case, 1)      # warm: workspace, pages, the pool
             child.time_one()
             ours, child.times = [], []
+            # Each side starts on idle cores: XLA's workers in the child spin for a while after
+            # its call, as ours do after ours, and either would take a core from the other.
+            pids = [child.pid]
             for r in range(reps):
                 if r % 2:
+                    settle(pids=pids)
                     child.time_one()
-                settle()
+                settle(pids=pids)
                 ours += time_ours_once(case)
                 if not r % 2:
+                    settle(pids=pids)
                     child.time_one()
             res = child.result()
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Sequence
@@ -52,9 +53,24 @@ def _time_inner(f: Callable[[], object], inner: int) -> float:
     return (time.perf_counter() - t0) / inner
 
 
-def settle(quiet_s: float = 0.012, max_s: float = 0.5) -> float:
+def _pids_cpu(pids: Sequence[int]) -> float:
+    """CPU-seconds used so far by the processes `pids` (from /proc; 0 where unreadable)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK") if total else 0.0
+
+
+def settle(quiet_s: float = 0.012, max_s: float = 0.5, pids: Sequence[int] = ()) -> float:
     """Sleep until this process's other threads are idle: until, over a `quiet_s` sleep, the
-    process used less than 20% of one core. Returns the seconds waited.
+    process used less than 20% of one core. Returns the seconds waited. `pids`: other processes
+    (a peer's child) whose CPU time counts too; it is accounted in scheduler ticks, so their
+    window is at least 25 ms.
 
     Every thread pool in the process (our OpenMP runtime, PyTorch's OpenMP and MKL, NumPy's
     OpenBLAS) keeps its workers spinning for a while after a parallel call; OpenBLAS's spin for
@@ -64,10 +80,12 @@ def settle(quiet_s: float = 0.012, max_s: float = 0.5) -> float:
     libraries at a time, so before each sample the others are let go quiet. `quiet_s` spans
     several scheduler ticks because other threads' CPU time is only accounted at ticks."""
     t0 = time.perf_counter()
+    if pids:
+        quiet_s = max(quiet_s, 0.025)
     while True:
-        c0, w0 = time.process_time(), time.perf_counter()
+        c0, p0, w0 = time.process_time(), _pids_cpu(pids), time.perf_counter()
         time.sleep(quiet_s)
-        busy = time.process_time() - c0
+        busy = time.process_time() - c0 + _pids_cpu(pids) - p0
         now = time.perf_counter()
         if busy < 0.2 * (now - w0) or now - t0 >= max_s:
             return now - t0
