@@ -2,6 +2,7 @@
 
 import math
 import re
+import time
 
 import pytest
 
@@ -85,3 +86,26 @@ def test_bad_options_exit_2(capsys, argv, message):
 def test_run_refuses_unknown_case():
     with pytest.raises(ValueError, match="unknown"):
         bench.run(["Q"], [1], quick=True)
+
+
+def test_settle_waits_for_a_busy_peer_process():
+    """settle(pids=...) counts another process's CPU time: beside a spinning child it waits
+    until max_s; beside a sleeping one it returns after a quiet window."""
+    import subprocess
+    import sys
+
+    from layerprop.bench.timing import _pids_cpu, settle
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.3)  # let the spinner accumulate scheduler ticks
+        assert _pids_cpu([busy.pid]) > 0
+        assert settle(pids=[busy.pid], max_s=0.3) >= 0.3
+        assert settle(pids=[idle.pid], max_s=5.0) < 5.0
+        assert _pids_cpu([999999999]) == 0.0  # no such process: nothing counted, no error
+    finally:
+        busy.kill()
+        idle.kill()
+        busy.wait()
+        idle.wait()
