@@ -404,6 +404,7 @@ double Model<T>::loss_only(const Input<T>& X, int64_t N, Labels<T> y) {
 
 template <class T>
 void Model<T>::apply_layer(int L, double lr, double l2_weights) {
+  if (ps_.layer_tensors[L].empty()) return;  // nothing stored: nothing to update
   params_changed();
   for (int t : ps_.layer_tensors[L]) {
     const bool weight = l2_weights != 0 && g_.layers[L].kind == LayerKind::Linear && ps_.tensors[t].offset == ps_.w_off[L];
