@@ -476,8 +476,13 @@ void bind_one(py::module_& m, const char* name) {
            "Bumped before any write to the parameters: by the core's updates, and by params_changed()")
       .def("params_changed", &M::params_changed,
            "Note that the parameters may be written through a view (invalidates predict's packed weights)")
-      .def("packed_stats", [](const M& self) {
-        const auto st = self.packed_stats();
+      .def("packed_stats", [](M& self) {
+        typename M::PackedStats st;
+        {  // read under the model mutex: a predict in another thread may be updating them
+          py::gil_scoped_release nogil;
+          std::lock_guard<std::mutex> lock(self.mutex());
+          st = self.packed_stats();
+        }
         py::dict d;
         d["builds"] = st.builds;
         d["uses"] = st.uses;
