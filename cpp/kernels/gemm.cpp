@@ -381,6 +381,14 @@ bool swap_nt(int64_t M, int64_t N, int64_t K) {
   return M <= max_rows && N >= M && K >= 128;
 }
 
+namespace {
+// Whether a packed x @ W^T runs as C^T = W x^T here (swap_nt, and a kernel reading W in place).
+template <class T>
+bool nt_runs_swapped(int64_t M, int64_t N, int64_t K) {
+  return pick_ukernel_rows<T>() != nullptr && swap_nt(M, N, K);
+}
+}  // namespace
+
 bool gemm_uses_direct(int64_t M, int64_t N, int64_t K) {
   // Packing pays once a packed panel is reused enough; tiny products go direct.
   return M * N * K <= int64_t(16) * 16 * 16 || M <= 4 || N <= 2 || K <= 2;
@@ -404,7 +412,7 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t
     // x @ W^T with few rows and many columns (a Linear's forward at small batch): compute
     // C^T = W x^T instead, reading W in place and packing only x. Packing W would otherwise
     // copy the whole weight matrix on every call. Same fma chains, same bits.
-    if (!ta && tb && pick_ukernel_rows<T>() != nullptr && swap_nt(M, N, K)) {
+    if (!ta && tb && nt_runs_swapped<T>(M, N, K)) {
       gemm_packed<T>(false, true, N, M, K, B, ldb, A, lda, C, ldc, accumulate, ep, true);
       return;
     }
@@ -417,7 +425,7 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t
 template <class T>
 bool nt_packs_b(int64_t M, int64_t N, int64_t K) {
   if (M <= 0 || N <= 0 || K <= 0 || gemm_uses_direct(M, N, K)) return false;
-  return !(pick_ukernel_rows<T>() != nullptr && swap_nt(M, N, K));
+  return !nt_runs_swapped<T>(M, N, K);
 }
 
 template <class T>

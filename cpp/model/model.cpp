@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <numeric>
 
@@ -631,10 +630,7 @@ void Model<T>::linear_forward(int L, const T* x, int64_t N, T* y, const kern::Ep
 }
 
 namespace {
-std::atomic<bool> g_packed_weights{[] {
-  const char* env = std::getenv("LAYERPROP_PACKED_WEIGHTS");
-  return !(env && std::string(env) == "0");
-}()};
+std::atomic<bool> g_packed_weights{env_switch_on("LAYERPROP_PACKED_WEIGHTS")};
 }  // namespace
 
 void set_packed_weights(bool on) { g_packed_weights = on; }
@@ -653,11 +649,12 @@ template <class T>
 Model<T>::DenseInference::DenseInference(Model<T>& m, const Input<T>& X, int64_t rows, uint64_t token) : m_(m) {
   m.packed_on_ = false;
   if (X.sparse() || rows <= 0 || !g_packed_weights) return;
-  const uint64_t v = m.param_version();
-  if (m.packed_version_ != v) {  // written since: what is packed is stale
+  auto forget = [&m] {
     m.packed_version_ = 0;
     for (auto& p : m.packed_) p.N = 0;
-  }
+  };
+  const uint64_t v = m.param_version();
+  if (m.packed_version_ != v) forget();  // written since: what is packed is stale
   if (m.packed_.size() != m.g_.layers.size()) m.packed_.resize(m.g_.layers.size());
   // Only a call whose token is the current version may pack (and so keep) weights: the
   // caller saw no view of the parameters outside the model, and any view handed out since,
@@ -680,8 +677,7 @@ Model<T>::DenseInference::DenseInference(Model<T>& m, const Input<T>& X, int64_t
   if (!any) return;
   if (built) {
     if (m.param_version() != v) {  // a view was handed out while packing: keep nothing
-      for (auto& p : m.packed_) p.N = 0;
-      m.packed_version_ = 0;
+      forget();
       return;
     }
     m.packed_version_ = v;

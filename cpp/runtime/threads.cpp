@@ -107,10 +107,7 @@ std::atomic<int> g_foreign_cores{0};  // other threads' use, in cores, rounded
 std::atomic<bool> g_probing{false};
 std::atomic<int64_t> g_foreign_samples{0};
 std::atomic<int64_t> g_foreign_busy_samples{0};
-std::atomic<bool> g_probe_on{[] {
-  const char* env = std::getenv("LAYERPROP_FOREIGN_PROBE");  // "0": off (measurements)
-  return !(env && std::string(env) == "0");
-}()};
+std::atomic<bool> g_probe_on{env_switch_on("LAYERPROP_FOREIGN_PROBE")};  // "0": off (measurements)
 struct ProbeSample {
   int64_t wall = 0, process = 0, workers = 0, epoch = -1;
 };
@@ -510,10 +507,7 @@ class Pool {
   // Measured on 2 cores, predict on M b256 with a 20 ms pause before each call: 4.8 ms on 2
   // threads against 4.4 ms on 1; with the threads pinned apart, 2.5 ms.
   void keep_off_my_cpu(int helpers) {
-    static const bool on = [] {
-      const char* env = std::getenv("LAYERPROP_KEEP_OFF_CALLER");  // "0": never narrow
-      return !(env && std::string(env) == "0");
-    }();
+    static const bool on = env_switch_on("LAYERPROP_KEEP_OFF_CALLER");  // "0": never narrow
     if (!on) return;
     const int cpu = sched_getcpu();
     if (cpu < 0) return;
