@@ -1,5 +1,5 @@
-// Optimizer dispatch: threads split the elements; each range runs the AVX2 or the portable
-// build of the same loops (optim_impl.hpp).
+// Optimizer dispatch: threads split the elements; each range runs the AVX-512, the AVX2 or
+// the portable build of the same loops (optim_impl.hpp), which give the same bits.
 #include "layerprop/optim.hpp"
 
 #include <cmath>
@@ -12,6 +12,7 @@
 
 namespace lp::kern {
 namespace generic {
+constexpr bool kQuotientByDoubleReciprocal = false;  // see optim/adam.hpp
 #include "optim_impl.hpp"
 }
 #ifdef LAYERPROP_HAVE_AVX2
@@ -19,6 +20,12 @@ namespace avx2 {
 void optimizer_range_f32(const OptConfig&, float*, const float*, float* const*, int64_t, int64_t, int64_t);
 void optimizer_range_f64(const OptConfig&, double*, const double*, double* const*, int64_t, int64_t, int64_t);
 }  // namespace avx2
+#endif
+#ifdef LAYERPROP_HAVE_AVX512
+namespace avx512 {
+void optimizer_range_f32(const OptConfig&, float*, const float*, float* const*, int64_t, int64_t, int64_t);
+void optimizer_range_f64(const OptConfig&, double*, const double*, double* const*, int64_t, int64_t, int64_t);
+}  // namespace avx512
 #endif
 
 namespace {
@@ -40,6 +47,12 @@ void optimizer_step(const OptConfig& cfg, T* p, const T* g, T* const* slots, int
   if (cfg.kind == OptKind::None) return;
   using Fn = void (*)(const OptConfig&, T*, const T*, T* const*, int64_t, int64_t, int64_t);
   static const Fn fn = [] {
+#ifdef LAYERPROP_HAVE_AVX512
+    if (use_avx512()) {
+      if constexpr (std::is_same_v<T, float>) return Fn(&avx512::optimizer_range_f32);
+      else return Fn(&avx512::optimizer_range_f64);
+    }
+#endif
 #ifdef LAYERPROP_HAVE_AVX2
     if (use_avx2()) {
       if constexpr (std::is_same_v<T, float>) return Fn(&avx2::optimizer_range_f32);

@@ -9,6 +9,8 @@
 #include "layerprop/optim.hpp"
 
 namespace lp::kern::avx2 {
+// Adam divides sqrt(v) by bias_correction2 ** 0.5 directly here (see optim/adam.hpp).
+constexpr bool kQuotientByDoubleReciprocal = false;
 #include "optim_impl.hpp"
 
 void optimizer_range_f32(const OptConfig& c, float* p, const float* g, float* const* s, int64_t lo,

@@ -1,6 +1,7 @@
-// Optimizer loops, compiled twice: portable (optim.cpp) and AVX2 (optim_avx2.cpp). Included
-// inside a namespace; needs <cmath>, <cstdint>, <string>, <type_traits>, common.hpp and
-// optim.hpp before it. Constants travel by value and pointers are __restrict, so each variant
+// Optimizer loops, compiled three times: portable (optim.cpp), AVX2 (optim_avx2.cpp) and
+// AVX-512 (optim_avx512.cpp). Included inside a namespace that defines
+// kQuotientByDoubleReciprocal (optim/adam.hpp); needs <cmath>, <cstdint>, <string>,
+// <type_traits>, common.hpp and optim.hpp before it. Constants travel by value and pointers are __restrict, so each variant
 // is one straight vectorizable loop over [lo, hi); per-element branches are resolved at
 // compile time. Each rule lives in optim/<name>.hpp; LAYERPROP_OPTIMIZERS registers it.
 

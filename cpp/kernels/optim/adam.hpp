@@ -4,7 +4,25 @@
 template <class T>
 struct AdamConst {
   T step_size, bc2_sqrt, w1, b2, w2, eps, wd, decay;
+  double inv_bc2_sqrt;  // 1 / double(bc2_sqrt), rounded once
 };
+
+// sqrt(v) / bc2_sqrt, correctly rounded. Where kQuotientByDoubleReciprocal is set (the
+// AVX-512 build, whose divider is the loop's bottleneck: a sqrt and two divisions for every
+// 16 floats) the float quotient is float(double(s) * double(1 / c)), which is the same number:
+// for floats s and c, the exact s / c is never a rounding midpoint of float and lies at least
+// 2^-49 (relative) from every one, because s - c * m is a nonzero multiple of a power of two
+// for each midpoint m (25 significant bits); the double product is within 2^-52 of s / c, so
+// it rounds to the same float. That holds for subnormal quotients and at overflow too.
+// tests/test_adam_builds.py checks every build gives the same bits, and the identity itself
+// on a sweep of float bit patterns.
+template <class T>
+inline T adam_scale_sqrt(T s, const AdamConst<T>& k) {
+  if constexpr (kQuotientByDoubleReciprocal && std::is_same_v<T, float>)
+    return static_cast<T>(static_cast<double>(s) * k.inv_bc2_sqrt);
+  else
+    return s / k.bc2_sqrt;
+}
 
 // MD 0: no decay; 1: L2 added to the gradient (Adam); 2: decoupled (AdamW).
 template <int MD, class T>
@@ -19,7 +37,7 @@ void adam_range(const AdamConst<T> k, T* __restrict p, const T* __restrict g, T*
     const T vi = v[i] * k.b2 + k.w2 * gi * gi;
     m[i] = mi;
     v[i] = vi;
-    const T denom = std::sqrt(vi) / k.bc2_sqrt + k.eps;
+    const T denom = adam_scale_sqrt(std::sqrt(vi), k) + k.eps;
     p[i] = pi + (-k.step_size) * mi / denom;
   }
 }
@@ -41,9 +59,10 @@ struct AdamRule {
   static void range(const OptConfig& c, T* p, const T* g, T* const* s, int64_t lo, int64_t hi, int64_t step) {
     const double bc1 = 1.0 - std::pow(c.beta1, double(step));
     const double bc2 = 1.0 - std::pow(c.beta2, double(step));
-    const AdamConst<T> k{T(c.lr / bc1), T(std::sqrt(bc2)), T(1.0 - c.beta1), T(c.beta2),
+    const T bc2_sqrt = T(std::sqrt(bc2));
+    const AdamConst<T> k{T(c.lr / bc1), bc2_sqrt, T(1.0 - c.beta1), T(c.beta2),
                          T(1.0 - c.beta2), T(c.eps), T(c.weight_decay),
-                         T(1.0 - c.lr * c.weight_decay)};
+                         T(1.0 - c.lr * c.weight_decay), 1.0 / static_cast<double>(bc2_sqrt)};
     if (c.weight_decay == 0) adam_range<0>(k, p, g, s[0], s[1], lo, hi);
     else if (c.kind == OptKind::Adam) adam_range<1>(k, p, g, s[0], s[1], lo, hi);
     else adam_range<2>(k, p, g, s[0], s[1], lo, hi);
