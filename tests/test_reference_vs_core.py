@@ -79,8 +79,8 @@ def test_train_steps_match_reference_optimizer(opt, loss, rng):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_cross_entropy_with_logits_far_apart(dtype):
-    # Logits 100 to 500 apart: the exponentials of the losing classes round to 0 (the core skips
-    # libm there, exp_nonpos). Loss and gradient still match the float64 twin, and nothing is NaN.
+    # Logits 100 to 500 apart: the exponentials of the losing classes round to 0 (exp_nonpos
+    # returns 0 there). Loss and gradient still match the float64 twin, and nothing is NaN.
     import layerprop as lp
     model = lp.Sequential(lp.Linear(2, 3), seed=0, dtype=dtype)
     model.compile(loss="cross_entropy", optimizer=lp.SGD(lr=0.0))
@@ -103,3 +103,30 @@ def test_cross_entropy_with_logits_far_apart(dtype):
     g = grads["0.weight"]
     assert np.all(np.isfinite(g))
     assert np.allclose(g, dz.T @ X.astype(np.float64), rtol=tol, atol=tol * np.abs(dz.T @ X).max())
+
+
+def test_float32_softmax_exponentials_are_within_an_ulp_or_two():
+    """The float cross-entropy's own exponential (exp_nonpos_f32 in loss.cpp, at most 0.98 ulp)
+    over the whole range it serves: logits 0 to 104 below the row's maximum, with subnormal and
+    zero results. A 2-class row's gradient for the losing class is softmax / N = e / (1 + e) / N
+    with e = exp(d); checked against float64 to a few float ulps (e, the sum, the division)."""
+    import layerprop as lp
+    rng = np.random.default_rng(5)
+    d = np.concatenate([-rng.uniform(0, 104, 4000), -np.linspace(0, 30, 1000), [0.0, -1e-8, -87.0, -88.5, -103.9]])
+    d = d.astype(np.float32)
+    N = d.size
+    model = lp.Sequential(lp.Linear(1, 2, bias=True), seed=0, dtype="float32")
+    model.compile(loss="cross_entropy", optimizer=lp.SGD(lr=0.0))
+    model.parameters()["0.weight"][:] = [[0.0], [1.0]]   # logits (0, x): class 1 loses by -x
+    model.parameters()["0.bias"][:] = 0
+    X = d[:, None]
+    y = np.zeros(N, dtype=np.int64)
+    _, grads = model.loss_and_grads(X, y)
+    # db for class 1 is the sum over rows of softmax_1 / N; check rows one at a time instead.
+    got = np.array([model.loss_and_grads(X[i:i + 1], y[i:i + 1])[1]["0.bias"][1] for i in range(0, N, 7)])
+    e = np.exp(d[::7].astype(np.float64))
+    want = e / (1.0 + e)
+    normal = want > 1e-37
+    assert np.all(np.abs(got[normal] - want[normal]) <= 4 * 2.0 ** -24 * want[normal])
+    assert np.all(np.abs(got[~normal] - want[~normal]) <= 2.0 ** -148)
+    assert np.all(got >= 0) and np.isfinite(grads["0.bias"]).all()
