@@ -139,7 +139,8 @@ def test_portable_fallback_kernels_agree():
 def test_kernel_choices_give_the_same_bits():
     """The kernel choices made at import must not change a bit (every output is the same fma
     chain over k, in the same order): x @ W^T with few rows runs as C^T = W x^T, W read in place
-    (swap_nt; LAYERPROP_GEMM_SWAP_ROWS=0 turns it off), and on CPUs with AVX-512F two 6-row
+    (swap_nt; LAYERPROP_GEMM_SWAP_ROWS=0 turns it off), small products with B not transposed
+    read both operands in place (LAYERPROP_GEMM_INPLACE=0 packs them), and on CPUs with AVX-512F two 6-row
     micro-panels run at once in a 12 x 16 kernel, and a row block's last 1-11 rows in one kernel
     of that many rows (LAYERPROP_SIMD=avx2 turns both off). Checked:
     products of every transposition, plain and accumulating, a Linear + ReLU forward with its
@@ -194,11 +195,13 @@ def test_kernel_choices_give_the_same_bits():
     has_avx512 = lp.build_info()["cpu"]["avx512f"] and lp.build_info()["simd"] == "avx2+fma"
     with tempfile.TemporaryDirectory() as d:
         variants = {"default": {}, "no swap": {"LAYERPROP_GEMM_SWAP_ROWS": "0"},
+                    "no in place": {"LAYERPROP_GEMM_INPLACE": "0"},
                     "avx2": {"LAYERPROP_SIMD": "avx2"},
                     "avx2, no swap": {"LAYERPROP_SIMD": "avx2", "LAYERPROP_GEMM_SWAP_ROWS": "0"}}
         results = {}
         for name, extra in variants.items():
-            env = {k: v for k, v in os.environ.items() if k not in ("LAYERPROP_GEMM_SWAP_ROWS", "LAYERPROP_SIMD")}
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("LAYERPROP_GEMM_SWAP_ROWS", "LAYERPROP_SIMD", "LAYERPROP_GEMM_INPLACE")}
             env.update(extra)
             path = os.path.join(d, name.replace(", ", "_").replace(" ", "_") + ".npz")
             r = subprocess.run([sys.executable, "-c", code, path], env=env, capture_output=True, text=True, timeout=300)
@@ -211,3 +214,32 @@ def test_kernel_choices_give_the_same_bits():
             assert sorted(other.files) == sorted(base.files)
             differ = [k for k in base.files if not np.array_equal(base[k], other[k])]
             assert not differ, (name, differ)
+
+
+def test_small_products_in_place_give_the_packed_bits():
+    """Small products with B not transposed (K <= 64, at most 2^18 multiply-adds, one thread)
+    read A and B where they are on AVX-512 CPUs; the packed path must give the same bits,
+    plain and accumulating, at every row and column remainder, with strided operands."""
+    from layerprop import _core
+    rng = np.random.default_rng(3)
+    shapes = [(64, 64, 32), (32, 64, 64), (64, 16, 32), (1, 300, 7), (12, 16, 64), (25, 33, 1),
+              (100, 47, 40), (37, 129, 63), (13, 17, 64), (11, 200, 20), (128, 64, 32)]
+    shapes += [(m, n, 9) for m in range(1, 14) for n in (15, 16, 17, 31)]
+    try:
+        for m, n, k in shapes:
+            for ta in (False, True):
+                a_full = rng.standard_normal(((k, m + 3) if ta else (m, k + 3)), dtype=np.float32)
+                a = a_full[:, :m] if ta else a_full[:, :k]          # strided rows
+                b = rng.standard_normal((k, n + 5), dtype=np.float32)[:, :n]
+                c = rng.standard_normal((m, n), dtype=np.float32)
+                got = {}
+                for on in (True, False):
+                    _core._set_gemm_inplace(on)
+                    got[on] = (_core._gemm(a, b, ta, False, None), _core._gemm(a, b, ta, False, c.copy()))
+                for x, y in zip(got[True], got[False]):
+                    assert x.tobytes() == y.tobytes(), (m, n, k, ta)
+                ref = (a.T if ta else a).astype(np.float64) @ b.astype(np.float64)
+                assert np.abs(got[True][0] - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max()), (m, n, k, ta)
+                assert np.abs(got[True][1] - (ref + c)).max() <= 1e-5 * max(1.0, np.abs(ref + c).max())
+    finally:
+        _core._set_gemm_inplace(True)

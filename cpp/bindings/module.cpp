@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "layerprop/common.hpp"
+#include "layerprop/gemm.hpp"
 #include "layerprop/model.hpp"
 #include "layerprop/runtime.hpp"
 
@@ -83,6 +84,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("_set_packed_weights", [](bool on) { lp::set_packed_weights(on); }, py::arg("on"),
         "Whether predict and evaluate may keep a model's weights packed between calls "
         "(LAYERPROP_PACKED_WEIGHTS=0: off)");
+  m.def("_set_gemm_inplace", [](bool on) { lp::kern::set_gemm_inplace(on); }, py::arg("on"),
+        "Whether small products with B not transposed read their operands in place instead of packing "
+        "them (LAYERPROP_GEMM_INPLACE=0: off); the results are the same bits either way.");
   m.def("_set_keep_workers_asleep", [](bool on) { lp::set_keep_workers_asleep(on); }, py::arg("on"));
   m.def("_set_foreign_probe", [](bool on) { lp::set_foreign_probe(on); }, py::arg("on"),
         "Turn the probe of other busy threads in this process on or off (it is on by default).");

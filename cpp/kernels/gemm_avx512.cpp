@@ -7,6 +7,7 @@
 // broadcasts and twelve fmas for half the work. The B micro-panel stays the same kc x 16.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace lp::kern::avx512 {
@@ -89,6 +90,67 @@ void ukernel2_rows_f32(int64_t kc, const float* __restrict a, int64_t lda, const
       acc[3 * g + 2] = _mm512_fmadd_ps(_mm512_set1_ps(q[2 * lda]), bv, acc[3 * g + 2]);
     }
   });
+}
+
+namespace {
+// An R x 16 tile of a small product read in place (gemm_inplace_f32): row k of B at b + k * ldb,
+// and A transposed (TA: A(r, k) = a[k * lda + r], a weight gradient's dz^T) or not (a[r * lda
+// + k], an input gradient's dz). Each output is the same fma chain over k as in the packed
+// kernels, so the same bits; `mask` keeps the columns of a last, narrower block.
+template <int R, bool TA>
+void inplace_r16(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb,
+                 float* __restrict c, int64_t ldc, bool accumulate, __mmask16 mask) {
+  __m512 acc[R];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 bv = _mm512_maskz_loadu_ps(mask, b + k * ldb);
+    const float* p = TA ? a + k * lda : a + k;
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(TA ? p[r] : p[r * lda]), bv, acc[r]);
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) {
+    float* cr = c + r * ldc;
+    _mm512_mask_storeu_ps(cr, mask, accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cr), acc[r]) : acc[r]);
+  }
+}
+
+template <bool TA>
+void inplace_rows(int rows, int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                  int64_t ldc, bool accumulate, __mmask16 mask) {
+  switch (rows) {
+#define LP_INPLACE_CASE(R) \
+  case R: return inplace_r16<R, TA>(kc, a, lda, b, ldb, c, ldc, accumulate, mask);
+    LP_INPLACE_CASE(1) LP_INPLACE_CASE(2) LP_INPLACE_CASE(3) LP_INPLACE_CASE(4) LP_INPLACE_CASE(5)
+    LP_INPLACE_CASE(6) LP_INPLACE_CASE(7) LP_INPLACE_CASE(8) LP_INPLACE_CASE(9) LP_INPLACE_CASE(10)
+    LP_INPLACE_CASE(11)
+#undef LP_INPLACE_CASE
+    default: return inplace_r16<12, TA>(kc, a, lda, b, ldb, c, ldc, accumulate, mask);
+  }
+}
+}  // namespace
+
+// C (M x N) (+)= op(A) (M x K) . B (K x N), B not transposed, for products small enough that
+// their operands stay in L1: nothing is packed. Depth blocks of kcb (the packed path's), each
+// added to C in turn, so every output gets the packed path's bits. Column blocks of 16 outside,
+// 12-row tiles inside: a B block is read from L1 by every row tile.
+void gemm_inplace_f32(bool ta, int64_t M, int64_t N, int64_t K, int64_t kcb, const float* A, int64_t lda,
+                      const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  for (int64_t pc = 0; pc < K; pc += kcb) {
+    const int64_t kc = std::min(kcb, K - pc);
+    const bool acc = accumulate || pc > 0;
+    const float* bp = B + pc * ldb;
+    const float* ap = ta ? A + pc * lda : A + pc;
+    for (int64_t j = 0; j < N; j += 16) {
+      const __mmask16 mask = N - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (N - j)) - 1);
+      for (int64_t i = 0; i < M; i += 12) {
+        const int rows = static_cast<int>(std::min<int64_t>(12, M - i));
+        if (ta) inplace_rows<true>(rows, kc, ap + i, lda, bp + j, ldb, C + i * ldc + j, ldc, acc, mask);
+        else inplace_rows<false>(rows, kc, ap + i * lda, lda, bp + j, ldb, C + i * ldc + j, ldc, acc, mask);
+      }
+    }
+  }
 }
 
 }  // namespace lp::kern::avx512

@@ -54,6 +54,9 @@ void gemm_naive(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
 
 // Which path gemm takes for a shape ("direct" or "packed"); for tests and benchmarks.
 bool gemm_uses_direct(int64_t M, int64_t N, int64_t K);
+// Whether small products with B not transposed may read their operands in place instead of
+// packing them (gemm.cpp; on by default, LAYERPROP_GEMM_INPLACE=0 turns it off). Same bits.
+void set_gemm_inplace(bool on);
 // Whether a packed x @ W^T (M x N, depth K) runs as C^T = W x^T, W read in place.
 bool swap_nt(int64_t M, int64_t N, int64_t K);
 
