@@ -217,29 +217,32 @@ def test_kernel_choices_give_the_same_bits():
 
 
 def test_small_products_in_place_give_the_packed_bits():
-    """Small products with B not transposed (K <= 64, at most 2^18 multiply-adds, one thread)
-    read A and B where they are on AVX-512 CPUs; the packed path must give the same bits,
-    plain and accumulating, at every row and column remainder, with strided operands."""
+    """Small products (K <= 64, at most 2^18 multiply-adds, one thread) read A where it is on
+    AVX-512 CPUs, and B too unless it is transposed (then only B's panels are packed); the
+    packed path must give the same bits, plain and accumulating, at every row and column
+    remainder, with strided operands."""
     from layerprop import _core
     rng = np.random.default_rng(3)
     shapes = [(64, 64, 32), (32, 64, 64), (64, 16, 32), (1, 300, 7), (12, 16, 64), (25, 33, 1),
-              (100, 47, 40), (37, 129, 63), (13, 17, 64), (11, 200, 20), (128, 64, 32)]
+              (100, 47, 40), (37, 129, 63), (13, 17, 64), (11, 200, 20), (128, 64, 32), (32, 64, 16)]
     shapes += [(m, n, 9) for m in range(1, 14) for n in (15, 16, 17, 31)]
     try:
         for m, n, k in shapes:
             for ta in (False, True):
-                a_full = rng.standard_normal(((k, m + 3) if ta else (m, k + 3)), dtype=np.float32)
-                a = a_full[:, :m] if ta else a_full[:, :k]          # strided rows
-                b = rng.standard_normal((k, n + 5), dtype=np.float32)[:, :n]
-                c = rng.standard_normal((m, n), dtype=np.float32)
-                got = {}
-                for on in (True, False):
-                    _core._set_gemm_inplace(on)
-                    got[on] = (_core._gemm(a, b, ta, False, None), _core._gemm(a, b, ta, False, c.copy()))
-                for x, y in zip(got[True], got[False]):
-                    assert x.tobytes() == y.tobytes(), (m, n, k, ta)
-                ref = (a.T if ta else a).astype(np.float64) @ b.astype(np.float64)
-                assert np.abs(got[True][0] - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max()), (m, n, k, ta)
-                assert np.abs(got[True][1] - (ref + c)).max() <= 1e-5 * max(1.0, np.abs(ref + c).max())
+                for tb in (False, True):
+                    a_full = rng.standard_normal(((k, m + 3) if ta else (m, k + 3)), dtype=np.float32)
+                    a = a_full[:, :m] if ta else a_full[:, :k]          # strided rows
+                    b_full = rng.standard_normal(((n, k + 2) if tb else (k, n + 5)), dtype=np.float32)
+                    b = b_full[:, :k] if tb else b_full[:, :n]
+                    c = rng.standard_normal((m, n), dtype=np.float32)
+                    got = {}
+                    for on in (True, False):
+                        _core._set_gemm_inplace(on)
+                        got[on] = (_core._gemm(a, b, ta, tb, None), _core._gemm(a, b, ta, tb, c.copy()))
+                    for x, y in zip(got[True], got[False]):
+                        assert x.tobytes() == y.tobytes(), (m, n, k, ta, tb)
+                    ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+                    assert np.abs(got[True][0] - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max()), (m, n, k, ta, tb)
+                    assert np.abs(got[True][1] - (ref + c)).max() <= 1e-5 * max(1.0, np.abs(ref + c).max())
     finally:
         _core._set_gemm_inplace(True)

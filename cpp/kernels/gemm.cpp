@@ -36,8 +36,8 @@ namespace avx512 {
 void ukernel2_f32(int64_t, const float*, const float*, float*, int64_t, bool);
 void ukernel2_rows_f32(int64_t, const float*, int64_t, const float*, float*, int64_t, bool);
 void ukernel_tail_f32(int64_t, const float*, const float*, float*, int64_t, bool, int);
-void gemm_inplace_f32(bool, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*,
-                      int64_t, bool);
+void gemm_inplace_f32(bool, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t,
+                      float*, int64_t, bool);
 }  // namespace avx512
 #endif
 
@@ -402,23 +402,45 @@ std::atomic<bool> g_inplace_on{env_switch_on("LAYERPROP_GEMM_INPLACE")};  // "0"
 }  // namespace
 void set_gemm_inplace(bool on) { g_inplace_on.store(on, std::memory_order_relaxed); }
 
-// A product of a small training step (a weight or input gradient, B not transposed) reads both
-// operands where they are: with K <= 64 and at most 2^18 multiply-adds, its A and B fit in L1
-// and packing them buys nothing. Measured one product at a time, switch flipped in one process
-// (TN 64x64x32: 4.9 -> 4.3 us; NN 32x64x64: 4.8 -> 4.1 us), while an NN 256x512x10 was faster
-// packed (54 against 58 us). One thread only: larger products keep the packed path and its
-// rectangles. Same bits as the packed path (gemm_inplace_f32): the choice never shows in a
-// result.
+// A small product reads its operands where they are: with K <= 64 and at most 2^18
+// multiply-adds, A and B fit in L1 and packing them buys nothing. B^T (a Linear's forward,
+// x @ W^T) still needs its 16-column panels, so only those are packed (a few KB); A (x) is
+// read in place. Measured one product at a time, the switch flipped in one process: TN
+// 64x64x32 4.9 -> 4.3 us, NN 32x64x64 4.8 -> 4.1 us; an NN 256x512x10 was faster packed
+// (54 against 58 us), hence the size limit. One thread only: larger products keep the packed
+// path and its rectangles. Same bits as the packed path (gemm_inplace_f32): the choice never
+// shows in a result.
 template <class T>
-bool gemm_runs_inplace(bool tb, int64_t M, int64_t N, int64_t K) {
+bool gemm_runs_inplace(int64_t M, int64_t N, int64_t K) {
 #ifdef LAYERPROP_HAVE_AVX512
   if constexpr (std::is_same_v<T, float>) {
     static const bool wide = use_avx512();
-    return wide && !tb && K <= 64 && M * N * K <= (int64_t(1) << 18) &&
-           g_inplace_on.load(std::memory_order_relaxed) && threads_for(Work::Gemm, M * N * K) <= 1;
+    return wide && K <= 64 && M * N * K <= (int64_t(1) << 18) && g_inplace_on.load(std::memory_order_relaxed) &&
+           threads_for(Work::Gemm, M * N * K) <= 1;
   }
 #endif
   return false;
+}
+
+template <class T>
+void gemm_inplace(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+                  int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+#ifdef LAYERPROP_HAVE_AVX512
+  if constexpr (std::is_same_v<T, float>) {
+    constexpr int64_t NR = Blocking<T>::NR;  // 16: the in-place tiles' width
+    const int64_t kcb = depth_block<T>(K);   // K itself (K <= 64)
+    if (!tb) {
+      avx512::gemm_inplace_f32(ta, M, N, K, kcb, A, lda, B, ldb, NR, C, ldc, accumulate);
+      return;
+    }
+    static thread_local Buffer<T> store;
+    const int64_t panels = (N + NR - 1) / NR;
+    T* bp = scratch(store, panels * NR * K);
+    for (int64_t q = 0; q < panels; ++q)
+      pack_b_trans_panel(bp + q * NR * K, B, ldb, 0, K, q * NR, std::min(NR, N - q * NR));
+    avx512::gemm_inplace_f32(ta, M, N, K, kcb, A, lda, bp, NR, NR * K, C, ldc, accumulate);
+  }
+#endif
 }
 
 template <class T>
@@ -435,11 +457,8 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t
     parallel_range(N, Work::GemmSmall, M * N * K, [&](int64_t j0, int64_t j1) {
       small(ta, tb, M, j1 - j0, K, A, lda, tb ? B + j0 * ldb : B + j0, ldb, C + j0, ldc, accumulate);
     });
-  } else if (gemm_runs_inplace<T>(tb, M, N, K)) {
-#ifdef LAYERPROP_HAVE_AVX512
-    if constexpr (std::is_same_v<T, float>)
-      avx512::gemm_inplace_f32(ta, M, N, K, depth_block<T>(K), A, lda, B, ldb, C, ldc, accumulate);
-#endif
+  } else if (gemm_runs_inplace<T>(M, N, K)) {
+    gemm_inplace<T>(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
   } else {
     // x @ W^T with few rows and many columns (a Linear's forward at small batch): compute
     // C^T = W x^T instead, reading W in place and packing only x. Packing W would otherwise

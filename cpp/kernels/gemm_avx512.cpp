@@ -131,12 +131,14 @@ void inplace_rows(int rows, int64_t kc, const float* a, int64_t lda, const float
 }
 }  // namespace
 
-// C (M x N) (+)= op(A) (M x K) . B (K x N), B not transposed, for products small enough that
-// their operands stay in L1: nothing is packed. Depth blocks of kcb (the packed path's), each
-// added to C in turn, so every output gets the packed path's bits. Column blocks of 16 outside,
-// 12-row tiles inside: a B block is read from L1 by every row tile.
+// C (M x N) (+)= op(A) (M x K) . B (K x N) for products small enough that their operands stay
+// in L1: A is read where it is, and so is B's row k of column block j (16 columns), at
+// B + (j / 16) * bstep + k * ldb: B itself (bstep 16) or its packed panels (ldb 16, bstep 16 K).
+// Depth blocks of kcb (the packed path's), each added to C in turn, so every output gets the
+// packed path's bits. Column blocks of 16 outside, 12-row tiles inside: a B block is read from
+// L1 by every row tile.
 void gemm_inplace_f32(bool ta, int64_t M, int64_t N, int64_t K, int64_t kcb, const float* A, int64_t lda,
-                      const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+                      const float* B, int64_t ldb, int64_t bstep, float* C, int64_t ldc, bool accumulate) {
   for (int64_t pc = 0; pc < K; pc += kcb) {
     const int64_t kc = std::min(kcb, K - pc);
     const bool acc = accumulate || pc > 0;
@@ -146,8 +148,9 @@ void gemm_inplace_f32(bool ta, int64_t M, int64_t N, int64_t K, int64_t kcb, con
       const __mmask16 mask = N - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (N - j)) - 1);
       for (int64_t i = 0; i < M; i += 12) {
         const int rows = static_cast<int>(std::min<int64_t>(12, M - i));
-        if (ta) inplace_rows<true>(rows, kc, ap + i, lda, bp + j, ldb, C + i * ldc + j, ldc, acc, mask);
-        else inplace_rows<false>(rows, kc, ap + i * lda, lda, bp + j, ldb, C + i * ldc + j, ldc, acc, mask);
+        const float* bj = bp + (j / 16) * bstep;
+        if (ta) inplace_rows<true>(rows, kc, ap + i, lda, bj, ldb, C + i * ldc + j, ldc, acc, mask);
+        else inplace_rows<false>(rows, kc, ap + i * lda, lda, bj, ldb, C + i * ldc + j, ldc, acc, mask);
       }
     }
   }
