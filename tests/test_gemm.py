@@ -246,3 +246,45 @@ def test_small_products_in_place_give_the_packed_bits():
                     assert np.abs(got[True][1] - (ref + c)).max() <= 1e-5 * max(1.0, np.abs(ref + c).max())
     finally:
         _core._set_gemm_inplace(True)
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh", "none"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_small_layers_in_place_train_and_predict_to_the_same_bits(act, bias):
+    """A small MLP (every product in place, the forward's bias and ReLU / LeakyReLU fused into
+    the stores, Tanh applied after) trains and predicts to the same bits as with every product
+    packed: outputs, losses and parameters after five steps, at batch 32 and at batch 7."""
+    import layerprop as lp
+    from layerprop import _core
+    acts = {"relu": lp.ReLU, "leaky_relu": lambda: lp.LeakyReLU(0.2), "tanh": lp.Tanh, "none": None}
+
+    def run():
+        layers = []
+        for a, b in ((16, 64), (64, 48), (48, 5)):
+            layers.append(lp.Linear(a, b, bias=bias))
+            if acts[act] is not None and b != 5:
+                layers.append(acts[act]())
+        model = lp.Sequential(*layers, seed=4)
+        model.compile(loss="cross_entropy", optimizer=lp.SGD(lr=0.05, momentum=0.9))
+        rng = np.random.default_rng(9)
+        out = []
+        for n in (32, 7):
+            X = rng.standard_normal((n * 5, 16), dtype=np.float32)
+            y = rng.integers(0, 5, n * 5)
+            for s in range(5):
+                out.append(np.float64(model.train_step(X[s * n:(s + 1) * n], y[s * n:(s + 1) * n])))
+            out.append(model.predict(X[:n]))
+        out += [np.array(v) for v in model.parameters().values()]
+        return out
+
+    lp.set_num_threads(1)
+    try:
+        _core._set_gemm_inplace(True)
+        a = run()
+        _core._set_gemm_inplace(False)
+        b = run()
+    finally:
+        _core._set_gemm_inplace(True)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()

@@ -37,7 +37,7 @@ void ukernel2_f32(int64_t, const float*, const float*, float*, int64_t, bool);
 void ukernel2_rows_f32(int64_t, const float*, int64_t, const float*, float*, int64_t, bool);
 void ukernel_tail_f32(int64_t, const float*, const float*, float*, int64_t, bool, int);
 void gemm_inplace_f32(bool, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t,
-                      float*, int64_t, bool);
+                      float*, int64_t, bool, const float*, int, float, float*, int64_t);
 }  // namespace avx512
 #endif
 
@@ -422,25 +422,36 @@ bool gemm_runs_inplace(int64_t M, int64_t N, int64_t K) {
   return false;
 }
 
+// Returns whether it applied `ep` too (fused into the stores: bias and a cheap activation).
 template <class T>
-void gemm_inplace(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-                  int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+bool gemm_inplace(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+                  int64_t ldb, T* C, int64_t ldc, bool accumulate, const Epilogue<T>* ep) {
 #ifdef LAYERPROP_HAVE_AVX512
   if constexpr (std::is_same_v<T, float>) {
     constexpr int64_t NR = Blocking<T>::NR;  // 16: the in-place tiles' width
     const int64_t kcb = depth_block<T>(K);   // K itself (K <= 64)
+    int act = -1;
+    if (ep) act = ep->act == Act::Identity ? 0 : ep->act == Act::ReLU ? 1 : ep->act == Act::LeakyReLU ? 2 : -1;
+    const float* bias = act >= 0 ? ep->bias : nullptr;
+    float* act_out = act >= 0 ? ep->act_out : nullptr;
+    const float slope = act == 2 ? ep->params.negative_slope : 0.0f;
+    const int64_t ld_act = act >= 0 ? ep->ld_act : 0;
     if (!tb) {
-      avx512::gemm_inplace_f32(ta, M, N, K, kcb, A, lda, B, ldb, NR, C, ldc, accumulate);
-      return;
+      avx512::gemm_inplace_f32(ta, M, N, K, kcb, A, lda, B, ldb, NR, C, ldc, accumulate, bias, act, slope, act_out,
+                               ld_act);
+    } else {
+      static thread_local Buffer<T> store;
+      const int64_t panels = (N + NR - 1) / NR;
+      T* bp = scratch(store, panels * NR * K);
+      for (int64_t q = 0; q < panels; ++q)
+        pack_b_trans_panel(bp + q * NR * K, B, ldb, 0, K, q * NR, std::min(NR, N - q * NR));
+      avx512::gemm_inplace_f32(ta, M, N, K, kcb, A, lda, bp, NR, NR * K, C, ldc, accumulate, bias, act, slope,
+                               act_out, ld_act);
     }
-    static thread_local Buffer<T> store;
-    const int64_t panels = (N + NR - 1) / NR;
-    T* bp = scratch(store, panels * NR * K);
-    for (int64_t q = 0; q < panels; ++q)
-      pack_b_trans_panel(bp + q * NR * K, B, ldb, 0, K, q * NR, std::min(NR, N - q * NR));
-    avx512::gemm_inplace_f32(ta, M, N, K, kcb, A, lda, bp, NR, NR * K, C, ldc, accumulate);
+    return act >= 0;
   }
 #endif
+  return false;
 }
 
 template <class T>
@@ -458,7 +469,7 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t
       small(ta, tb, M, j1 - j0, K, A, lda, tb ? B + j0 * ldb : B + j0, ldb, C + j0, ldc, accumulate);
     });
   } else if (gemm_runs_inplace<T>(M, N, K)) {
-    gemm_inplace<T>(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    if (gemm_inplace<T>(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate, ep)) return;
   } else {
     // x @ W^T with few rows and many columns (a Linear's forward at small batch): compute
     // C^T = W x^T instead, reading W in place and packing only x. Packing W would otherwise

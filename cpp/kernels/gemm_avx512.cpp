@@ -93,13 +93,24 @@ void ukernel2_rows_f32(int64_t kc, const float* __restrict a, int64_t lda, const
 }
 
 namespace {
+// What a tile stores after its last depth block (gemm_inplace_f32): C = C (+) acc, then, when
+// fused, C += bias and act_out = f(C) for Identity (act 0), ReLU (1) or LeakyReLU (2): the
+// values bias_act computes in a second pass over C, here taken from the registers.
+struct TileOut {
+  const float* bias = nullptr;  // this column block's bias, or null
+  int act = -1;                 // -1: no epilogue here
+  float slope = 0;
+  float* act_out = nullptr;     // this tile's first act_out row, or null
+  int64_t ld_act = 0;
+};
+
 // An R x 16 tile of a small product read in place (gemm_inplace_f32): row k of B at b + k * ldb,
 // and A transposed (TA: A(r, k) = a[k * lda + r], a weight gradient's dz^T) or not (a[r * lda
-// + k], an input gradient's dz). Each output is the same fma chain over k as in the packed
-// kernels, so the same bits; `mask` keeps the columns of a last, narrower block.
+// + k], an input gradient's dz or a forward's x). Each output is the same fma chain over k as in
+// the packed kernels, so the same bits; `mask` keeps the columns of a last, narrower block.
 template <int R, bool TA>
 void inplace_r16(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb,
-                 float* __restrict c, int64_t ldc, bool accumulate, __mmask16 mask) {
+                 float* __restrict c, int64_t ldc, bool accumulate, __mmask16 mask, const TileOut& out) {
   __m512 acc[R];
 #pragma GCC unroll 12
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
@@ -109,24 +120,35 @@ void inplace_r16(int64_t kc, const float* __restrict a, int64_t lda, const float
 #pragma GCC unroll 12
     for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(TA ? p[r] : p[r * lda]), bv, acc[r]);
   }
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 bias = out.bias ? _mm512_maskz_loadu_ps(mask, out.bias) : zero;
+  const __m512 slope = _mm512_set1_ps(out.slope);
 #pragma GCC unroll 12
   for (int r = 0; r < R; ++r) {
     float* cr = c + r * ldc;
-    _mm512_mask_storeu_ps(cr, mask, accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cr), acc[r]) : acc[r]);
+    __m512 v = accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cr), acc[r]) : acc[r];
+    if (out.act >= 0 && out.bias) v = _mm512_add_ps(v, bias);
+    _mm512_mask_storeu_ps(cr, mask, v);
+    if (out.act >= 0 && out.act_out) {
+      __m512 f = v;
+      if (out.act == 1) f = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);  // x < 0 ? 0 : x
+      else if (out.act == 2) f = _mm512_mask_mov_ps(_mm512_mul_ps(v, slope), _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), v);
+      _mm512_mask_storeu_ps(out.act_out + r * out.ld_act, mask, f);
+    }
   }
 }
 
 template <bool TA>
 void inplace_rows(int rows, int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                  int64_t ldc, bool accumulate, __mmask16 mask) {
+                  int64_t ldc, bool accumulate, __mmask16 mask, const TileOut& out) {
   switch (rows) {
 #define LP_INPLACE_CASE(R) \
-  case R: return inplace_r16<R, TA>(kc, a, lda, b, ldb, c, ldc, accumulate, mask);
+  case R: return inplace_r16<R, TA>(kc, a, lda, b, ldb, c, ldc, accumulate, mask, out);
     LP_INPLACE_CASE(1) LP_INPLACE_CASE(2) LP_INPLACE_CASE(3) LP_INPLACE_CASE(4) LP_INPLACE_CASE(5)
     LP_INPLACE_CASE(6) LP_INPLACE_CASE(7) LP_INPLACE_CASE(8) LP_INPLACE_CASE(9) LP_INPLACE_CASE(10)
     LP_INPLACE_CASE(11)
 #undef LP_INPLACE_CASE
-    default: return inplace_r16<12, TA>(kc, a, lda, b, ldb, c, ldc, accumulate, mask);
+    default: return inplace_r16<12, TA>(kc, a, lda, b, ldb, c, ldc, accumulate, mask, out);
   }
 }
 }  // namespace
@@ -136,21 +158,32 @@ void inplace_rows(int rows, int64_t kc, const float* a, int64_t lda, const float
 // B + (j / 16) * bstep + k * ldb: B itself (bstep 16) or its packed panels (ldb 16, bstep 16 K).
 // Depth blocks of kcb (the packed path's), each added to C in turn, so every output gets the
 // packed path's bits. Column blocks of 16 outside, 12-row tiles inside: a B block is read from
-// L1 by every row tile.
+// L1 by every row tile. act >= 0 fuses the epilogue (bias, then Identity, ReLU or LeakyReLU
+// into act_out) into the last depth block's stores.
 void gemm_inplace_f32(bool ta, int64_t M, int64_t N, int64_t K, int64_t kcb, const float* A, int64_t lda,
-                      const float* B, int64_t ldb, int64_t bstep, float* C, int64_t ldc, bool accumulate) {
+                      const float* B, int64_t ldb, int64_t bstep, float* C, int64_t ldc, bool accumulate,
+                      const float* bias, int act, float slope, float* act_out, int64_t ld_act) {
   for (int64_t pc = 0; pc < K; pc += kcb) {
     const int64_t kc = std::min(kcb, K - pc);
     const bool acc = accumulate || pc > 0;
+    const bool last = pc + kc >= K;
     const float* bp = B + pc * ldb;
     const float* ap = ta ? A + pc * lda : A + pc;
     for (int64_t j = 0; j < N; j += 16) {
       const __mmask16 mask = N - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (N - j)) - 1);
+      const float* bj = bp + (j / 16) * bstep;
       for (int64_t i = 0; i < M; i += 12) {
         const int rows = static_cast<int>(std::min<int64_t>(12, M - i));
-        const float* bj = bp + (j / 16) * bstep;
-        if (ta) inplace_rows<true>(rows, kc, ap + i, lda, bj, ldb, C + i * ldc + j, ldc, acc, mask);
-        else inplace_rows<false>(rows, kc, ap + i * lda, lda, bj, ldb, C + i * ldc + j, ldc, acc, mask);
+        TileOut out;
+        if (last && act >= 0) {
+          out.act = act;
+          out.slope = slope;
+          out.bias = bias ? bias + j : nullptr;
+          out.act_out = act_out ? act_out + i * ld_act + j : nullptr;
+          out.ld_act = ld_act;
+        }
+        if (ta) inplace_rows<true>(rows, kc, ap + i, lda, bj, ldb, C + i * ldc + j, ldc, acc, mask, out);
+        else inplace_rows<false>(rows, kc, ap + i * lda, lda, bj, ldb, C + i * ldc + j, ldc, acc, mask, out);
       }
     }
   }
