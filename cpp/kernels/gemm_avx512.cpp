@@ -114,11 +114,25 @@ void inplace_r16(int64_t kc, const float* __restrict a, int64_t lda, const float
   __m512 acc[R];
 #pragma GCC unroll 12
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m512 bv = _mm512_maskz_loadu_ps(mask, b + k * ldb);
-    const float* p = TA ? a + k * lda : a + k;
+  if constexpr (TA) {
+    for (int64_t k = 0; k < kc; ++k) {
+      const __m512 bv = _mm512_maskz_loadu_ps(mask, b + k * ldb);
+      const float* p = a + k * lda;
 #pragma GCC unroll 12
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(TA ? p[r] : p[r * lda]), bv, acc[r]);
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r]), bv, acc[r]);
+    }
+  } else {
+    // Rows in groups of three from four base pointers, so every address is a base plus lda
+    // times 0, 1 or 2 (one index register): twelve row pointers would not fit in registers.
+    const float* base[4] = {a, a + 3 * lda, a + 6 * lda, a + 9 * lda};
+    for (int64_t k = 0; k < kc; ++k) {
+      const __m512 bv = _mm512_maskz_loadu_ps(mask, b + k * ldb);
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) {
+        const float* q = base[r / 3] + k;
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[(r % 3) * lda]), bv, acc[r]);
+      }
+    }
   }
   const __m512 zero = _mm512_setzero_ps();
   const __m512 bias = out.bias ? _mm512_maskz_loadu_ps(mask, out.bias) : zero;
