@@ -480,18 +480,24 @@ typename Model<T>::EpochResult Model<T>::train_epoch(const Input<T>& X, int64_t 
     // The caller's order array may change under us (another thread): each index is read once,
     // into the model's own buffer, checked there, and only the copy is used.
     if (static_cast<int64_t>(rows_.size()) < nb) rows_.resize(static_cast<size_t>(nb));
+    bool consecutive = true;  // rows in order (no shuffling): targets and X are read in place
     for (int64_t r = 0; r < nb; ++r) {
       const int64_t row = order[s + r];
       if (row < 0 || row >= rows)
         throw ValueError("order: row index " + std::to_string(row) + " out of range [0, " + std::to_string(rows) + ")");
       rows_[r] = row;
-      if (y.target) std::memcpy(tbatch_.data() + r * D, y.target + row * D, sizeof(T) * D);
+      consecutive = consecutive && row == rows_[0] + r;
     }
     Labels<T> yb;
     if (y.cls) {
       yb = stage_labels(y, nb, rows_.data());  // rows_ holds checked indices
     } else {
-      yb.target = tbatch_.data();
+      if (consecutive) {
+        yb.target = y.target + rows_[0] * D;
+      } else {
+        for (int64_t r = 0; r < nb; ++r) std::memcpy(tbatch_.data() + r * D, y.target + rows_[r] * D, sizeof(T) * D);
+        yb.target = tbatch_.data();
+      }
       yb.weight = stage_weights(y.weight, nb, rows_.data(), 0);
     }
     const T* xb = stage_input(X, nb, rows_.data(), 0);
@@ -566,6 +572,10 @@ const T* Model<T>::stage_input(const Input<T>& X, int64_t N, const int64_t* src,
   };
   if (!X.sparse()) {
     if (!src) return X.dense + row0 * in;
+    // Rows in order (fit without shuffling): the batch is a slice of X, read where it is.
+    bool consecutive = true;
+    for (int64_t r = 1; r < N && consecutive; ++r) consecutive = src[r] == src[0] + r;
+    if (consecutive) return X.dense + src[0] * in;
     T* xb = dense_scratch();
     for (int64_t r = 0; r < N; ++r) std::memcpy(xb + r * in, X.dense + src[r] * in, sizeof(T) * in);
     return xb;
