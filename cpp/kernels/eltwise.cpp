@@ -23,7 +23,8 @@ namespace avx2 {
   void bias_act_##S(T*, int64_t, int64_t, int64_t, const T*, Act, ActParams<T>, T*, int64_t);   \
   void colsum_##S(T*, const T*, int64_t, int64_t, int64_t, bool);                               \
   void add_##S(T*, const T*, const T*, int64_t, bool);                                          \
-  bool finite_##S(const T*, int64_t);
+  bool finite_##S(const T*, int64_t);                                                            \
+  void exp_##S(T*, int64_t);
 LP_ELTWISE_DECLARE(float, f32)
 LP_ELTWISE_DECLARE(double, f64)
 #undef LP_ELTWISE_DECLARE
@@ -41,6 +42,7 @@ struct Loops {
   void (*colsum)(T*, const T*, int64_t, int64_t, int64_t, bool);
   void (*add)(T*, const T*, const T*, int64_t, bool);
   bool (*finite)(const T*, int64_t);
+  void (*exp)(T*, int64_t);
 };
 
 template <class T>
@@ -50,14 +52,15 @@ const Loops<T>& loops() {
     if (use_avx2()) {
       if constexpr (std::is_same_v<T, float>)
         return Loops<T>{&avx2::act_fwd_f32, &avx2::act_bwd_f32, &avx2::bias_act_f32, &avx2::colsum_f32,
-                        &avx2::add_f32, &avx2::finite_f32};
+                        &avx2::add_f32, &avx2::finite_f32, &avx2::exp_f32};
       else
         return Loops<T>{&avx2::act_fwd_f64, &avx2::act_bwd_f64, &avx2::bias_act_f64, &avx2::colsum_f64,
-                        &avx2::add_f64, &avx2::finite_f64};
+                        &avx2::add_f64, &avx2::finite_f64, &avx2::exp_f64};
     }
 #endif
     return Loops<T>{&generic::act_fwd_range<T>, &generic::act_bwd_range<T>, &generic::bias_act_range<T>,
-                    &generic::colsum_range<T>, &generic::add_range<T>, &generic::finite_range<T>};
+                    &generic::colsum_range<T>, &generic::add_range<T>, &generic::finite_range<T>,
+                    &generic::exp_range<T>};
   }();
   return l;
 }
@@ -117,6 +120,11 @@ bool all_finite(const T* p, int64_t n) {
   return ok.load();
 }
 
+template <class T>
+void exp_nonpos_inplace(T* v, int64_t n) {
+  loops<T>().exp(v, n);
+}
+
 #define LP_ELTWISE_INSTANTIATE(T)                                                                   \
   template void act_forward<T>(T*, const T*, int64_t, Act, ActParams<T>);                              \
   template void act_backward<T>(T*, const T*, const T*, const T*, int64_t, Act, ActParams<T>, bool);         \
@@ -124,7 +132,8 @@ bool all_finite(const T* p, int64_t n) {
   template void add_into<T>(T*, const T*, int64_t, bool);                                           \
   template void mul_into<T>(T*, const T*, const T*, int64_t, bool);                                 \
   template void colsum<T>(T*, const T*, int64_t, int64_t, bool);                                    \
-  template bool all_finite<T>(const T*, int64_t);
+  template bool all_finite<T>(const T*, int64_t);                                                  \
+  template void exp_nonpos_inplace<T>(T*, int64_t);
 LP_ELTWISE_INSTANTIATE(float)
 LP_ELTWISE_INSTANTIATE(double)
 #undef LP_ELTWISE_INSTANTIATE

@@ -23,7 +23,8 @@ namespace lp::kern::avx2 {
     colsum_range<T>(db, dz, N, ldz, nc, acc);                                                     \
   }                                                                                               \
   void add_##S(T* y, const T* a, const T* m, int64_t n, bool acc) { add_range<T>(y, a, m, n, acc); } \
-  bool finite_##S(const T* p, int64_t n) { return finite_range<T>(p, n); }
+  bool finite_##S(const T* p, int64_t n) { return finite_range<T>(p, n); }                       \
+  void exp_##S(T* v, int64_t n) { exp_range<T>(v, n); }
 
 LP_ELTWISE_EXPORT(float, f32)
 LP_ELTWISE_EXPORT(double, f64)

@@ -6,6 +6,8 @@
 
 // Activation functors, one file each under act/: f(x) forward; df(x, y) derivative given
 // input x and output y = f(x); constructed from ActParams. LAYERPROP_ACTIVATIONS registers them.
+#include "exp_nonpos.hpp"
+
 #include "act/identity.hpp"
 #include "act/relu.hpp"
 #include "act/leaky_relu.hpp"
@@ -111,4 +113,10 @@ bool finite_range(const T* __restrict p, int64_t n) {
     bad |= U((u & ex) == ex);
   }
   return bad == 0;
+}
+
+// v[i] = exp(v[i]) for v[i] <= 0 (or NaN): the softmax's exponentials (exp_nonpos.hpp).
+template <class T>
+void exp_range(T* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) v[i] = exp_nonpos(v[i]);
 }

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 #include <cstdint>
 #include <cstring>
 
+#include "layerprop/eltwise.hpp"
 #include "layerprop/runtime.hpp"
 
 namespace lp::kern {
@@ -29,46 +31,7 @@ double weight_total(const T* w, int64_t N) {
   return w ? sum_rows(w, N) : static_cast<double>(N);
 }
 
-// exp(d) for d = z - max(z) <= 0 (or NaN), float: Cody-Waite reduction d = n ln 2 + r with a
-// two-part ln 2 (n * the high part is exact), e^r as 1 + r + r^2 P(r) with a degree-5 P
-// (Cephes' coefficients), and 2^n applied as two normal halves so subnormal results come out of
-// one rounding. Plain adds and multiplies (no contraction, no calls, no branches), so the
-// softmax loops vectorize, and a vector lane and the scalar tail give the same bits. Checked against the correctly
-// rounded exponential on every float in [-104, 0]: at most 0.98 ulp (glibc's expf, a call per
-// element, was 40% of the cross-entropy's time in a digits epoch). Below -104 the result is 0, as the exponential
-// rounds to +0 there; NaN stays NaN.
-inline float exp_nonpos_f32(float d) {
-  const float x = d < -104.0f ? -104.0f : d;                 // NaN passes through
-  const float t = x * 1.44269504088896341f + 12582912.0f;    // 1.5 * 2^23 + round(x / ln 2)
-  const float n = t - 12582912.0f;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * (r * r) + r + 1.0f;
-  uint32_t tb;
-  std::memcpy(&tb, &t, sizeof tb);
-  const int32_t ni = static_cast<int32_t>(tb - 0x4B400000u);  // n, in [-150, 0] unless NaN
-  const int32_t h = ni / 2, l = ni - h;
-  const uint32_t bh = static_cast<uint32_t>(h + 127) << 23, bl = static_cast<uint32_t>(l + 127) << 23;
-  float sh, sl;
-  std::memcpy(&sh, &bh, sizeof sh);
-  std::memcpy(&sl, &bl, sizeof sl);
-  const float v = e * sl * sh;
-  return d < -104.0f ? 0.0f : v;
-}
-
-// exp(d) for d <= 0: the float version above; double keeps libm, skipping its underflow path
-// (errno, a raised flag) below -746, where the result is +0 either way.
-template <class T>
-inline T exp_nonpos(T d) {
-  if constexpr (std::is_same_v<T, float>) return exp_nonpos_f32(d);
-  else return d < T(-746) ? T(0) : std::exp(d);
-}
+#include "exp_nonpos.hpp"
 
 template <class T>
 double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* labels, const T* w,
@@ -76,27 +39,47 @@ double cross_entropy(T* grad, T* row_loss, const T* logits, const int64_t* label
   const T inv_n = T(1) / static_cast<T>(N);
   const double W = weight_total(w, N);
   parallel_range(N, Work::Loss, N * C * 8, [&](int64_t lo, int64_t hi) {
-  for (int64_t i = lo; i < hi; ++i) {
-    const T* z = logits + i * C;
-    T m = z[0];
-    for (int64_t j = 1; j < C; ++j) m = std::max(m, z[j]);
-    T s = 0;
-    T* g = grad ? grad + i * C : nullptr;
-    if (g) {  // each exponential once: kept in the gradient row until it is scaled
-      for (int64_t j = 0; j < C; ++j) g[j] = exp_nonpos(z[j] - m);  // vectorizes
-      for (int64_t j = 0; j < C; ++j) s += g[j];                    // in column order
-    } else {
-      for (int64_t j = 0; j < C; ++j) s += exp_nonpos(z[j] - m);
+    // Blocks of rows: each row's max, then z - max for the whole block into the gradient (or
+    // scratch), one vector pass of exponentials over it (exp_nonpos_inplace), and each row's
+    // sum in column order, the rows of a block side by side so their additions overlap.
+    constexpr int64_t RB = 64;
+    static thread_local std::vector<T> scratch;
+    T m[RB], s[RB];
+    for (int64_t b0 = lo; b0 < hi; b0 += RB) {
+      const int64_t nb = std::min(RB, hi - b0);
+      T* e;
+      if (grad) {  // each exponential once: kept in the gradient row until it is scaled
+        e = grad + b0 * C;
+      } else {
+        if (static_cast<int64_t>(scratch.size()) < nb * C) scratch.resize(static_cast<size_t>(RB * C));
+        e = scratch.data();
+      }
+      for (int64_t r = 0; r < nb; ++r) {
+        const T* z = logits + (b0 + r) * C;
+        T mx = z[0];
+        for (int64_t j = 1; j < C; ++j) mx = std::max(mx, z[j]);
+        m[r] = mx;
+        T* er = e + r * C;
+        for (int64_t j = 0; j < C; ++j) er[j] = z[j] - mx;
+        s[r] = 0;
+      }
+      exp_nonpos_inplace<T>(e, nb * C);
+      for (int64_t j = 0; j < C; ++j)
+        for (int64_t r = 0; r < nb; ++r) s[r] += e[r * C + j];
+      for (int64_t r = 0; r < nb; ++r) {
+        const int64_t i = b0 + r;
+        const T* z = logits + i * C;
+        const T lse = m[r] + std::log(s[r]);
+        row_loss[i] = w ? (lse - z[labels[i]]) * w[i] : lse - z[labels[i]];
+        if (grad) {
+          T* g = grad + i * C;
+          const T f = w ? static_cast<T>(static_cast<double>(w[i]) / W) : inv_n;
+          const T inv_s = T(1) / s[r];
+          for (int64_t j = 0; j < C; ++j) g[j] = g[j] * inv_s * f;
+          g[labels[i]] -= f;
+        }
+      }
     }
-    const T lse = m + std::log(s);
-    row_loss[i] = w ? (lse - z[labels[i]]) * w[i] : lse - z[labels[i]];
-    if (g) {
-      const T f = w ? static_cast<T>(static_cast<double>(w[i]) / W) : inv_n;
-      const T inv_s = T(1) / s;
-      for (int64_t j = 0; j < C; ++j) g[j] = g[j] * inv_s * f;
-      g[labels[i]] -= f;
-    }
-  }
   });
   return sum_rows(row_loss, N) / W;
 }

@@ -50,4 +50,9 @@ void colsum(T* db, const T* dz, int64_t N, int64_t C, bool accumulate);
 template <class T>
 bool all_finite(const T* p, int64_t n);
 
+// v[i] = exp(v[i]) for n values <= 0 (NaN stays NaN), serially: a softmax's exponentials, with
+// the same bits in every build (kernels/exp_nonpos.hpp).
+template <class T>
+void exp_nonpos_inplace(T* v, int64_t n);
+
 }  // namespace lp::kern
