@@ -25,7 +25,7 @@ void small_f32(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, con
                float*, int64_t, bool);
 void small_f64(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, const double*,
                int64_t, double*, int64_t, bool);
-void pack_b_trans_f32(float*, const float*, int64_t, int64_t, int64_t, int64_t);
+void pack_b_trans_f32(float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t);
 void pack_a_rows_f32(float*, const float*, int64_t, int64_t, int64_t, int64_t);
 void ukernel_rows_f32(int64_t, const float*, int64_t, const float*, float*, int64_t, bool);
 void store_tile_t_f32(float*, int64_t, const float*, bool);
@@ -164,8 +164,8 @@ void pack_b_trans_panel(T* dst, const T* B, int64_t ldb, int64_t p0, int64_t kc,
 #ifdef LAYERPROP_HAVE_AVX2
   if constexpr (std::is_same_v<T, float>) {
     static const bool fast = use_avx2();
-    if (nr == NR && fast) {
-      avx2::pack_b_trans_f32(dst, B, ldb, p0, kc, j0);
+    if (fast) {
+      avx2::pack_b_trans_f32(dst, B, ldb, p0, kc, j0, nr);
       return;
     }
   }

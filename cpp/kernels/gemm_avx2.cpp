@@ -267,20 +267,23 @@ inline void transpose8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
-// Pack a 16-column panel of op(B) = B^T (B row-major, rows j0..j0+16, columns p0..p0+kc) into
-// k-major order: dst[k*16 + j] = B[(j0+j)*ldb + p0+k].
-void pack_b_trans_f32(float* dst, const float* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0) {
+// Pack a 16-column panel of op(B) = B^T (B row-major, rows j0..j0+nr, columns p0..p0+kc, nr <=
+// 16) into k-major order: dst[k*16 + j] = B[(j0+j)*ldb + p0+k], and 0 for j >= nr (the missing
+// rows transpose as zero vectors: a 10-class output layer's panel takes the same 8 x 8
+// transposes as a full one).
+void pack_b_trans_f32(float* dst, const float* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0, int64_t nr) {
   const int64_t k8 = kc / 8 * 8;
   for (int h = 0; h < 2; ++h) {
+    const int live = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(8, nr - 8 * h)));  // rows present
     const float* src = B + (j0 + 8 * h) * ldb + p0;
     for (int64_t k = 0; k < k8; k += 8) {
       __m256 r[8];
-      for (int q = 0; q < 8; ++q) r[q] = _mm256_loadu_ps(src + q * ldb + k);
+      for (int q = 0; q < 8; ++q) r[q] = q < live ? _mm256_loadu_ps(src + q * ldb + k) : _mm256_setzero_ps();
       transpose8(r);
       for (int q = 0; q < 8; ++q) _mm256_storeu_ps(dst + (k + q) * 16 + 8 * h, r[q]);
     }
     for (int64_t k = k8; k < kc; ++k)
-      for (int j = 0; j < 8; ++j) dst[k * 16 + 8 * h + j] = src[j * ldb + k];
+      for (int q = 0; q < 8; ++q) dst[k * 16 + 8 * h + q] = q < live ? src[q * ldb + k] : 0.0f;
   }
 }
 
