@@ -140,7 +140,7 @@ def test_kernel_choices_give_the_same_bits():
     """The kernel choices made at import must not change a bit (every output is the same fma
     chain over k, in the same order): x @ W^T with few rows runs as C^T = W x^T, W read in place
     (swap_nt; LAYERPROP_GEMM_SWAP_ROWS=0 turns it off), small products with B not transposed
-    read both operands in place (LAYERPROP_GEMM_INPLACE=0 packs them), and on CPUs with AVX-512F two 6-row
+    read their operands in place (LAYERPROP_GEMM_INPLACE=0 packs them), and on CPUs with AVX-512F two 6-row
     micro-panels run at once in a 12 x 16 kernel, and a row block's last 1-11 rows in one kernel
     of that many rows (LAYERPROP_SIMD=avx2 turns both off). Checked:
     products of every transposition, plain and accumulating, a Linear + ReLU forward with its
@@ -217,14 +217,15 @@ def test_kernel_choices_give_the_same_bits():
 
 
 def test_small_products_in_place_give_the_packed_bits():
-    """Small products (K <= 64, at most 2^18 multiply-adds, one thread) read A where it is on
+    """Small products (K <= 128, at most 2^18 multiply-adds, one thread) read A where it is on
     AVX-512 CPUs, and B too unless it is transposed (then only B's panels are packed); the
     packed path must give the same bits, plain and accumulating, at every row and column
     remainder, with strided operands."""
     from layerprop import _core
     rng = np.random.default_rng(3)
     shapes = [(64, 64, 32), (32, 64, 64), (64, 16, 32), (1, 300, 7), (12, 16, 64), (25, 33, 1),
-              (100, 47, 40), (37, 129, 63), (13, 17, 64), (11, 200, 20), (128, 64, 32), (32, 64, 16)]
+              (100, 47, 40), (37, 129, 63), (13, 17, 64), (11, 200, 20), (128, 64, 32), (32, 64, 16),
+              (32, 10, 128), (64, 16, 128), (128, 16, 128), (16, 128, 128), (20, 30, 100)]
     shapes += [(m, n, 9) for m in range(1, 14) for n in (15, 16, 17, 31)]
     try:
         for m, n, k in shapes:

@@ -402,21 +402,23 @@ std::atomic<bool> g_inplace_on{env_switch_on("LAYERPROP_GEMM_INPLACE")};  // "0"
 }  // namespace
 void set_gemm_inplace(bool on) { g_inplace_on.store(on, std::memory_order_relaxed); }
 
-// A small product reads its operands where they are: with K <= 64 and at most 2^18
+// A small product reads its operands where they are: with K <= 128 and at most 2^18
 // multiply-adds, A and B fit in L1 and packing them buys nothing. B^T (a Linear's forward,
 // x @ W^T) still needs its 16-column panels, so only those are packed (a few KB); A (x) is
-// read in place. Measured one product at a time, the switch flipped in one process: TN
-// 64x64x32 4.9 -> 4.3 us, NN 32x64x64 4.8 -> 4.1 us; an NN 256x512x10 was faster packed
-// (54 against 58 us), hence the size limit. One thread only: larger products keep the packed
-// path and its rectangles. Same bits as the packed path (gemm_inplace_f32): the choice never
-// shows in a result.
+// read in place, unless the swapped product (swap_nt: W read in place, x packed) applies,
+// which packs less. Measured one product at a time, the switch flipped in one process: TN
+// 64x64x32 4.9 -> 4.3 us, NN 32x64x64 4.8 -> 4.1 us, TN 64x16x128 6.3 -> 4.3 us, NT
+// 32x10x128 3.8 -> 3.0 us; NT 16x128x128 was faster swapped (8.6 against 9.7 us) and NN
+// 256x512x10 packed (54 against 58 us), hence the exclusions. One thread only: larger
+// products keep the packed path and its rectangles. Same bits as the packed path
+// (gemm_inplace_f32): the choice never shows in a result.
 template <class T>
-bool gemm_runs_inplace(int64_t M, int64_t N, int64_t K) {
+bool gemm_runs_inplace(bool tb, int64_t M, int64_t N, int64_t K) {
 #ifdef LAYERPROP_HAVE_AVX512
   if constexpr (std::is_same_v<T, float>) {
     static const bool wide = use_avx512();
-    return wide && K <= 64 && M * N * K <= (int64_t(1) << 18) && g_inplace_on.load(std::memory_order_relaxed) &&
-           threads_for(Work::Gemm, M * N * K) <= 1;
+    return wide && K <= 128 && M * N * K <= (int64_t(1) << 18) && !(tb && nt_runs_swapped<T>(M, N, K)) &&
+           g_inplace_on.load(std::memory_order_relaxed) && threads_for(Work::Gemm, M * N * K) <= 1;
   }
 #endif
   return false;
@@ -468,7 +470,7 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t
     parallel_range(N, Work::GemmSmall, M * N * K, [&](int64_t j0, int64_t j1) {
       small(ta, tb, M, j1 - j0, K, A, lda, tb ? B + j0 * ldb : B + j0, ldb, C + j0, ldc, accumulate);
     });
-  } else if (gemm_runs_inplace<T>(M, N, K)) {
+  } else if (gemm_runs_inplace<T>(tb, M, N, K)) {
     if (gemm_inplace<T>(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate, ep)) return;
   } else {
     // x @ W^T with few rows and many columns (a Linear's forward at small batch): compute
