@@ -1,5 +1,7 @@
 // Test hooks: the optimized GEMM and its naive twin, and the element-wise kernels, on NumPy
 // arrays.
+#include <utility>
+
 #include "common.hpp"
 #include "layerprop/eltwise.hpp"
 #include "layerprop/gemm.hpp"
@@ -96,6 +98,35 @@ void bind_kernels(py::module_& m) {
   }, py::arg("op"), py::arg("x"), py::arg("other") = py::none(), py::arg("act") = 0, py::arg("slope") = 0.0,
         py::arg("alpha") = 1.0, py::arg("beta") = 1.0, py::arg("threshold") = 20.0,
         "The element-wise kernels (tests); slope: LeakyReLU's negative slope; alpha: ELU; beta, threshold: Softplus.");
+  m.def("_permutation", [](int64_t n, uint64_t seed) {
+    if (n < 0 || n > (int64_t(1) << 40)) throw ValueError("n: expected 0 <= n <= 2**40, got " + std::to_string(n));
+    py::array_t<int64_t> out(n);
+    int64_t* p = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      // Fisher-Yates over 0..n-1 driven by splitmix64 from `seed`, each bound drawn without
+      // bias (Lemire's multiply-and-reject): fit's shuffle, a few ns an element against
+      // NumPy's permutation at 12-14 (21-25 us for digits' 1,797 rows).
+      uint64_t x = seed;
+      auto next = [&x] {
+        uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+      };
+      for (int64_t i = 0; i < n; ++i) p[i] = i;
+      for (int64_t i = n - 1; i > 0; --i) {
+        const uint64_t bound = static_cast<uint64_t>(i) + 1;
+        __uint128_t m = static_cast<__uint128_t>(next()) * bound;
+        if (static_cast<uint64_t>(m) < bound) {
+          const uint64_t t = (0 - bound) % bound;
+          while (static_cast<uint64_t>(m) < t) m = static_cast<__uint128_t>(next()) * bound;
+        }
+        std::swap(p[i], p[static_cast<int64_t>(m >> 64)]);
+      }
+    }
+    return out;
+  }, py::arg("n"), py::arg("seed"), "A uniformly random permutation of range(n) from a 64-bit seed (fit's shuffle).");
   m.def("_gemm", [](const py::array& a, const py::array& b, bool ta, bool tb, const py::object& c) {
     return gemm_dispatch(a, b, ta, tb, false, c);
   }, py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("c") = py::none(),

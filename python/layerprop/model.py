@@ -586,8 +586,11 @@ class Model:
         self.rng_state = {"shuffle": state["shuffle"], "core": (rank_seed(int(seed)), int(draws))}
 
     def _shuffled_order(self, n: int) -> np.ndarray:
-        """A permutation of range(n) from fit's shuffling generator (advances it)."""
-        return self._fit_rng.permutation(n)
+        """A permutation of range(n) from fit's shuffling generator: one 64-bit draw from it
+        (so it advances, and a saved state continues the same way), then the core's
+        Fisher-Yates shuffle seeded with that draw (NumPy's permutation took 21-25 us for
+        1,797 rows, 1.5% of a digits epoch)."""
+        return _core._permutation(int(n), int(self._fit_rng.integers(0, 2**63)))
 
     def _reseed_dropout(self, seed: int) -> None:
         """Restart the core's dropout generator from `seed`."""
