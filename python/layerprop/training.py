@@ -440,11 +440,14 @@ def run_fit(model: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
             if bar is not None:
                 ok = np.isfinite(losses[:b1])
                 bar.update(b1 - b0, float(np.dot(losses[:b1][ok], sizes[:b1][ok]) / max(sizes[:b1][ok].sum(), 1)))
-        applied = np.isfinite(losses)
-        logs = {"loss": float(np.dot(losses[applied], sizes[applied]) / sizes[applied].sum())
-                if applied.any() else math.nan}
-        if on_nonfinite == "skip":
-            logs["nonfinite_batches"] = float(n_batches - applied.sum())
+        if fault is None and on_nonfinite != "skip":  # every batch was applied: no masking
+            logs = {"loss": float(np.dot(losses, sizes) / sizes.sum())}
+        else:
+            applied = np.isfinite(losses)
+            logs = {"loss": float(np.dot(losses[applied], sizes[applied]) / sizes[applied].sum())
+                    if applied.any() else math.nan}
+            if on_nonfinite == "skip":
+                logs["nonfinite_batches"] = float(n_batches - applied.sum())
         if fault is not None:
             b, kind, value = fault
             what = (f"the loss is not finite ({value})" if kind == 1
