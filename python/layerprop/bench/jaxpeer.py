@@ -28,11 +28,10 @@ import numpy as np
 from .specs import MODELS, OPTIMIZERS
 
 PEER = "JAX jit+scan"
-# Steps per compiled loop: enough that one call lasts 10 ms or more on either side. Each call
-# follows a settle() sleep, and the first stretch after it runs slower (the core woke up, its
-# caches hold the other side's data): at 400 T b32 steps, about 5 ms a call, that fixed cost
-# added 3 us to each of our 12-13 us steps and the same 3 us to JAX's 19-20 (loop 16.1 us
-# against 12.3 us with no sleep before it). Longer calls spread it over more steps for both.
+# Steps per compiled loop: enough that one call lasts 10 ms or more on either side, well above
+# timer and dispatch noise. Each call follows a settle() sleep, which costs the call that
+# follows a little (T b32 at 400 steps, 80 interleaved pairs: 2% slower after a 30 ms sleep);
+# longer calls spread that over more steps, on both sides.
 STEPS = {"T1": 5000, "T32": 2000, "S": 200, "M": 20, "L": 3}
 CHECKED_STEPS = 400  # losses compared between the two sides (compare)
 
@@ -180,7 +179,7 @@ def _serve(key: str, steps: int, seed: int) -> None:
     line read from stdin (printing seconds per step), until "quit" or end of input."""
     import jax
 
-    from .timing import settle, warm_up
+    from .timing import settle
     t0 = time.perf_counter()
     run, first_losses = jax_loop_case(key, steps, seed)
     compile_s = time.perf_counter() - t0
@@ -189,7 +188,6 @@ def _serve(key: str, steps: int, seed: int) -> None:
     for line in sys.stdin:
         if line.strip() != "run":
             break
-        warm_up()   # as the parent does before its own call (timing.warm_up)
         t0 = time.perf_counter()
         run()
         t = (time.perf_counter() - t0) / steps
@@ -342,7 +340,7 @@ def compare(key: str, threads: int, reps: int = 7, steps: Optional[int] = None):
     (A/B, then B/A), each waiting while the other runs, so drift hits both alike."""
     import layerprop as lp
 
-    from .timing import settle, warm_up
+    from .timing import settle
     old = lp.get_num_threads()
     lp.set_num_threads(threads)
     try:
@@ -359,7 +357,6 @@ def compare(key: str, threads: int, reps: int = 7, steps: Optional[int] = None):
                     settle(pids=pids)
                     child.time_one()
                 settle(pids=pids)
-                warm_up()
                 ours += time_ours_once(case)
                 if not r % 2:
                     settle(pids=pids)

@@ -91,17 +91,6 @@ def settle(quiet_s: float = 0.012, max_s: float = 0.5, pids: Sequence[int] = ())
             return now - t0
 
 
-def warm_up(seconds: float = 0.02) -> None:
-    """Keep this thread's core busy for `seconds` before a timed call that follows settle():
-    after a sleep the first few milliseconds run slower (a T b32 loop: 12.5 us a step with no
-    sleep before each call, 13.1-14.0 us after a 30 ms sleep). The two sides of a comparison
-    each warm up before their own call, so both are timed in the steady state a training loop
-    runs in."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
 @dataclass
 class Timing:
     """Seconds per call: the samples and their median."""
