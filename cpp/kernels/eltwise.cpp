@@ -30,8 +30,23 @@ LP_ELTWISE_DECLARE(double, f64)
 #undef LP_ELTWISE_DECLARE
 }  // namespace avx2
 #endif
+#ifdef LAYERPROP_HAVE_AVX512
+namespace avx512 {
+bool finite_f32(const float*, int64_t);  // eltwise_avx512.cpp
+}  // namespace avx512
+#endif
 
 namespace {
+
+#ifdef LAYERPROP_HAVE_AVX2
+// The finiteness scan: AVX-512's where the CPU has it, else AVX2's (the same answer).
+bool (*finite_f32_build())(const float*, int64_t) {
+#ifdef LAYERPROP_HAVE_AVX512
+  if (use_avx512()) return &avx512::finite_f32;
+#endif
+  return &avx2::finite_f32;
+}
+#endif
 
 // The loops of one build for one element type.
 template <class T>
@@ -52,7 +67,7 @@ const Loops<T>& loops() {
     if (use_avx2()) {
       if constexpr (std::is_same_v<T, float>)
         return Loops<T>{&avx2::act_fwd_f32, &avx2::act_bwd_f32, &avx2::bias_act_f32, &avx2::colsum_f32,
-                        &avx2::add_f32, &avx2::finite_f32, &avx2::exp_f32};
+                        &avx2::add_f32, finite_f32_build(), &avx2::exp_f32};
       else
         return Loops<T>{&avx2::act_fwd_f64, &avx2::act_bwd_f64, &avx2::bias_act_f64, &avx2::colsum_f64,
                         &avx2::add_f64, &avx2::finite_f64, &avx2::exp_f64};
