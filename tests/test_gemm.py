@@ -253,8 +253,9 @@ def test_small_products_in_place_give_the_packed_bits():
 @pytest.mark.parametrize("bias", [True, False])
 def test_small_layers_in_place_train_and_predict_to_the_same_bits(act, bias):
     """A small MLP (every product in place, the forward's bias and ReLU / LeakyReLU fused into
-    the stores, Tanh applied after) trains and predicts to the same bits as with every product
-    packed: outputs, losses and parameters after five steps, at batch 32 and at batch 7."""
+    the stores, Tanh applied after, the bias gradient summed in the weight gradient's pass)
+    trains and predicts to the same bits as with every product packed: outputs, losses,
+    parameters after five steps at batch 32 and at batch 7, and the gradients of a batch."""
     import layerprop as lp
     from layerprop import _core
     acts = {"relu": lp.ReLU, "leaky_relu": lambda: lp.LeakyReLU(0.2), "tanh": lp.Tanh, "none": None}
@@ -276,6 +277,8 @@ def test_small_layers_in_place_train_and_predict_to_the_same_bits(act, bias):
                 out.append(np.float64(model.train_step(X[s * n:(s + 1) * n], y[s * n:(s + 1) * n])))
             out.append(model.predict(X[:n]))
         out += [np.array(v) for v in model.parameters().values()]
+        _, grads = model.loss_and_grads(X[:32], y[:32])   # weight and bias gradients of one batch
+        out += [np.array(grads[k]) for k in sorted(grads)]
         return out
 
     lp.set_num_threads(1)
@@ -289,3 +292,49 @@ def test_small_layers_in_place_train_and_predict_to_the_same_bits(act, bias):
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+
+def test_shared_weight_gradients_in_place_accumulate_both_uses():
+    """A float32 Linear (16 x 16, batch 32: its products run in place) used twice: its weight
+    and bias gradients sum both uses -- the second use adds to the first, the bias gradient in
+    the weight gradient's pass -- and match two separate equal Linears, with the in-place path
+    on or off (the same bits either way)."""
+    import layerprop as lp
+    from layerprop import _core
+
+    def models():
+        x = lp.Input(16)
+        s = lp.Linear(16, 16, name="s")
+        shared = lp.Model(inputs=x, outputs=lp.Linear(16, 4, name="o")(lp.Tanh()(s(lp.Tanh()(s(x))))), seed=1)
+        x2 = lp.Input(16)
+        split = lp.Model(inputs=x2, outputs=lp.Linear(16, 4, name="o")(lp.Tanh()(lp.Linear(16, 16, name="s2")(
+            lp.Tanh()(lp.Linear(16, 16, name="s1")(x2))))), seed=1)
+        sp = split.parameters()
+        for kind in ("weight", "bias"):
+            sp[f"s1.{kind}"][...] = shared.parameters()[f"s.{kind}"]
+            sp[f"s2.{kind}"][...] = shared.parameters()[f"s.{kind}"]
+            sp[f"o.{kind}"][...] = shared.parameters()[f"o.{kind}"]
+        for m in (shared, split):
+            m.compile(loss="mse")
+        return shared, split
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((32, 16), dtype=np.float32)
+    Y = rng.standard_normal((32, 4), dtype=np.float32)
+    lp.set_num_threads(1)
+    got = {}
+    try:
+        for on in (True, False):
+            _core._set_gemm_inplace(on)
+            shared, split = models()
+            _, g1 = shared.loss_and_grads(X, Y)
+            _, g2 = split.loss_and_grads(X, Y)
+            got[on] = g1
+            for kind in ("weight", "bias"):
+                want = g2[f"s1.{kind}"].astype(np.float64) + g2[f"s2.{kind}"]
+                assert np.abs(g1[f"s.{kind}"] - want).max() <= 1e-5 * np.abs(want).max(), (on, kind)
+                assert not np.allclose(g1[f"s.{kind}"], g2[f"s2.{kind}"])  # both uses count
+    finally:
+        _core._set_gemm_inplace(True)
+    for k in got[True]:
+        assert got[True][k].tobytes() == got[False][k].tobytes(), k

@@ -37,7 +37,7 @@ void ukernel2_f32(int64_t, const float*, const float*, float*, int64_t, bool);
 void ukernel2_rows_f32(int64_t, const float*, int64_t, const float*, float*, int64_t, bool);
 void ukernel_tail_f32(int64_t, const float*, const float*, float*, int64_t, bool, int);
 void gemm_inplace_f32(bool, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t,
-                      float*, int64_t, bool, const float*, int, float, float*, int64_t);
+                      float*, int64_t, bool, const float*, int, float, float*, int64_t, float*, bool);
 }  // namespace avx512
 #endif
 
@@ -427,7 +427,8 @@ bool gemm_runs_inplace(bool tb, int64_t M, int64_t N, int64_t K) {
 // Returns whether it applied `ep` too (fused into the stores: bias and a cheap activation).
 template <class T>
 bool gemm_inplace(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-                  int64_t ldb, T* C, int64_t ldc, bool accumulate, const Epilogue<T>* ep) {
+                  int64_t ldb, T* C, int64_t ldc, bool accumulate, const Epilogue<T>* ep, T* colsum = nullptr,
+                  bool colsum_acc = false) {
 #ifdef LAYERPROP_HAVE_AVX512
   if constexpr (std::is_same_v<T, float>) {
     constexpr int64_t NR = Blocking<T>::NR;  // 16: the in-place tiles' width
@@ -440,7 +441,7 @@ bool gemm_inplace(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A,
     const int64_t ld_act = act >= 0 ? ep->ld_act : 0;
     if (!tb) {
       avx512::gemm_inplace_f32(ta, M, N, K, kcb, A, lda, B, ldb, NR, C, ldc, accumulate, bias, act, slope, act_out,
-                               ld_act);
+                               ld_act, colsum, colsum_acc);
     } else {
       static thread_local Buffer<T> store;
       const int64_t panels = (N + NR - 1) / NR;
@@ -448,7 +449,7 @@ bool gemm_inplace(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A,
       for (int64_t q = 0; q < panels; ++q)
         pack_b_trans_panel(bp + q * NR * K, B, ldb, 0, K, q * NR, std::min(NR, N - q * NR));
       avx512::gemm_inplace_f32(ta, M, N, K, kcb, A, lda, bp, NR, NR * K, C, ldc, accumulate, bias, act, slope,
-                               act_out, ld_act);
+                               act_out, ld_act, colsum, colsum_acc);
     }
     return act >= 0;
   }
@@ -484,6 +485,19 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t
     return;
   }
   if (ep) apply_epilogue(C, ldc, 0, M, 0, N, *ep);
+}
+
+template <class T>
+void gemm_tn_colsum(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                    int64_t ldc, bool accumulate, T* db, bool db_acc) {
+  // In place, the column sums come from the A values the first column block's tiles load
+  // anyway (one load and one add per k); otherwise a product, then colsum's pass over A.
+  if (M > 0 && N > 0 && K > 0 && !gemm_uses_direct(M, N, K) && gemm_runs_inplace<T>(false, M, N, K)) {
+    gemm_inplace<T>(true, false, M, N, K, A, lda, B, ldb, C, ldc, accumulate, nullptr, db, db_acc);
+    return;
+  }
+  gemm<T>(true, false, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  colsum<T>(db, A, K, M, db_acc);
 }
 
 template <class T>
@@ -538,6 +552,10 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, const float*, i
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t,
                            const double*, int64_t, double*, int64_t, bool,
                            const Epilogue<double>*);
+template void gemm_tn_colsum<float>(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*,
+                                    int64_t, bool, float*, bool);
+template void gemm_tn_colsum<double>(int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t,
+                                     double*, int64_t, bool, double*, bool);
 template bool nt_packs_b<float>(int64_t, int64_t, int64_t);
 template bool nt_packs_b<double>(int64_t, int64_t, int64_t);
 template void pack_nt<float>(PackedNT<float>&, const float*, int64_t, int64_t, int64_t);

@@ -102,6 +102,8 @@ struct TileOut {
   float slope = 0;
   float* act_out = nullptr;     // this tile's first act_out row, or null
   int64_t ld_act = 0;
+  float* colsum = nullptr;      // TA only: colsum[r] (+)= sum over k of A(r, k), or null
+  bool colsum_acc = false;
 };
 
 // An R x 16 tile of a small product read in place (gemm_inplace_f32): row k of B at b + k * ldb,
@@ -115,11 +117,24 @@ void inplace_r16(int64_t kc, const float* __restrict a, int64_t lda, const float
 #pragma GCC unroll 12
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   if constexpr (TA) {
-    for (int64_t k = 0; k < kc; ++k) {
-      const __m512 bv = _mm512_maskz_loadu_ps(mask, b + k * ldb);
-      const float* p = a + k * lda;
+    if (out.colsum) {  // also the tile's rows of A summed over k, in order: a bias gradient
+      const __mmask16 rows = static_cast<__mmask16>((1u << R) - 1);
+      __m512 cs = out.colsum_acc ? _mm512_maskz_loadu_ps(rows, out.colsum) : _mm512_setzero_ps();
+      for (int64_t k = 0; k < kc; ++k) {
+        const __m512 bv = _mm512_maskz_loadu_ps(mask, b + k * ldb);
+        const float* p = a + k * lda;
+        cs = _mm512_add_ps(cs, _mm512_maskz_loadu_ps(rows, p));
 #pragma GCC unroll 12
-      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r]), bv, acc[r]);
+        for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r]), bv, acc[r]);
+      }
+      _mm512_mask_storeu_ps(out.colsum, rows, cs);
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        const __m512 bv = _mm512_maskz_loadu_ps(mask, b + k * ldb);
+        const float* p = a + k * lda;
+#pragma GCC unroll 12
+        for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r]), bv, acc[r]);
+      }
     }
   } else {
     // Rows in groups of three from four base pointers, so every address is a base plus lda
@@ -174,9 +189,12 @@ void inplace_rows(int rows, int64_t kc, const float* a, int64_t lda, const float
 // packed path's bits. Column blocks of 16 outside, 12-row tiles inside: a B block is read from
 // L1 by every row tile. act >= 0 fuses the epilogue (bias, then Identity, ReLU or LeakyReLU
 // into act_out) into the last depth block's stores.
+// With ta, `colsum` (or null) also gets, for each row i of op(A), the sum over k of A^T(i, k),
+// added to it when colsum_acc: computed by the first column block's tiles (one depth block).
 void gemm_inplace_f32(bool ta, int64_t M, int64_t N, int64_t K, int64_t kcb, const float* A, int64_t lda,
                       const float* B, int64_t ldb, int64_t bstep, float* C, int64_t ldc, bool accumulate,
-                      const float* bias, int act, float slope, float* act_out, int64_t ld_act) {
+                      const float* bias, int act, float slope, float* act_out, int64_t ld_act, float* colsum,
+                      bool colsum_acc) {
   for (int64_t pc = 0; pc < K; pc += kcb) {
     const int64_t kc = std::min(kcb, K - pc);
     const bool acc = accumulate || pc > 0;
@@ -195,6 +213,10 @@ void gemm_inplace_f32(bool ta, int64_t M, int64_t N, int64_t K, int64_t kcb, con
           out.bias = bias ? bias + j : nullptr;
           out.act_out = act_out ? act_out + i * ld_act + j : nullptr;
           out.ld_act = ld_act;
+        }
+        if (ta && colsum && j == 0 && kc == K) {
+          out.colsum = colsum + i;
+          out.colsum_acc = colsum_acc;
         }
         if (ta) inplace_rows<true>(rows, kc, ap + i, lda, bj, ldb, C + i * ldc + j, ldc, acc, mask, out);
         else inplace_rows<false>(rows, kc, ap + i * lda, lda, bj, ldb, C + i * ldc + j, ldc, acc, mask, out);

@@ -207,8 +207,13 @@ void Model<T>::backward(int64_t N, int down_to, int only_layer) {
         if (only_layer < 0 || only_layer == L) {
           const bool acc = pwritten_[L];
           // dw (OUT,IN) = dz^T (OUT,N) . x (N,IN); db = column sums of dz
-          linear_weight_grad(L, out(j), N, dy, acc);
-          if (ps_.b_off[L] >= 0) kern::colsum<T>(ps_.grads.data() + ps_.b_off[L], dy, N, l.out, acc);
+          if (ps_.b_off[L] >= 0 && out(j) != sparse_marker()) {  // both in one pass over dz
+            kern::gemm_tn_colsum<T>(l.out, l.in, N, dy, l.out, out(j), l.in, ps_.grads.data() + ps_.w_off[L], l.in, acc,
+                                    ps_.grads.data() + ps_.b_off[L], acc);
+          } else {
+            linear_weight_grad(L, out(j), N, dy, acc);
+            if (ps_.b_off[L] >= 0) kern::colsum<T>(ps_.grads.data() + ps_.b_off[L], dy, N, l.out, acc);
+          }
           pwritten_[L] = 1;
         }
         if (wants(j)) {  // dx (N,IN) = dz (N,OUT) . w (OUT,IN)

@@ -52,6 +52,13 @@ void gemm_naive(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
                 int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate,
                 const Epilogue<T>* ep = nullptr);
 
+// C (M x N) (+)= A^T B with A (K x M, lda == M) and B (K x N) row-major, and colsum[i] (+)= the
+// sum over k of A[k][i] (a Linear's weight and bias gradients from dz): the bits of gemm and
+// colsum, in one pass over A where the product runs in place.
+template <class T>
+void gemm_tn_colsum(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                    int64_t ldc, bool accumulate, T* colsum, bool colsum_acc);
+
 // Which path gemm takes for a shape ("direct" or "packed"); for tests and benchmarks.
 bool gemm_uses_direct(int64_t M, int64_t N, int64_t K);
 // Whether small products with B not transposed may read their operands in place instead of
