@@ -15,18 +15,20 @@ namespace generic {
 constexpr bool kQuotientByDoubleReciprocal = false;  // see optim/adam.hpp
 #include "optim_impl.hpp"
 }
+#define LP_OPTIM_DECLARE                                                                             \
+  void optimizer_range_f32(const OptConfig&, float*, const float*, float* const*, int64_t, int64_t, int64_t); \
+  void optimizer_range_f64(const OptConfig&, double*, const double*, double* const*, int64_t, int64_t, int64_t);
 #ifdef LAYERPROP_HAVE_AVX2
 namespace avx2 {
-void optimizer_range_f32(const OptConfig&, float*, const float*, float* const*, int64_t, int64_t, int64_t);
-void optimizer_range_f64(const OptConfig&, double*, const double*, double* const*, int64_t, int64_t, int64_t);
+LP_OPTIM_DECLARE
 }  // namespace avx2
 #endif
 #ifdef LAYERPROP_HAVE_AVX512
 namespace avx512 {
-void optimizer_range_f32(const OptConfig&, float*, const float*, float* const*, int64_t, int64_t, int64_t);
-void optimizer_range_f64(const OptConfig&, double*, const double*, double* const*, int64_t, int64_t, int64_t);
+LP_OPTIM_DECLARE
 }  // namespace avx512
 #endif
+#undef LP_OPTIM_DECLARE
 
 namespace {
 // fn(Rule{}) with the rule registered for `kind` (LAYERPROP_OPTIMIZERS); `fallback` for None.

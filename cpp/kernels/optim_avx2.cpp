@@ -13,13 +13,4 @@ namespace lp::kern::avx2 {
 constexpr bool kQuotientByDoubleReciprocal = false;
 #include "optim_impl.hpp"
 
-void optimizer_range_f32(const OptConfig& c, float* p, const float* g, float* const* s, int64_t lo,
-                         int64_t hi, int64_t step) {
-  optimizer_range<float>(c, p, g, s, lo, hi, step);
-}
-void optimizer_range_f64(const OptConfig& c, double* p, const double* g, double* const* s, int64_t lo,
-                         int64_t hi, int64_t step) {
-  optimizer_range<double>(c, p, g, s, lo, hi, step);
-}
-
 }  // namespace lp::kern::avx2

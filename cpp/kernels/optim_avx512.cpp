@@ -1,5 +1,6 @@
-// The optimizer loops built with AVX-512F, 16 floats a vector (called only when the CPU has it). No FMA contraction:
-// the arithmetic stays exactly that of the portable build and of PyTorch's update rules.
+// The optimizer loops built with AVX-512F, 16 floats a vector (called only when the CPU has
+// it). No FMA contraction: the arithmetic stays exactly that of the portable build and of
+// PyTorch's update rules.
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -13,14 +14,5 @@ namespace lp::kern::avx512 {
 // same bits (optim/adam.hpp), a sixth less of the divider's time.
 constexpr bool kQuotientByDoubleReciprocal = true;
 #include "optim_impl.hpp"
-
-void optimizer_range_f32(const OptConfig& c, float* p, const float* g, float* const* s, int64_t lo,
-                         int64_t hi, int64_t step) {
-  optimizer_range<float>(c, p, g, s, lo, hi, step);
-}
-void optimizer_range_f64(const OptConfig& c, double* p, const double* g, double* const* s, int64_t lo,
-                         int64_t hi, int64_t step) {
-  optimizer_range<double>(c, p, g, s, lo, hi, step);
-}
 
 }  // namespace lp::kern::avx512

@@ -33,3 +33,13 @@ void optimizer_range(const OptConfig& c, T* p, const T* g, T* const* s, int64_t 
     default: return;
   }
 }
+
+// The build's entry points, one per element type (optim.cpp picks a build at run time).
+void optimizer_range_f32(const OptConfig& c, float* p, const float* g, float* const* s, int64_t lo, int64_t hi,
+                         int64_t step) {
+  optimizer_range<float>(c, p, g, s, lo, hi, step);
+}
+void optimizer_range_f64(const OptConfig& c, double* p, const double* g, double* const* s, int64_t lo, int64_t hi,
+                         int64_t step) {
+  optimizer_range<double>(c, p, g, s, lo, hi, step);
+}
