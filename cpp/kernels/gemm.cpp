@@ -402,22 +402,23 @@ std::atomic<bool> g_inplace_on{env_switch_on("LAYERPROP_GEMM_INPLACE")};  // "0"
 }  // namespace
 void set_gemm_inplace(bool on) { g_inplace_on.store(on, std::memory_order_relaxed); }
 
-// A small product reads its operands where they are: with K <= 128 and at most 2^18
-// multiply-adds, A and B fit in L1 and packing them buys nothing. B^T (a Linear's forward,
-// x @ W^T) still needs its 16-column panels, so only those are packed (a few KB); A (x) is
-// read in place, unless the swapped product (swap_nt: W read in place, x packed) applies,
-// which packs less. Measured one product at a time, the switch flipped in one process: TN
-// 64x64x32 4.9 -> 4.3 us, NN 32x64x64 4.8 -> 4.1 us, TN 64x16x128 6.3 -> 4.3 us, NT
-// 32x10x128 3.8 -> 3.0 us; NT 16x128x128 was faster swapped (8.6 against 9.7 us) and NN
-// 256x512x10 packed (54 against 58 us), hence the exclusions. One thread only: larger
-// products keep the packed path and its rectangles. Same bits as the packed path
+// Whether gemm runs a product in place (gemm_inplace): one that is not direct (tiny), with
+// K <= 128 and at most 2^18 multiply-adds, so that A and B fit in L1 and packing them buys
+// nothing. B^T (a Linear's forward, x @ W^T) still needs its 16-column panels, so only those
+// are packed (a few KB); A (x) is read in place, unless the swapped product (swap_nt: W read
+// in place, x packed) applies, which packs less. Measured one product at a time, the switch
+// flipped in one process: TN 64x64x32 4.9 -> 4.3 us, NN 32x64x64 4.8 -> 4.1 us, TN 64x16x128
+// 6.3 -> 4.3 us, NT 32x10x128 3.8 -> 3.0 us; NT 16x128x128 was faster swapped (8.6 against
+// 9.7 us) and NN 256x512x10 packed (54 against 58 us), hence the exclusions. One thread only:
+// larger products keep the packed path and its rectangles. Same bits as the packed path
 // (gemm_inplace_f32): the choice never shows in a result.
 template <class T>
 bool gemm_runs_inplace(bool tb, int64_t M, int64_t N, int64_t K) {
 #ifdef LAYERPROP_HAVE_AVX512
   if constexpr (std::is_same_v<T, float>) {
     static const bool wide = use_avx512();
-    return wide && K <= 128 && M * N * K <= (int64_t(1) << 18) && !(tb && nt_runs_swapped<T>(M, N, K)) &&
+    return wide && M > 0 && N > 0 && K > 0 && K <= 128 && M * N * K <= (int64_t(1) << 18) &&
+           !gemm_uses_direct(M, N, K) && !(tb && nt_runs_swapped<T>(M, N, K)) &&
            g_inplace_on.load(std::memory_order_relaxed) && threads_for(Work::Gemm, M * N * K) <= 1;
   }
 #endif
@@ -432,7 +433,7 @@ bool gemm_inplace(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A,
 #ifdef LAYERPROP_HAVE_AVX512
   if constexpr (std::is_same_v<T, float>) {
     constexpr int64_t NR = Blocking<T>::NR;  // 16: the in-place tiles' width
-    const int64_t kcb = depth_block<T>(K);   // K itself (K <= 64)
+    const int64_t kcb = depth_block<T>(K);   // K itself (K <= 128)
     int act = -1;
     if (ep) act = ep->act == Act::Identity ? 0 : ep->act == Act::ReLU ? 1 : ep->act == Act::LeakyReLU ? 2 : -1;
     const float* bias = act >= 0 ? ep->bias : nullptr;
@@ -492,7 +493,7 @@ void gemm_tn_colsum(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, co
                     int64_t ldc, bool accumulate, T* db, bool db_acc) {
   // In place, the column sums come from the A values the first column block's tiles load
   // anyway (one load and one add per k); otherwise a product, then colsum's pass over A.
-  if (M > 0 && N > 0 && K > 0 && !gemm_uses_direct(M, N, K) && gemm_runs_inplace<T>(false, M, N, K)) {
+  if (gemm_runs_inplace<T>(false, M, N, K)) {
     gemm_inplace<T>(true, false, M, N, K, A, lda, B, ldb, C, ldc, accumulate, nullptr, db, db_acc);
     return;
   }
