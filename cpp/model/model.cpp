@@ -505,7 +505,8 @@ typename Model<T>::EpochResult Model<T>::train_epoch(const Input<T>& X, int64_t 
       }
       yb.weight = stage_weights(y.weight, nb, rows_.data(), 0);
     }
-    const T* xb = stage_input(X, nb, rows_.data(), 0);
+    // Rows in order: X's batch is the slice from rows_[0], read where it is.
+    const T* xb = consecutive ? stage_input(X, nb, nullptr, rows_[0]) : stage_input(X, nb, rows_.data(), 0);
     int fault = 0;
     losses[b] = guarded_step(xb, nb, yb, fault);
     res.done = b + 1;
@@ -577,10 +578,6 @@ const T* Model<T>::stage_input(const Input<T>& X, int64_t N, const int64_t* src,
   };
   if (!X.sparse()) {
     if (!src) return X.dense + row0 * in;
-    // Rows in order (fit without shuffling): the batch is a slice of X, read where it is.
-    bool consecutive = true;
-    for (int64_t r = 1; r < N && consecutive; ++r) consecutive = src[r] == src[0] + r;
-    if (consecutive) return X.dense + src[0] * in;
     T* xb = dense_scratch();
     for (int64_t r = 0; r < N; ++r) std::memcpy(xb + r * in, X.dense + src[r] * in, sizeof(T) * in);
     return xb;
