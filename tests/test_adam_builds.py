@@ -7,55 +7,24 @@ the second checks the identity itself on a sweep of float bit patterns."""
 import numpy as np
 import pytest
 
-from simd_builds import outputs_of_builds  # noqa: E402
+from simd_builds import assert_same_update_bits, optimizer_updates_script, outputs_of_builds  # noqa: E402
 
-_RUN = r"""
-import sys
-import numpy as np
-import layerprop as lp
-out = {}
-opts = {
+_OPTS = """{
     "adam": lambda: lp.Adam(lr=1e-3),
     "adam_l2": lambda: lp.Adam(lr=1e-2, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.05),
     "adamw": lambda: lp.AdamW(lr=1e-2, weight_decay=0.1),
     "adam_b2_small": lambda: lp.Adam(lr=1e-3, betas=(0.9, 0.3)),      # correction reaches 1 at once
     "adam_b2_near_1": lambda: lp.Adam(lr=1e-3, betas=(0.5, 0.999999)),  # correction about 1e-3
-}
-for threads in (1, 2):
-    lp.set_num_threads(threads)
-    for key, opt in opts.items():
-        for dtype in ("float32", "float64"):
-            rng = np.random.default_rng(1)
-            m = lp.Sequential(lp.Linear(300, 257), lp.Tanh(), lp.Linear(257, 3), dtype=dtype, seed=0)
-            m.compile(loss="cross_entropy", optimizer=opt())
-            X, y = rng.standard_normal((16, 300)).astype(dtype), rng.integers(0, 3, 16)
-            for _ in range(4):  # the same gradients in every build, 1e-30 to 1e12 in size
-                m.compute_gradients(X, y)
-                for i in range(len(m._core.tensors())):
-                    g = m._core.grad_view(i)
-                    g[...] = rng.standard_normal(g.shape).astype(dtype) * 10.0 ** rng.integers(-30, 13, g.shape)
-                m.apply_gradients()
-            for n, p in m.parameters().items():
-                out[f"{key}/{dtype}/{threads}/{n}"] = np.array(p)
-            for s in m._core.state_names():
-                out[f"{key}/{dtype}/{threads}/{s}"] = np.array(m._core.state_view(s))
-np.savez(sys.argv[1], **out)
-"""
+}"""
 
 
 def test_adam_same_bits_in_every_build_and_thread_count(tmp_path):
-    runs = outputs_of_builds(tmp_path, _RUN, timeout=300)
-    ref = runs["default"]
+    """Four updates from gradients of 1e-30 to 1e12 in size."""
+    runs = outputs_of_builds(tmp_path, optimizer_updates_script(_OPTS, 4, (-30, 13), seed=1), timeout=300)
+    ref = assert_same_update_bits(runs)
+    assert sorted(runs) == ["avx2", "default", "scalar"]
     assert len(ref.files) == 5 * 2 * 2 * 6  # 4 parameters and the 2 state vectors each
-    for build in ("avx2", "scalar"):
-        assert sorted(runs[build].files) == sorted(ref.files)
-        for k in ref.files:
-            assert runs[build][k].tobytes() == ref[k].tobytes(), (build, k)
-    for k in ref.files:  # one thread against two
-        key, dtype, threads, name = k.split("/", 3)
-        if threads == "1":
-            assert ref[k].tobytes() == ref[f"{key}/{dtype}/2/{name}"].tobytes(), k
-    # The updates did something: no state is all zero and the weights moved apart by dtype.
+    # The updates did something: no state is all zero.
     assert all(np.any(ref[k] != 0) for k in ref.files if "exp_avg" in k)
 
 

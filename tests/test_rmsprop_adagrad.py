@@ -10,7 +10,7 @@ import pytest
 import layerprop as lp
 import reference
 from conftest import OPTIMIZERS, assert_close, build_mlp, lp_optimizer, make_batch, read_saved
-from simd_builds import outputs_of_builds  # noqa: E402
+from simd_builds import assert_same_update_bits, optimizer_updates_script, outputs_of_builds  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
@@ -242,50 +242,19 @@ def test_adagrad_negative_sum_in_file_is_refused(tmp_path):
         lp.load(bad)
 
 
-_RUN = r"""
-import sys
-import numpy as np
-import layerprop as lp
-out = {}
-for threads in (1, 2):
-    lp.set_num_threads(threads)
-    for key, opt in (("r", lambda: lp.RMSprop(lr=1e-3, momentum=0.9, centered=True, weight_decay=0.01)),
-                     ("rs", lambda: lp.RMSprop(lr=1e-3, alpha=0.4, centered=True)),
-                     ("a", lambda: lp.Adagrad(lr=0.01, lr_decay=0.01, weight_decay=0.01))):
-        for dtype in ("float32", "float64"):
-            rng = np.random.default_rng(0)
-            m = lp.Sequential(lp.Linear(300, 257), lp.Tanh(), lp.Linear(257, 3), dtype=dtype, seed=0)
-            m.compile(loss="cross_entropy", optimizer=opt())
-            X, y = rng.standard_normal((16, 300)).astype(dtype), rng.integers(0, 3, 16)
-            for _ in range(3):  # the same gradients in both builds (products may differ in the last bit)
-                m.compute_gradients(X, y)
-                for i in range(len(m._core.tensors())):
-                    g = m._core.grad_view(i)
-                    g[...] = rng.standard_normal(g.shape).astype(dtype) * 10.0 ** rng.integers(-6, 2, g.shape)
-                m.apply_gradients()
-            for n, p in m.parameters().items():
-                out[f"{key}{dtype}{threads}{n}"] = np.array(p)
-            for s in m._core.state_names():
-                out[f"{key}{dtype}{threads}{s}"] = np.array(m._core.state_view(s))
-np.savez(sys.argv[1], **out)
-"""
+_OPTS = """{
+    "r": lambda: lp.RMSprop(lr=1e-3, momentum=0.9, centered=True, weight_decay=0.01),
+    "rs": lambda: lp.RMSprop(lr=1e-3, alpha=0.4, centered=True),
+    "a": lambda: lp.Adagrad(lr=0.01, lr_decay=0.01, weight_decay=0.01),
+}"""
 
 
 def test_bitwise_equal_across_builds_and_thread_counts(tmp_path):
     """The update rules give the same bits in the AVX-512, the AVX2 and the portable build, on
     one or two threads (a 300 x 257 weight is split between threads)."""
-    runs = outputs_of_builds(tmp_path, _RUN, timeout=300)
-    a = runs["default"]
-    for b in (runs["avx2"], runs["scalar"]):
-        assert sorted(a.files) == sorted(b.files)
-        for k in a.files:
-            assert a[k].tobytes() == b[k].tobytes(), k
-    for k in a.files:  # one thread vs two
-        if "float" in k:
-            dt = "float32" if "float32" in k else "float64"
-            head, tail = k.split(dt, 1)
-            if tail.startswith("1"):
-                assert a[k].tobytes() == a[head + dt + "2" + tail[1:]].tobytes(), k
+    runs = outputs_of_builds(tmp_path, optimizer_updates_script(_OPTS, 3, (-6, 2), seed=0), timeout=300)
+    assert sorted(runs) == ["avx2", "default", "scalar"]
+    assert_same_update_bits(runs)
 
 
 @pytest.mark.parametrize("make,match", [
