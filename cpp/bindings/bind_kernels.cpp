@@ -1,5 +1,5 @@
-// Test hooks: the optimized GEMM and its naive twin, and the element-wise kernels, on NumPy
-// arrays.
+// Kernels on NumPy arrays: test hooks (the optimized GEMM and its naive twin, the element-wise
+// kernels) and fit's shuffle (_permutation).
 #include <utility>
 
 #include "common.hpp"
