@@ -249,6 +249,58 @@ def test_small_products_in_place_give_the_packed_bits():
         _core._set_gemm_inplace(True)
 
 
+def test_threaded_products_share_panels_to_the_same_bits():
+    """At 2 threads a product's rectangles share their packed panels of A and B (each block
+    packed once, by whichever rectangle needs it first). Shared, each rectangle packing its
+    own, or each packing a private copy of the blocks it reads (the path taken when a block's
+    packer is away): the same bits as at 1 thread, plain and accumulating, every transposition,
+    several depth blocks, row and column remainders, strided operands, float32 and float64, and
+    a product whose panels exceed the shared buffer's cap (each rectangle packs its own)."""
+    import layerprop as lp
+    from layerprop import _core
+    rng = np.random.default_rng(11)
+    threads = lp.get_num_threads()
+    jobs = _core._pool_stats()["jobs"]
+    shapes = [(96, 97, 256), (256, 512, 784), (200, 300, 600), (513, 130, 257), (37, 700, 300),
+              (96, 200, 300), (130, 64, 1000), (24, 4100, 2100)]
+    try:
+        for dtype in (np.float32, np.float64):
+            for m, n, k in shapes:
+                if dtype == np.float64 and m * n * k > 1e8:
+                    continue
+                for ta in (False, True):
+                    for tb in (False, True):
+                        if m * n * k > 1e8 and (ta, tb) != (False, True):
+                            continue
+                        a_full = rng.standard_normal(((k, m + 3) if ta else (m, k + 3))).astype(dtype)
+                        a = a_full[:, :m] if ta else a_full[:, :k]
+                        b_full = rng.standard_normal(((n, k + 2) if tb else (k, n + 5))).astype(dtype)
+                        b = b_full[:, :k] if tb else b_full[:, :n]
+                        c = rng.standard_normal((m, n)).astype(dtype)
+                        got = {}
+                        # Which thread packs which block first varies from call to call: the
+                        # shared path runs several times.
+                        for nt, mode, rep in ((1, 1, 0), *((2, 1, r) for r in range(4)), (2, 0, 0), (2, 2, 0)):
+                            lp.set_num_threads(nt)
+                            _core._set_gemm_shared(mode)
+                            got[nt, mode, rep] = (_core._gemm(a, b, ta, tb, None), _core._gemm(a, b, ta, tb, c.copy()))
+                        for key, (x, y) in got.items():
+                            assert x.tobytes() == got[1, 1, 0][0].tobytes(), (m, n, k, ta, tb, key)
+                            assert y.tobytes() == got[1, 1, 0][1].tobytes(), (m, n, k, ta, tb, key)
+                        ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+                        tol = (1e-5 if dtype == np.float32 else 1e-12) * np.abs(ref).max()
+                        assert np.abs(got[2, 1, 0][0] - ref).max() <= tol, (m, n, k, ta, tb)
+                        assert np.abs(got[2, 1, 0][1] - (ref + c)).max() <= tol + 1e-5 * np.abs(c).max()
+    finally:
+        _core._set_gemm_shared(1)
+        lp.set_num_threads(threads)
+    # The pool may run a product's rectangles on the calling thread alone (another process
+    # busy); over these products its workers did take part.
+    assert _core._pool_stats()["jobs"] > jobs + 10
+    with pytest.raises(ValueError, match="mode"):
+        _core._set_gemm_shared(3)
+
+
 @pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh", "none"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_small_layers_in_place_train_and_predict_to_the_same_bits(act, bias):

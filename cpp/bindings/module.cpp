@@ -84,6 +84,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("_set_packed_weights", [](bool on) { lp::set_packed_weights(on); }, py::arg("on"),
         "Whether predict and evaluate may keep a model's weights packed between calls "
         "(LAYERPROP_PACKED_WEIGHTS=0: off)");
+  m.def("_set_gemm_shared", [](int mode) {
+    if (mode < 0 || mode > 2) throw py::value_error("mode must be 0, 1 or 2");
+    lp::kern::set_gemm_shared(mode);
+  }, py::arg("mode"),
+        "Whether the rectangles of a multi-threaded product share their packed panels: 1 yes (the default), "
+        "0 each packs its own (LAYERPROP_GEMM_SHARED=0), 2 each packs a private copy of the blocks it reads "
+        "(the path taken when a block's packer is away; for tests). The results are the same bits.");
   m.def("_set_gemm_inplace", [](bool on) { lp::kern::set_gemm_inplace(on); }, py::arg("on"),
         "Whether small products with B not transposed read their operands in place instead of packing "
         "them (LAYERPROP_GEMM_INPLACE=0: off); the results are the same bits either way.");

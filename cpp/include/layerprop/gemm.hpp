@@ -64,6 +64,9 @@ bool gemm_uses_direct(int64_t M, int64_t N, int64_t K);
 // Whether small products with B not transposed may read their operands in place instead of
 // packing them (gemm.cpp; on by default, LAYERPROP_GEMM_INPLACE=0 turns it off). Same bits.
 void set_gemm_inplace(bool on);
+// Whether the rectangles of a multi-threaded product share packed panels (gemm.cpp,
+// SharedPanels): 1 (default), 0 (LAYERPROP_GEMM_SHARED=0) or 2 (tests: private copies). Same bits.
+void set_gemm_shared(int mode);
 // Whether a packed x @ W^T (M x N, depth K) runs as C^T = W x^T, W read in place.
 bool swap_nt(int64_t M, int64_t N, int64_t K);
 
