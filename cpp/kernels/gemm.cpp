@@ -230,7 +230,8 @@ int64_t depth_block(int64_t K) {
 // finds its block still being packed waits at most kSharedWaitNs, then packs a private copy:
 // a descheduled packer delays nobody for long. The values packed are the same whoever packs
 // them, so results do not change. Measured at 2 threads, the switch flipped in one process
-// (alternating order): M's step 1.2% faster (27 of 40 pairs), L's 1.3% (10 of 12). Sharing
+// (alternating order): S's step 5.5% faster (39 of 40 pairs), M's 1.2-1.6% (27-30 of 40),
+// L's 1.3% (8-10 of 12). Sharing
 // op(A)'s panels the same way made predict at batch 1024 3% slower (8 of 30): a second
 // rectangle reads them from L3, where repacking puts them in its own L2. So A is not shared.
 template <class T>
