@@ -79,11 +79,31 @@ PYBIND11_MODULE(_core, m) {
     d["prewarms"] = s.prewarms;
     d["foreign_samples"] = s.foreign_samples;
     d["foreign_busy_samples"] = s.foreign_busy_samples;
+    d["step_probes"] = s.step_probes;
+    d["serial_steps"] = s.serial_steps;
+    d["serial_switches"] = s.serial_switches;
     return d;
   }, "The pool's workers started, jobs run with workers, items the workers ran, spin time.");
   m.def("_set_packed_weights", [](bool on) { lp::set_packed_weights(on); }, py::arg("on"),
         "Whether predict and evaluate may keep a model's weights packed between calls "
         "(LAYERPROP_PACKED_WEIGHTS=0: off)");
+  m.def("_set_step_governor", [](bool on) { lp::set_step_governor(on); }, py::arg("on"),
+        "Whether training steps time themselves and run at 1 thread when that is faster (on by default; "
+        "LAYERPROP_STEP_GOVERNOR=0: off)");
+  m.def("_step_governor_run", [](const std::vector<int64_t>& t1_ns, const std::vector<int64_t>& t2_ns) {
+    // The training step's governor (runtime.hpp) fed made-up step times: step i takes t1_ns[i]
+    // at 1 thread and t2_ns[i] at the thread count set; returns the cap it chose for each step.
+    if (t1_ns.size() != t2_ns.size()) throw py::value_error("t1_ns and t2_ns: different lengths");
+    lp::StepGovernor g;
+    std::vector<int> caps;
+    caps.reserve(t1_ns.size());
+    for (size_t i = 0; i < t1_ns.size(); ++i) {
+      const int cap = g.next_cap();
+      caps.push_back(cap);
+      g.record(cap, cap == 1 ? t1_ns[i] : t2_ns[i], 1);
+    }
+    return caps;
+  }, py::arg("t1_ns"), py::arg("t2_ns"));
   m.def("_set_gemm_shared", [](int mode) {
     if (mode < 0 || mode > 2) throw py::value_error("mode must be 0, 1 or 2");
     lp::kern::set_gemm_shared(mode);

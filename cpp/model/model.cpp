@@ -1,6 +1,7 @@
 #include "layerprop/model.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -430,6 +431,16 @@ void Model<T>::apply_gradients(double l2_weights, double grad_scale) {
 
 template <class T>
 double Model<T>::guarded_step(const T* X, int64_t N, Labels<T> y, int& fault) {
+  const int cap = governor_.next_cap();
+  const ThreadCap capped(cap);
+  const auto t0 = std::chrono::steady_clock::now();
+  const double loss = guarded_step_body(X, N, y, fault);
+  governor_.record(cap, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count(), N);
+  return loss;
+}
+
+template <class T>
+double Model<T>::guarded_step_body(const T* X, int64_t N, Labels<T> y, int& fault) {
   fault = 0;
   if (!schedule_->updates_inside_step())  // it checks the gradients before it applies them
     return schedule_->step(*this, X, N, y, fault);

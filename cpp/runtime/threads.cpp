@@ -257,8 +257,82 @@ bool workers_asleep();   // the pool's (below)
 void prewarm_workers();  // wakes them to spin for the next loop (below)
 void set_keep_workers_asleep(bool on) { g_keep_asleep.store(on, std::memory_order_relaxed); }
 
+namespace {
+thread_local int tl_cap = 0;  // ThreadCap: at most this many threads for this thread's loops (0: none)
+std::atomic<int64_t> g_step_probes{0}, g_serial_steps{0}, g_serial_switches{0};
+}  // namespace
+
+ThreadCap::ThreadCap(int cap) : saved_(tl_cap) { tl_cap = cap; }
+ThreadCap::~ThreadCap() { tl_cap = saved_; }
+
+void StepGovernor::reset(int threads) {
+  *this = StepGovernor();
+  threads_ = threads;
+}
+
+namespace {
+std::atomic<bool> g_governor_on{env_switch_on("LAYERPROP_STEP_GOVERNOR")};  // "0": the steps keep their threads
+}  // namespace
+void set_step_governor(bool on) { g_governor_on.store(on, std::memory_order_relaxed); }
+
+int StepGovernor::next_cap() {
+  const int threads = g_governor_on.load(std::memory_order_relaxed) ? get_num_threads() : 1;
+  if (threads != threads_) reset(threads);
+  if (threads <= 1) return 0;
+  return (serial_ != (probing_ > 0)) ? 1 : 0;  // serial: 1 thread, except a probe; else the reverse
+}
+
+namespace {
+double median_of(const double* v, int n) {
+  double tmp[StepGovernor::kWindow > StepGovernor::kProbeRun ? StepGovernor::kWindow : StepGovernor::kProbeRun];
+  std::copy(v, v + n, tmp);
+  std::nth_element(tmp, tmp + n / 2, tmp + n);
+  return tmp[n / 2];
+}
+}  // namespace
+
+void StepGovernor::record(int cap, int64_t ns, int64_t rows) {
+  (void)cap;  // next_cap's answer for this step: the state below already knows it
+  if (threads_ <= 1 || rows <= 0 || ns <= 0) return;
+  const double per_row = double(ns) / double(rows);
+  if (probing_ == 0) {  // a step at the current setting
+    window_[steps_ % kWindow] = per_row;
+    ++steps_;
+    if (serial_) g_serial_steps.fetch_add(1, std::memory_order_relaxed);
+    if (steps_ >= next_probe_ && steps_ >= kWindow) probing_ = 1;  // the next steps probe
+    return;
+  }
+  probe_[probing_ - 1] = per_row;
+  if (++probing_ <= kProbeRun) return;
+  probing_ = 0;
+  g_step_probes.fetch_add(1, std::memory_order_relaxed);
+  const double other = median_of(probe_ + (kProbeRun - kProbeKept), kProbeKept);
+  const double current = median_of(window_, static_cast<int>(std::min<int64_t>(steps_, kWindow)));
+  if (other <= 0.95 * current) {
+    if (++agree_ >= 2) {  // the other setting won twice in a row: take it
+      serial_ = !serial_;
+      if (serial_) g_serial_switches.fetch_add(1, std::memory_order_relaxed);
+      agree_ = 0;
+      steps_ = 0;
+      interval_ = 64;
+      next_probe_ = 32;
+      return;
+    }
+    next_probe_ = steps_ + 16;  // confirm soon
+    return;
+  }
+  agree_ = 0;
+  // Probes cost a few steps at the slower setting. At the threads, the further 1 thread is
+  // behind, the rarer they get (M at 2 threads runs 1.9x faster than at 1: probes 4x further
+  // apart each time, up to 4096 steps). At 1 thread they stay at most 1024 steps apart, so the
+  // steps find their threads again soon after the host lets them pay.
+  const bool far = !serial_ && other >= 1.5 * current;
+  interval_ = std::min<int64_t>(interval_ * (far ? 4 : 2), far ? 4096 : 1024);
+  next_probe_ = steps_ + interval_;
+}
+
 int threads_for(Work w, int64_t units) {
-  if (tl_in_job) return 1;
+  if (tl_in_job || tl_cap == 1) return 1;
   int64_t per = work_threshold(w);
   if (units < per) return 1;
 
@@ -277,6 +351,7 @@ int threads_for(Work w, int64_t units) {
     prewarm_workers();  // (at most once a millisecond: see Pool::prewarm)
     return 1;
   }
+  if (tl_cap > 1 && nt > tl_cap) nt = tl_cap;
   return want < nt ? static_cast<int>(want) : nt;
 }
 
@@ -441,6 +516,9 @@ class Pool {
     s.prewarms = prewarms_.load();
     s.foreign_samples = g_foreign_samples.load();
     s.foreign_busy_samples = g_foreign_busy_samples.load();
+    s.step_probes = g_step_probes.load();
+    s.serial_steps = g_serial_steps.load();
+    s.serial_switches = g_serial_switches.load();
     return s;
   }
   void set_spin(int us) { spin_us_.store(us < 0 ? 0 : us); }

@@ -15,6 +15,7 @@
 #include "layerprop/gemm.hpp"
 #include "layerprop/graph.hpp"
 #include "layerprop/optim.hpp"
+#include "layerprop/runtime.hpp"
 #include "layerprop/schedule.hpp"
 #include "layerprop/sparse.hpp"
 #include "train/optimizer.hpp"
@@ -298,6 +299,7 @@ class Model {
   // One training step of the compiled schedule on staged labels; fault: 0, or 1 (non-finite
   // loss) / 2 (non-finite gradient), in which case nothing the step changed is kept.
   double guarded_step(const T* X, int64_t N, Labels<T> y, int& fault);
+  double guarded_step_body(const T* X, int64_t N, Labels<T> y, int& fault);
   T* out(int i) { return i == 0 ? const_cast<T*>(x_) : ws_.outs[i].data(); }
   void layer_forward(int i, int64_t N, const FwdMode& mode);
   void norm_backward(int i, int64_t N, bool param_grads, bool want_dx);
@@ -316,6 +318,7 @@ class Model {
   // What a faulty step puts back: BatchNorm running statistics (every schedule) and, for the
   // schedules that update inside the step, the parameters and optimizer state.
   Buffer<T> stats_backup_, params_backup_;
+  StepGovernor governor_;  // 1 thread for the steps when that is faster (runtime.hpp)
   std::vector<int64_t> lbatch_, rows_;          // staged class labels; checked row indices
   std::vector<char> written_, pwritten_;
   std::vector<uint64_t> mask_keys_;           // per node: key of the current dropout masks

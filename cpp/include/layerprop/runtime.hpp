@@ -113,10 +113,63 @@ struct PoolStats {
   int64_t moves = 0;  // sleeping workers kept off their caller's CPU for a job (see threads.cpp)
   int64_t foreign_samples = 0;       // samples of the CPU time other threads of the process used
   int64_t foreign_busy_samples = 0;  // ... that found them busy (loops then ran on one thread)
+  int64_t step_probes = 0;           // training steps run at the other thread setting (StepGovernor)
+  int64_t serial_steps = 0;          // training steps run at 1 thread because that was faster
+  int64_t serial_switches = 0;       // times a StepGovernor found 1 thread faster than its threads
 };
 // The probe of other busy threads in this process (on by default; LAYERPROP_FOREIGN_PROBE=0).
 void set_foreign_probe(bool on);
 PoolStats pool_stats();
+// ---- A caller's cap on its loops' threads, and the training step's governor ----------------
+// While a ThreadCap is alive, the loops the calling thread starts use at most `cap` threads
+// (cap <= 0: no cap).
+class ThreadCap {
+ public:
+  explicit ThreadCap(int cap);
+  ~ThreadCap();
+  ThreadCap(const ThreadCap&) = delete;
+  ThreadCap& operator=(const ThreadCap&) = delete;
+
+ private:
+  int saved_;
+};
+
+// Whether a repeated step (a model's training step) runs faster on its threads or on one. The
+// thresholds size each loop to its work on a machine that runs its threads as it should; on a
+// host that does not (two virtual CPUs placed far apart, a core-to-core round trip of 350 ns
+// instead of 50-90), every hand-over between threads is slow and a 2-thread step can take
+// 1.6x the 1-thread one. So the step times itself. Now and then (after 32 steps, then at
+// intervals doubling from 64 to 1024 steps while nothing changes, quadrupling up to 4096 when
+// 1 thread is 1.5x slower or more) a probe runs kProbeRun steps at the other setting;
+// the median of its last kProbeKept steps against the median of the last kWindow steps at the
+// current setting, per row, and two probes in a row that find the other setting 5% faster or
+// more switch to it. A probe runs several steps because the first step after a change of
+// threads pays to move the data to the cores that now use it. Results do not depend on the
+// threads, so neither does anything the governor decides.
+// On by default; LAYERPROP_STEP_GOVERNOR=0 (or this, off) keeps every step at its threads.
+void set_step_governor(bool on);
+class StepGovernor {
+ public:
+  static constexpr int kWindow = 16, kProbeRun = 4, kProbeKept = 2;
+  // The cap for the next step: 0 (the threads get_num_threads gives) or 1.
+  int next_cap();
+  // The step just run under `cap` took `ns` for `rows` rows.
+  void record(int cap, int64_t ns, int64_t rows);
+  bool serial() const { return serial_; }
+
+ private:
+  void reset(int threads);
+  void settle(int64_t interval);
+  int threads_ = 0;          // get_num_threads() the estimates belong to
+  bool serial_ = false;      // 1 thread found faster
+  int64_t steps_ = 0;        // steps recorded at the current setting since the last change
+  int64_t next_probe_ = 32, interval_ = 64;
+  int probing_ = 0;          // steps of the running probe done (0: none running)
+  int agree_ = 0;            // consecutive probes in favour of switching
+  double window_[kWindow] = {};  // the last steps at the current setting, ns per row
+  double probe_[kProbeRun] = {};
+};
+
 // While every worker sleeps, loops estimated under 50 us serially run on the caller (waking a
 // worker costs more); on by default, off during calibration and for tests (_core hook).
 void set_keep_workers_asleep(bool on);
