@@ -643,8 +643,8 @@ def test_step_governor_keeps_the_threads_when_they_pay():
     assert (np.diff(starts) > 60).all() and np.diff(starts)[-1] >= 1000, starts
     caps_m = _governor(8.3e6 * rng.uniform(0.95, 1.05, n), 4.5e6 * rng.uniform(0.95, 1.05, n))
     assert 2 <= len(_runs(caps_m, 1)) <= 4 and caps_m.mean() < 0.004, _runs(caps_m, 1)
-    # nothing to govern at 1 thread: no probes
-    assert not _governor(np.full(500, 146e3), np.full(500, 107e3), threads=1).any()
+    # nothing to govern at 1 thread: no probes, and the steps are not even timed (-1)
+    assert (_governor(np.full(500, 146e3), np.full(500, 107e3), threads=1) == -1).all()
 
 
 def test_step_governor_goes_serial_when_threads_cost_and_comes_back():

@@ -278,7 +278,7 @@ void set_step_governor(bool on) { g_governor_on.store(on, std::memory_order_rela
 int StepGovernor::next_cap() {
   const int threads = g_governor_on.load(std::memory_order_relaxed) ? get_num_threads() : 1;
   if (threads != threads_) reset(threads);
-  if (threads <= 1) return 0;
+  if (threads <= 1) return -1;  // nothing to govern: the step need not even be timed
   return (serial_ != (probing_ > 0)) ? 1 : 0;  // serial: 1 thread, except a probe; else the reverse
 }
 
@@ -291,10 +291,10 @@ double median_of(const double* v, int n) {
 }
 }  // namespace
 
-void StepGovernor::record(int cap, int64_t ns, int64_t rows) {
+void StepGovernor::record(int cap, int64_t ticks, int64_t rows) {
   (void)cap;  // next_cap's answer for this step: the state below already knows it
-  if (threads_ <= 1 || rows <= 0 || ns <= 0) return;
-  const double per_row = double(ns) / double(rows);
+  if (threads_ <= 1 || rows <= 0 || ticks <= 0) return;
+  const double per_row = double(ticks) / double(rows);
   if (probing_ == 0) {  // a step at the current setting
     window_[steps_ % kWindow] = per_row;
     ++steps_;
