@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "common.hpp"
+#include "layerprop/dropout.hpp"
 #include "layerprop/eltwise.hpp"
 #include "layerprop/gemm.hpp"
 
@@ -108,11 +109,10 @@ void bind_kernels(py::module_& m) {
       // bias (Lemire's multiply-and-reject): fit's shuffle, a few ns an element against
       // NumPy's permutation at 12-14 (21-25 us for digits' 1,797 rows).
       uint64_t x = seed;
-      auto next = [&x] {
-        uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        return z ^ (z >> 31);
+      auto next = [&x] {  // the sequence mix64(seed), mix64(seed + golden), ...
+        const uint64_t z = kern::mix64(x);
+        x += 0x9E3779B97F4A7C15ull;
+        return z;
       };
       for (int64_t i = 0; i < n; ++i) p[i] = i;
       for (int64_t i = n - 1; i > 0; --i) {

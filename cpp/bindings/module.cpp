@@ -100,7 +100,7 @@ PYBIND11_MODULE(_core, m) {
     for (size_t i = 0; i < t1_ns.size(); ++i) {
       const int cap = g.next_cap();
       caps.push_back(cap);
-      if (cap >= 0) g.record(cap, cap == 1 ? t1_ns[i] : t2_ns[i], 1);
+      if (cap >= 0) g.record(cap == 1 ? t1_ns[i] : t2_ns[i], 1);
     }
     return caps;
   }, py::arg("t1_ns"), py::arg("t2_ns"));

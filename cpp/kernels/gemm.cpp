@@ -180,6 +180,19 @@ void pack_b_trans_panel(T* dst, const T* B, int64_t ldb, int64_t p0, int64_t kc,
     for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = T(0);
 }
 
+// Columns [j0, j0+n) x rows [p0, p0+kc) of op(B) into NR-column panels at dst (panel q at
+// dst + q * NR * kc), the last one zero-padded: B^T one panel at a time, B by rows.
+template <class T>
+void pack_b_panels(T* dst, bool tb, const T* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0, int64_t n) {
+  constexpr int64_t NR = Blocking<T>::NR;
+  if (!tb) {
+    pack_rows_to_panels<NR>(dst, B, ldb, p0, kc, j0, n);
+    return;
+  }
+  for (int64_t q = 0; q * NR < n; ++q)
+    pack_b_trans_panel(dst + q * NR * kc, B, ldb, p0, kc, j0 + q * NR, std::min(NR, n - q * NR));
+}
+
 // c (mr x nr) (+)= t: the edge tiles, computed into a full-size temporary first.
 template <class T>
 void store_part(T* __restrict c, int64_t ldc, const T* __restrict t, int64_t ldt, int64_t mr, int64_t nr,
@@ -231,9 +244,9 @@ int64_t depth_block(int64_t K) {
 // a descheduled packer delays nobody for long. The values packed are the same whoever packs
 // them, so results do not change. Measured at 2 threads, the switch flipped in one process
 // (alternating order): S's step 5.5% faster (39 of 40 pairs), M's 1.2-1.6% (27-30 of 40),
-// L's 1.3% (8-10 of 12). Sharing
-// op(A)'s panels the same way made predict at batch 1024 3% slower (8 of 30): a second
-// rectangle reads them from L3, where repacking puts them in its own L2. So A is not shared.
+// L's 1.3% (8-10 of 12). Sharing op(A)'s panels the same way made predict at batch 1024 3%
+// slower (8 of 30): a second rectangle reads them from L3, where repacking puts them in its
+// own L2. So A is not shared.
 template <class T>
 struct SharedPanels {
   T* b = nullptr;                      // column block [j0, j1) at depth block p: b + p * b_block + j0 * kc_p
@@ -267,9 +280,7 @@ const T* acquire_panels(std::atomic<int>& state, T* shared, T* priv, bool privat
       s = state.load(std::memory_order_acquire);
       if (s == 2) return shared;
       if (s != 1) break;
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#endif
+      cpu_relax();
       if ((spins & 63) == 63 && std::chrono::steady_clock::now() > until) {
         // Its packer is away: whoever needs this block from now on packs it without waiting
         // (3); the packer still publishes 2 when it is back.
@@ -305,15 +316,6 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
   // block of B (sharing: the fallback copy of the rectangle's columns).
   T* abuf = scratch(abuf_store, MC * KC + 16);
   T* bbuf_own = pre ? nullptr : scratch(bbuf_store, KC * (share_b ? n_pad : std::min(NC, n_pad)));
-  // Columns [jc, jc + nc) x depth block pc of op(B) into NR-column panels at dst.
-  auto pack_b_block = [&](T* dst, int64_t jc, int64_t nc, int64_t pc, int64_t kc) {
-    if (tb) {
-      for (int64_t q = 0; q * NR < nc; ++q)
-        pack_b_trans_panel(dst + q * NR * kc, B, ldb, pc, kc, jc + q * NR, std::min(NR, nc - q * NR));
-    } else {
-      pack_rows_to_panels<NR>(dst, B, ldb, pc, kc, jc, nc);
-    }
-  };
   for (int64_t jc = j0; jc < j1; jc += NC) {
     const int64_t nc = std::min(NC, j1 - jc);
     const int64_t n_jr = (nc + NR - 1) / NR;
@@ -330,10 +332,10 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
       } else if (share_b) {  // the rectangle's columns [j0, j1), packed once for all rows
         const T* whole = acquire_panels(sh->state[rect_col * sh->blocks + p],
                                         sh->b + p * sh->b_block + j0 * kc, bbuf_own,
-                                        sh->private_copies, [&](T* dst) { pack_b_block(dst, j0, j1 - j0, pc, kc); });
+                                        sh->private_copies, [&](T* dst) { pack_b_panels(dst, tb, B, ldb, pc, kc, j0, j1 - j0); });
         bblock = whole + (jc - j0) * kc;
       } else {
-        pack_b_block(bbuf_own, jc, nc, pc, kc);
+        pack_b_panels(bbuf_own, tb, B, ldb, pc, kc, jc, nc);
         bblock = bbuf_own;
       }
       for (int64_t ic = i0; ic < i1; ic += mcb) {
@@ -555,10 +557,8 @@ bool gemm_inplace(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A,
                                ld_act, colsum, colsum_acc);
     } else {
       static thread_local Buffer<T> store;
-      const int64_t panels = (N + NR - 1) / NR;
-      T* bp = scratch(store, panels * NR * K);
-      for (int64_t q = 0; q < panels; ++q)
-        pack_b_trans_panel(bp + q * NR * K, B, ldb, 0, K, q * NR, std::min(NR, N - q * NR));
+      T* bp = scratch(store, (N + NR - 1) / NR * NR * K);
+      pack_b_panels(bp, true, B, ldb, 0, K, 0, N);
       avx512::gemm_inplace_f32(ta, M, N, K, kcb, A, lda, bp, NR, NR * K, C, ldc, accumulate, bias, act, slope,
                                act_out, ld_act, colsum, colsum_acc);
     }

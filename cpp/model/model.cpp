@@ -435,7 +435,7 @@ double Model<T>::guarded_step(const T* X, int64_t N, Labels<T> y, int& fault) {
   const ThreadCap capped(cap);
   const int64_t t0 = StepGovernor::ticks();
   const double loss = guarded_step_body(X, N, y, fault);
-  governor_.record(cap, StepGovernor::ticks() - t0, N);
+  governor_.record(StepGovernor::ticks() - t0, N);
   return loss;
 }
 

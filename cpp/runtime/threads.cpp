@@ -291,8 +291,7 @@ double median_of(const double* v, int n) {
 }
 }  // namespace
 
-void StepGovernor::record(int cap, int64_t ticks, int64_t rows) {
-  (void)cap;  // next_cap's answer for this step: the state below already knows it
+void StepGovernor::record(int64_t ticks, int64_t rows) {
   if (threads_ <= 1 || rows <= 0 || ticks <= 0) return;
   const double per_row = double(ticks) / double(rows);
   if (probing_ == 0) {  // a step at the current setting
@@ -367,12 +366,6 @@ int threads_for(Work w, int64_t units) {
 // models trained from two Python threads) runs its items inline instead of waiting.
 // fork(): the child has none of the workers; it runs everything serially (forked_after_pool).
 namespace {
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
 
 int default_spin_us() {
   if (const char* env = std::getenv("LAYERPROP_SPIN_US")) {

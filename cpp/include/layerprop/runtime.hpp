@@ -121,6 +121,13 @@ struct PoolStats {
 // The probe of other busy threads in this process (on by default; LAYERPROP_FOREIGN_PROBE=0).
 void set_foreign_probe(bool on);
 PoolStats pool_stats();
+// A spin-wait's pause: lets the other hyperthread of the core run, and saves power.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 // ---- A caller's cap on its loops' threads, and the training step's governor ----------------
 // While a ThreadCap is alive, the loops the calling thread starts use at most `cap` threads
 // (cap <= 0: no cap).
@@ -155,9 +162,9 @@ class StepGovernor {
   // The cap for the next step: 0 (the threads get_num_threads gives) or 1; -1 when there is
   // nothing to govern (1 thread, or the governor off): then the step need not be recorded.
   int next_cap();
-  // The step just run under `cap` took `ticks` (of ticks(), or ns: only ratios are used) for
-  // `rows` rows.
-  void record(int cap, int64_t ticks, int64_t rows);
+  // The step just run, under next_cap's answer, took `ticks` (of ticks(), or ns: only ratios
+  // are used) for `rows` rows.
+  void record(int64_t ticks, int64_t rows);
   // A cheap monotonic count: the TSC on x86-64 (a few ns to read, against some 20 ns for the
   // clock; a T step at batch 1 takes 1.5 us), else steady_clock's nanoseconds.
   static int64_t ticks() {
@@ -167,18 +174,16 @@ class StepGovernor {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 #endif
   }
-  bool serial() const { return serial_; }
 
  private:
   void reset(int threads);
-  void settle(int64_t interval);
   int threads_ = 0;          // get_num_threads() the estimates belong to
   bool serial_ = false;      // 1 thread found faster
   int64_t steps_ = 0;        // steps recorded at the current setting since the last change
   int64_t next_probe_ = 32, interval_ = 64;
   int probing_ = 0;          // steps of the running probe done (0: none running)
   int agree_ = 0;            // consecutive probes in favour of switching
-  double window_[kWindow] = {};  // the last steps at the current setting, ns per row
+  double window_[kWindow] = {};  // the last steps at the current setting, ticks per row
   double probe_[kProbeRun] = {};
 };
 
