@@ -18,8 +18,8 @@ from layerprop import _core
 
 from conftest import build_mlp
 
-# Batches of 200 rows: more than the 128 below which x @ W^T reads W in place, so every
-# Linear here packs its weight on each call unless it was kept.
+# Batches of 200 rows: at 128 rows or more a call may keep the packed weights whatever the
+# model's size, and every Linear here packs its weight on each call unless it was kept.
 ROWS = 200
 SIZES = (40, 64, 48, 10)
 
@@ -169,8 +169,8 @@ def test_kept_weights_are_in_use_after_ordinary_work():
 
 
 def test_small_calls_use_but_do_not_build():
-    """Calls under 128 rows do not pay for the view check: they never build, but use a copy a
-    larger call kept."""
+    """Calls under 128 rows and 2^22 multiply-adds (rows x parameters) do not pay for the view
+    check: they never build, but use a copy a larger call kept."""
     model = fresh()
     X, _ = data()
     check(model, X[:100])
@@ -179,6 +179,32 @@ def test_small_calls_use_but_do_not_build():
     uses = stats(model)["uses"]
     check(model, X[:100])
     assert stats(model)["builds"] == 1 and stats(model)["uses"] > uses
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows", [16, 17, 37, 100, 131])
+def test_small_batches_of_a_large_model_keep_the_weights(rows, threads):
+    """Under 128 rows a model with enough parameters still keeps its packed weights; the kept
+    path reads x in place, 12 rows at a time (AVX-512), where the call without them computes
+    C^T = W x^T reading W in place: the bits must be the same."""
+    prev = lp.get_num_threads()
+    lp.set_num_threads(threads)
+    try:
+        model, _ = build_mlp((800, 336, 24, 10), "relu", dtype="float32", seed=3)
+        assert rows * sum(p.size for p in model.parameters().values()) >= 1 << 22
+        X = np.random.default_rng(rows).standard_normal((rows, 800)).astype(np.float32)
+        first = check(model, X)
+        assert stats(model)["builds"] == 1 and stats(model)["valid"], stats(model)
+        np.testing.assert_array_equal(check(model, X), first)
+        assert stats(model)["builds"] == 1
+        ps = [v.astype(np.float64) for v in model.parameters().values()]  # weight, bias per Linear
+        h = X.astype(np.float64)
+        for i in range(0, len(ps), 2):
+            h = h @ ps[i].T + ps[i + 1]
+            h = np.maximum(h, 0) if i + 2 < len(ps) else h
+        np.testing.assert_allclose(first, h, rtol=1e-4, atol=1e-4)
+    finally:
+        lp.set_num_threads(prev)
 
 
 def test_switch_off_by_environment():

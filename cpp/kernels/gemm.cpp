@@ -310,6 +310,8 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
   constexpr int64_t MR = Bk::MR, NR = Bk::NR, KC = Bk::KC, MC = Bk::MC, NC = Bk::NC;
   static thread_local Buffer<T> abuf_store, bbuf_store;
   const bool direct = ukr != nullptr && !ta;
+  // x against weights kept packed, with the AVX-512 row kernels: A's tiles outside (below).
+  const bool a_outer = pre != nullptr && !ta && !ct && pair.rows != nullptr;
   const bool share_b = sh != nullptr && !pre;
   const int64_t n_pad = (j1 - j0 + NR - 1) / NR * NR;
   // Private panels: one row block of A (slack: the AVX2 packer's last store) and one column
@@ -340,6 +342,41 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
       }
       for (int64_t ic = i0; ic < i1; ic += mcb) {
         const int64_t mc = std::min(mcb, i1 - ic);
+        if (a_outer) {
+          // Each 12-row tile of A is read in place and stays in L1 while the depth block's
+          // panels of B (kept packed, in L2) stream past it, one 16-column panel per tile of
+          // C; the last rows (1-11) are packed, just those. Nothing of A is packed otherwise.
+          // The order below (B's panel in L1, A streaming) reads A's 12 rows from L2 on every
+          // panel; packing A to make that one stream cost 3.5% of predict at batch 1024. This
+          // order reads one cache line of B per k from L2, which the prefetchers keep ahead.
+          // Measured against onnxruntime (predict on M, 1 thread, same process): batch 256
+          // 0.97x -> 1.01x, 1024 0.97x -> 1.00x. Same fma chains, so the same bits.
+          for (int64_t ir = 0; ir < mc;) {
+            const int64_t rows = std::min(2 * MR, mc - ir);
+            const bool two = rows == 2 * MR;
+            if (!two) pack_a(abuf, ta, A, lda, ic + ir, rows, pc, kc);
+            const T* ad = A + (ic + ir) * lda + pc;
+            for (int64_t q = 0; q < n_jr; ++q) {
+              const int64_t jr = q * NR, nr = std::min(NR, nc - jr);
+              const T* bq = bblock + q * NR * kc;
+              auto tile = [&](T* dst, int64_t ld, bool acc) {
+                if (two) pair.rows(kc, ad, lda, bq, dst, ld, acc);
+                else pair.tail(kc, abuf, bq, dst, ld, acc, static_cast<int>(rows));
+              };
+              T* ctile = C + (ic + ir) * ldc + jc + jr;
+              if (nr == NR) {
+                tile(ctile, ldc, acc_here);
+              } else {
+                alignas(64) T tmp[2 * MR * NR];
+                tile(tmp, NR, false);
+                store_part(ctile, ldc, tmp, NR, rows, nr, acc_here);
+              }
+              if (last_k && ep) apply_epilogue(C, ldc, ic + ir, rows, jc + jr, nr, *ep);
+            }
+            ir += rows;
+          }
+          continue;
+        }
         if (!direct) pack_a(abuf, ta, A, lda, ic, mc, pc, kc);
         for (int64_t q = 0; q < n_jr; ++q) {
           const int64_t jr = q * NR, nr = std::min(NR, nc - jr);
@@ -490,8 +527,9 @@ bool swap_nt(int64_t M, int64_t N, int64_t K) {
     return env ? std::atoll(env) : int64_t(128);
   }();
   // Packing W costs about 1/M of the product, the transposed stores of C about 1/K. Measured
-  // against onnxruntime in one process (predict on M, 1 thread, medians of 60 pairs, 4 runs):
-  // at batch 128 swapping gave 0.91-0.96x instead of 0.84-0.86x; at 192 and 256, even.
+  // against onnxruntime in one process (predict on M, 1 thread, medians of 60 pairs, 4 runs,
+  // when predict packed W on every call): at batch 128 swapping gave 0.91-0.96x instead of
+  // 0.84-0.86x; at 192 and 256, even. Weights kept packed (nt_packs_b) are not swapped.
   return M <= max_rows && N >= M && K >= 128;
 }
 
@@ -614,7 +652,9 @@ void gemm_tn_colsum(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, co
 template <class T>
 bool nt_packs_b(int64_t M, int64_t N, int64_t K) {
   if (M <= 0 || N <= 0 || K <= 0 || gemm_uses_direct(M, N, K)) return false;
-  return !nt_runs_swapped<T>(M, N, K);
+  // With the AVX-512 row kernels, kept panels serve every batch (gemm_rect's A-outer order):
+  // predict on M at batch 16-128 went from 0.93-0.97x onnxruntime swapped to 1.00-1.03x.
+  return pick_pair<T>().rows != nullptr || !nt_runs_swapped<T>(M, N, K);
 }
 
 template <class T>

@@ -170,6 +170,7 @@ class Model:
         # notes that they may be written), `_cache_token` counts who else holds them.
         self._param_views = OrderedDict((n, self._core.param_view(i)) for i, n in enumerate(self._param_names))
         self._view_refs = self._param_view_refs()
+        self._param_count = sum(int(v.size) for v in self._param_views.values())
         self._grads = OrderedDict((n, self._core.grad_view(i)) for i, n in enumerate(self._param_names))
         self._buffers = OrderedDict((n, self._core.buffer_view(i)) for i, n in enumerate(self._buffer_names))
         self.training = True
@@ -224,9 +225,10 @@ class Model:
         (so none can be written without the version moving on: see _params), else 0. A view
         taken from one (a slice, np.asarray, a memoryview, torch.from_numpy) holds a reference
         to it. The version is read first: a view handed out after it makes it stale.
-        Below 128 rows the products read the weights in place or are too small for packing to
-        matter, and the check (about 1 us) would cost more than it could save: 0."""
-        if rows < 128:
+        Where a call has under 128 rows and under 2^22 multiply-adds per parameter row (batch 16
+        of a 784-512-512-10 model has 10.7M), the products are small enough that the check
+        (about 1 us) would cost more than kept weights could save: 0."""
+        if rows < 128 and rows * self._param_count < (1 << 22):
             return 0
         version = int(self._core.param_version())
         return version if self._param_view_refs() == self._view_refs else 0

@@ -36,7 +36,8 @@ struct PackedNT {
   int64_t N = 0, K = 0, n_pad = 0;  // W is N x K; panels padded to n_pad columns
   Buffer<T> data;                   // depth block by depth block, panel by panel
 };
-// Whether gemm(false, true, M, N, K, ...) packs op(B) on every call (so a PackedNT serves it).
+// Whether a PackedNT of W serves x @ W^T of this shape (gemm_nt_packed): wherever gemm would
+// pack op(B) on every call, and with the AVX-512 row kernels wherever it is not direct.
 template <class T>
 bool nt_packs_b(int64_t M, int64_t N, int64_t K);
 template <class T>
