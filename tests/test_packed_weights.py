@@ -16,7 +16,7 @@ import pytest
 import layerprop as lp
 from layerprop import _core
 
-from conftest import build_mlp
+from conftest import LEAKY_SLOPE, build_mlp
 
 # Batches of 200 rows: at 128 rows or more a call may keep the packed weights whatever the
 # model's size, and every Linear here packs its weight on each call unless it was kept.
@@ -182,15 +182,17 @@ def test_small_calls_use_but_do_not_build():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("rows", [16, 17, 37, 100, 131])
-def test_small_batches_of_a_large_model_keep_the_weights(rows, threads):
-    """Under 128 rows a model with enough parameters still keeps its packed weights; the kept
-    path reads x in place, 12 rows at a time (AVX-512), where the call without them computes
-    C^T = W x^T reading W in place: the bits must be the same."""
+@pytest.mark.parametrize("rows,act", [(16, "relu"), (17, "leaky_relu"), (37, "relu"), (100, "tanh"),
+                                      (131, "leaky_relu"), (300, "relu"), (300, "identity")])
+def test_small_batches_of_a_large_model_keep_the_weights(rows, act, threads):
+    """Under 128 rows a model with enough parameters still keeps its packed weights. The kept
+    path reads x in place, 12 rows at a time (AVX-512), and applies bias and ReLU, LeakyReLU
+    or Identity as it stores; the call without them computes C^T = W x^T (under 128 rows) or
+    packs x, and applies the activation in a second pass: the bits must be the same."""
     prev = lp.get_num_threads()
     lp.set_num_threads(threads)
     try:
-        model, _ = build_mlp((800, 336, 24, 10), "relu", dtype="float32", seed=3)
+        model, ref_acts = build_mlp((800, 336, 24, 10), act, dtype="float32", seed=3)
         assert rows * sum(p.size for p in model.parameters().values()) >= 1 << 22
         X = np.random.default_rng(rows).standard_normal((rows, 800)).astype(np.float32)
         first = check(model, X)
@@ -199,9 +201,11 @@ def test_small_batches_of_a_large_model_keep_the_weights(rows, threads):
         assert stats(model)["builds"] == 1
         ps = [v.astype(np.float64) for v in model.parameters().values()]  # weight, bias per Linear
         h = X.astype(np.float64)
-        for i in range(0, len(ps), 2):
-            h = h @ ps[i].T + ps[i + 1]
-            h = np.maximum(h, 0) if i + 2 < len(ps) else h
+        fs = {"relu": lambda v: np.maximum(v, 0), "leaky_relu": lambda v: np.where(v > 0, v, LEAKY_SLOPE * v),
+              "tanh": np.tanh, "identity": lambda v: v}
+        for i, f in enumerate(ref_acts):
+            h = h @ ps[2 * i].T + ps[2 * i + 1]
+            h = h if f is None else fs[act](h)
         np.testing.assert_allclose(first, h, rtol=1e-4, atol=1e-4)
     finally:
         lp.set_num_threads(prev)

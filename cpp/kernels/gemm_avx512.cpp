@@ -13,11 +13,55 @@
 namespace lp::kern::avx512 {
 
 namespace {
+// What a tile stores after its last depth block: C = C (+) acc, then, when fused, C += bias
+// and act_out = f(C) for Identity (act 0), ReLU (1) or LeakyReLU (2): the values bias_act
+// computes in a second pass over C, here taken from the registers.
+struct TileOut {
+  const float* bias = nullptr;  // this column block's bias, or null
+  int act = -1;                 // -1: no epilogue here
+  float slope = 0;
+  float* act_out = nullptr;     // this tile's first act_out row, or null
+  int64_t ld_act = 0;
+  float* colsum = nullptr;      // TA only: colsum[r] (+)= sum over k of A(r, k), or null
+  bool colsum_acc = false;
+};
+
+// The R rows of a tile's accumulators into C (the columns in `mask`), with `out`'s epilogue.
+template <int R>
+[[gnu::always_inline]] inline void store_rows(const __m512 (&acc)[R], float* __restrict c, int64_t ldc, bool accumulate,
+                                              __mmask16 mask, const TileOut& out) {
+  if (out.act < 0 && mask == __mmask16(0xFFFF)) {
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      float* cr = c + r * ldc;
+      _mm512_storeu_ps(cr, accumulate ? _mm512_add_ps(_mm512_loadu_ps(cr), acc[r]) : acc[r]);
+    }
+    return;
+  }
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 bias = out.bias ? _mm512_maskz_loadu_ps(mask, out.bias) : zero;
+  const __m512 slope = _mm512_set1_ps(out.slope);
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) {
+    float* cr = c + r * ldc;
+    __m512 v = accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cr), acc[r]) : acc[r];
+    if (out.act >= 0 && out.bias) v = _mm512_add_ps(v, bias);
+    _mm512_mask_storeu_ps(cr, mask, v);
+    if (out.act >= 0 && out.act_out) {
+      __m512 f = v;
+      if (out.act == 1) f = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);  // x < 0 ? 0 : x
+      else if (out.act == 2) f = _mm512_mask_mov_ps(_mm512_mul_ps(v, slope), _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), v);
+      _mm512_mask_storeu_ps(out.act_out + r * out.ld_act, mask, f);
+    }
+  }
+}
+
 // An R x 16 tile (R <= 12): zero accumulators, for each k one 16-float load of B and the R fmas
-// `rows(k, bv, acc)` (each reading its A value where that kernel keeps it), then R rows stored.
+// `rows(k, bv, acc)` (each reading its A value where that kernel keeps it), then R rows stored
+// (with `out`'s epilogue, if any).
 template <int R, class Rows>
 [[gnu::always_inline]] inline void tile_r16(int64_t kc, const float* __restrict b, float* __restrict c, int64_t ldc,
-                                            bool accumulate, Rows rows) {
+                                            bool accumulate, Rows rows, const TileOut& out = TileOut()) {
   __m512 acc[R];
 #pragma GCC unroll 12
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
@@ -25,26 +69,35 @@ template <int R, class Rows>
     rows(k, _mm512_loadu_ps(b), acc);
     b += 16;
   }
-#pragma GCC unroll 12
-  for (int r = 0; r < R; ++r) {
-    float* cr = c + r * ldc;
-    _mm512_storeu_ps(cr, accumulate ? _mm512_add_ps(_mm512_loadu_ps(cr), acc[r]) : acc[r]);
-  }
+  store_rows<R>(acc, c, ldc, accumulate, __mmask16(0xFFFF), out);
 }
 
 // R rows of two consecutive packed 6-row micro-panels: row r's k-th value is a[k * 6 + r] for
 // r < 6, a[6 * kc + k * 6 + r - 6] after (the second panel is read only when R > 6).
 template <int R>
 void panels_r16(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c, int64_t ldc,
-                bool accumulate) {
+                bool accumulate, const TileOut& out = TileOut()) {
   const float* a1 = a + 6 * kc;
-  tile_r16<R>(kc, b, c, ldc, accumulate, [&](int64_t k, __m512 bv, __m512 (&acc)[R]) {
-    const float* p0 = a + k * 6;
-    const float* p1 = a1 + k * 6;
+  tile_r16<R>(
+      kc, b, c, ldc, accumulate,
+      [&](int64_t k, __m512 bv, __m512 (&acc)[R]) {
+        const float* p0 = a + k * 6;
+        const float* p1 = a1 + k * 6;
 #pragma GCC unroll 12
-    for (int r = 0; r < R; ++r)
-      acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(r < 6 ? p0[r] : p1[r - 6]), bv, acc[r]);
-  });
+        for (int r = 0; r < R; ++r)
+          acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(r < 6 ? p0[r] : p1[r - 6]), bv, acc[r]);
+      },
+      out);
+}
+
+TileOut fused(const float* bias, int act, float slope, float* act_out, int64_t ld_act) {
+  TileOut out;
+  out.bias = bias;
+  out.act = act;
+  out.slope = slope;
+  out.act_out = act_out;
+  out.ld_act = ld_act;
+  return out;
 }
 }  // namespace
 
@@ -58,53 +111,61 @@ void ukernel2_f32(int64_t kc, const float* __restrict a, const float* __restrict
 // The last rows of a row block (1 to 11 of them, `rows`), same layout: only those rows are
 // computed and stored. Each output is the same fma chain as in the full tiles, so the bits do
 // not depend on where a row falls; the AVX2 kernel would compute 6-row tiles on zero padding.
+// The epilogue is fused into the stores (act -1: none; else as TileOut); ukernel_tail_f32
+// below is this without one.
+void ukernel_tail_ep_f32(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+                         int64_t ldc, bool accumulate, int rows, const float* bias, int act, float slope,
+                         float* act_out, int64_t ld_act) {
+  const TileOut out = fused(bias, act, slope, act_out, ld_act);
+  switch (rows) {
+#define LP_TAIL_CASE(R) \
+  case R: return panels_r16<R>(kc, a, b, c, ldc, accumulate, out);
+    LP_TAIL_CASE(1) LP_TAIL_CASE(2) LP_TAIL_CASE(3) LP_TAIL_CASE(4) LP_TAIL_CASE(5) LP_TAIL_CASE(6)
+    LP_TAIL_CASE(7) LP_TAIL_CASE(8) LP_TAIL_CASE(9) LP_TAIL_CASE(10) LP_TAIL_CASE(11)
+#undef LP_TAIL_CASE
+    default: return panels_r16<12>(kc, a, b, c, ldc, accumulate, out);
+  }
+}
+
 void ukernel_tail_f32(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
                       int64_t ldc, bool accumulate, int rows) {
-  switch (rows) {
-    case 1: return panels_r16<1>(kc, a, b, c, ldc, accumulate);
-    case 2: return panels_r16<2>(kc, a, b, c, ldc, accumulate);
-    case 3: return panels_r16<3>(kc, a, b, c, ldc, accumulate);
-    case 4: return panels_r16<4>(kc, a, b, c, ldc, accumulate);
-    case 5: return panels_r16<5>(kc, a, b, c, ldc, accumulate);
-    case 6: return panels_r16<6>(kc, a, b, c, ldc, accumulate);
-    case 7: return panels_r16<7>(kc, a, b, c, ldc, accumulate);
-    case 8: return panels_r16<8>(kc, a, b, c, ldc, accumulate);
-    case 9: return panels_r16<9>(kc, a, b, c, ldc, accumulate);
-    case 10: return panels_r16<10>(kc, a, b, c, ldc, accumulate);
-    case 11: return panels_r16<11>(kc, a, b, c, ldc, accumulate);
-    default: return panels_r16<12>(kc, a, b, c, ldc, accumulate);
-  }
+  ukernel_tail_ep_f32(kc, a, b, c, ldc, accumulate, rows, nullptr, -1, 0.0f, nullptr, 0);
 }
 
 // The same tile with A read in place: row r of the 12 x kc block starts at a + r * lda (four
 // base pointers, three rows each, so the addresses stay base + {0, 1, 2} * lda).
+namespace {
+void rows_tile(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, float* __restrict c,
+               int64_t ldc, bool accumulate, const TileOut& out) {
+  const float* base[4] = {a, a + 3 * lda, a + 6 * lda, a + 9 * lda};
+  tile_r16<12>(
+      kc, b, c, ldc, accumulate,
+      [&](int64_t k, __m512 bv, __m512 (&acc)[12]) {
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; ++g) {
+          const float* q = base[g] + k;
+          acc[3 * g] = _mm512_fmadd_ps(_mm512_set1_ps(q[0]), bv, acc[3 * g]);
+          acc[3 * g + 1] = _mm512_fmadd_ps(_mm512_set1_ps(q[lda]), bv, acc[3 * g + 1]);
+          acc[3 * g + 2] = _mm512_fmadd_ps(_mm512_set1_ps(q[2 * lda]), bv, acc[3 * g + 2]);
+        }
+      },
+      out);
+}
+}  // namespace
+
 void ukernel2_rows_f32(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b,
                        float* __restrict c, int64_t ldc, bool accumulate) {
-  const float* base[4] = {a, a + 3 * lda, a + 6 * lda, a + 9 * lda};
-  tile_r16<12>(kc, b, c, ldc, accumulate, [&](int64_t k, __m512 bv, __m512 (&acc)[12]) {
-#pragma GCC unroll 4
-    for (int g = 0; g < 4; ++g) {
-      const float* q = base[g] + k;
-      acc[3 * g] = _mm512_fmadd_ps(_mm512_set1_ps(q[0]), bv, acc[3 * g]);
-      acc[3 * g + 1] = _mm512_fmadd_ps(_mm512_set1_ps(q[lda]), bv, acc[3 * g + 1]);
-      acc[3 * g + 2] = _mm512_fmadd_ps(_mm512_set1_ps(q[2 * lda]), bv, acc[3 * g + 2]);
-    }
-  });
+  rows_tile(kc, a, lda, b, c, ldc, accumulate, TileOut());
+}
+
+// The same, with the epilogue fused into the stores (act -1: none; else as TileOut).
+void ukernel2_rows_ep_f32(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b,
+                          float* __restrict c, int64_t ldc, bool accumulate, const float* bias, int act, float slope,
+                          float* act_out, int64_t ld_act) {
+  rows_tile(kc, a, lda, b, c, ldc, accumulate, fused(bias, act, slope, act_out, ld_act));
 }
 
 namespace {
-// What a tile stores after its last depth block (gemm_inplace_f32): C = C (+) acc, then, when
-// fused, C += bias and act_out = f(C) for Identity (act 0), ReLU (1) or LeakyReLU (2): the
-// values bias_act computes in a second pass over C, here taken from the registers.
-struct TileOut {
-  const float* bias = nullptr;  // this column block's bias, or null
-  int act = -1;                 // -1: no epilogue here
-  float slope = 0;
-  float* act_out = nullptr;     // this tile's first act_out row, or null
-  int64_t ld_act = 0;
-  float* colsum = nullptr;      // TA only: colsum[r] (+)= sum over k of A(r, k), or null
-  bool colsum_acc = false;
-};
 
 // An R x 16 tile of a small product read in place (gemm_inplace_f32): row k of B at b + k * ldb,
 // and A transposed (TA: A(r, k) = a[k * lda + r], a weight gradient's dz^T) or not (a[r * lda
@@ -149,22 +210,7 @@ void inplace_r16(int64_t kc, const float* __restrict a, int64_t lda, const float
       }
     }
   }
-  const __m512 zero = _mm512_setzero_ps();
-  const __m512 bias = out.bias ? _mm512_maskz_loadu_ps(mask, out.bias) : zero;
-  const __m512 slope = _mm512_set1_ps(out.slope);
-#pragma GCC unroll 12
-  for (int r = 0; r < R; ++r) {
-    float* cr = c + r * ldc;
-    __m512 v = accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cr), acc[r]) : acc[r];
-    if (out.act >= 0 && out.bias) v = _mm512_add_ps(v, bias);
-    _mm512_mask_storeu_ps(cr, mask, v);
-    if (out.act >= 0 && out.act_out) {
-      __m512 f = v;
-      if (out.act == 1) f = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);  // x < 0 ? 0 : x
-      else if (out.act == 2) f = _mm512_mask_mov_ps(_mm512_mul_ps(v, slope), _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), v);
-      _mm512_mask_storeu_ps(out.act_out + r * out.ld_act, mask, f);
-    }
-  }
+  store_rows<R>(acc, c, ldc, accumulate, mask, out);
 }
 
 template <bool TA>
