@@ -271,3 +271,29 @@ def test_random_sequences_of_writes_and_predicts():
             Xr = np.resize(X, (rows, X.shape[1]))
             check(model, Xr, batch_size=ROWS)
     assert stats(model)["builds"] > 1 and stats(model)["uses"] > stats(model)["builds"]
+
+
+def test_random_shapes_keep_the_bits():
+    """Random layer widths (ragged against the 12-row and 16-column tiles), activations, row
+    counts and thread counts: predict with kept weights equals predict without, bit for bit."""
+    rng = np.random.default_rng(7)
+    prev = lp.get_num_threads()
+    kept = 0
+    try:
+        for trial in range(40):
+            sizes = [int(rng.integers(1, 700)) for _ in range(int(rng.integers(2, 4)))] + [int(rng.integers(1, 40))]
+            acts = [lp.ReLU, lp.LeakyReLU, lp.Tanh, lp.Identity]
+            layers = []
+            for i in range(len(sizes) - 1):
+                layers.append(lp.Linear(sizes[i], sizes[i + 1]))
+                if i < len(sizes) - 2:
+                    layers.append(acts[int(rng.integers(0, 4))]())
+            model = lp.Sequential(*layers, dtype="float32", seed=trial)
+            lp.set_num_threads(int(rng.integers(1, 3)))
+            X = rng.standard_normal((int(rng.integers(1, 400)), sizes[0])).astype(np.float32)
+            check(model, X)
+            check(model, X)
+            kept += stats(model)["builds"] > 0
+    finally:
+        lp.set_num_threads(prev)
+    assert kept >= 30, kept  # most draws are large enough to keep their weights

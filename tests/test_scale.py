@@ -32,6 +32,24 @@ def test_mnist_sized_fit_evaluate_predict(mnist_shaped):
     assert ev["accuracy"] == pytest.approx(float(np.mean(P.argmax(1) == y)), abs=1e-12)
 
 
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_mnist_sized_predict_with_kept_weights_gives_the_same_bits(mnist_shaped, batch_size):
+    """predict keeps the packed weights of a 784-512-512-10 model (also in calls of 16 rows) and
+    reads them against x in place: the same bits as packing on every call."""
+    from layerprop import _core
+    X, _ = mnist_shaped
+    m = lp.Sequential(lp.Linear(784, 512), lp.ReLU(), lp.Linear(512, 512), lp.ReLU(), lp.Linear(512, 10), seed=0)
+    P = m.predict(X, batch_size=batch_size)
+    assert m._core.packed_stats()["builds"] == 1
+    _core._set_packed_weights(False)
+    try:
+        Q = m.predict(X, batch_size=batch_size)
+    finally:
+        _core._set_packed_weights(True)
+    assert P.shape == (60000, 10)
+    np.testing.assert_array_equal(P, Q)
+
+
 def test_mnist_sized_mse_fit_in_float64():
     rng = np.random.default_rng(1)
     X = rng.random((60000, 784))
