@@ -301,6 +301,61 @@ def test_threaded_products_share_panels_to_the_same_bits():
         _core._set_gemm_shared(3)
 
 
+def test_a_outer_products_give_the_same_bits():
+    """Packed products with A not transposed keep A's 12-row tiles outside, read in place, while
+    B's panels stream past (where A's rows spread over L1's sets; 4 KB strides fall back). On or
+    off: the same bits, plain and accumulating, NN and NT, row and column remainders, strides
+    of A that spread and that alias (1024 and 2048 floats), at 1 and 2 threads; and an MLP
+    trains and predicts to the same bits."""
+    import layerprop as lp
+    from layerprop import _core
+    rng = np.random.default_rng(12)
+    threads = lp.get_num_threads()
+    shapes = [(256, 512, 784), (37, 700, 300), (131, 130, 257), (300, 2100, 600), (12, 64, 1000)]
+    try:
+        for nt in (1, 2):
+            lp.set_num_threads(nt)
+            for m, n, k in shapes:
+                for lda in (k, k + 5, 1024, 2048):
+                    if lda < k:
+                        continue
+                    for tb in (False, True):
+                        a = rng.standard_normal((m, lda)).astype(np.float32)[:, :k]
+                        b_full = rng.standard_normal(((n, k + 2) if tb else (k, n + 5))).astype(np.float32)
+                        b = b_full[:, :k] if tb else b_full[:, :n]
+                        c = rng.standard_normal((m, n)).astype(np.float32)
+                        got = []
+                        for on in (True, False):
+                            _core._set_gemm_a_outer(on)
+                            got.append((_core._gemm(a, b, False, tb, None), _core._gemm(a, b, False, tb, c.copy())))
+                        assert got[0][0].tobytes() == got[1][0].tobytes(), (nt, m, n, k, lda, tb)
+                        assert got[0][1].tobytes() == got[1][1].tobytes(), (nt, m, n, k, lda, tb)
+                        ref = a.astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+                        assert np.abs(got[0][0] - ref).max() <= 1e-5 * np.abs(ref).max(), (nt, m, n, k, lda, tb)
+
+        def run():
+            model = lp.Sequential(lp.Linear(300, 200), lp.ReLU(), lp.Linear(200, 150), lp.LeakyReLU(0.1),
+                                  lp.Linear(150, 10), seed=2)
+            model.compile(loss="cross_entropy", optimizer=lp.Adam(lr=1e-3))
+            X = np.random.default_rng(3).standard_normal((700, 300)).astype(np.float32)
+            y = np.random.default_rng(4).integers(0, 10, 700)
+            out = [np.float64(model.train_step(X[i:i + 140], y[i:i + 140])) for i in range(0, 700, 140)]
+            out += [model.predict(X), model.predict(X[:50])]
+            return out + [np.array(v) for v in model.parameters().values()]
+
+        for nt in (1, 2):
+            lp.set_num_threads(nt)
+            _core._set_gemm_a_outer(True)
+            on = run()
+            _core._set_gemm_a_outer(False)
+            off = run()
+            for x, y in zip(on, off):
+                assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+    finally:
+        _core._set_gemm_a_outer(True)
+        lp.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh", "none"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_small_layers_in_place_train_and_predict_to_the_same_bits(act, bias):

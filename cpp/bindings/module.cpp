@@ -114,6 +114,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("_set_gemm_inplace", [](bool on) { lp::kern::set_gemm_inplace(on); }, py::arg("on"),
         "Whether small products with B not transposed read their operands in place instead of packing "
         "them (LAYERPROP_GEMM_INPLACE=0: off); the results are the same bits either way.");
+  m.def("_set_gemm_a_outer", [](bool on) { lp::kern::set_gemm_a_outer(on); }, py::arg("on"),
+        "Whether packed products with A not transposed keep A's tiles outside, read in place, while B's panels "
+        "stream past (LAYERPROP_GEMM_A_OUTER=0: off); the results are the same bits either way.");
   m.def("_set_keep_workers_asleep", [](bool on) { lp::set_keep_workers_asleep(on); }, py::arg("on"));
   m.def("_set_foreign_probe", [](bool on) { lp::set_foreign_probe(on); }, py::arg("on"),
         "Turn the probe of other busy threads in this process on or off (it is on by default).");

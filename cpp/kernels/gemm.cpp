@@ -210,6 +210,28 @@ void pack_b_panels(T* dst, bool tb, const T* B, int64_t ldb, int64_t p0, int64_t
     pack_b_trans_panel(dst + q * NR * kc, B, ldb, p0, kc, j0 + q * NR, std::min(NR, n - q * NR));
 }
 
+// Whether 12 rows `stride` bytes apart spread over L1's sets (64 sets of 64-byte lines, 8 ways)
+// so that no set holds more than 6 of them: a 12-row tile read in place then stays in L1
+// beside the panel it is multiplied with. Rows 4 KB apart (1024 floats) all fall in one set and
+// evict each other: predict on L (1024-2048-2048-1024) ran 28-35% slower with x's tiles read
+// in place, and L's training step at batch 96 9% slower with W's rows read in place (swap_nt).
+bool rows_spread(int64_t stride) {
+  int count[64] = {};
+  for (int64_t r = 0; r < 12; ++r)
+    if (++count[((r * stride) >> 6) & 63] > 6) return false;
+  return true;
+}
+
+std::atomic<bool> g_a_outer_on{env_switch_on("LAYERPROP_GEMM_A_OUTER")};  // "0": B's panels outside
+
+// x @ W^T style products with A's 12-row tiles outside (gemm_rect): A not transposed, its rows
+// spread over L1's sets, and the AVX-512 row kernels.
+template <class T>
+bool a_outer_applies(bool ta, bool ct, const Pair<T>& pair, int64_t lda) {
+  return !ta && !ct && pair.rows != nullptr && rows_spread(lda * int64_t(sizeof(T))) &&
+         g_a_outer_on.load(std::memory_order_relaxed);
+}
+
 // c (mr x nr) (+)= t: the edge tiles, computed into a full-size temporary first.
 template <class T>
 void store_part(T* __restrict c, int64_t ldc, const T* __restrict t, int64_t ldt, int64_t mr, int64_t nr,
@@ -328,15 +350,19 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
   static thread_local Buffer<T> abuf_store, bbuf_store;
   const bool direct = ukr != nullptr && !ta;
   // x against weights kept packed, with the AVX-512 row kernels: A's tiles outside (below).
-  const bool a_outer = pre != nullptr && !ta && !ct && pair.rows != nullptr;
+  const bool a_outer = a_outer_applies<T>(ta, ct, pair, lda);
   const bool share_b = sh != nullptr && !pre;
   const int64_t n_pad = (j1 - j0 + NR - 1) / NR * NR;
   // Private panels: one row block of A (slack: the AVX2 packer's last store) and one column
   // block of B (sharing: the fallback copy of the rectangle's columns).
   T* abuf = scratch(abuf_store, MC * KC + 16);
   T* bbuf_own = pre ? nullptr : scratch(bbuf_store, KC * (share_b ? n_pad : std::min(NC, n_pad)));
-  for (int64_t jc = j0; jc < j1; jc += NC) {
-    const int64_t nc = std::min(NC, j1 - jc);
+  // A-outer streams a depth block's panels of B past every tile of A: at most 512 KB of them
+  // at a time, so that they stay in L2 (column blocks never change results).
+  const int64_t nc_step =
+      a_outer ? std::clamp<int64_t>((int64_t(512) << 10) / (kcb * int64_t(sizeof(T))) / NR * NR, NR, NC) : NC;
+  for (int64_t jc = j0; jc < j1; jc += nc_step) {
+    const int64_t nc = std::min(nc_step, j1 - jc);
     const int64_t n_jr = (nc + NR - 1) / NR;
     for (int64_t pc = 0; pc < K; pc += kcb) {
       const int64_t kc = std::min(kcb, K - pc);
@@ -361,13 +387,15 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
         const int64_t mc = std::min(mcb, i1 - ic);
         if (a_outer) {
           // Each 12-row tile of A is read in place and stays in L1 while the depth block's
-          // panels of B (kept packed, in L2) stream past it, one 16-column panel per tile of
-          // C; the last rows (1-11) are packed, just those. Nothing of A is packed otherwise.
+          // panels of B (packed for this call or kept, in L2) stream past it, one 16-column
+          // panel per tile of C; the last rows (1-11) are packed, just those. Nothing of A is
+          // packed otherwise.
           // The order below (B's panel in L1, A streaming) reads A's 12 rows from L2 on every
           // panel; packing A to make that one stream cost 3.5% of predict at batch 1024. This
           // order reads one cache line of B per k from L2, which the prefetchers keep ahead.
           // Measured against onnxruntime (predict on M, 1 thread, same process): batch 256
-          // 0.97x -> 1.01x, 1024 0.97x -> 1.00x. Same fma chains, so the same bits.
+          // 0.97x -> 1.01x, 1024 0.97x -> 1.00x; M's training step 1.4% faster (x @ W^T and
+          // dz @ W). Same fma chains, so the same bits.
           // The last depth block's full tiles store through the epilogue where it is bias and
           // Identity, ReLU or LeakyReLU: no second pass over C (0.8-0.9% of predict on M).
           const int fuse = last_k ? fused_act(ep) : -1;
@@ -507,7 +535,7 @@ void gemm_packed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
   // Kept weights read in A-outer order (gemm_rect) pack nothing per rectangle: there, rows are
   // cut alone wherever that still leaves four row tiles per thread. Predict on M at batch
   // 1024, 2 threads: 0.96x -> 1.00x onnxruntime against 2 rows x 4 columns of rectangles.
-  const bool rows_only = pre != nullptr && !ta && pair.rows != nullptr && row_tiles >= 4 * nt;
+  const bool rows_only = pre != nullptr && a_outer_applies<T>(ta, ct, pair, lda) && row_tiles >= 4 * nt;
   int64_t rs = 1, cs = 1;
   double best = -1;
   for (int64_t c = 1; c <= std::min(want, col_tiles); ++c) {
@@ -570,7 +598,8 @@ namespace {
 // Whether a packed x @ W^T runs as C^T = W x^T here (swap_nt, and a kernel reading W in place).
 template <class T>
 bool nt_runs_swapped(int64_t M, int64_t N, int64_t K) {
-  return pick_ukernel_rows<T>() != nullptr && swap_nt(M, N, K);
+  // W (N x K) is read in place by rows K apart (rows_spread).
+  return pick_ukernel_rows<T>() != nullptr && swap_nt(M, N, K) && rows_spread(K * int64_t(sizeof(T)));
 }
 }  // namespace
 
@@ -584,6 +613,7 @@ std::atomic<bool> g_inplace_on{env_switch_on("LAYERPROP_GEMM_INPLACE")};  // "0"
 }  // namespace
 void set_gemm_shared(int mode) { g_shared_mode.store(mode, std::memory_order_relaxed); }
 void set_gemm_inplace(bool on) { g_inplace_on.store(on, std::memory_order_relaxed); }
+void set_gemm_a_outer(bool on) { g_a_outer_on.store(on, std::memory_order_relaxed); }
 
 // Whether gemm runs a product in place (gemm_inplace): one that is not direct (tiny), with
 // K <= 128 and at most 2^18 multiply-adds, so that A and B fit in L1 and packing them buys

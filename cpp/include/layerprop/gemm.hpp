@@ -65,6 +65,10 @@ bool gemm_uses_direct(int64_t M, int64_t N, int64_t K);
 // Whether small products with B not transposed may read their operands in place instead of
 // packing them (gemm.cpp; on by default, LAYERPROP_GEMM_INPLACE=0 turns it off). Same bits.
 void set_gemm_inplace(bool on);
+// Whether packed products with A not transposed keep A's 12-row tiles outside, read in place,
+// with B's panels streaming past (gemm.cpp; on by default where the AVX-512 kernels run and
+// A's rows spread over L1, LAYERPROP_GEMM_A_OUTER=0 turns it off). Same bits.
+void set_gemm_a_outer(bool on);
 // Whether the rectangles of a multi-threaded product share packed panels (gemm.cpp,
 // SharedPanels): 1 (default), 0 (LAYERPROP_GEMM_SHARED=0) or 2 (tests: private copies). Same bits.
 void set_gemm_shared(int mode);
