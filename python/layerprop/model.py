@@ -225,9 +225,9 @@ class Model:
         (so none can be written without the version moving on: see _params), else 0. A view
         taken from one (a slice, np.asarray, a memoryview, torch.from_numpy) holds a reference
         to it. The version is read first: a view handed out after it makes it stale.
-        Where a call has under 128 rows and under 2^22 multiply-adds per parameter row (batch 16
-        of a 784-512-512-10 model has 10.7M), the products are small enough that the check
-        (about 1 us) would cost more than kept weights could save: 0."""
+        A call under 128 rows whose rows times parameters (about its multiply-adds) stay under
+        2^22 is small enough that the check (about 1 us) would cost more than kept weights could
+        save: 0. (Batch 16 of a 784-512-512-10 model has 10.7M and keeps them.)"""
         if rows < 128 and rows * self._param_count < (1 << 22):
             return 0
         version = int(self._core.param_version())
