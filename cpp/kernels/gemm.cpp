@@ -267,6 +267,24 @@ inline void apply_epilogue(T* C, int64_t ldc, int64_t i0, int64_t mr, int64_t j0
               ep.act_out ? ep.act_out + i0 * ep.ld_act + j0 : nullptr, ep.ld_act);
 }
 
+// Tile (i, j) of C, rows x nr, from `tile(dst, ld, accumulate)`: straight into C where the
+// kernel's tile is whole (`whole`), else through a temporary and store_part; then `ep`, if
+// given (the last depth block's), over it.
+template <class T, class Tile>
+void store_tile(Tile&& tile, bool whole, T* C, int64_t ldc, int64_t i, int64_t rows, int64_t j, int64_t nr, bool acc,
+                const Epilogue<T>* ep) {
+  constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
+  T* ctile = C + i * ldc + j;
+  if (whole) {
+    tile(ctile, ldc, acc);
+  } else {
+    alignas(64) T tmp[2 * MR * NR];
+    tile(tmp, NR, false);
+    store_part(ctile, ldc, tmp, NR, rows, nr, acc);
+  }
+  if (ep) apply_epilogue(C, ldc, i, rows, j, nr, *ep);
+}
+
 // Equal depth blocks (784 = 4 x 196, not 3 x 256 + 16): a thin last block would pay a full
 // load and store of C per tile. Depends on K only, so results stay thread-count independent.
 template <class T>
@@ -411,8 +429,8 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                 if (two) pair.rows(kc, ad, lda, bq, dst, ld, acc);
                 else pair.tail(kc, abuf, bq, dst, ld, acc, static_cast<int>(rows));
               };
-              T* ctile = C + (ic + ir) * ldc + jc + jr;
               if (nr == NR && fuse >= 0) {
+                T* ctile = C + (ic + ir) * ldc + jc + jr;
                 const T* bias = ep->bias ? ep->bias + jc + jr : nullptr;
                 T* ao = ep->act_out ? ep->act_out + (ic + ir) * ep->ld_act + jc + jr : nullptr;
                 const T slope = fuse == 2 ? ep->params.negative_slope : T(0);
@@ -421,14 +439,7 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                                   ep->ld_act);
                 continue;
               }
-              if (nr == NR) {
-                tile(ctile, ldc, acc_here);
-              } else {
-                alignas(64) T tmp[2 * MR * NR];
-                tile(tmp, NR, false);
-                store_part(ctile, ldc, tmp, NR, rows, nr, acc_here);
-              }
-              if (last_k && ep) apply_epilogue(C, ldc, ic + ir, rows, jc + jr, nr, *ep);
+              store_tile(tile, nr == NR, C, ldc, ic + ir, rows, jc + jr, nr, acc_here, last_k ? ep : nullptr);
             }
             ir += rows;
           }
@@ -482,15 +493,8 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
               if (!stored) store_part_t(cdst, ldc, tmp, NR, rows, nr, acc_here);
               continue;
             }
-            T* ctile = C + (ic + ir) * ldc + jc + jr;
-            if ((two || tail || mr == MR) && nr == NR) {
-              tile(ctile, ldc, acc_here);
-            } else {
-              alignas(64) T tmp[2 * MR * NR];
-              tile(tmp, NR, false);
-              store_part(ctile, ldc, tmp, NR, rows, nr, acc_here);
-            }
-            if (last_k && ep) apply_epilogue(C, ldc, ic + ir, rows, jc + jr, nr, *ep);
+            store_tile(tile, (two || tail || mr == MR) && nr == NR, C, ldc, ic + ir, rows, jc + jr, nr, acc_here,
+                       last_k ? ep : nullptr);
           }
         }
       }
