@@ -367,7 +367,7 @@ void gemm_rect(bool ta, bool tb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
   constexpr int64_t MR = Bk::MR, NR = Bk::NR, KC = Bk::KC, MC = Bk::MC, NC = Bk::NC;
   static thread_local Buffer<T> abuf_store, bbuf_store;
   const bool direct = ukr != nullptr && !ta;
-  // x against weights kept packed, with the AVX-512 row kernels: A's tiles outside (below).
+  // A not transposed, its rows spread over L1, the AVX-512 row kernels: A's tiles outside (below).
   const bool a_outer = a_outer_applies<T>(ta, ct, pair, lda);
   const bool share_b = sh != nullptr && !pre;
   const int64_t n_pad = (j1 - j0 + NR - 1) / NR * NR;
