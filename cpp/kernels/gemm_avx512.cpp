@@ -252,14 +252,9 @@ void gemm_inplace_f32(bool ta, int64_t M, int64_t N, int64_t K, int64_t kcb, con
       const float* bj = bp + (j / 16) * bstep;
       for (int64_t i = 0; i < M; i += 12) {
         const int rows = static_cast<int>(std::min<int64_t>(12, M - i));
-        TileOut out;
-        if (last && act >= 0) {
-          out.act = act;
-          out.slope = slope;
-          out.bias = bias ? bias + j : nullptr;
-          out.act_out = act_out ? act_out + i * ld_act + j : nullptr;
-          out.ld_act = ld_act;
-        }
+        TileOut out = last && act >= 0 ? fused(bias ? bias + j : nullptr, act, slope,
+                                               act_out ? act_out + i * ld_act + j : nullptr, ld_act)
+                                         : TileOut();
         if (ta && colsum && j == 0 && kc == K) {
           out.colsum = colsum + i;
           out.colsum_acc = colsum_acc;
