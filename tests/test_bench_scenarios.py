@@ -23,7 +23,7 @@ def documented_target_met(setting, model, t1, t2):
     if setting == "busy":
         return t2 <= 1.15 * t1
     assert setting == "interleaved"
-    return t1 / t2 >= (1.7 if model in ("M", "L") else 1.0)
+    return t1 / t2 >= (1.7 if model in ("M", "L") else 0.97)
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +65,14 @@ def test_table_shows_every_row_and_the_targets(rows):
     text = scenarios.format_scenarios(rows)
     lines = text.splitlines()
     assert lines[0].split() == ["setting", "model", "library", "1", "thread", "2", "threads",
-                                "speed-up", "target", "met"]
+                                "speed-up", "2-thread", "loops", "other", "threads", "other", "procs", "target", "met"]
     for r, line in zip(rows, lines[2:2 + len(rows)]):
         assert line.split()[:3] == [r.setting, r.model, r.lib]
         assert f"{r.speedup:.2f}x" in line
         assert line.endswith("met" if r.met else "missed")
     assert "quiet: 2-thread speed-up >= 0.97x on every model, >= 1.85x on M and L" in text
     assert "busy: 2-thread step time <= 1.15x the 1-thread step time" in text
-    assert "interleaved: 2-thread speed-up >= 1.0x on every model, >= 1.7x on M and L" in text
+    assert "interleaved: 2-thread speed-up >= 0.97x on every model, >= 1.7x on M and L" in text
     md = scenarios.format_scenarios(rows, markdown=True).splitlines()
     assert md[0] == "| " + " | ".join(scenarios.SCENARIO_COLUMNS) + " |"
     assert len(md[2].strip("|").split("|")) == len(scenarios.SCENARIO_COLUMNS)
@@ -165,3 +165,50 @@ def test_blas_threads_limits_numpys_pool_for_the_run_only(capsys):
     out = capsys.readouterr().out
     assert "NumPy's BLAS limited to 1 thread(s) (--blas-threads)" in out
     assert blas_threads() == before
+
+
+def test_rows_say_what_ran_beside_the_two_thread_steps(rows):
+    for r in rows:
+        assert r.jobs is not None and r.jobs >= 0.0, r
+        if os.path.isdir("/proc/self/task"):
+            assert r.other_threads is not None and r.other_threads >= 0.0, r
+    text = scenarios.format_scenarios(rows)
+    assert "2-thread loops: layerprop's loops per step" in text
+    for r, line in zip(rows, text.splitlines()[2:]):
+        assert f" {r.jobs:.1f} " in line
+
+
+def test_rounds_alternate_which_thread_count_goes_first(monkeypatch):
+    order = []
+
+    def fake_observe(step, between, **kw):
+        order.append(lp.get_num_threads())
+        return scenarios.Observation(1e-3, 10, 0.01, 0, None, None)
+
+    monkeypatch.setattr(scenarios, "_observe", fake_observe)
+    scenarios.run_scenarios(["D"], ["quiet"], torch=False, quick=True, rounds=4)
+    assert order == [1, 2, 2, 1, 1, 2, 2, 1]
+
+
+def test_other_threads_leave_out_the_caller_and_layerprops_workers():
+    before = {1: ("python", 1.0), 2: (scenarios.POOL_THREAD_NAME, 5.0), 3: ("openblas", 2.0)}
+    after = {1: ("python", 9.0), 2: (scenarios.POOL_THREAD_NAME, 9.0), 3: ("openblas", 2.5),
+             4: ("omp_worker", 0.25)}   # thread 4 started between the snapshots
+    assert scenarios._other_threads_cpu(before, after, caller=1) == pytest.approx(0.75)
+    assert scenarios._other_threads_cpu(None, after, caller=1) is None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc (Linux)")
+def test_thread_cpu_sees_this_thread_and_names_the_pools_workers():
+    import threading
+    from layerprop import _core
+    old = lp.get_num_threads()
+    try:
+        lp.set_num_threads(2)
+        _core._pool_selftest(64, 2)   # starts the worker
+    finally:
+        lp.set_num_threads(old)
+    snap = scenarios._thread_cpu()
+    assert snap is not None and threading.get_native_id() in snap
+    assert all(cpu >= 0 for _, cpu in snap.values())
+    assert scenarios.POOL_THREAD_NAME in {name for name, _ in snap.values()}

@@ -619,6 +619,11 @@ class Pool {
 
   void worker_main(uint64_t seen) {
     tl_in_job = true;  // kernels called from an item run serially
+#if defined(__linux__)
+    // Named, so that top -H, a profiler or /proc/<pid>/task/*/comm tells layerprop's workers
+    // from other pools' threads (the scenario benchmark counts their CPU time apart).
+    pthread_setname_np(pthread_self(), "layerprop-pool");
+#endif
     register_worker_clock();
     const int slot = slots_.fetch_add(1);
     if (slot < kMaxHomes) homes_[slot].tid.store(static_cast<pid_t>(syscall(SYS_gettid)), std::memory_order_release);
