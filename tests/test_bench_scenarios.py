@@ -170,8 +170,8 @@ def test_blas_threads_limits_numpys_pool_for_the_run_only(capsys):
 def test_rows_say_what_ran_beside_the_two_thread_steps(rows):
     for r in rows:
         assert r.jobs is not None and r.jobs >= 0.0, r
-        if os.path.isdir("/proc/self/task"):
-            assert r.other_threads is not None and r.other_threads >= 0.0, r
+        assert r.other_threads is None or r.other_threads >= 0.0, r
+        assert r.other_procs is None or r.other_procs >= 0.0, r
     text = scenarios.format_scenarios(rows)
     assert "2-thread loops: layerprop's loops per step" in text
     for r, line in zip(rows, text.splitlines()[2:]):
@@ -212,3 +212,13 @@ def test_thread_cpu_sees_this_thread_and_names_the_pools_workers():
     assert snap is not None and threading.get_native_id() in snap
     assert all(cpu >= 0 for _, cpu in snap.values())
     assert scenarios.POOL_THREAD_NAME in {name for name, _ in snap.values()}
+
+
+def test_cpu_figures_need_a_long_enough_span(monkeypatch):
+    steps = iter(range(10 ** 6))
+    o = scenarios._observe(lambda: next(steps), None, warmup=1, min_steps=3, seconds=0.0)
+    assert o.other_threads is None and o.other_procs is None   # a few microseconds: unknown
+    if os.path.isdir("/proc/self/task"):
+        monkeypatch.setattr(scenarios, "MIN_CPU_SPAN", 0.0)
+        o = scenarios._observe(lambda: next(steps), None, warmup=1, min_steps=3, seconds=0.0)
+        assert o.other_threads is not None and o.other_threads >= 0.0

@@ -237,6 +237,10 @@ def _thread_cpu() -> Optional[Dict[int, Tuple[str, float]]]:
 
 
 POOL_THREAD_NAME = "layerprop-pool"   # what the core names its workers (cpp/runtime/threads.cpp)
+# The kernel adds a running thread's CPU time up at its scheduler ticks (every few ms), so the
+# figures of a shorter span (a few short steps timed between other work) are mostly noise:
+# they are left out ("-").
+MIN_CPU_SPAN = 0.2
 
 
 def _other_threads_cpu(before, after, caller: int) -> Optional[float]:
@@ -293,6 +297,8 @@ def _observe(step: Callable[[], object], between: Optional[Callable[[], None]], 
     if not per_step:
         add(th0, _thread_cpu(), pr0, _cpu_snapshot(), span)
     stats1 = _core._pool_stats()
+    if span < MIN_CPU_SPAN:
+        threads_cpu = procs_cpu = None
     return Observation(statistics.median(times), len(times), span,
                        stats1["jobs"] - stats0["jobs"],
                        None if threads_cpu is None else threads_cpu / span,
@@ -347,11 +353,13 @@ def _median_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
 
 def _row(setting: str, key: str, lib: str, one: Sequence[Observation], two: Sequence[Observation]) -> ScenarioRow:
     """A cell from its rounds: median step times, and what ran beside the 2-thread steps."""
-    jobs = None
-    if lib == "layerprop":
-        jobs = _median_or_none([o.jobs / o.steps for o in two])
+    if lib != "layerprop":   # its own workers are threads of the process too: not told apart
+        return ScenarioRow(setting, key, lib, statistics.median([o.median for o in one]),
+                           statistics.median([o.median for o in two]), None, None,
+                           _median_or_none([o.other_procs for o in two]))
     return ScenarioRow(setting, key, lib, statistics.median([o.median for o in one]),
-                       statistics.median([o.median for o in two]), jobs,
+                       statistics.median([o.median for o in two]),
+                       _median_or_none([o.jobs / o.steps for o in two]),
                        _median_or_none([o.other_threads for o in two]),
                        _median_or_none([o.other_procs for o in two]))
 
@@ -445,8 +453,9 @@ COLUMN_NOTES = (
     "2-thread loops: layerprop's loops per step that ran on two threads, in its 2-thread steps "
     "(0: every loop ran on one, as its thresholds, the probe of other busy threads or the step "
     "governor decided)",
-    "other threads, other procs: CPUs used, while the 2-thread steps ran, by this process's "
-    "other threads (other pools' workers: BLAS, OpenMP) and by other processes",
+    "other threads, other procs: CPUs used, while layerprop's 2-thread steps ran, by this "
+    "process's other threads (other pools' workers: BLAS, OpenMP) and by other processes "
+    "('-': the steps timed were too short to tell)",
 )
 
 
