@@ -289,7 +289,7 @@ def _observe(step: Callable[[], object], between: Optional[Callable[[], None]], 
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-        if per_step:
+        if between is not None:
             th1, pr1 = _thread_cpu(), _cpu_snapshot()
             add(th0, th1, pr0, pr1, times[-1])
             between()
