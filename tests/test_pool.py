@@ -609,6 +609,82 @@ def test_other_busy_threads_of_the_process_take_their_cores():
     assert other["jobs"] < 0.5 * other["steps"] * quiet["jobs"] / quiet["steps"], (other, quiet)
 
 
+_STALE_CODE = r"""
+import hashlib, json, threading, time
+import numpy as np
+import layerprop as lp
+from layerprop import _core
+
+lp.set_num_threads(2)
+model = lp.Sequential(lp.Linear(784, 512), lp.ReLU(), lp.Linear(512, 10), seed=0)
+model.compile(loss="cross_entropy", optimizer=lp.SGD(lr=0.01))
+rng = np.random.default_rng(0)
+X = rng.standard_normal((256, 784), dtype=np.float32)
+y = rng.integers(0, 10, 256)
+model.train_step(X, y)   # starts the worker
+
+def paused_steps(n):  # each after a pause: the probe's last sample is stale by then
+    before = _core._pool_stats()
+    for _ in range(n):
+        time.sleep(0.08)
+        model.train_step(X, y)
+    after = _core._pool_stats()
+    return {k: after[k] - before[k] for k in ("jobs", "runnable_checks", "runnable_busy")}
+
+def state(tid):
+    with open(f"/proc/self/task/{tid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
+
+out = {"quiet": paused_steps(4)}
+stop = threading.Event()
+
+def hashing():  # another thread of this process, busy without the GIL
+    data = b"x" * (1 << 22)
+    while not stop.is_set():
+        hashlib.sha256(data).digest()
+
+t = threading.Thread(target=hashing)
+t.start()
+try:
+    deadline = time.time() + 10
+    while state(t.native_id) != "R" and time.time() < deadline:
+        time.sleep(0.001)
+    out["busy"] = paused_steps(4)
+finally:
+    stop.set()
+    t.join()
+print(json.dumps(out))
+"""
+
+
+def test_a_stale_sample_counts_the_threads_runnable_now():
+    """After a pause the probe's last sample is stale (docs/threads.md): its first long loop
+    counts the process's other threads that are runnable at that moment as busy cores, until
+    the next sample. Quiet, it finds none and the step's loops use both cores; with a thread
+    busy hashing beside it, it finds it and the loops run on one."""
+    import json
+    import subprocess
+    import sys
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs /proc (Linux)")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    if "libasan" in os.environ.get("LD_PRELOAD", ""):
+        pytest.skip("timing-dependent: not under AddressSanitizer")  # as the test above
+    env = dict(os.environ)
+    env.pop("LAYERPROP_FOREIGN_PROBE", None)
+    env.pop("OMP_NUM_THREADS", None)
+    r = subprocess.run([sys.executable, "-c", _STALE_CODE], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    quiet, busy = d["quiet"], d["busy"]
+    assert quiet["runnable_checks"] >= 4 and quiet["runnable_busy"] == 0, quiet
+    assert quiet["jobs"] >= 4, quiet
+    assert busy["runnable_checks"] >= 4 and busy["runnable_busy"] >= busy["runnable_checks"] - 1, busy
+    assert busy["jobs"] < 0.5 * quiet["jobs"], (busy, quiet)
+
+
 # ------------------------------------------------------------------ the training step's governor
 def _governor(t1, t2, threads=2):
     """The caps StepGovernor chooses for steps taking t1[i] ns at 1 thread and t2[i] at `threads`."""

@@ -79,6 +79,8 @@ PYBIND11_MODULE(_core, m) {
     d["prewarms"] = s.prewarms;
     d["foreign_samples"] = s.foreign_samples;
     d["foreign_busy_samples"] = s.foreign_busy_samples;
+    d["runnable_checks"] = s.runnable_checks;
+    d["runnable_busy"] = s.runnable_busy;
     d["step_probes"] = s.step_probes;
     d["serial_steps"] = s.serial_steps;
     d["serial_switches"] = s.serial_switches;

@@ -1,3 +1,5 @@
+#include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/syscall.h>
@@ -10,6 +12,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <string>
@@ -101,7 +104,10 @@ constexpr int kMaxProbedWorkers = 256;
 constexpr int64_t kProbeNs = 16000000;  // per worker (see above)
 std::atomic<clockid_t> g_worker_clock[kMaxProbedWorkers];  // 0 until set (0 is CLOCK_REALTIME,
                                                            // never a thread's CPU clock)
+std::atomic<pid_t> g_worker_tid[kMaxProbedWorkers];  // their thread ids (0 until set)
 std::atomic<int> g_worker_slots{0};  // workers registered (slots past kMaxProbedWorkers unused)
+std::atomic<int64_t> g_runnable_checks{0};  // stale samples answered by runnable_foreign()
+std::atomic<int64_t> g_runnable_busy{0};    // ... that found some
 std::atomic<int64_t> g_probe_next_ns{0};
 std::atomic<int> g_foreign_cores{0};  // other threads' use, in cores, rounded
 std::atomic<bool> g_probing{false};
@@ -127,7 +133,46 @@ void register_worker_clock() {
   if (pthread_getcpuclockid(pthread_self(), &c) != 0) return;
   const int i = g_worker_slots.fetch_add(1);
   if (i >= kMaxProbedWorkers) return;  // its time then counts as other threads' (many cores)
+  g_worker_tid[i].store(static_cast<pid_t>(syscall(SYS_gettid)));
   g_worker_clock[i].store(c);  // slots fill in any order: unset ones read as 0 and are skipped
+}
+
+// The threads of this process, other than the caller and our workers, that are running or
+// waiting for a CPU right now (state R in /proc/self/task/<tid>/stat); -1 where that cannot
+// be read. Another pool's worker that spins after its call is one of them; one that sleeps is
+// not. About 10 us per thread, so it answers only a stale sample (below), not every loop.
+constexpr int kMaxScanned = 64;
+int runnable_foreign() {
+#if defined(__linux__)
+  DIR* d = opendir("/proc/self/task");
+  if (!d) return -1;
+  const pid_t self = static_cast<pid_t>(syscall(SYS_gettid));
+  const int slots = std::min(g_worker_slots.load(), kMaxProbedWorkers);
+  int n = 0, seen = 0;
+  while (const dirent* e = readdir(d)) {
+    if (++seen > 2 + kMaxScanned) break;  // "." and ".." too; a bound on the scan's cost
+    char* end = nullptr;
+    const long tid = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || tid <= 0 || tid == self) continue;
+    bool ours = false;
+    for (int i = 0; i < slots && !ours; ++i) ours = g_worker_tid[i].load() == tid;
+    if (ours) continue;
+    char path[64], buf[512];
+    std::snprintf(path, sizeof path, "/proc/self/task/%ld/stat", tid);
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;  // the thread has ended
+    const ssize_t got = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (got <= 0) continue;
+    buf[got] = '\0';
+    const char* paren = std::strrchr(buf, ')');  // the name may hold spaces and parentheses
+    if (paren && paren[1] == ' ' && paren[2] == 'R') ++n;
+  }
+  closedir(d);
+  return n;
+#else
+  return -1;
+#endif
 }
 
 // `ns` of CPU time over `wall` ns, in cores, rounded; 0 for none.
@@ -177,9 +222,30 @@ void probe_system(int64_t now, int64_t process) {
 
 // The cores other threads of the process and other processes are using (rounded), sampled at
 // most every kProbeNs per worker.
-int foreign_cores(int64_t now) {
+// est_ns: the calling loop's estimated serial time. A stale sample costs a scan of the
+// process's threads (runnable_foreign) only for loops long enough to repay it.
+constexpr double kScanWorthNs = 1e6;
+std::atomic<bool> g_scan_pending{false};  // a stale sample was restarted by a short loop
+
+// The scan's answer becomes the estimate until the next sample (called with g_probing held).
+void scan_runnable() {
+  const int r = runnable_foreign();
+  g_runnable_checks.fetch_add(1, std::memory_order_relaxed);
+  if (r > 0) g_runnable_busy.fetch_add(1, std::memory_order_relaxed);
+  g_foreign_cores.store(r > 0 ? r : 0, std::memory_order_relaxed);
+}
+
+int foreign_cores(int64_t now, double est_ns) {
   if (!g_probe_on.load(std::memory_order_relaxed)) return 0;
-  if (now < g_probe_next_ns.load(std::memory_order_relaxed)) return g_foreign_cores.load(std::memory_order_relaxed);
+  if (now < g_probe_next_ns.load(std::memory_order_relaxed)) {
+    // The first long loop after a restart by a short one does the scan that restart skipped.
+    if (est_ns >= kScanWorthNs && g_scan_pending.load(std::memory_order_relaxed) &&
+        !g_probing.exchange(true, std::memory_order_acquire)) {
+      if (g_scan_pending.exchange(false, std::memory_order_relaxed)) scan_runnable();
+      g_probing.store(false, std::memory_order_release);
+    }
+    return g_foreign_cores.load(std::memory_order_relaxed);
+  }
   if (g_probing.exchange(true, std::memory_order_acquire)) return g_foreign_cores.load(std::memory_order_relaxed);
   ProbeSample cur;
   cur.wall = now;
@@ -194,18 +260,29 @@ int foreign_cores(int64_t now) {
   const int64_t mine = cpu_ns(CLOCK_THREAD_CPUTIME_ID);
   // A sample spans the time since the previous one. When that is much longer than the
   // interval, layerprop ran no parallel loop meanwhile, and the other threads' work it saw (a
-  // peer timed between our calls, the user's own code) may be long over: start again, with
-  // nothing assumed busy. Otherwise, deltas only when this thread also took the previous
-  // sample (its own CPU time is then known).
+  // peer timed between our calls, the user's own code) may be long over: start again. Until
+  // the next sample, the other threads that are runnable at this moment count as busy cores:
+  // a pool's workers that spin after its call (NumPy's OpenBLAS busy-waits about 100 ms) still
+  // hold their cores; work that is over does not count. Measured, M's step with a NumPy and a
+  // torch call between steps (each ~10 ms, so samples were often stale): assuming nothing
+  // busy ran 16% of its 2-thread steps on both cores, contested, and the step at 0.88-0.97x its
+  // 1-thread time. A short loop assumes nothing busy, as before, and leaves the scan (some
+  // 5 us per thread) to the first long loop: a sporadic small call (predict at batch 1) would
+  // pay more for it than for a contested core. Otherwise, deltas only when this thread also
+  // took the previous sample (its own CPU time is then known).
   const int64_t interval = kProbeNs * (nw > 1 ? nw : 1);
   if (cur.wall - g_last.wall > interval * 3 / 2) {
-    g_foreign_cores.store(0, std::memory_order_relaxed);
+    const bool scan = est_ns >= kScanWorthNs;
+    g_scan_pending.store(!scan, std::memory_order_relaxed);
+    if (scan) scan_runnable();
+    else g_foreign_cores.store(0, std::memory_order_relaxed);
     g_sys_last = SystemSample{now, system_busy_ns(), cur.process};
     g_other_procs.store(0, std::memory_order_relaxed);
   } else if (tl_probe_epoch == g_last.epoch && g_last.process >= 0 && cur.process >= 0 && mine >= 0) {
     const int64_t wall = cur.wall - g_last.wall;
     const int64_t foreign = (cur.process - g_last.process) - (cur.workers - g_last.workers) - (mine - tl_probe_cpu);
     probe_system(now, cur.process);
+    g_scan_pending.store(false, std::memory_order_relaxed);  // measured: no scan needed
     const int all = cores_of(foreign, wall) + g_other_procs.load(std::memory_order_relaxed);
     g_foreign_cores.store(all, std::memory_order_relaxed);
     g_foreign_samples.fetch_add(1, std::memory_order_relaxed);
@@ -341,7 +418,7 @@ int threads_for(Work w, int64_t units) {
   }
   int nt = get_num_threads();  // 1 in a child forked after the pool started
   if (nt <= 1) return 1;
-  nt -= foreign_cores(now_ns());
+  nt -= foreign_cores(now_ns(), double(units) * g_ns_per_unit[static_cast<int>(w)]);
   if (nt <= 1) return 1;
   const int64_t want = units / per;
   if (want < 2) return 1;
@@ -509,6 +586,8 @@ class Pool {
     s.prewarms = prewarms_.load();
     s.foreign_samples = g_foreign_samples.load();
     s.foreign_busy_samples = g_foreign_busy_samples.load();
+    s.runnable_checks = g_runnable_checks.load();
+    s.runnable_busy = g_runnable_busy.load();
     s.step_probes = g_step_probes.load();
     s.serial_steps = g_serial_steps.load();
     s.serial_switches = g_serial_switches.load();

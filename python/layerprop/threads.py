@@ -59,7 +59,10 @@ def pool_stats() -> Dict[str, int]:
     (LAYERPROP_SPIN_US), and the probe of other busy threads and processes: "foreign_samples"
     (every 16 ms at most per worker, while loops are large enough for threads) and
     "foreign_busy_samples" (those that found other work: loops then leave that many cores to it,
-    rounded, until the next sample).
+    rounded, until the next sample). When the last sample is stale (no loop for threads ran for
+    over 1.5 intervals), the probe starts again and, until its next sample, counts the process's
+    other threads that are runnable at that moment as busy cores ("runnable_checks", and
+    "runnable_busy": those that found some; Linux).
     LAYERPROP_FOREIGN_PROBE=0 turns the probe off. "moves": sleeping workers that the caller
     waking them kept off its own CPU for that job ("preempted_spins": idle spins cut short
     because the worker was descheduled). "prewarms": loops too short to wait for a sleeping

@@ -114,6 +114,9 @@ struct PoolStats {
   int64_t moves = 0;  // sleeping workers kept off their caller's CPU for a job (see threads.cpp)
   int64_t foreign_samples = 0;       // samples of the CPU time other threads of the process used
   int64_t foreign_busy_samples = 0;  // ... that found them busy (loops then ran on one thread)
+  int64_t runnable_checks = 0;   // stale samples (none for over 1.5 intervals) answered by the
+                                 // other threads runnable at that moment
+  int64_t runnable_busy = 0;     // ... that found some
   int64_t step_probes = 0;           // training steps run at the other thread setting (StepGovernor)
   int64_t serial_steps = 0;          // training steps run at 1 thread because that was faster
   int64_t serial_switches = 0;       // times a StepGovernor found 1 thread faster than its threads
