@@ -225,6 +225,7 @@ void probe_system(int64_t now, int64_t process) {
 // est_ns: the calling loop's estimated serial time. A stale sample costs a scan of the
 // process's threads (runnable_foreign) only for loops long enough to repay it.
 constexpr double kScanWorthNs = 1e6;
+const bool g_scan_on = env_switch_on("LAYERPROP_RUNNABLE_SCAN");  // "0": off (measurements)
 std::atomic<bool> g_scan_pending{false};  // a stale sample was restarted by a short loop
 
 // The scan's answer becomes the estimate until the next sample (called with g_probing held).
@@ -239,7 +240,7 @@ int foreign_cores(int64_t now, double est_ns) {
   if (!g_probe_on.load(std::memory_order_relaxed)) return 0;
   if (now < g_probe_next_ns.load(std::memory_order_relaxed)) {
     // The first long loop after a restart by a short one does the scan that restart skipped.
-    if (est_ns >= kScanWorthNs && g_scan_pending.load(std::memory_order_relaxed) &&
+    if (est_ns >= kScanWorthNs && g_scan_on && g_scan_pending.load(std::memory_order_relaxed) &&
         !g_probing.exchange(true, std::memory_order_acquire)) {
       if (g_scan_pending.exchange(false, std::memory_order_relaxed)) scan_runnable();
       g_probing.store(false, std::memory_order_release);
@@ -272,7 +273,7 @@ int foreign_cores(int64_t now, double est_ns) {
   // took the previous sample (its own CPU time is then known).
   const int64_t interval = kProbeNs * (nw > 1 ? nw : 1);
   if (cur.wall - g_last.wall > interval * 3 / 2) {
-    const bool scan = est_ns >= kScanWorthNs;
+    const bool scan = est_ns >= kScanWorthNs && g_scan_on;
     g_scan_pending.store(!scan, std::memory_order_relaxed);
     if (scan) scan_runnable();
     else g_foreign_cores.store(0, std::memory_order_relaxed);

@@ -106,7 +106,7 @@ class Budget:
 # (cpp/runtime/threads.cpp). A measurement is meant to see a training loop's steady state, so
 # it warms up past that, on both libraries alike. L's few long steps are timed from the start:
 # its 2-thread steps pay in every setting measured.
-FULL = Budget(rounds=3, seconds=0.5, min_steps=5, warmup=64, fixed_steps=3, fixed_warmup=1)
+FULL = Budget(rounds=5, seconds=0.5, min_steps=5, warmup=64, fixed_steps=3, fixed_warmup=1)
 QUICK = Budget(rounds=2, seconds=0.02, min_steps=3, warmup=1, fixed_steps=1, fixed_warmup=1)
 FIXED_STEP_MODELS = ("L",)   # models timed for a fixed number of steps rather than a budget
 
