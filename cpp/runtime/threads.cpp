@@ -140,7 +140,7 @@ void register_worker_clock() {
 // The threads of this process, other than the caller and our workers, that are running or
 // waiting for a CPU right now (state R in /proc/self/task/<tid>/stat); -1 where that cannot
 // be read. Another pool's worker that spins after its call is one of them; one that sleeps is
-// not. About 10 us per thread, so it answers only a stale sample (below), not every loop.
+// not. Some 5-10 us per thread, so it answers only a stale sample (below), not every loop.
 constexpr int kMaxScanned = 64;
 int runnable_foreign() {
 #if defined(__linux__)
