@@ -224,7 +224,11 @@ def test_fork_after_a_threaded_step_leaves_a_usable_child():
             pytest.skip("OpenMP limited to 1 thread here")
         X, y = data(n=256, d=784, c=10)
         m = mlp(sizes=(784, 512, 10))
-        m.train_step(X, y)  # GEMMs of 256x512x784: a parallel region in this process
+        lp._core._set_foreign_probe(False)  # the step must use the pool, whatever else runs
+        try:
+            m.train_step(X, y)  # GEMMs of 256x512x784: a parallel region in this process
+        finally:
+            lp._core._set_foreign_probe(os.environ.get("LAYERPROP_FOREIGN_PROBE") != "0")
         ctx = mp.get_context("fork")
         q = ctx.Queue()
         p = ctx.Process(target=_child, args=(q, X, y))
@@ -485,7 +489,9 @@ def test_set_num_threads_in_a_forked_child_warns():
         "    os._exit(0 if ok else 3)\n"
         "_, status = os.waitpid(pid, 0)\n"
         "print(os.waitstatus_to_exitcode(status))\n")
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    # The first step must start the pool. Right after NumPy's import, OpenBLAS's new worker may
+    # still be spinning, and the probe's scan of runnable threads would rightly leave it that core.
+    env = dict(os.environ, OMP_NUM_THREADS="2", LAYERPROP_RUNNABLE_SCAN="0")
     out = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", code], capture_output=True,
                          text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr

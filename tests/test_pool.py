@@ -38,6 +38,11 @@ def restore():
 
 def run_fresh(code, env=None):
     e = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    # These processes start the pool with their first large call, a moment after NumPy's import,
+    # when OpenBLAS's new worker may still be spinning: the probe's scan of runnable threads
+    # would rightly leave that core to it and run serially. Off here unless a test asks for it
+    # (test_a_stale_sample_counts_the_threads_runnable_now tests it).
+    e.setdefault("LAYERPROP_RUNNABLE_SCAN", "0")
     e.update(env or {})
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                        timeout=300, env=e)
@@ -610,7 +615,7 @@ def test_other_busy_threads_of_the_process_take_their_cores():
 
 
 _STALE_CODE = r"""
-import hashlib, json, threading, time
+import hashlib, json, os, threading, time
 import numpy as np
 import layerprop as lp
 from layerprop import _core
@@ -635,6 +640,10 @@ def state(tid):
     with open(f"/proc/self/task/{tid}/stat") as fh:
         return fh.read().rsplit(")", 1)[1].split()[0]
 
+deadline = time.time() + 10   # quiet: OpenBLAS's worker, new at NumPy's import, spins a while
+while time.time() < deadline and any(
+        state(t) == "R" for t in os.listdir("/proc/self/task") if int(t) != threading.get_native_id()):
+    time.sleep(0.01)
 out = {"quiet": paused_steps(4)}
 stop = threading.Event()
 
