@@ -516,7 +516,9 @@ def test_cli_info_shows_the_thresholds(capsys):
     assert line and all(f"{k}=" in line[0] for k in threads.KINDS)
 
 
-_FOREIGN_CODE = r"""
+# What the probe tests' fresh processes share: a 784-512-10 model at 2 threads, a batch of 256,
+# and a neighbour thread busy hashing without the GIL.
+_PROBE_PREAMBLE = r"""
 import hashlib, json, os, threading, time
 import numpy as np
 import layerprop as lp
@@ -529,6 +531,14 @@ rng = np.random.default_rng(0)
 X = rng.standard_normal((256, 784), dtype=np.float32)
 y = rng.integers(0, 10, 256)
 
+def hashing(stop):  # another thread of this process, busy without the GIL
+    data = b"x" * (1 << 22)
+    while not stop.is_set():
+        hashlib.sha256(data).digest()
+"""
+
+_FOREIGN_CODE = _PROBE_PREAMBLE + r"""
+
 def steps(seconds):
     before = _core._pool_stats()
     end = time.perf_counter() + seconds
@@ -540,11 +550,6 @@ def steps(seconds):
     d = {k: after[k] - before[k] for k in ("jobs", "foreign_samples", "foreign_busy_samples")}
     d["steps"] = n
     return d
-
-def hashing(stop):  # another thread of this process, busy without the GIL
-    data = b"x" * (1 << 22)
-    while not stop.is_set():
-        hashlib.sha256(data).digest()
 
 steps(0.2)
 out = {"quiet": steps(1.0)}
@@ -614,18 +619,7 @@ def test_other_busy_threads_of_the_process_take_their_cores():
     assert other["jobs"] < 0.5 * other["steps"] * quiet["jobs"] / quiet["steps"], (other, quiet)
 
 
-_STALE_CODE = r"""
-import hashlib, json, os, threading, time
-import numpy as np
-import layerprop as lp
-from layerprop import _core
-
-lp.set_num_threads(2)
-model = lp.Sequential(lp.Linear(784, 512), lp.ReLU(), lp.Linear(512, 10), seed=0)
-model.compile(loss="cross_entropy", optimizer=lp.SGD(lr=0.01))
-rng = np.random.default_rng(0)
-X = rng.standard_normal((256, 784), dtype=np.float32)
-y = rng.integers(0, 10, 256)
+_STALE_CODE = _PROBE_PREAMBLE + r"""
 model.train_step(X, y)   # starts the worker
 
 def paused_steps(n):  # each after a pause: the probe's last sample is stale by then
@@ -646,13 +640,7 @@ while time.time() < deadline and any(
     time.sleep(0.01)
 out = {"quiet": paused_steps(4)}
 stop = threading.Event()
-
-def hashing():  # another thread of this process, busy without the GIL
-    data = b"x" * (1 << 22)
-    while not stop.is_set():
-        hashlib.sha256(data).digest()
-
-t = threading.Thread(target=hashing)
+t = threading.Thread(target=hashing, args=(stop,))
 t.start()
 try:
     deadline = time.time() + 10
