@@ -190,13 +190,6 @@ def _interleave() -> Callable[[], None]:
     return between
 
 
-def _measure(step: Callable[[], object], between: Optional[Callable[[], None]], *, warmup: int,
-             min_steps: int, seconds: float) -> float:
-    """Median time of one step: `warmup` untimed steps, then at least `min_steps` timed ones and
-    as many more as fit in `seconds`; `between` (if given) runs after every step, untimed."""
-    return _observe(step, between, warmup=warmup, min_steps=min_steps, seconds=seconds).median
-
-
 @dataclass
 class Observation:
     """One measurement: the median step time and what else ran while it did."""
@@ -258,10 +251,12 @@ def _other_threads_cpu(before, after, caller: int) -> Optional[float]:
 
 def _observe(step: Callable[[], object], between: Optional[Callable[[], None]], *, warmup: int,
              min_steps: int, seconds: float) -> Observation:
-    """`_measure`, and what ran beside the timed steps: layerprop's parallel loops, and the CPU
-    time of this process's other threads and of other processes, per second of those steps.
-    With `between`, what runs between steps is left out: the CPU counters are read around each
-    step (outside its time)."""
+    """Median time of one step: `warmup` untimed steps, then at least `min_steps` timed ones and
+    as many more as fit in `seconds`; `between` (if given) runs after every step, untimed. And
+    what ran beside the timed steps: layerprop's parallel loops, and the CPU time of this
+    process's other threads and of other processes, per second of those steps. With `between`,
+    what runs between steps is left out: the CPU counters are read around each step (outside
+    its time)."""
     from layerprop import _core
     caller = threading.get_native_id()
     for _ in range(warmup):
